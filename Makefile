@@ -1,0 +1,47 @@
+# Two set-up commands: `make demo` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch on CPU-only machines; GPU machines that already have torch keep theirs.
+TORCH_SPEC ?= torch==2.13.0
+PCLUSTER_SPEC ?= aws-parallelcluster==3.16.1
+
+.PHONY: venv demo test lint bench clean slurm-up slurm-down
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps "$(PCLUSTER_SPEC)"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/mltrain data prepare configs/demo.yaml
+	$(VENV)/bin/mltrain train configs/demo.yaml --nproc 2
+	$(VENV)/bin/mltrain report demo
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: venv
+	$(PY) bench/train_throughput.py
+	$(PY) bench/checkpoint.py
+	$(PY) bench/loader.py
+
+slurm-up:
+	bash scripts/local-slurm/up.sh
+
+slurm-down:
+	bash scripts/local-slurm/down.sh
+
+clean:
+	rm -rf $(VENV) runs data/demo

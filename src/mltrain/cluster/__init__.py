@@ -1,0 +1,1 @@
+"""Instance catalog, fleet planning and ParallelCluster configs."""

@@ -1,0 +1,279 @@
+"""Pydantic models for the run config, and the YAML loader with `--set a.b=c` overrides.
+
+Every model forbids unknown keys, so a typo is an error naming the key and the file instead
+of a silent default. Units live in names (`_s`, `_gib`). Cluster and fleet specs reuse
+`StrictModel` and `load_yaml_model` from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mltrain.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class RopeScaling(StrictModel):
+    """Llama 3 style RoPE frequency scaling (as in the published Llama 3.1/3.2 configs)."""
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # A few M parameters: learns visibly on 2 CPU cores in a couple of minutes.
+    "tiny": dict(
+        vocab_size=4096, hidden_size=192, n_layers=4, n_heads=6, n_kv_heads=2,
+        ffn_hidden_size=512, max_seq_len=1024, rope_theta=10000.0, norm_eps=1e-5,
+        qkv_bias=False, tie_embeddings=True,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936, hidden_size=896, n_layers=24, n_heads=14, n_kv_heads=2,
+        ffn_hidden_size=4864, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6,
+        qkv_bias=True, tie_embeddings=True,
+    ),
+    "llama3.2-1b": dict(
+        vocab_size=128256, hidden_size=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+        ffn_hidden_size=8192, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5,
+        qkv_bias=False, tie_embeddings=True,
+        rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+    ),
+    "llama3.1-8b": dict(
+        vocab_size=128256, hidden_size=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+        ffn_hidden_size=14336, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5,
+        qkv_bias=False, tie_embeddings=False,
+        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+    ),
+}
+
+
+class ModelConfig(StrictModel):
+    """Decoder-only transformer shape. `preset` fills every field not given explicitly."""
+
+    preset: str | None = None
+    init_from: str | None = Field(
+        default=None, description="local Hugging Face directory to start from (config.json + safetensors)"
+    )
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int = Field(gt=0)
+    ffn_hidden_size: int = Field(gt=0)
+    max_seq_len: int = Field(default=2048, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: RopeScaling | None = None
+    norm_eps: float = Field(default=1e-5, gt=0)
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            name = data["preset"]
+            if name not in MODEL_PRESETS:
+                raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
+            return {**MODEL_PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if (self.hidden_size // self.n_heads) % 2:
+            raise ValueError("head dimension (hidden_size / n_heads) must be even for RoPE")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(StrictModel):
+    """Where the raw corpus is, how to tokenize it, and where the packed shards go."""
+
+    sources: list[str] = Field(
+        default_factory=lambda: ["builtin:python-stdlib"],
+        description="files, dirs or globs of .txt/.jsonl/.parquet; 'builtin:python-stdlib'; 'hf:NAME'",
+    )
+    text_field: str = "text"
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer.json path or HF hub name; none = train a byte-level BPE"
+    )
+    bpe_vocab_size: int | None = Field(default=None, gt=256, description="default: the model's vocab_size")
+    dir: str = "data/demo"
+    val_fraction: float = Field(default=0.02, ge=0.0, lt=1.0)
+    shard_tokens: int = Field(default=1 << 24, gt=0)
+    max_source_bytes: int | None = Field(default=None, gt=0, description="cap on raw bytes read")
+    num_workers: int | None = Field(default=None, gt=0, description="tokenizer processes; default all cores")
+
+
+# --------------------------------------------------------------------------- train
+
+
+class TrainConfig(StrictModel):
+    """The optimisation loop: parallelism, batch, schedule, logging and fault handling."""
+
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    loss_chunk_tokens: int = Field(default=0, ge=0, description="0 = full logits; >0 = chunked cross-entropy")
+    seq_len: int = Field(default=256, gt=0)
+    micro_batch_size: int = Field(default=8, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    max_steps: int = Field(default=300, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
+    eval_every: int = Field(default=100, ge=0, description="0 disables periodic eval")
+    eval_batches: int = Field(default=10, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    hang_timeout_s: float | None = Field(default=None, gt=0, description="watchdog; none disables")
+    stop_check_every: int = Field(default=1, gt=0, description="steps between preemption-flag checks")
+    tensorboard: bool = True
+
+
+class CheckpointConfig(StrictModel):
+    """Distributed checkpoints: cadence, retention, async save."""
+
+    every_steps: int = Field(default=100, ge=0, description="0 = only at the end and on preemption")
+    keep_last: int = Field(default=3, gt=0)
+    async_save: bool = False
+    resume: bool = True
+
+
+class LaunchConfig(StrictModel):
+    """Recovery policy used by the Slurm and Kubernetes launchers."""
+
+    max_restarts: int = Field(default=3, ge=0)
+    requeue_grace_s: int = Field(default=120, gt=0, description="USR1 this long before the time limit")
+
+
+class RunConfig(StrictModel):
+    """One training run: everything `mltrain train` needs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    base_dir: str = "."
+    seed: int = 1234
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.base_dir) / "runs" / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (so 3, 1e-3, true, [1,2] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: --set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{source}: --set {key}: {part!r} is not a section")
+            node = nxt
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return data
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """One line: `file: key.path: reason; key2: reason2`."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate_model(model_cls: type[M], data: dict[str, Any], source: str) -> M:
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e)) from None
+
+
+def load_yaml_model(path: str | Path, model_cls: type[M], overrides: list[str] | None = None) -> M:
+    """Load a YAML file into `model_cls`, applying overrides; errors name the file and key."""
+    path = Path(path)
+    data = apply_overrides(_read_yaml(path), overrides or [], str(path))
+    return validate_model(model_cls, data, str(path))
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return load_yaml_model(path, RunConfig, overrides)
+
+
+def dump_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

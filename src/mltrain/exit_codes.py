@@ -1,0 +1,17 @@
+"""Process exit codes shared by the trainer and the launchers' recovery logic.
+
+torchrun collapses worker exit codes into 1, so the trainer also writes the reason
+as one word into `<run>/control/exit_reason`; the Slurm batch script reads that file.
+"""
+
+DONE = 0
+CONFIG_ERROR = 2  # never requeued
+REQUEUE = 75  # preempted / time limit: checkpoint written, please requeue (EX_TEMPFAIL)
+HANG = 76  # watchdog fired: stacks dumped, the job should fail fast and be restarted
+
+# Words written to <run>/control/exit_reason by rank 0.
+REASON_DONE = "done"
+REASON_PREEMPTED = "preempted"
+REASON_HANG = "hang"
+REASON_CONFIG_ERROR = "config_error"
+REASON_FAILED = "failed"

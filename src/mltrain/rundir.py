@@ -1,0 +1,57 @@
+"""The run directory `<base>/runs/<name>/`: its layout, and finding a run by name or path.
+
+Layout (same on a laptop, on FSx Lustre, mirrored to S3):
+    config.yaml          resolved run config (written at first start)
+    metrics.jsonl        one JSON object per logged step / eval
+    tb/                  TensorBoard events
+    checkpoints/step_NNNNNNNN/   committed DCP checkpoints (+ .tmp while being written)
+    control/stop         a stop request (written by the Slurm batch script on USR1)
+    control/exit_reason  one word written by rank 0 when the trainer exits (see exit_codes)
+    restarts.jsonl       one line per restart (time, cause, nodes, step resumed from)
+    hangs/               watchdog stack dumps
+    slurm/               rendered sbatch script, job records, scheduler logs
+    report.png           `mltrain report`
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mltrain.errors import RunDirError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+CONTROL_DIR = "control"
+STOP_FILE = "control/stop"
+EXIT_REASON_FILE = "control/exit_reason"
+RESTARTS_FILE = "restarts.jsonl"
+HANGS_DIR = "hangs"
+SLURM_DIR = "slurm"
+REPORT_FILE = "report.png"
+
+
+def resolve_run(ref: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A run given as a path (containing config.yaml) or a name under `<base>/runs/`.
+
+    The base is `base_dir`, else $MLTRAIN_BASE_DIR, else the current directory.
+    """
+    p = Path(ref)
+    if (p / CONFIG_FILE).is_file():
+        return p
+    base = Path(base_dir or os.environ.get("MLTRAIN_BASE_DIR", "."))
+    candidate = base / "runs" / str(ref)
+    if (candidate / CONFIG_FILE).is_file():
+        return candidate
+    raise RunDirError(
+        f"run {str(ref)!r} not found: neither {p} nor {candidate} holds a {CONFIG_FILE} "
+        "(pass the run directory, or set MLTRAIN_BASE_DIR)"
+    )
+
+
+def read_exit_reason(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / EXIT_REASON_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
