@@ -1,0 +1,5 @@
+"""Decoder-only transformer (Llama/Qwen2 family) and Hugging Face import/export (`mltrain.model.hf`)."""
+
+from mltrain.model.transformer import Transformer, flops_per_token, param_count
+
+__all__ = ["Transformer", "flops_per_token", "param_count"]
