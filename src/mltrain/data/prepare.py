@@ -1,0 +1,282 @@
+"""`mltrain data prepare`: sources -> tokenizer -> EOS-separated, packed token shards + manifest.
+
+Output of `<data.dir>/`:
+  tokenizer.json (+ tokenizer.meta.json when trained), train_00000.bin ..., val_00000.bin ...,
+  manifest.json (written last: its presence means the dir is complete).
+
+The result depends only on the corpus, the tokenizer and the config, never on the number of
+worker processes: documents are encoded in ordered chunks and packed in corpus order, and the
+train/val split is a fixed-seed choice of whole documents.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mltrain.config import RunConfig
+from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo, TokenizerInfo, save_manifest
+from mltrain.data.shards import dtype_for_vocab, write_shard
+from mltrain.data.sources import read_corpus
+from mltrain.data.tokenizer import resolve_tokenizer
+from mltrain.errors import DataError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from tokenizers import Tokenizer
+
+SPLIT_SEED = 0x5EED  # fixed: the split must not change when the training seed does
+_CHUNK_BYTES = 1 << 20  # documents are sent to workers in ~1 MB chunks
+_CHUNK_DOCS = 4096
+_MIN_PARALLEL_BYTES = 2 << 20  # below this, process start-up costs more than it saves
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def encode_docs(tok: Tokenizer, docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a batch of documents -> (all ids concatenated as uint32, per-document lengths)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encs = encode(list(docs), add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    if not encs:
+        return np.zeros(0, dtype=np.uint32), lengths
+    flat = np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encs])
+    return flat, lengths
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    # Each worker is one core: tokenizers' own thread pool would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode_chunk(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_TOKENIZER is not None
+    return encode_docs(_WORKER_TOKENIZER, docs)
+
+
+def _chunks(docs: Sequence[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= _CHUNK_BYTES or len(chunk) >= _CHUNK_DOCS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def default_num_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def iter_encoded(
+    tok: Tokenizer, docs: Sequence[str], num_workers: int, total_bytes: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (n_docs, ids, lengths) per chunk, in corpus order whatever num_workers is."""
+    if num_workers <= 1 or total_bytes < _MIN_PARALLEL_BYTES:
+        for chunk in _chunks(docs):
+            yield (len(chunk), *encode_docs(tok, chunk))
+        return
+    import multiprocessing as mp
+
+    # spawn, not fork: the parent's tokenizers thread pool is not fork-safe.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
+        chunks = list(_chunks(docs))
+        for chunk, (ids, lengths) in zip(chunks, pool.imap(_encode_chunk, chunks), strict=True):
+            yield len(chunk), ids, lengths
+
+
+# --------------------------------------------------------------------------- packing
+
+
+class _SplitWriter:
+    """Accumulates one split's tokens and writes full shards of `shard_tokens` as they fill."""
+
+    def __init__(self, split: str, data_dir: Path, dtype: np.dtype, shard_tokens: int) -> None:
+        self.split, self.data_dir, self.dtype, self.shard_tokens = split, data_dir, dtype, shard_tokens
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.written_tokens = 0
+        self.docs = 0
+        self.doc_starts: dict[int, int] = {}  # shard index -> documents starting in it
+        self.shards: list[ShardInfo] = []
+
+    def add(self, tokens: np.ndarray, doc_lengths: np.ndarray) -> None:
+        """tokens = documents of this split, each followed by EOS; doc_lengths include the EOS."""
+        if tokens.size == 0:
+            return
+        starts = self.written_tokens + self.pending_tokens + np.concatenate(([0], np.cumsum(doc_lengths)[:-1]))
+        for shard_idx, n in zip(*np.unique(starts // self.shard_tokens, return_counts=True), strict=True):
+            self.doc_starts[int(shard_idx)] = self.doc_starts.get(int(shard_idx), 0) + int(n)
+        self.docs += len(doc_lengths)
+        self.pending.append(tokens)
+        self.pending_tokens += tokens.size
+        if self.pending_tokens >= self.shard_tokens:
+            buf = np.concatenate(self.pending)
+            n_full = buf.size // self.shard_tokens
+            for i in range(n_full):
+                self._write(buf[i * self.shard_tokens : (i + 1) * self.shard_tokens])
+            rest = buf[n_full * self.shard_tokens :]
+            self.pending, self.pending_tokens = ([rest] if rest.size else []), int(rest.size)
+
+    def finish(self) -> None:
+        if self.pending_tokens:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.pending_tokens = [], 0
+
+    def _write(self, tokens: np.ndarray) -> None:
+        idx = len(self.shards)
+        name = f"{self.split}_{idx:05d}.bin"
+        sha = write_shard(self.data_dir / name, tokens, self.dtype)
+        self.shards.append(
+            ShardInfo(file=name, split=self.split, tokens=int(tokens.size), docs=self.doc_starts.get(idx, 0), sha256=sha)
+        )
+        self.written_tokens += int(tokens.size)
+
+
+def choose_val_docs(n_docs: int, val_fraction: float) -> np.ndarray:
+    """Boolean mask of validation documents: a fixed-seed sample, at least one when possible."""
+    mask = np.zeros(n_docs, dtype=bool)
+    if val_fraction <= 0 or n_docs < 2:
+        return mask
+    n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
+    rng = np.random.Generator(np.random.PCG64(SPLIT_SEED))
+    mask[rng.permutation(n_docs)[:n_val]] = True
+    return mask
+
+
+def _remove_stale(data_dir: Path, keep: set[str]) -> None:
+    for p in data_dir.glob("*.bin*"):
+        if p.name not in keep and (p.name.startswith(("train_", "val_"))):
+            p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
+    """Tokenize and pack `cfg.data.sources` into `cfg.data.dir`; return the written manifest."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.perf_counter()
+    dc = cfg.data
+    data_dir = Path(dc.dir)
+    model_vocab = cfg.model.vocab_size
+    bpe_vocab = dc.bpe_vocab_size or model_vocab
+    if not dc.tokenizer and bpe_vocab > model_vocab:
+        raise DataError(
+            f"data.bpe_vocab_size {bpe_vocab} is larger than model.vocab_size {model_vocab}; "
+            "token ids would not fit the embedding"
+        )
+
+    def say(msg: str) -> None:
+        if console is not None:
+            console.print(msg, highlight=False)
+
+    say(f"[bold]prepare[/] {', '.join(dc.sources)} -> {data_dir}")
+    corpus = read_corpus(dc)
+    st = corpus.stats
+    say(f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
+        + (" [dim](capped)[/]" if st.capped else ""))
+    if st.skipped_docs:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(st.skipped_reasons.items()))
+        say(f"  [yellow]skipped {st.skipped_docs} documents ({st.skipped_files} whole files): {reasons}[/]")
+        for ex in st.examples:
+            say(f"    [dim]{ex}[/]")
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"data.dir {data_dir}: cannot create: {e.strerror or e}") from None
+    # A half-written dir must not look complete: the old manifest goes before any shard changes.
+    (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
+
+    choice = resolve_tokenizer(dc.tokenizer, corpus.docs, corpus.fingerprint, bpe_vocab, data_dir)
+    if choice.vocab_size > model_vocab:
+        raise DataError(
+            f"tokenizer {choice.source}: vocab size {choice.vocab_size} is larger than model.vocab_size "
+            f"{model_vocab}; use a smaller tokenizer or a larger model vocab"
+        )
+    how = "loaded" if dc.tokenizer else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
+    say(f"  tokenizer: {how} {dc.tokenizer or ''} (vocab {choice.vocab_size}, eos {choice.eos_token!r}={choice.eos_id})")
+
+    dtype = dtype_for_vocab(choice.vocab_size)
+    val_mask = choose_val_docs(len(corpus.docs), dc.val_fraction)
+    writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
+    num_workers = dc.num_workers or default_num_workers()
+    eos = np.array([choice.eos_id], dtype=np.uint32)
+
+    progress = Progress(
+        TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=console is None, transient=False,
+    )
+    with progress:
+        task = progress.add_task(f"tokenizing ({num_workers} workers)", total=len(corpus.docs))
+        first = 0
+        for n, ids, lengths in iter_encoded(choice.tokenizer, corpus.docs, num_workers, st.bytes):
+            ends = np.cumsum(lengths)
+            with_eos = np.insert(ids, ends, eos[0])
+            lens_eos = lengths + 1
+            doc_val = val_mask[first : first + n]
+            tok_val = np.repeat(doc_val, lens_eos)
+            writers["train"].add(with_eos[~tok_val], lens_eos[~doc_val])
+            writers["val"].add(with_eos[tok_val], lens_eos[doc_val])
+            first += n
+            progress.advance(task, n)
+        for w in writers.values():
+            w.finish()
+
+    shards = writers["train"].shards + writers["val"].shards
+    counts = Counts(
+        files=st.files, docs=st.docs, train_docs=writers["train"].docs, val_docs=writers["val"].docs,
+        skipped_docs=st.skipped_docs, skipped_files=st.skipped_files,
+        skipped_reasons=dict(sorted(st.skipped_reasons.items())), bytes=st.bytes,
+        train_tokens=writers["train"].written_tokens, val_tokens=writers["val"].written_tokens,
+    )
+    manifest = Manifest(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        dtype=dtype.name,
+        vocab_size=choice.vocab_size,
+        eos_id=choice.eos_id,
+        tokenizer=TokenizerInfo(
+            sha256=choice.sha256, vocab_size=choice.vocab_size, eos_id=choice.eos_id,
+            eos_token=choice.eos_token, source=choice.source,
+        ),
+        sources=list(dc.sources),
+        corpus_fingerprint=corpus.fingerprint,
+        shard_tokens=dc.shard_tokens,
+        val_fraction=dc.val_fraction,
+        counts=counts,
+        shards=shards,
+    )
+    save_manifest(data_dir, manifest)
+    _remove_stale(data_dir, {s.file for s in shards})
+
+    dt = time.perf_counter() - t0
+    say(
+        f"  [green]done[/] {counts.docs} docs ({counts.train_docs} train / {counts.val_docs} val), "
+        f"{counts.train_tokens + counts.val_tokens:,} tokens ({counts.train_tokens:,} train / "
+        f"{counts.val_tokens:,} val), {len(shards)} shards ({dtype.name}) in {dt:.1f}s -> {data_dir / MANIFEST_FILE}"
+    )
+    if counts.val_docs == 0 and dc.val_fraction > 0:
+        say("  [yellow]note: only one document, so the val split is empty[/]")
+    return manifest

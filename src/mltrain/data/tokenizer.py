@@ -1,0 +1,171 @@
+"""Get the tokenizer for a data dir: a user's tokenizer.json / hub name, or a byte-level BPE
+trained on the corpus.
+
+The chosen tokenizer is always copied to `<data dir>/tokenizer.json`, so the data dir is
+self-describing (the manifest records its sha256) and `load_tokenizer(data_dir)` is all that
+export/eval code needs. A trained BPE is cached: `tokenizer.meta.json` records the corpus
+fingerprint and vocab size it was trained for, and a matching cache is reused untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mltrain.data.shards import file_sha256
+from mltrain.errors import DataError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_META_FILE = "tokenizer.meta.json"
+EOS_TOKEN = "<|endoftext|>"
+# EOS tokens of common pretrained tokenizers (GPT-2/Qwen2, Llama 3, Llama 2/Mistral, Gemma).
+EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+TRAINED_SOURCE = "trained:bytelevel-bpe"
+_BPE_RECIPE = 1  # bump when the training recipe changes, to invalidate caches
+
+
+@dataclass
+class TokenizerChoice:
+    tokenizer: Tokenizer
+    path: Path
+    sha256: str
+    vocab_size: int
+    eos_id: int
+    eos_token: str
+    source: str
+    cached: bool = False
+
+
+def train_bpe(docs: Sequence[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style: any byte sequence encodes, no UNK) with EOS as token 0.
+
+    The tokenizers BPE trainer is deterministic for a fixed input order, which prepare
+    guarantees, so the same corpus gives a byte-identical tokenizer.json.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    return tok
+
+
+def find_eos(tok: Tokenizer, where: str) -> tuple[str, int]:
+    for name in EOS_CANDIDATES:
+        tid = tok.token_to_id(name)
+        if tid is not None:
+            return name, tid
+    raise DataError(f"{where}: tokenizer has no end-of-document token (looked for {', '.join(EOS_CANDIDATES)})")
+
+
+def _save_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def _load_user_tokenizer(spec: str) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / TOKENIZER_FILE).is_file():
+        path = path / TOKENIZER_FILE
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception for malformed JSON
+            raise DataError(f"{path}: not a valid tokenizer.json: {e}") from None
+    if path.suffix == ".json" or spec.startswith((".", "/", "~")):
+        raise DataError(f"data.tokenizer: {path}: no such file")
+    try:
+        return Tokenizer.from_pretrained(spec)
+    except Exception as e:
+        raise DataError(
+            f"data.tokenizer: {spec!r}: not a local file and cannot be fetched from the Hugging Face hub "
+            f"(offline? gated?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_tokenizer(
+    tokenizer_spec: str | None,
+    docs: Sequence[str],
+    corpus_fingerprint: str,
+    vocab_size: int,
+    data_dir: Path,
+) -> TokenizerChoice:
+    """Load or train the tokenizer and save it as `<data_dir>/tokenizer.json`."""
+    from tokenizers import Tokenizer
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / TOKENIZER_FILE
+    meta_path = data_dir / TOKENIZER_META_FILE
+    cached = False
+    if tokenizer_spec:
+        tok = _load_user_tokenizer(tokenizer_spec)
+        source = tokenizer_spec
+        _save_text(path, tok.to_str())
+        meta_path.unlink(missing_ok=True)
+    else:
+        source = TRAINED_SOURCE
+        want = {"recipe": _BPE_RECIPE, "corpus_fingerprint": corpus_fingerprint, "vocab_size": vocab_size}
+        meta = _read_meta(meta_path)
+        tok = None
+        if path.is_file() and {k: meta.get(k) for k in want} == want and meta.get("sha256") == file_sha256(path):
+            try:
+                tok = Tokenizer.from_file(str(path))
+                cached = True
+            except Exception:
+                tok = None
+        if tok is None:
+            tok = train_bpe(docs, vocab_size)
+            _save_text(path, tok.to_str())
+            _save_text(meta_path, json.dumps({**want, "sha256": file_sha256(path)}, indent=2) + "\n")
+    eos_token, eos_id = find_eos(tok, source)
+    return TokenizerChoice(
+        tokenizer=tok,
+        path=path,
+        sha256=file_sha256(path),
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        eos_id=eos_id,
+        eos_token=eos_token,
+        source=source,
+        cached=cached,
+    )
+
+
+def load_tokenizer(data_dir: str | Path) -> Tokenizer:
+    """The tokenizer a prepared data dir was made with (for sampling, eval, export)."""
+    from tokenizers import Tokenizer
+
+    path = Path(data_dir) / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no tokenizer; run `mltrain data prepare RUN.yaml` first")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: not a valid tokenizer.json: {e}") from None
