@@ -1,0 +1,47 @@
+"""`mltrain train` on one machine: run the trainer in this process, or start torchrun for N processes.
+
+Under torchrun (or srun + torchrun on Slurm) each worker re-enters here with RANK/WORLD_SIZE set
+and runs the trainer directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mltrain import exit_codes, rundir
+from mltrain.config import load_run_config
+
+
+def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[str]:
+    """The exact torchrun invocation for a single-node multi-process run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "mltrain", "train", str(run_yaml)]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
+    """Train on this machine. Returns the exit code (exit_codes: 0 done, 75 stopped for requeue)."""
+    cfg = load_run_config(run_yaml, overrides)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from mltrain.train.trainer import precheck
+
+        precheck(cfg)  # fail once, with one line, before starting N workers
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        proc = subprocess.run(torchrun_command(run_yaml, overrides, nproc), env=env)
+        reason = rundir.read_exit_reason(cfg.run_dir)
+        if reason == exit_codes.REASON_PREEMPTED:
+            return exit_codes.REQUEUE
+        if reason == exit_codes.REASON_DONE and proc.returncode == 0:
+            return exit_codes.DONE
+        if reason == exit_codes.REASON_CONFIG_ERROR:
+            return exit_codes.CONFIG_ERROR
+        return proc.returncode or 1
+    from mltrain.train.trainer import run_training
+
+    return run_training(cfg)

@@ -1,0 +1,126 @@
+"""What the trainer does when the world breaks: stop requests, the hang watchdog, fault injection.
+
+- Stop request: SIGUSR1/SIGTERM to a rank, or the file `<run>/control/stop` (the Slurm batch script
+  creates it on USR1, so no signal has to cross srun, enroot and torchrun). At the next step
+  boundary all ranks agree, checkpoint and exit with exit_codes.REQUEUE.
+- Watchdog: a daemon thread; when no step finished within `hang_timeout_s` it dumps every thread's
+  stack into `<run>/hangs/` and hard-exits with exit_codes.HANG, so a stuck collective costs
+  minutes instead of the rest of the allocation.
+- Fault injection for tests: MLTRAIN_FAULT=<hang|kill>:<step>:<rank>, only on a job's first attempt.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from mltrain import exit_codes, rundir
+
+
+def write_exit_reason(run_dir: Path, reason: str) -> None:
+    """Record why the trainer stopped (one word) for the launcher's requeue decision."""
+    path = run_dir / rundir.EXIT_REASON_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(reason + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+class StopRequest:
+    """A flag set by SIGUSR1/SIGTERM or by the presence of the stop file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.stop_file = run_dir / rundir.STOP_FILE
+        self.signalled: str | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. under a test runner thread)
+                pass
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.signalled = signal.Signals(signum).name
+
+    def requested(self, check_file: bool) -> bool:
+        return self.signalled is not None or (check_file and self.stop_file.exists())
+
+
+class Watchdog:
+    """Fires when `beat()` has not been called for `timeout_s` seconds (armed by the first beat)."""
+
+    def __init__(self, run_dir: Path, rank: int, timeout_s: float | None) -> None:
+        self.run_dir = run_dir
+        self.rank = rank
+        self.timeout_s = timeout_s
+        self._last: float | None = None
+        self._paused = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if timeout_s:
+            self._thread = threading.Thread(target=self._run, name="mltrain-watchdog", daemon=True)
+            self._thread.start()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        assert self.timeout_s is not None
+        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+            if self._last is None or self._paused:
+                continue
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                self._fire(idle)
+
+    def _fire(self, idle: float) -> None:
+        hang_dir = self.run_dir / rundir.HANGS_DIR
+        hang_dir.mkdir(parents=True, exist_ok=True)
+        path = hang_dir / f"rank{self.rank}-{int(time.time())}.txt"
+        with open(path, "w") as f:
+            f.write(f"mltrain watchdog: rank {self.rank} finished no step for {idle:.0f}s "
+                    f"(hang_timeout_s={self.timeout_s}); stacks of all threads:\n\n")
+            f.flush()
+            faulthandler.dump_traceback(file=f, all_threads=True)
+        write_exit_reason(self.run_dir, exit_codes.REASON_HANG)
+        print(f"[mltrain] rank {self.rank}: no step for {idle:.0f}s, stacks in {path}; exiting", flush=True)
+        os._exit(exit_codes.HANG)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class FaultInjector:
+    """Test hook: MLTRAIN_FAULT=hang:5:1 makes rank 1 stop stepping at step 5; kill:5:1 SIGKILLs it."""
+
+    def __init__(self, run_dir: Path, rank: int) -> None:
+        self.kind: str | None = None
+        self.step = -1
+        self.marker = run_dir / rundir.CONTROL_DIR / "fault_done"
+        spec = os.environ.get("MLTRAIN_FAULT", "")
+        first_attempt = os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")
+        if not spec or not first_attempt or self.marker.exists():
+            return
+        try:
+            kind, step, fault_rank = spec.split(":")
+            if int(fault_rank) == rank and kind in ("hang", "kill"):
+                self.kind, self.step = kind, int(step)
+        except ValueError:
+            print(f"[mltrain] ignoring malformed MLTRAIN_FAULT={spec!r} (want hang|kill:STEP:RANK)", flush=True)
+
+    def maybe_fire(self, step: int) -> None:
+        if self.kind is None or step != self.step:
+            return
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(f"{self.kind} at step {step}\n")
+        print(f"[mltrain] injected fault: {self.kind} at step {step}", flush=True)
+        if self.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:  # hang: this rank stops stepping; the others block in the next collective
+            time.sleep(3600)

@@ -1,0 +1,112 @@
+"""Training FLOPs, MFU and the metrics sinks (metrics.jsonl + TensorBoard).
+
+FLOPs per token (forward + backward), the PaLM / torchtitan convention:
+    6 * N  +  12 * L * H * Q * T
+N: parameters that take part in matmuls: every parameter except the embedding lookup, plus the
+output head (so a tied head counts once, as a matmul). L layers, H heads, Q head dim, T sequence
+length; the second term is the attention score and value matmuls (not in N).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mltrain.config import ModelConfig
+
+# Dense bf16 tensor-core peak per device, FLOP/s (vendor data sheets, no sparsity).
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "H100": 989.4e12,
+    "H200": 989.4e12,
+    "GH200": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362.05e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """N of the FLOPs formula: all parameters but the embedding lookup, plus the output head."""
+    d, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
+    kv = cfg.n_kv_heads * cfg.head_dim
+    attn = d * d + 2 * d * kv + d * d
+    if cfg.qkv_bias:
+        attn += d + 2 * kv
+    mlp = 3 * d * f
+    norms = 2 * d
+    per_layer = attn + mlp + norms
+    return cfg.n_layers * per_layer + d + v * d  # + final norm + output head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs for one token: 6N + 12*L*H*Q*T (see module docstring)."""
+    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+
+def device_peak_flops(device_name: str | None) -> float | None:
+    """Peak bf16 FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3'; None on CPU/unknown."""
+    if not device_name:
+        return None
+    upper = device_name.upper()
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in upper:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, peak_flops: float | None, n_devices: int) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the devices' peak."""
+    if not peak_flops or n_devices <= 0:
+        return None
+    return tokens_per_s * flops_per_tok / (peak_flops * n_devices)
+
+
+class MetricsWriter:
+    """Appends JSON lines to <run>/metrics.jsonl (flushed per line) and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            except Exception:  # tensorboard missing or broken: metrics.jsonl is the source of truth
+                self._tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        self._fh.write(json.dumps(record) + "\n")
+        if self._tb is not None and "step" in record:
+            kind = record.get("kind", "train")
+            for k, v in record.items():
+                if k not in ("step", "time", "kind") and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(f"{kind}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of <run>/metrics.jsonl; a torn last line (killed writer) is ignored."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

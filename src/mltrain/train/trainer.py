@@ -1,0 +1,393 @@
+"""The training loop: one process or one torchrun worker.
+
+Order of work: join the process group, check the run dir and data (a problem here is a config
+error that must never be requeued), build the model, apply parallelism, resume from the newest
+valid checkpoint, then step. Every step boundary is a safe point for a stop request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mltrain import exit_codes, rundir
+from mltrain.config import RunConfig, dump_yaml
+from mltrain.errors import CheckpointError, ConfigError, DataError, MltrainError, RunDirError
+from mltrain.train import metrics as M
+from mltrain.train.checkpoint import CheckpointManager
+from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
+from mltrain.train.faults import FaultInjector, StopRequest, Watchdog, write_exit_reason
+from mltrain.train.optim import build_optimizer, lr_at, set_lr
+from mltrain.train.parallel import parallelize, unwrap
+
+# Config sections that must not change under an existing run dir (they change what the weights mean).
+_FROZEN_KEYS = ("model", "data.dir", "data.tokenizer", "train.seq_len")
+
+
+def _log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(f"[mltrain] {msg}", flush=True)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def check_run_dir(cfg: RunConfig) -> None:
+    """Refuse a run dir written by a config whose model, data or sequence length differ."""
+    import yaml
+
+    path = cfg.run_dir / rundir.CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f"{path}: unreadable ({e}); move the run dir away or pick a new run name") from None
+    new = cfg.model_dump(mode="json")
+    diffs = []
+    for key in _FROZEN_KEYS:
+        a, b = _flatten(_get(old, key), key), _flatten(_get(new, key), key)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                diffs.append(f"{k}: run dir has {a.get(k)!r}, config has {b.get(k)!r}")
+    if diffs:
+        raise RunDirError(
+            f"{cfg.run_dir} was written by an incompatible config ({'; '.join(diffs[:5])}); "
+            "use a new run name, or restore the original values"
+        )
+
+
+def write_config(cfg: RunConfig) -> None:
+    path = cfg.run_dir / rundir.CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def precheck(cfg: RunConfig) -> Any:
+    """Everything that can be wrong before a GPU is touched. Returns the data manifest."""
+    from mltrain.data.manifest import load_manifest
+    from mltrain.data.validate import check_manifest_consistency
+
+    data_dir = Path(cfg.data.dir)
+    if not (data_dir / "manifest.json").exists():
+        raise DataError(f"{data_dir}/manifest.json: no prepared data; run `mltrain data prepare <run.yaml>` first")
+    manifest = load_manifest(data_dir)
+    if manifest.vocab_size > cfg.model.vocab_size:
+        raise DataError(
+            f"{data_dir}/manifest.json: tokenizer vocab {manifest.vocab_size} is larger than "
+            f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
+        )
+    check_manifest_consistency(data_dir)
+    check_run_dir(cfg)
+    return manifest
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def build_model(cfg: RunConfig, device: torch.device, load_hf: bool) -> torch.nn.Module:
+    """Construct on the meta device, materialise on `device`, initialise (seeded, same on all ranks)."""
+    from mltrain.model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    model.to_empty(device=device)
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        model.init_weights()
+    if load_hf and cfg.model.init_from:
+        from mltrain.model.hf import check_hf_matches, load_hf_weights
+
+        check_hf_matches(cfg.model, cfg.model.init_from)
+        load_hf_weights(model, cfg.model.init_from)
+    return model
+
+
+class Trainer:
+    """State and steps of one run on this rank."""
+
+    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.run_dir = cfg.run_dir
+        tc = cfg.train
+        self.bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and info.device.type == "cuda")
+        self.ckpt = CheckpointManager(
+            self.run_dir, cfg.checkpoint.keep_last, info.rank, info.world_size,
+            async_save=cfg.checkpoint.async_save, warn=lambda m: _log(info, "WARNING: " + m),
+            info=lambda m: _log(info, m),
+        )
+        resume = self.ckpt.latest() if cfg.checkpoint.resume else None
+        self.model = build_model(cfg, info.device, load_hf=resume is None)
+        self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        self.optimizer = build_optimizer(self.module, tc, info.device)
+        from mltrain.data.loader import TokenLoader
+
+        self.loader = TokenLoader(Path(cfg.data.dir), "train", tc.seq_len, tc.micro_batch_size,
+                                  info.rank, info.world_size, cfg.seed)
+        self.step = 0
+        if resume is not None:
+            self._resume(*resume)
+        n_dev = info.world_size if info.device.type == "cuda" else 0
+        self.peak = M.device_peak_flops(torch.cuda.get_device_name(info.device)) if n_dev else None
+        self.n_devices = n_dev
+        self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
+        self.tokens_per_step = tc.micro_batch_size * tc.seq_len * tc.grad_accum_steps * info.world_size
+
+    # ------------------------------------------------------------------ state
+    def _app_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def _resume(self, step: int, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._app_state()
+        trainer_state = self.ckpt.load(path, state, self.shapes)
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        self.loader.load_state_dict(trainer_state["loader"])
+        _set_rng_state(trainer_state.get("_rank_state", {}).get("rng", {}))
+        self.step = int(trainer_state["step"])
+        _log(self.info, f"resumed from {path} (step {self.step})")
+
+    def save(self) -> bool:
+        trainer_state = {"step": self.step, "loader": self.loader.state_dict(), "world_size": self.info.world_size,
+                         "config_name": self.cfg.name}
+        return self.ckpt.save(self.step, self._app_state(), trainer_state, {"rng": _rng_state()})
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.bf16 and self.cfg.train.parallel != "fsdp":
+            return torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tc = self.cfg.train
+        set_lr(self.optimizer, lr_at(self.step + 1, tc))
+        total = torch.zeros((), device=self.info.device)
+        for micro in range(tc.grad_accum_steps):
+            x, y = self.loader.next_batch()
+            x = x.to(self.info.device, non_blocking=True)
+            y = y.to(self.info.device, non_blocking=True)
+            sync = micro == tc.grad_accum_steps - 1
+            no_sync = getattr(self.module, "no_sync", None)
+            ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+            if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
+                self.module.set_requires_gradient_sync(sync)
+            with ctx, self._autocast():
+                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens) / tc.grad_accum_steps
+            loss.backward()
+            total += loss.detach()
+        if tc.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
+        else:
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+        if hasattr(gnorm, "full_tensor"):
+            gnorm = gnorm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, gnorm
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        from mltrain.data.loader import TokenLoader
+
+        tc = self.cfg.train
+        try:
+            val = TokenLoader(Path(self.cfg.data.dir), "val", tc.seq_len, tc.micro_batch_size,
+                              self.info.rank, self.info.world_size, self.cfg.seed)
+        except DataError as e:
+            _log(self.info, f"no evaluation: {e}")
+            return None
+        self.module.eval()
+        total = torch.zeros((), device=self.info.device)
+        for _ in range(tc.eval_batches):
+            x, y = val.next_batch()
+            with self._autocast():
+                total += self.module(x.to(self.info.device), y.to(self.info.device),
+                                     loss_chunk_tokens=tc.loss_chunk_tokens).float()
+        self.module.train()
+        return float(all_reduce_mean(total / tc.eval_batches).item())
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def train_loop(trainer: Trainer, writer: M.MetricsWriter | None, stop: StopRequest, watchdog: Watchdog,
+               fault: FaultInjector) -> str:
+    """Step until done or asked to stop; returns the exit reason word."""
+    cfg, info = trainer.cfg, trainer.info
+    tc = cfg.train
+    window_loss = torch.zeros((), device=info.device)
+    window_steps = 0
+    t_window = time.perf_counter()
+    last_saved = trainer.step
+    trainer.module.train()
+    while trainer.step < tc.max_steps:
+        fault.maybe_fire(trainer.step + 1)
+        loss, gnorm = trainer.train_step()
+        window_loss += loss
+        window_steps += 1
+        watchdog.beat()
+        trainer.ckpt.poll()
+        step = trainer.step
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            mean_loss = float(all_reduce_mean(window_loss / window_steps).item())
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t_window) / window_steps
+            tps = trainer.tokens_per_step / dt
+            mfu = M.mfu(tps, trainer.flops_per_token, trainer.peak, trainer.n_devices)
+            rec = {"kind": "train", "step": step, "loss": mean_loss, "lr": lr_at(step, tc),
+                   "grad_norm": float(gnorm), "tokens_per_s": tps, "mfu": mfu, "step_time_s": dt,
+                   "mem_gib": _memory_gib(info.device)}
+            if writer:
+                writer.write(rec)
+            mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
+            _log(info, f"step {step}/{tc.max_steps} | loss {mean_loss:.4f} | lr {rec['lr']:.2e} | "
+                       f"gnorm {rec['grad_norm']:.2f} | {_fmt_rate(tps)} tok/s | mfu {mfu_s} | {dt:.3f} s/step")
+            if not math.isfinite(mean_loss):
+                raise MltrainError(f"loss is {mean_loss} at step {step}; lower train.lr or check the data")
+            window_loss.zero_()
+            window_steps = 0
+            t_window = time.perf_counter()
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
+            _eval(trainer, writer)
+            watchdog.beat()
+        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < tc.max_steps:
+            trainer.save()
+            last_saved = step
+            watchdog.beat()
+        if step % tc.stop_check_every == 0 and any_rank(stop.requested(check_file=info.is_main), info.device):
+            why = stop.signalled or "stop file"
+            _log(info, f"stop requested ({why}) at step {step}: checkpointing, then exiting for requeue")
+            if last_saved != step:
+                trainer.save()
+            trainer.ckpt.wait()
+            return exit_codes.REASON_PREEMPTED
+        t_window = t_window if window_steps else time.perf_counter()
+    _eval(trainer, writer)
+    if last_saved != trainer.step:
+        trainer.save()
+    trainer.ckpt.wait()
+    return exit_codes.REASON_DONE
+
+
+def _eval(trainer: Trainer, writer: M.MetricsWriter | None) -> None:
+    val = trainer.evaluate()
+    if val is None:
+        return
+    ppl = math.exp(min(val, 50.0))
+    if writer:
+        writer.write({"kind": "eval", "step": trainer.step, "val_loss": val, "val_ppl": ppl})
+    _log(trainer.info, f"eval step {trainer.step} | val loss {val:.4f} | val ppl {ppl:.2f}")
+
+
+def run_training(cfg: RunConfig) -> int:
+    """Train `cfg` on this rank. Returns the process exit code (see exit_codes)."""
+    info = init_distributed(cfg.train.device)
+    run_dir = cfg.run_dir
+    writer = None
+    watchdog = None
+    try:
+        try:
+            if info.is_main:
+                precheck(cfg)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_config(cfg)
+                (run_dir / rundir.CONTROL_DIR).mkdir(exist_ok=True)
+            ok = [True]
+        except (ConfigError, DataError, RunDirError) as e:
+            ok = [e]
+        if torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(ok, src=0)
+        if ok[0] is not True:
+            if run_dir.exists():
+                write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
+                if info.is_main:
+                    (run_dir / "control" / "exit_message").write_text(str(ok[0]) + "\n")
+            if info.is_main:
+                raise ok[0]
+            return exit_codes.CONFIG_ERROR
+        stop = StopRequest(run_dir)
+        fault = FaultInjector(run_dir, info.rank)
+        trainer = Trainer(cfg, info)
+        if info.is_main:
+            writer = M.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
+            writer.write({"kind": "start", "step": trainer.step, "world_size": info.world_size,
+                          "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                          "job_id": os.environ.get("SLURM_JOB_ID"),
+                          "params": M.matmul_params(cfg.model), "flops_per_token": trainer.flops_per_token})
+        _log(info, f"run {cfg.name}: {info.world_size} x {info.device.type}, parallel={cfg.train.parallel}, "
+                   f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
+                   f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}")
+        watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
+        reason = train_loop(trainer, writer, stop, watchdog, fault)
+        if writer:
+            writer.write({"kind": "exit", "step": trainer.step, "reason": reason})
+        if info.is_main:
+            write_exit_reason(run_dir, reason)
+        return exit_codes.REQUEUE if reason == exit_codes.REASON_PREEMPTED else exit_codes.DONE
+    except (CheckpointError, MltrainError):
+        if info.is_main and run_dir.exists():
+            write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
+        raise
+    except BaseException:
+        if run_dir.exists():
+            write_exit_reason(run_dir, exit_codes.REASON_FAILED)
+        raise
+    finally:
+        if watchdog:
+            watchdog.close()
+        if writer:
+            writer.close()
+        shutdown()
