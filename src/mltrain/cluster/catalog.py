@@ -1,0 +1,91 @@
+"""The instance catalog: accelerator shapes, peak FLOP/s, EFA and prices, read from catalog.yaml.
+
+A data file (with its sources in comments) rather than code, so a price or a new instance type is
+a one-line change that reviewers can check against the AWS pages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from mltrain.config import StrictModel, format_validation_error
+from mltrain.errors import ClusterError
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+
+
+class InstanceType(StrictModel):
+    """One EC2 instance type as the planner sees it."""
+
+    name: str = ""
+    accelerators: int = Field(gt=0, description="GPUs (or Trainium chips) per instance")
+    accelerator: str
+    gpu_memory_gib: float = Field(gt=0, description="per accelerator, as the driver reports it")
+    vcpus: int = Field(gt=0)
+    memory_gib: float = Field(gt=0)
+    network_gbps: float = Field(gt=0)
+    efa_interfaces: int = Field(ge=0, description="max EFA network cards; 0 = no EFA")
+    peak_bf16_tflops: float = Field(gt=0, description="dense bf16 per accelerator")
+    prices: dict[str, float] = Field(default_factory=dict, description="on-demand USD/hour by region")
+    price_estimate: bool = False
+    notes: str | None = None
+
+    @property
+    def efa(self) -> bool:
+        return self.efa_interfaces > 0
+
+    @property
+    def peak_flops(self) -> float:
+        """Per accelerator, FLOP/s."""
+        return self.peak_bf16_tflops * 1e12
+
+    def price(self, region: str | None) -> float | None:
+        """On-demand USD per instance-hour in `region`; None when the catalog does not know it."""
+        if region is None:
+            return None
+        return self.prices.get(region)
+
+
+@cache
+def load_catalog(path: Path = CATALOG_PATH) -> dict[str, InstanceType]:
+    """Parse catalog.yaml once; a broken catalog is a ClusterError naming the entry."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClusterError(f"{path}: cannot read the instance catalog: {e}") from None
+    out: dict[str, InstanceType] = {}
+    for name, entry in (data or {}).get("instances", {}).items():
+        try:
+            out[name] = InstanceType.model_validate({**entry, "name": name})
+        except ValidationError as e:
+            raise ClusterError(format_validation_error(f"{path}: instances.{name}", e)) from None
+    return out
+
+
+def instance_names() -> list[str]:
+    return sorted(load_catalog())
+
+
+def suggest(name: str, choices: list[str], n: int = 3) -> str:
+    """' (did you mean: a, b?)' or '' — near names by difflib ratio, best first."""
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.6)
+    if not close:
+        close = [c for c in choices if c.split(".")[0] == name.split(".")[0]][:n]
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def get_instance(name: str) -> InstanceType:
+    """Look up an instance type; an unknown name raises ClusterError with near-name suggestions."""
+    catalog = load_catalog()
+    if name in catalog:
+        return catalog[name]
+    key = name.strip().lower()
+    if key in catalog:
+        return catalog[key]
+    hint = suggest(key, list(catalog)) or f"; known: {', '.join(instance_names())}"
+    raise ClusterError(f"unknown instance type {name!r}{hint} (add it to {CATALOG_PATH})")

@@ -1,0 +1,411 @@
+"""Capacity planning: memory fit, FLOPs, days, node-hours and dollars per model, and the node split.
+
+Pure functions (no torch, no I/O except reading a bench result), so the numbers are reproducible
+and testable. Every assumption is a named constant in `Assumptions` and printed with the plan.
+
+Memory per GPU, FSDP full sharding over all GPUs of one model's job (mixed precision):
+  sharded state   = params x 16 B / GPUs   (fp32 master weights 4 + fp32 grads 4 + AdamW m, v 2 x 4)
+  working set     = 2 FSDP units x unit params x 6 B   (bf16 all-gathered weights 2 + fp32 unsharded
+                    grads 4 before the reduce-scatter; the current unit + the prefetched one; the
+                    largest unit is a transformer block or the embedding / head matrix)
+  activations     = layers x 34 B x micro_batch x seq x hidden   (Korthikanti et al. 2022, 16-bit,
+                    flash attention so no seq^2 term; with activation checkpointing: 2 B per layer
+                    for the kept layer inputs + one layer recomputed at 34 B)
+                  + logits: micro_batch x seq x vocab x 6 B (bf16 logits + fp32 copy for the loss)
+  overhead        = 6 GiB (CUDA context, NCCL buffers, allocator fragmentation)
+Training FLOPs = tokens x (6 N + 12 L H Q T) — N: matmul parameters (all but the embedding lookup,
+plus the output head), H*Q = hidden size, T = seq_len (same convention as mltrain.train.metrics).
+Time = FLOPs / (nodes x GPUs per node x peak bf16 FLOP/s x MFU): MFU is assumed not to change with
+the node count (weak scaling of data parallelism; state your MFU for the node counts you plan).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mltrain.cluster.catalog import InstanceType, get_instance
+from mltrain.cluster.fleet import Fleet, FleetModel
+from mltrain.config import ModelConfig
+from mltrain.errors import ClusterError
+
+GIB = 1024**3
+HOURS_PER_DAY = 24.0
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """The memory model's constants (see the module docstring)."""
+
+    state_bytes_per_param: float = 16.0
+    working_bytes_per_param: float = 6.0
+    units_in_flight: int = 2
+    activation_bytes_per_token_hidden: float = 34.0
+    checkpointed_bytes_per_token_hidden: float = 2.0
+    logits_bytes_per_token_vocab: float = 6.0
+    overhead_gib: float = 6.0
+
+
+DEFAULT_ASSUMPTIONS = Assumptions()
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the planner needs to know about a model's size."""
+
+    params: float  # all parameters (memory)
+    matmul_params: float  # N of 6N (FLOPs)
+    n_layers: int
+    hidden_size: int
+    vocab_size: int
+    largest_unit_params: float  # biggest FSDP unit: one block or the embedding matrix
+
+
+def shape_from_config(cfg: ModelConfig) -> ModelShape:
+    """Analytic counts from an architecture (same formula as mltrain.model.param_count)."""
+    d, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
+    attn = 2 * d * d + 2 * d * kv + ((d + 2 * kv) if cfg.qkv_bias else 0)
+    per_layer = attn + 3 * d * cfg.ffn_hidden_size + 2 * d
+    emb = cfg.vocab_size * d
+    body = cfg.n_layers * per_layer + d
+    params = body + emb + (0 if cfg.tie_embeddings else emb)
+    return ModelShape(
+        params=float(params),
+        matmul_params=float(body + emb),
+        n_layers=cfg.n_layers,
+        hidden_size=d,
+        vocab_size=cfg.vocab_size,
+        largest_unit_params=float(max(per_layer, emb)),
+    )
+
+
+def model_shape(m: FleetModel) -> ModelShape:
+    """Shape of a fleet model: from its preset/arch, or from explicit params (every parameter then
+    counts as a matmul parameter, and the largest FSDP unit is one layer or the embedding)."""
+    cfg = m.architecture()
+    if cfg is not None:
+        return shape_from_config(cfg)
+    assert m.params is not None and m.n_layers is not None and m.hidden_size is not None
+    vocab = m.vocab_size or 0
+    return ModelShape(
+        params=m.params,
+        matmul_params=m.params,
+        n_layers=m.n_layers,
+        hidden_size=m.hidden_size,
+        vocab_size=vocab,
+        largest_unit_params=max(m.params / m.n_layers, float(vocab * m.hidden_size)),
+    )
+
+
+def memory_per_gpu_gib(
+    shape: ModelShape,
+    total_gpus: int,
+    micro_batch_size: int,
+    seq_len: int,
+    activation_checkpointing: bool = False,
+    a: Assumptions = DEFAULT_ASSUMPTIONS,
+) -> dict[str, float]:
+    """GiB per GPU by part (state, working, activations, logits, overhead, total)."""
+    if total_gpus <= 0:
+        raise ClusterError(f"memory estimate needs a positive GPU count, got {total_gpus}")
+    tokens = micro_batch_size * seq_len
+    if activation_checkpointing:
+        act = tokens * shape.hidden_size * (
+            shape.n_layers * a.checkpointed_bytes_per_token_hidden + a.activation_bytes_per_token_hidden
+        )
+    else:
+        act = tokens * shape.hidden_size * shape.n_layers * a.activation_bytes_per_token_hidden
+    parts = {
+        "state": shape.params * a.state_bytes_per_param / total_gpus / GIB,
+        "working": a.units_in_flight * shape.largest_unit_params * a.working_bytes_per_param / GIB,
+        "activations": act / GIB,
+        "logits": tokens * shape.vocab_size * a.logits_bytes_per_token_vocab / GIB,
+        "overhead": a.overhead_gib,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def min_nodes_to_fit(
+    shape: ModelShape,
+    inst: InstanceType,
+    micro_batch_size: int,
+    seq_len: int,
+    activation_checkpointing: bool = False,
+    a: Assumptions = DEFAULT_ASSUMPTIONS,
+) -> int | None:
+    """Smallest node count whose per-GPU memory fits the GPU; None if no count does (the part that
+    does not shrink with sharding — working set, activations, logits, overhead — is too big)."""
+    fixed = memory_per_gpu_gib(shape, 1, micro_batch_size, seq_len, activation_checkpointing, a)
+    room = inst.gpu_memory_gib - (fixed["total"] - fixed["state"])
+    if room <= 0:
+        return None
+    state_total_gib = fixed["state"]  # at 1 GPU == the whole state
+    gpus = max(1, math.ceil(state_total_gib / room - 1e-9))
+    nodes = max(1, math.ceil(gpus / inst.accelerators))
+    # guard float edges: step until it really fits
+    while memory_per_gpu_gib(shape, nodes * inst.accelerators, micro_batch_size, seq_len,
+                             activation_checkpointing, a)["total"] > inst.gpu_memory_gib:
+        nodes += 1
+    return nodes
+
+
+def flops_per_token(shape: ModelShape, seq_len: int) -> float:
+    """6 N + 12 L H Q T (H*Q = hidden size)."""
+    return 6.0 * shape.matmul_params + 12.0 * shape.n_layers * shape.hidden_size * seq_len
+
+
+def read_bench_mfu(path: str | Path) -> float:
+    """MFU from a bench result: a JSON with `mfu` (top level, or under `result`/`summary`), or a
+    run's metrics.jsonl (median of the `train` lines' mfu, the first 10% dropped as warm-up)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ClusterError(f"{path}: cannot read bench result: {e.strerror or e}") from None
+    if path.suffix == ".jsonl":
+        vals = []
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("kind") == "train" and isinstance(rec.get("mfu"), int | float):
+                vals.append(float(rec["mfu"]))
+        vals = vals[len(vals) // 10 :]
+        if not vals:
+            raise ClusterError(f"{path}: no train lines with an mfu value")
+        value = statistics.median(vals)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ClusterError(f"{path}: not JSON: {e}") from None
+        value = None
+        for node in (data, data.get("result") if isinstance(data, dict) else None,
+                     data.get("summary") if isinstance(data, dict) else None):
+            if isinstance(node, dict) and isinstance(node.get("mfu"), int | float):
+                value = float(node["mfu"])
+                break
+        if value is None:
+            raise ClusterError(f"{path}: key 'mfu' not found (top level, result or summary)")
+    if not 0 < value <= 1:
+        raise ClusterError(f"{path}: mfu {value} is not in (0, 1]")
+    return value
+
+
+# --------------------------------------------------------------------------- allocation
+
+
+def _round_up(n: int, g: int) -> int:
+    return -(-n // g) * g
+
+
+def allocate_min_makespan(work: list[float], lo: list[int], hi: list[int], total: int, granularity: int = 1) -> list[int]:
+    """Whole nodes per job minimising max(work_i / n_i), with lo_i <= n_i <= hi_i, n_i multiples of
+    `granularity`, sum <= total. Greedy: always grow the job that finishes last; exact for this
+    problem because only growing the longest job can lower the maximum (each time is decreasing
+    in n). Raises ClusterError when the lower bounds alone exceed `total`."""
+    if total <= 0 or granularity <= 0:
+        raise ClusterError(f"allocation needs positive nodes and granularity, got {total} and {granularity}")
+    if any(w <= 0 for w in work):
+        raise ClusterError("allocation needs positive work for every model")
+    n = list(lo)
+    if sum(n) > total:
+        raise ClusterError(f"the models need {sum(n)} nodes together, the cluster has {total}")
+    free = total - sum(n)
+    heap = [(-w / k, i) for i, (w, k) in enumerate(zip(work, n, strict=True))]
+    heapq.heapify(heap)
+    while heap and free >= granularity:
+        _, i = heapq.heappop(heap)
+        if n[i] + granularity > hi[i]:
+            break  # the longest job cannot grow: the makespan is final
+        n[i] += granularity
+        free -= granularity
+        heapq.heappush(heap, (-work[i] / n[i], i))
+    return n
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class ModelPlan:
+    name: str
+    params: float
+    tokens: float
+    seq_len: int
+    mfu: float
+    flops: float
+    node_days_work: float  # days on one node at this MFU
+    min_nodes_fit: int
+    mem_gib_per_gpu: float  # at the planned node count
+    nodes: int
+    days: float
+    node_hours: float
+    dollars: float | None
+    seed_nodes: int | None = None
+    seed_days: float | None = None
+    seed_node_hours: float | None = None
+    seed_dollars: float | None = None
+    seed_note: str | None = None
+
+
+@dataclass
+class SplitTotals:
+    nodes_used: int
+    makespan_days: float
+    busy_node_hours: float
+    cluster_node_hours: float  # the whole cluster held for the makespan
+    idle_node_hours: float
+    busy_dollars: float | None
+    cluster_dollars: float | None
+
+
+@dataclass
+class Plan:
+    instance_type: str
+    region: str | None
+    nodes: int
+    gpus_per_node: int
+    gpu: str
+    peak_tflops: float
+    price_per_node_hour: float | None
+    price_source: str
+    objective: str
+    models: list[ModelPlan]
+    totals: SplitTotals
+    seed_totals: SplitTotals | None = None
+    assumptions: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _totals(nodes: list[int], days: list[float], cluster_nodes: int, price: float | None) -> SplitTotals:
+    makespan_h = max(days) * HOURS_PER_DAY
+    busy = sum(n * d * HOURS_PER_DAY for n, d in zip(nodes, days, strict=True))
+    cluster_h = cluster_nodes * makespan_h
+    return SplitTotals(
+        nodes_used=sum(nodes),
+        makespan_days=max(days),
+        busy_node_hours=busy,
+        cluster_node_hours=cluster_h,
+        idle_node_hours=cluster_h - busy,
+        busy_dollars=None if price is None else busy * price,
+        cluster_dollars=None if price is None else cluster_h * price,
+    )
+
+
+def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
+    """Per-model fit, FLOPs and cost, the min-makespan split (meeting deadlines), and the seed split."""
+    c, k = fleet.cluster, fleet.constraints
+    inst = get_instance(c.instance_type)
+    gpn = inst.accelerators
+    if c.price_per_node_hour is not None:
+        price, price_source = c.price_per_node_hour, "fleet file"
+    elif inst.price(c.region) is not None:
+        price = inst.price(c.region)
+        price_source = f"catalog, {c.region}" + (" (estimate)" if inst.price_estimate else "")
+    else:
+        price, price_source = None, f"unknown for {c.region or 'no region'}: set cluster.price_per_node_hour"
+    g = k.node_granularity
+    if g > c.nodes:
+        raise ClusterError(f"constraints.node_granularity {g} is larger than the cluster ({c.nodes} nodes)")
+    notes: list[str] = []
+    if inst.notes:
+        notes.append(f"{inst.name}: {inst.notes}")
+
+    shapes, works, lo, hi, mfus, fits, flops = [], [], [], [], [], [], []
+    for m in fleet.models:
+        shape = model_shape(m)
+        mfu = m.mfu if m.mfu is not None else read_bench_mfu(m.bench_result or "")
+        fit = min_nodes_to_fit(shape, inst, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+        if fit is None:
+            mem = memory_per_gpu_gib(shape, 10**9, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+            raise ClusterError(
+                f"model {m.name}: does not fit on a {inst.accelerator} ({inst.gpu_memory_gib} GiB) at any node count: "
+                f"{mem['total']:.1f} GiB/GPU even fully sharded (activations {mem['activations']:.1f}, logits "
+                f"{mem['logits']:.1f}, working set {mem['working']:.1f}) at micro_batch_size={m.micro_batch_size}, "
+                f"seq_len={m.seq_len}; lower them or set activation_checkpointing: true"
+            )
+        if fit > c.nodes:
+            mem = memory_per_gpu_gib(shape, c.nodes * gpn, m.micro_batch_size, m.seq_len,
+                                     m.activation_checkpointing, a)
+            raise ClusterError(
+                f"model {m.name}: needs {fit} nodes to fit in memory ({mem['total']:.1f} GiB/GPU on all "
+                f"{c.nodes} nodes, GPU has {inst.gpu_memory_gib}), the cluster has {c.nodes}"
+            )
+        f = flops_per_token(shape, m.seq_len) * m.tokens
+        work_node_s = f / (gpn * inst.peak_flops * mfu)
+        lower = _round_up(max(fit, m.min_nodes or k.min_nodes_per_model), g)
+        upper_raw = min(x for x in (m.max_nodes, k.max_nodes_per_model, c.nodes) if x is not None)
+        upper = (upper_raw // g) * g
+        if upper < lower:
+            raise ClusterError(
+                f"model {m.name}: needs at least {lower} nodes (fit {fit}, granularity {g}) but may use at most "
+                f"{upper_raw}"
+            )
+        deadline = m.deadline_days or k.deadline_days
+        if deadline is not None:
+            need = _round_up(math.ceil(work_node_s / (deadline * 86400) - 1e-9), g)
+            if need > upper:
+                raise ClusterError(
+                    f"model {m.name}: needs {need} nodes to train {m.tokens:.3g} tokens in {deadline:g} days at "
+                    f"MFU {mfu:.2f}, but may use at most {upper}"
+                )
+            lower = max(lower, need)
+        shapes.append(shape), works.append(work_node_s), lo.append(lower), hi.append(upper)
+        mfus.append(mfu), fits.append(fit), flops.append(f)
+
+    if sum(lo) > c.nodes:
+        detail = ", ".join(f"{m.name} {n}" for m, n in zip(fleet.models, lo, strict=True))
+        why = "to meet the deadlines" if any(m.deadline_days for m in fleet.models) or k.deadline_days else "at least"
+        raise ClusterError(f"the models need {sum(lo)} nodes together {why} ({detail}); the cluster has {c.nodes}")
+    nodes = allocate_min_makespan(works, lo, hi, c.nodes, g)
+    objective = "min makespan" + (" meeting deadlines" if any(m.deadline_days for m in fleet.models)
+                                  or k.deadline_days else "")
+
+    plans: list[ModelPlan] = []
+    days = []
+    for m, shape, w, n, mfu, fit, f in zip(fleet.models, shapes, works, nodes, mfus, fits, flops, strict=True):
+        d = w / n / 86400
+        days.append(d)
+        nh = n * d * HOURS_PER_DAY
+        mem = memory_per_gpu_gib(shape, n * gpn, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+        plans.append(ModelPlan(
+            name=m.name, params=shape.params, tokens=m.tokens, seq_len=m.seq_len, mfu=mfu, flops=f,
+            node_days_work=w / 86400, min_nodes_fit=fit, mem_gib_per_gpu=mem["total"], nodes=n, days=d,
+            node_hours=nh, dollars=None if price is None else nh * price,
+        ))
+    totals = _totals(nodes, days, c.nodes, price)
+
+    seed_totals = None
+    if fleet.seed_split is not None:
+        sdays = []
+        for p, n in zip(plans, fleet.seed_split, strict=True):
+            p.seed_nodes = n
+            p.seed_days = p.node_days_work / n
+            p.seed_node_hours = n * p.seed_days * HOURS_PER_DAY
+            p.seed_dollars = None if price is None else p.seed_node_hours * price
+            if n < p.min_nodes_fit:
+                p.seed_note = f"does not fit: needs {p.min_nodes_fit} nodes"
+            sdays.append(p.seed_days)
+        seed_totals = _totals(list(fleet.seed_split), sdays, c.nodes, price)
+        if sum(fleet.seed_split) > c.nodes:
+            notes.append(f"seed split uses {sum(fleet.seed_split)} nodes, the cluster has {c.nodes}")
+    if sum(nodes) < c.nodes:
+        notes.append(f"{c.nodes - sum(nodes)} nodes left unassigned: the longest model is at its max_nodes")
+
+    return Plan(
+        instance_type=inst.name, region=c.region, nodes=c.nodes, gpus_per_node=gpn, gpu=inst.accelerator,
+        peak_tflops=inst.peak_bf16_tflops, price_per_node_hour=price, price_source=price_source,
+        objective=objective, models=plans, totals=totals, seed_totals=seed_totals,
+        assumptions=asdict(a), notes=notes,
+    )
