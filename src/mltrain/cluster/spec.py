@@ -29,6 +29,13 @@ class SlurmSpec(StrictModel):
     exclusive: bool = True
     hyperpod: bool | None = Field(default=None, description="SageMaker HyperPod; none = detect")
     extra_sbatch: list[str] = Field(default_factory=list, description="extra '#SBATCH' options, verbatim")
+    nproc_per_node: int | None = Field(
+        default=None, gt=0, description="torchrun processes per node; none = gpus_per_node, or 1 without GPUs"
+    )
+    rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first node")
+    exclude_failed_nodes: bool = Field(
+        default=True, description="on requeue after a failure, exclude the failing node when the partition has a spare"
+    )
 
 
 class FsxSpec(StrictModel):

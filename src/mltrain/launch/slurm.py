@@ -1,0 +1,424 @@
+"""Slurm launcher: render one self-recovering sbatch script per run, submit it, follow it, cancel it.
+
+The recovery policy lives in the batch script itself (templates/job.sbatch.j2) and runs on the
+host after `srun ... & wait`, because scontrol is not available inside enroot containers and
+because the decision must survive this CLI process: USR1 -> control/stop -> the trainer
+checkpoints and writes `preempted` -> requeue; hang/failed/lost rank -> requeue up to
+launch.max_restarts; config_error and done -> never requeued. See docs/slurm.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
+from mltrain.config import RunConfig, dump_yaml, load_run_config
+from mltrain.errors import ConfigError, LaunchError, RunDirError
+from mltrain.launch import nccl_env
+from mltrain.rundir import CONTROL_DIR, SLURM_DIR, resolve_run
+
+SCRIPT_NAME = "job.sbatch"
+RUN_CONFIG_NAME = "run.yaml"  # the resolved config the workers train from (slurm/run.yaml)
+JOBS_FILE = "jobs.jsonl"
+CANCELLED_FILE = "control/cancelled"
+HYPERPOD_MARKER = Path("/opt/sagemaker_cluster")
+TIME_RE = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING",
+                 "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "REQUEUE_FED"}
+
+
+@dataclass
+class Submission:
+    """Everything `submit` decided, before anything is written or submitted."""
+
+    cfg: RunConfig
+    cluster: ClusterSpec
+    run_dir: Path
+    config_path: Path
+    script: str
+    nodes: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def script_path(self) -> Path:
+        return self.run_dir / SLURM_DIR / SCRIPT_NAME
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("mltrain.launch", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda v: shlex.quote(str(v))
+    # inside "...": keep $VAR references working, escape what would end or alter the string
+    env.filters["dq"] = lambda v: str(v).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+    return env.get_template("job.sbatch.j2")
+
+
+def detect_hyperpod(cluster: ClusterSpec) -> bool:
+    """SageMaker HyperPod: the spec says so, or (when unset) this login node has its marker dir."""
+    if cluster.slurm.hyperpod is not None:
+        return cluster.slurm.hyperpod
+    return HYPERPOD_MARKER.exists()
+
+
+def nproc_per_node(cluster: ClusterSpec) -> int:
+    return cluster.slurm.nproc_per_node or cluster.gpus_per_node or 1
+
+
+def run_dir_for(cfg: RunConfig, cluster: ClusterSpec) -> Path:
+    """`<cluster.run_base_dir>/runs/<name>`; a relative base is taken from the submit directory."""
+    return Path(os.path.abspath(cluster.run_base_dir)) / "runs" / cfg.name
+
+
+def _python_env() -> tuple[str | None, str]:
+    """(venv activate script or None, bin dir) of the interpreter running mltrain."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix != sys.base_prefix and activate.is_file():
+        return str(activate), str(Path(sys.prefix) / "bin")
+    return None, str(Path(sys.executable).parent)
+
+
+def render_sbatch(
+    cfg: RunConfig,
+    cluster: ClusterSpec,
+    run_dir: Path,
+    *,
+    nodes: int | None = None,
+    time: str | None = None,
+    hyperpod: bool | None = None,
+) -> str:
+    """The batch script text. Deterministic for a given config, spec and run dir (golden-tested)."""
+    nodes = nodes or cluster.nodes
+    if nodes > cluster.nodes:
+        raise LaunchError(f"--nodes {nodes}: cluster {cluster.name} has only {cluster.nodes} nodes")
+    time = time or cluster.slurm.time
+    if not TIME_RE.match(time):
+        raise ConfigError(f"--time {time!r}: expected HH:MM:SS or D-HH:MM:SS")
+    if re.search(r"\s", str(run_dir)):
+        raise LaunchError(f"run dir {run_dir}: #SBATCH paths cannot contain whitespace")
+    if hyperpod is None:
+        hyperpod = detect_hyperpod(cluster)
+    try:
+        env = nccl_env.merged_env(cluster.instance_type, cluster.env)
+    except ValueError as e:
+        raise ConfigError(f"cluster {cluster.name}: {e}") from None
+    activate, bin_dir = (None, "")
+    if cluster.container is None:
+        if cluster.venv:
+            activate, bin_dir = str(Path(cluster.venv) / "bin" / "activate"), str(Path(cluster.venv) / "bin")
+        else:
+            activate, bin_dir = _python_env()
+    return _template().render(
+        run_name=cfg.name,
+        job_name=cfg.name,
+        cluster_name=cluster.name,
+        instance_type=cluster.instance_type,
+        nodes=nodes,
+        nproc=nproc_per_node(cluster),
+        gpus_per_node=cluster.gpus_per_node,
+        exclusive=cluster.slurm.exclusive,
+        partition=cluster.slurm.partition,
+        account=cluster.slurm.account,
+        qos=cluster.slurm.qos,
+        time=time,
+        grace_s=cfg.launch.requeue_grace_s,
+        extra_sbatch=cluster.slurm.extra_sbatch,
+        run_dir=str(run_dir),
+        config_path=str(run_dir / SLURM_DIR / RUN_CONFIG_NAME),
+        max_restarts=cfg.launch.max_restarts,
+        exclude_failed_nodes=cluster.slurm.exclude_failed_nodes,
+        env=env,
+        container=cluster.container,
+        activate=activate,
+        bin_dir=bin_dir,
+        rdzv_port=cluster.slurm.rdzv_port,
+        hyperpod=hyperpod,
+    )
+
+
+def prepare_submission(
+    run_yaml: str | Path,
+    cluster_yaml: str | Path,
+    overrides: list[str] | None = None,
+    nodes: int | None = None,
+    time: str | None = None,
+    hyperpod: bool | None = None,
+) -> Submission:
+    """Load both configs, point the run at the cluster's shared base dir, render the script."""
+    cluster = load_cluster_spec(cluster_yaml)
+    cfg = load_run_config(run_yaml, list(overrides or []))
+    run_dir = run_dir_for(cfg, cluster)
+    # the workers run `mltrain train <run>/slurm/run.yaml`: same config, base_dir = the shared base
+    cfg = cfg.model_copy(update={"base_dir": str(run_dir.parent.parent)})
+    script = render_sbatch(cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod)
+    warnings = [f"cluster env sets a known-bad variable: {w}" for w in nccl_env.known_bad_in(
+        [nccl_env.EnvVar(k, v, "") for k, v in cluster.env.items()])]
+    if cluster.container is not None and cluster.container.mounts:
+        dsts = [m.split(":")[1] if ":" in m else m for m in cluster.container.mounts]
+        if not any(str(run_dir).startswith(d.rstrip("/") + "/") for d in dsts):
+            warnings.append(f"run dir {run_dir} is not under any container mount ({', '.join(dsts)})")
+    world = (nodes or cluster.nodes) * nproc_per_node(cluster)
+    if world > 1 and cfg.train.parallel == "none":
+        warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
+    return Submission(cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script,
+                      nodes or cluster.nodes, warnings)
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- scheduler queries
+
+
+def _run(cmd: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str] | None:
+    """Run a Slurm client command; None when it is not installed or hangs."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (FileNotFoundError, subprocess.TimeoutExpired, PermissionError):
+        return None
+
+
+def query_job(job_id: str) -> dict[str, str] | None:
+    """Scheduler view of a job: squeue first, then scontrol, then sacct (only if accounting works).
+
+    Returns {"state", "reason", "nodes", "restarts", "source"} or None when no source knows the job.
+    Never raises: a cluster without accounting (sacct exits 1) is normal.
+    """
+    p = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r|%N"])
+    info: dict[str, str] | None = None
+    if p is not None and p.returncode == 0 and p.stdout.strip():
+        state, reason, nodelist = (p.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
+        info = {"state": state, "reason": reason, "nodes": nodelist, "restarts": "", "source": "squeue"}
+    p = _run(["scontrol", "-o", "show", "job", str(job_id)])
+    if p is not None and p.returncode == 0 and p.stdout.strip():
+        kv = dict(re.findall(r"(\w+)=(\S*)", p.stdout))
+        sc = {
+            "state": kv.get("JobState", ""),
+            "reason": kv.get("Reason", ""),
+            "nodes": kv.get("NodeList", "") if kv.get("NodeList") != "(null)" else "",
+            "restarts": kv.get("Restarts", ""),
+            "exit_code": kv.get("ExitCode", ""),
+            "source": "scontrol",
+        }
+        if info is None:
+            return sc
+        info["restarts"] = sc["restarts"]
+        return info
+    if info is not None:
+        return info
+    p = _run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,NodeList,ExitCode"])
+    if p is not None and p.returncode == 0 and p.stdout.strip():
+        parts = (p.stdout.strip().splitlines()[-1].split("|") + ["", "", ""])[:4]
+        return {"state": parts[0].split()[0] if parts[0] else "", "reason": parts[1], "nodes": parts[2],
+                "restarts": "", "exit_code": parts[3], "source": "sacct"}
+    return None
+
+
+# --------------------------------------------------------------------------- run dir helpers
+
+
+def find_run(ref: str | os.PathLike[str]) -> Path:
+    """A run dir by path or name; also finds runs that were submitted but have not started yet."""
+    try:
+        return resolve_run(ref)
+    except RunDirError:
+        p = Path(ref)
+        base = Path(os.environ.get("MLTRAIN_BASE_DIR", "."))
+        for cand in (p, base / "runs" / str(ref)):
+            if (cand / SLURM_DIR / JOBS_FILE).is_file() or (cand / SLURM_DIR / SCRIPT_NAME).is_file():
+                return cand
+        raise
+
+
+def read_jobs(run_dir: Path) -> list[dict]:
+    """Records from `<run>/slurm/jobs.jsonl` (submit and cancel events), oldest first."""
+    out: list[dict] = []
+    try:
+        lines = (run_dir / SLURM_DIR / JOBS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line after a crash: skip it
+    return out
+
+
+def latest_job_id(run_dir: Path) -> str | None:
+    subs = [r for r in read_jobs(run_dir) if r.get("event", "submit") == "submit" and r.get("job_id")]
+    return str(subs[-1]["job_id"]) if subs else None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def submit_run(
+    run_yaml: str | Path,
+    cluster_yaml: str | Path,
+    overrides: list[str] | None = None,
+    nodes: int | None = None,
+    time: str | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> str | None:
+    """`mltrain submit`: render `<run>/slurm/job.sbatch`, `sbatch --parsable` it, record the job id."""
+    console = console or Console()
+    sub = prepare_submission(run_yaml, cluster_yaml, overrides, nodes=nodes, time=time)
+    if dry_run:
+        console.out(sub.script, highlight=False, end="")
+        for w in sub.warnings:
+            Console(stderr=True).print(f"[yellow]warning:[/] {w}", highlight=False)
+        return None
+    for w in sub.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    prev = latest_job_id(sub.run_dir)
+    if prev is not None:
+        info = query_job(prev)
+        if info is not None and info["state"] in ACTIVE_STATES:
+            raise LaunchError(
+                f"run {sub.cfg.name} already has job {prev} ({info['state']}); `mltrain cancel {sub.run_dir}` first"
+            )
+    try:
+        _atomic_write(sub.config_path, dump_yaml(sub.cfg))
+        _atomic_write(sub.script_path, sub.script, 0o755)
+        (sub.run_dir / CANCELLED_FILE).unlink(missing_ok=True)
+    except OSError as e:
+        raise LaunchError(f"{sub.run_dir}: cannot write the job files: {e.strerror or e}") from None
+    p = _run(["sbatch", "--parsable", str(sub.script_path)], timeout=60)
+    if p is None:
+        raise LaunchError("sbatch not found (or timed out): is this a Slurm login node? (--dry-run prints the script)")
+    if p.returncode != 0:
+        msg = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
+        raise LaunchError(f"sbatch {sub.script_path}: {msg}")
+    job_id = p.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise LaunchError(f"sbatch {sub.script_path}: unexpected output {p.stdout.strip()!r}")
+    _append_jsonl(
+        sub.run_dir / SLURM_DIR / JOBS_FILE,
+        {"event": "submit", "job_id": job_id, "time": _time.time(), "nodes": sub.nodes,
+         "partition": sub.cluster.slurm.partition, "cluster": sub.cluster.name, "script": str(sub.script_path)},
+    )
+    console.print(f"submitted job {job_id}: run {sub.cfg.name}, {sub.nodes} nodes, partition "
+                  f"{sub.cluster.slurm.partition}; run dir {sub.run_dir}", highlight=False)
+    console.print(f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}", highlight=False)
+    return job_id
+
+
+def log_files(run_dir: Path, job_id: str | None = None) -> list[Path]:
+    """The scheduler logs of a job (stdout, stderr), newest job by default."""
+    job_id = job_id or latest_job_id(run_dir)
+    if job_id is None:
+        return []
+    return [run_dir / SLURM_DIR / f"{job_id}.out", run_dir / SLURM_DIR / f"{job_id}.err"]
+
+
+def print_logs(run: str, follow: bool = False, console: Console | None = None) -> None:
+    """`mltrain logs`: the job's stdout then stderr; with -f, keep printing both until the job ends."""
+    console = console or Console()
+    run_dir = find_run(run)
+    job_id = latest_job_id(run_dir)
+    if job_id is None:
+        raise LaunchError(f"{run_dir}: no Slurm job recorded in {SLURM_DIR}/{JOBS_FILE}")
+    files = log_files(run_dir, job_id)
+    offsets = dict.fromkeys(files, 0)
+
+    def drain() -> bool:
+        got = False
+        for f in files:
+            try:
+                with open(f, "rb") as fh:
+                    fh.seek(offsets[f])
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            if data:
+                # only whole lines while following, so two files do not interleave mid-line
+                cut = data.rfind(b"\n") + 1 if follow else len(data)
+                if cut:
+                    console.out(data[:cut].decode(errors="replace"), end="", highlight=False)
+                    offsets[f] += cut
+                    got = True
+        return got
+
+    drain()
+    if not follow:
+        if not any(f.exists() for f in files):
+            console.print(f"(job {job_id} has not written a log yet: {files[0]})", highlight=False)
+        return
+    idle_checks = 0
+    while True:
+        if drain():
+            continue
+        _time.sleep(0.5)
+        idle_checks += 1
+        if idle_checks % 10 == 0:  # every ~5 s: stop once the job left the scheduler
+            info = query_job(job_id)
+            if info is None or info["state"] not in ACTIVE_STATES:
+                drain()
+                return
+
+
+def cancel_run(run: str, console: Console | None = None) -> None:
+    """`mltrain cancel`: mark the run cancelled (so the batch script does not requeue), then scancel."""
+    console = console or Console()
+    run_dir = find_run(run)
+    job_id = latest_job_id(run_dir)
+    if job_id is None:
+        raise LaunchError(f"{run_dir}: no Slurm job recorded in {SLURM_DIR}/{JOBS_FILE}")
+    (run_dir / CONTROL_DIR).mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / CANCELLED_FILE, f"{job_id}\n")
+    p = _run(["scancel", job_id])
+    if p is None:
+        raise LaunchError("scancel not found (or timed out)")
+    if p.returncode != 0:
+        raise LaunchError(f"scancel {job_id}: {(p.stderr.strip() or f'exit {p.returncode}').splitlines()[-1]}")
+    _append_jsonl(run_dir / SLURM_DIR / JOBS_FILE, {"event": "cancel", "job_id": job_id, "time": _time.time()})
+    console.print(f"cancelled job {job_id} (run {run_dir.name}); it will not be requeued", highlight=False)
+
+
+__all__ = [
+    "Submission",
+    "cancel_run",
+    "find_run",
+    "latest_job_id",
+    "prepare_submission",
+    "print_logs",
+    "query_job",
+    "read_jobs",
+    "render_sbatch",
+    "submit_run",
+]
