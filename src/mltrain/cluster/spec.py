@@ -45,8 +45,16 @@ class FsxSpec(StrictModel):
     storage_capacity_gib: int = Field(default=1200, gt=0)
     deployment_type: Literal["SCRATCH_2", "PERSISTENT_1", "PERSISTENT_2"] = "PERSISTENT_2"
     per_unit_storage_throughput: int = Field(default=250, gt=0)
-    s3_import_path: str | None = None
-    s3_export_path: str | None = None
+    s3_import_path: str | None = Field(
+        default=None, description="s3://bucket/prefix linked (auto-import) at <mount_dir>/data"
+    )
+    s3_export_path: str | None = Field(
+        default=None, description="s3://bucket/prefix that run_base_dir (checkpoints, logs) auto-exports to"
+    )
+    deletion_policy: Literal["Delete", "Retain"] = Field(
+        default="Retain", description="keep the file system when the cluster is deleted"
+    )
+    compression: bool = Field(default=True, description="LZ4 data compression")
 
 
 class AwsSpec(StrictModel):
@@ -65,6 +73,18 @@ class AwsSpec(StrictModel):
     fsx: FsxSpec | None = Field(default_factory=FsxSpec)
     custom_ami: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    pyxis: bool | None = Field(default=None, description="enable Pyxis/Enroot; none = when the spec has a container")
+    pyxis_script_url: str | None = Field(
+        default=None,
+        pattern=r"^(s3|https)://",
+        description="where you uploaded mltrain's enable-pyxis.sh (`mltrain cluster render -o` writes it)",
+    )
+    head_node_root_volume_gib: int = Field(default=200, ge=35)
+    compute_root_volume_gib: int = Field(default=200, ge=35)
+    scratch_dir: str | None = Field(default="/scratch", description="instance-store NVMe mount on compute nodes")
+    scaledown_idletime_min: int = Field(default=10, ge=-1)
+    detailed_monitoring: bool = True
+    log_retention_days: int = Field(default=14, gt=0)
 
 
 class ClusterSpec(StrictModel):
