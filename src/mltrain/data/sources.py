@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
@@ -69,10 +70,14 @@ def builtin_stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise DataError(f"{BUILTIN_STDLIB}: standard library dir {root} not found")
-    files = [
-        p for p in root.rglob("*.py")
-        if "site-packages" not in p.relative_to(root).parts and p.is_file() and p.stat().st_size > 0
-    ]  # empty __init__.py files are not documents, and not worth reporting as skipped
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
+        for name in filenames:
+            p = Path(dirpath) / name
+            # empty __init__.py files are not documents, and not worth reporting as skipped
+            if name.endswith(".py") and p.is_file() and p.stat().st_size > 0:
+                files.append(p)
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -214,6 +219,11 @@ def _iter_hf(name: str, text_field: str, stats: SourceStats) -> Iterator[str]:
         import datasets
     except ImportError:
         raise DataError(f"hf:{name}: Hugging Face datasets need the `datasets` package (pip install datasets)") from None
+    from mltrain.data.tokenizer import hub_unreachable_reason
+
+    reason = hub_unreachable_reason()
+    if reason:
+        raise DataError(f"hf:{name}: the Hugging Face hub is unreachable: {reason}")
     try:
         ds = datasets.load_dataset(name, split="train", streaming=True)
         for i, rec in enumerate(ds):

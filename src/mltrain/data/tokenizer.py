@@ -95,6 +95,9 @@ def _load_user_tokenizer(spec: str) -> Tokenizer:
             raise DataError(f"{path}: not a valid tokenizer.json: {e}") from None
     if path.suffix == ".json" or spec.startswith((".", "/", "~")):
         raise DataError(f"data.tokenizer: {path}: no such file")
+    reason = hub_unreachable_reason()
+    if reason:
+        raise DataError(f"data.tokenizer: {spec!r}: not a local file, and the Hugging Face hub is unreachable: {reason}")
     try:
         return Tokenizer.from_pretrained(spec)
     except Exception as e:
@@ -102,6 +105,23 @@ def _load_user_tokenizer(spec: str) -> Tokenizer:
             f"data.tokenizer: {spec!r}: not a local file and cannot be fetched from the Hugging Face hub "
             f"(offline? gated?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
+
+
+def hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used right now, or None. Checked up front because the
+    hub client retries for ~25 s with log spam before failing when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({e.strerror or e})"
 
 
 def _read_meta(path: Path) -> dict:
