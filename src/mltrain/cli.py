@@ -223,9 +223,10 @@ def cluster_validate(
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns Exit codes instead of raising in this mode
+        sys.exit(rc if isinstance(rc, int) else 0)
     except MltrainError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

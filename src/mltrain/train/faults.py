@@ -6,7 +6,8 @@
 - Watchdog: a daemon thread; when no step finished within `hang_timeout_s` it dumps every thread's
   stack into `<run>/hangs/` and hard-exits with exit_codes.HANG, so a stuck collective costs
   minutes instead of the rest of the allocation.
-- Fault injection for tests: MLTRAIN_FAULT=<hang|kill>:<step>:<rank>, only on a job's first attempt.
+- Fault injection for tests: MLTRAIN_FAULT=<hang|kill|stop>:<step>:<rank>, only on a job's first attempt
+  (`stop` sends the rank SIGUSR1, the same path as a Slurm preemption warning).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class Watchdog:
 
 
 class FaultInjector:
-    """Test hook: MLTRAIN_FAULT=hang:5:1 makes rank 1 stop stepping at step 5; kill:5:1 SIGKILLs it."""
+    """Test hook: MLTRAIN_FAULT=hang:5:1 makes rank 1 stop stepping before step 5; kill:5:1 SIGKILLs it;
+    stop:5:1 sends it SIGUSR1 (a preemption warning)."""
 
     def __init__(self, run_dir: Path, rank: int) -> None:
         self.kind: str | None = None
@@ -109,7 +111,7 @@ class FaultInjector:
             return
         try:
             kind, step, fault_rank = spec.split(":")
-            if int(fault_rank) == rank and kind in ("hang", "kill"):
+            if int(fault_rank) == rank and kind in ("hang", "kill", "stop"):
                 self.kind, self.step = kind, int(step)
         except ValueError:
             print(f"[mltrain] ignoring malformed MLTRAIN_FAULT={spec!r} (want hang|kill:STEP:RANK)", flush=True)
@@ -122,5 +124,8 @@ class FaultInjector:
         print(f"[mltrain] injected fault: {self.kind} at step {step}", flush=True)
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "stop":
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
         while True:  # hang: this rank stops stepping; the others block in the next collective
             time.sleep(3600)
