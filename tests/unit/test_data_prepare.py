@@ -17,7 +17,33 @@ from mltrain.data.shards import HEADER_SIZE, dtype_for_vocab, open_shard, read_h
 from mltrain.data.tokenizer import load_tokenizer
 from mltrain.errors import DataError
 
-WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on", "be", "by", "this", "are", "or", "from", "at", "an", "which", "data", "model", "train"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "with",
+    "as",
+    "was",
+    "on",
+    "be",
+    "by",
+    "this",
+    "are",
+    "or",
+    "from",
+    "at",
+    "an",
+    "which",
+    "data",
+    "model",
+    "train",
+]
 
 
 def write_corpus(root: Path, n_docs: int = 40, seed: int = 0) -> list[str]:
@@ -34,8 +60,13 @@ def write_corpus(root: Path, n_docs: int = 40, seed: int = 0) -> list[str]:
 
 
 def make_cfg(tmp_path: Path, *, data: dict | None = None, vocab_size: int = 512) -> RunConfig:
-    d = {"sources": [str(tmp_path / "src")], "dir": str(tmp_path / "data"), "shard_tokens": 1000,
-         "val_fraction": 0.1, **(data or {})}
+    d = {
+        "sources": [str(tmp_path / "src")],
+        "dir": str(tmp_path / "data"),
+        "shard_tokens": 1000,
+        "val_fraction": 0.1,
+        **(data or {}),
+    }
     return RunConfig.model_validate({"name": "t", "model": {"preset": "tiny", "vocab_size": vocab_size}, "data": d})
 
 
@@ -158,8 +189,9 @@ def test_uint32_shards_for_large_vocab_user_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "src" / "a.txt").write_text("w70000 w1 w65534 w65535 w69999")
     (tmp_path / "src" / "b.txt").write_text("w5 nope w70001")
     _big_wordlevel_tokenizer(tmp_path / "big.json", 70_003)
-    m = prepare_data(make_cfg(tmp_path, data={"tokenizer": str(tmp_path / "big.json"), "val_fraction": 0.0},
-                              vocab_size=80_000))
+    m = prepare_data(
+        make_cfg(tmp_path, data={"tokenizer": str(tmp_path / "big.json"), "val_fraction": 0.0}, vocab_size=80_000)
+    )
     assert m.dtype == "uint32" and m.vocab_size == 70_003 and m.tokenizer.source == str(tmp_path / "big.json")
     ids = read_split(tmp_path / "data", "train")
     assert ids.dtype == np.uint32
@@ -193,8 +225,15 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
 
 
 def test_prepare_builtin_corpus_small_cap(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, data={"sources": ["builtin:python-stdlib"], "max_source_bytes": 100_000,
-                                   "shard_tokens": 10_000, "val_fraction": 0.05})
+    cfg = make_cfg(
+        tmp_path,
+        data={
+            "sources": ["builtin:python-stdlib"],
+            "max_source_bytes": 100_000,
+            "shard_tokens": 10_000,
+            "val_fraction": 0.05,
+        },
+    )
     m = prepare_data(cfg)
     assert m.counts.bytes >= 100_000 and m.counts.val_docs >= 1 and m.counts.skipped_docs == m.counts.skipped_files
     assert m.counts.train_tokens > 10_000 and len(m.splits["train"]) >= 2

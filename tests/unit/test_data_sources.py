@@ -46,7 +46,13 @@ def test_jsonl_field_and_bad_lines_counted(tmp_path: Path) -> None:
     docs, stats = docs_of(tmp_path, [str(p)], text_field="content")
     assert docs == ["alpha", "beta"]
     assert stats.skipped_docs == 5
-    assert dict(stats.skipped_reasons) == {"non-utf8": 1, "invalid-json": 1, "missing-field": 1, "not-text": 1, "empty": 1}
+    assert dict(stats.skipped_reasons) == {
+        "non-utf8": 1,
+        "invalid-json": 1,
+        "missing-field": 1,
+        "not-text": 1,
+        "empty": 1,
+    }
     assert stats.skipped_files == 0
     assert any(":3: non-utf8" in ex for ex in stats.examples)
 

@@ -28,10 +28,13 @@ def data_dir(tmp_path: Path) -> Path:
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     for i in range(30):
         (src / f"{i:03d}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(30, 90))))
-    cfg = RunConfig.model_validate({
-        "name": "v", "model": {"preset": "tiny", "vocab_size": 400},
-        "data": {"sources": [str(src)], "dir": str(tmp_path / "data"), "shard_tokens": 500, "val_fraction": 0.2},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "v",
+            "model": {"preset": "tiny", "vocab_size": 400},
+            "data": {"sources": [str(src)], "dir": str(tmp_path / "data"), "shard_tokens": 500, "val_fraction": 0.2},
+        }
+    )
     prepare_data(cfg)
     return tmp_path / "data"
 

@@ -67,10 +67,16 @@ class TokenLoader:
         self.samples_per_rank = self.num_samples // world_size
         self.steps_per_epoch = self.samples_per_rank // micro_batch_size
         if self.steps_per_epoch == 0:
+            largest = max(int(m.size) for m in self._maps)
+            hint = (
+                f" (samples never cross shard boundaries and the largest shard has {largest} tokens)"
+                if largest < seq_len + 1
+                else ""
+            )
             raise DataError(
                 f"{self.data_dir}: split {split!r} is too small: {self.total_tokens} tokens in {len(shards)} shards "
-                f"give {self.num_samples} samples of {seq_len + 1} tokens, but {world_size} ranks x micro batch "
-                f"{micro_batch_size} need at least {world_size * micro_batch_size}"
+                f"give {self.num_samples} samples of seq_len+1 = {seq_len + 1} tokens, but {world_size} ranks x "
+                f"micro batch {micro_batch_size} need at least {world_size * micro_batch_size}{hint}"
             )
         self.epoch = 0
         self.position = 0  # batches already taken in this epoch
@@ -130,8 +136,11 @@ class TokenLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off; DataError when the loader or data differ from then."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise DataError(f"loader state: unsupported or corrupt state (version {state.get('version')!r})"
-                            if isinstance(state, dict) else "loader state: not a dict")
+            raise DataError(
+                f"loader state: unsupported or corrupt state (version {state.get('version')!r})"
+                if isinstance(state, dict)
+                else "loader state: not a dict"
+            )
         mine = self.state_dict()
         for key in ("split", "seed", "seq_len", "micro_batch_size", "world_size", "num_samples", "tokenizer_sha256"):
             if state.get(key) != mine[key]:
@@ -140,7 +149,11 @@ class TokenLoader:
                     "resume with the same data and batch layout, or start a new run"
                 )
         epoch, position = state.get("epoch"), state.get("position")
-        if not (isinstance(epoch, int) and isinstance(position, int) and epoch >= 0
-                and 0 <= position <= self.steps_per_epoch):
+        if not (
+            isinstance(epoch, int)
+            and isinstance(position, int)
+            and epoch >= 0
+            and 0 <= position <= self.steps_per_epoch
+        ):
             raise DataError(f"loader state: invalid epoch/position {epoch!r}/{position!r}")
         self.epoch, self.position = epoch, position

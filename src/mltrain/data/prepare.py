@@ -148,7 +148,9 @@ class _SplitWriter:
         name = f"{self.split}_{idx:05d}.bin"
         sha = write_shard(self.data_dir / name, tokens, self.dtype)
         self.shards.append(
-            ShardInfo(file=name, split=self.split, tokens=int(tokens.size), docs=self.doc_starts.get(idx, 0), sha256=sha)
+            ShardInfo(
+                file=name, split=self.split, tokens=int(tokens.size), docs=self.doc_starts.get(idx, 0), sha256=sha
+            )
         )
         self.written_tokens += int(tokens.size)
 
@@ -195,8 +197,10 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
     say(f"[bold]prepare[/] {', '.join(dc.sources)} -> {data_dir}")
     corpus = read_corpus(dc)
     st = corpus.stats
-    say(f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
-        + (" [dim](capped)[/]" if st.capped else ""))
+    say(
+        f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
+        + (" [dim](capped)[/]" if st.capped else "")
+    )
     if st.skipped_docs:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(st.skipped_reasons.items()))
         say(f"  [yellow]skipped {st.skipped_docs} documents ({st.skipped_files} whole files): {reasons}[/]")
@@ -217,7 +221,9 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             f"{model_vocab}; use a smaller tokenizer or a larger model vocab"
         )
     how = "loaded" if dc.tokenizer else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
-    say(f"  tokenizer: {how} {dc.tokenizer or ''} (vocab {choice.vocab_size}, eos {choice.eos_token!r}={choice.eos_id})")
+    say(
+        f"  tokenizer: {how} {dc.tokenizer or ''} (vocab {choice.vocab_size}, eos {choice.eos_token!r}={choice.eos_id})"
+    )
 
     dtype = dtype_for_vocab(choice.vocab_size)
     val_mask = choose_val_docs(len(corpus.docs), dc.val_fraction)
@@ -226,8 +232,13 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
     eos = np.array([choice.eos_id], dtype=np.uint32)
 
     progress = Progress(
-        TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=console is None, transient=False,
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+        transient=False,
     )
     with progress:
         task = progress.add_task(f"tokenizing ({num_workers} workers)", total=len(corpus.docs))
@@ -247,10 +258,16 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
 
     shards = writers["train"].shards + writers["val"].shards
     counts = Counts(
-        files=st.files, docs=st.docs, train_docs=writers["train"].docs, val_docs=writers["val"].docs,
-        skipped_docs=st.skipped_docs, skipped_files=st.skipped_files,
-        skipped_reasons=dict(sorted(st.skipped_reasons.items())), bytes=st.bytes,
-        train_tokens=writers["train"].written_tokens, val_tokens=writers["val"].written_tokens,
+        files=st.files,
+        docs=st.docs,
+        train_docs=writers["train"].docs,
+        val_docs=writers["val"].docs,
+        skipped_docs=st.skipped_docs,
+        skipped_files=st.skipped_files,
+        skipped_reasons=dict(sorted(st.skipped_reasons.items())),
+        bytes=st.bytes,
+        train_tokens=writers["train"].written_tokens,
+        val_tokens=writers["val"].written_tokens,
     )
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -258,8 +275,11 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
         vocab_size=choice.vocab_size,
         eos_id=choice.eos_id,
         tokenizer=TokenizerInfo(
-            sha256=choice.sha256, vocab_size=choice.vocab_size, eos_id=choice.eos_id,
-            eos_token=choice.eos_token, source=choice.source,
+            sha256=choice.sha256,
+            vocab_size=choice.vocab_size,
+            eos_id=choice.eos_id,
+            eos_token=choice.eos_token,
+            source=choice.source,
         ),
         sources=list(dc.sources),
         corpus_fingerprint=corpus.fingerprint,

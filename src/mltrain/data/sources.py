@@ -218,7 +218,9 @@ def _iter_hf(name: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"hf:{name}: Hugging Face datasets need the `datasets` package (pip install datasets)") from None
+        raise DataError(
+            f"hf:{name}: Hugging Face datasets need the `datasets` package (pip install datasets)"
+        ) from None
     from mltrain.data.tokenizer import hub_unreachable_reason
 
     reason = hub_unreachable_reason()

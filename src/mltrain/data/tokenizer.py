@@ -97,7 +97,9 @@ def _load_user_tokenizer(spec: str) -> Tokenizer:
         raise DataError(f"data.tokenizer: {path}: no such file")
     reason = hub_unreachable_reason()
     if reason:
-        raise DataError(f"data.tokenizer: {spec!r}: not a local file, and the Hugging Face hub is unreachable: {reason}")
+        raise DataError(
+            f"data.tokenizer: {spec!r}: not a local file, and the Hugging Face hub is unreachable: {reason}"
+        )
     try:
         return Tokenizer.from_pretrained(spec)
     except Exception as e:

@@ -82,7 +82,9 @@ def _check_tokenizer(data_dir: Path, manifest: Manifest) -> list[str]:
     return []
 
 
-def validate_data_dir(data_dir: str | Path, model_vocab_size: int | None = None, console: Console | None = None) -> bool:
+def validate_data_dir(
+    data_dir: str | Path, model_vocab_size: int | None = None, console: Console | None = None
+) -> bool:
     """Full re-check; prints a per-shard table and a summary; True only when nothing is wrong.
 
     A missing or unreadable manifest raises DataError (there is nothing to check against).
@@ -104,13 +106,23 @@ def validate_data_dir(data_dir: str | Path, model_vocab_size: int | None = None,
     ok = not bad and not general
     if console is not None:
         table = Table(title=f"{data_dir} ({manifest.dtype}, vocab {manifest.vocab_size})")
-        for col, kw in (("shard", {}), ("split", {}), ("tokens", {"justify": "right"}),
-                        ("max id", {"justify": "right"}), ("status", {}), ("problem", {"overflow": "fold"})):
+        for col, kw in (
+            ("shard", {}),
+            ("split", {}),
+            ("tokens", {"justify": "right"}),
+            ("max id", {"justify": "right"}),
+            ("status", {}),
+            ("problem", {"overflow": "fold"}),
+        ):
             table.add_column(col, **kw)
         for r in reports:
             table.add_row(
-                r.shard.file, r.shard.split, f"{r.shard.tokens:,}", "" if r.max_id is None else str(r.max_id),
-                "[green]ok[/]" if r.ok else "[red]BAD[/]", "; ".join(r.problems),
+                r.shard.file,
+                r.shard.split,
+                f"{r.shard.tokens:,}",
+                "" if r.max_id is None else str(r.max_id),
+                "[green]ok[/]" if r.ok else "[red]BAD[/]",
+                "; ".join(r.problems),
             )
         console.print(table)
         for msg in general:
@@ -123,7 +135,8 @@ def validate_data_dir(data_dir: str | Path, model_vocab_size: int | None = None,
         else:
             names = ", ".join(r.shard.file for r in bad)
             console.print(
-                f"[red]FAILED[/]: {len(bad)} of {len(reports)} shards bad" + (f" ({names})" if names else "")
+                f"[red]FAILED[/]: {len(bad)} of {len(reports)} shards bad"
+                + (f" ({names})" if names else "")
                 + (f", {len(general)} other problems" if general else ""),
                 highlight=False,
             )
