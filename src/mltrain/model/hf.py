@@ -205,17 +205,20 @@ def check_matches_hf(run_model: ModelConfig, hf_model: ModelConfig, source: str 
         raise ConfigError(f"{source}: model disagrees with init_from {hf_model.init_from or ''}: {'; '.join(diffs)}")
 
 
-def check_init_from(run_model: ModelConfig, source: str = "model") -> ModelConfig | None:
-    """For a run config with `model.init_from`: the HF ModelConfig, after checking it matches the run's.
+def check_hf_matches(run_model: ModelConfig, path: str | Path, source: str = "run config") -> ModelConfig:
+    """The HF ModelConfig of `path`, after checking the run's model agrees with it (ConfigError listing
+    every difference) and that the weights files exist (CheckpointError). Reads no weights."""
+    hf = load_hf_config(path)
+    check_matches_hf(run_model, hf, f"{source}: model.init_from")
+    _safetensors_files(Path(path))
+    return hf
 
-    Checks the files (config.json, safetensors present) without reading any weights.
-    """
+
+def check_init_from(run_model: ModelConfig, source: str = "run config") -> ModelConfig | None:
+    """check_hf_matches for a run config's `model.init_from`; None when it has none."""
     if not run_model.init_from:
         return None
-    hf = load_hf_config(run_model.init_from)
-    check_matches_hf(run_model, hf, f"{source}: model.init_from")
-    _safetensors_files(Path(run_model.init_from))
-    return hf
+    return check_hf_matches(run_model, run_model.init_from, source)
 
 
 # --------------------------------------------------------------------------- weights (import)

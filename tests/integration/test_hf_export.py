@@ -1,0 +1,141 @@
+"""End to end: `model.init_from` an HF Llama dir -> `mltrain train` a few steps -> `mltrain export` -> transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import mltrain_cmd, tiny_run_config, write_config
+
+from mltrain.errors import CheckpointError, DataError
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+
+def make_hf_llama(path: Path, vocab: int) -> Path:
+    """A random HF Llama with exactly the shape of conftest's tiny run config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+        max_position_embeddings=1024))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.05 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT")}
+    return subprocess.run(mltrain_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_data_dir):
+    """Fine-tune (lr so small the weights barely move) from a random HF Llama for 4 steps."""
+    root = tmp_path_factory.mktemp("hfrun")
+    manifest = json.loads((tiny_data_dir / "manifest.json").read_text())
+    hf_dir = make_hf_llama(root / "hf-init", manifest["vocab_size"])
+    cfg = tiny_run_config(root, tiny_data_dir, "ft", max_steps=4, lr=1e-9, warmup_steps=0, weight_decay=0.0)
+    cfg["model"]["init_from"] = str(hf_dir)
+    cfg["model"]["max_seq_len"] = 1024
+    cfg["checkpoint"] = {"every_steps": 2, "keep_last": 3}
+    r = run("train", str(write_config(root / "ft.yaml", cfg)))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root / "runs" / "ft", hf_dir, manifest
+
+
+def test_export_run_loads_in_transformers(trained_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mltrain.config import load_run_config
+    from mltrain.data.tokenizer import load_tokenizer
+    from mltrain.model import Transformer
+    from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict
+
+    run_dir, hf_dir, manifest = trained_run
+    out = tmp_path / "export"
+    r = run("export", str(run_dir), "--hf", str(out), "--dtype", "fp32")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not Path(str(out) + ".tmp").exists()
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["architectures"] == ["LlamaForCausalLM"] and conf["eos_token_id"] == manifest["eos_id"]
+
+    # the trainer started from the HF weights (lr 1e-9: they barely moved), not from a random init
+    from safetensors.torch import load_file
+
+    init, exported = load_file(hf_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    for k, v in exported.items():
+        assert (v - init[k]).abs().max() < 1e-5, k
+
+    # logits of the exported model in transformers == mltrain with the newest checkpoint
+    cfg = load_run_config(run_dir / "config.yaml")
+    ours = Transformer(cfg.model)
+    step, ckpt = find_checkpoints(run_dir)[-1]
+    assert step == 4
+    load_model_state_dict(ckpt, ours)
+    x = torch.randint(0, manifest["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(0))
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        diff = (ours(x) - theirs(x).logits).abs().max().item()
+    print(f"run export: max abs logit diff vs transformers = {diff:.2e}")
+    assert diff < 1e-4
+
+    # the tokenizer the data was prepared with, through AutoTokenizer
+    text = "def main():\n    return 42  # hello"
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == load_tokenizer(cfg.data.dir).encode(text).ids
+    assert hf_tok.eos_token_id == manifest["eos_id"]
+
+
+def test_export_run_step_choice_and_errors(trained_run, tmp_path, monkeypatch):
+    from mltrain.config import load_run_config
+    from mltrain.model.hf import _run_tokenizer, build_model_from_hf, export_run
+
+    run_dir, _, _ = trained_run
+    out = export_run(run_dir, tmp_path / "s2", step=2, dtype="fp32")
+    assert (out / "model.safetensors").exists()
+    with pytest.raises(CheckpointError, match="no committed checkpoint for step 3; have 2, 4"):
+        export_run(run_dir, tmp_path / "s3", step=3)
+    with pytest.raises(CheckpointError, match="already exists"):
+        export_run(run_dir, out, step=2)
+    assert build_model_from_hf(out)[1].vocab_size > 0
+
+    r = run("export", str(run_dir), "--hf", str(tmp_path / "x"), "--step", "3")
+    assert r.returncode != 0 and "step 3" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+
+    # tokenizer vs manifest vs model vocab
+    cfg = load_run_config(run_dir / "config.yaml")
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in ("tokenizer.json", "manifest.json"):
+        shutil.copy(Path(cfg.data.dir) / f, data / f)
+    small = cfg.model.model_copy(update={"vocab_size": 100})
+    with pytest.raises(DataError, match="more than model.vocab_size 100"):
+        _run_tokenizer(data, small)
+    man = json.loads((data / "manifest.json").read_text())
+    man["vocab_size"] += 1
+    man["tokenizer"]["vocab_size"] += 1
+    (data / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DataError, match="manifest.json says"):
+        _run_tokenizer(data, cfg.model)
+
+
+def test_init_from_shape_mismatch_is_a_config_error(trained_run, tmp_path, tiny_data_dir):
+    _, hf_dir, _ = trained_run
+    cfg = tiny_run_config(tmp_path, tiny_data_dir, "bad", max_steps=1)
+    cfg["model"]["init_from"] = str(hf_dir)
+    cfg["model"]["ffn_hidden_size"] = 96
+    r = run("train", str(write_config(tmp_path / "bad.yaml", cfg)))
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]
+    assert "ffn_hidden_size: run 96 vs checkpoint 128" in out and "Traceback" not in out
