@@ -1,0 +1,248 @@
+"""The sbatch script mltrain renders: golden files per shipped cluster spec, the EFA/NCCL env, and
+the recovery logic of the batch script run against fake Slurm commands (no Slurm needed here;
+tests/integration/test_slurm.py runs the same scripts on a real Slurm).
+
+Regenerate the golden files after an intended change:  UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_slurm_render.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mltrain.cluster.spec import load_cluster_spec
+from mltrain.config import load_run_config
+from mltrain.errors import ConfigError, LaunchError
+from mltrain.launch import nccl_env
+from mltrain.launch.slurm import prepare_submission, render_sbatch, submit_run
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "sbatch"
+RUN_YAML = GOLDEN / "run.yaml"
+SHIPPED = sorted(p for p in (ROOT / "configs" / "clusters").glob("*.yaml"))
+SHIPPED_AWS = [p for p in SHIPPED if p.stem != "local"]
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{path} differs from the rendered script (UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize("spec", SHIPPED_AWS, ids=lambda p: p.stem)
+def test_golden_shipped_specs(spec: Path) -> None:
+    sub = prepare_submission(RUN_YAML, spec, hyperpod=False)
+    _golden(f"{spec.stem}.sbatch", sub.script)
+
+
+def test_golden_hyperpod() -> None:
+    sub = prepare_submission(RUN_YAML, ROOT / "configs/clusters/p5-16.yaml", hyperpod=True)
+    assert "--auto-resume=1" in sub.script
+    assert "scontrol requeue" not in sub.script.split("# ---------------------------------------------------------------- recovery decision")[1]
+    _golden("p5-16-hyperpod.sbatch", sub.script)
+
+
+def test_golden_local_venv() -> None:
+    """The local CPU spec: no GPUs flag, 1 process per node, the submitting python's venv (normalised)."""
+    cfg = load_run_config(RUN_YAML)
+    cluster = load_cluster_spec(ROOT / "configs/clusters/local.yaml")
+    cluster = cluster.model_copy(update={"run_base_dir": "/shared/mltrain"})
+    text = render_sbatch(cfg, cluster, Path("/shared/mltrain/runs/golden"))
+    text = text.replace(str(Path(sys.prefix) / "bin" / "activate"), "<VENV>/bin/activate")
+    text = text.replace(str(Path(sys.executable).parent), "<BIN>")
+    _golden("local.sbatch", text)
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda p: p.stem)
+def test_script_shape(spec: Path) -> None:
+    sub = prepare_submission(RUN_YAML, spec, hyperpod=False)
+    s, c = sub.script, sub.cluster
+    run = str(sub.run_dir)
+    assert f"#SBATCH --nodes={c.nodes}\n" in s
+    assert "#SBATCH --ntasks-per-node=1\n" in s
+    assert ("#SBATCH --gpus-per-node=" in s) == (c.gpus_per_node > 0)
+    assert f"#SBATCH --partition={c.slurm.partition}\n" in s
+    assert f"#SBATCH --output={run}/slurm/%j.out\n" in s and f"#SBATCH --error={run}/slurm/%j.err\n" in s
+    for line in ("#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300"):
+        assert line + "\n" in s
+    assert "srun --kill-on-bad-exit=1" in s
+    assert '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID"' in s
+    assert 'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))' in s
+    nproc = c.gpus_per_node or 1
+    assert f"--nproc-per-node={nproc}" in s
+    assert "-m mltrain train \"$CONFIG\"" in s and f"CONFIG={run}/slurm/run.yaml" in s
+    if c.container:
+        assert f"--container-image={c.container.image}" in s and "--no-container-mount-home" in s
+        assert "source " not in s
+    else:
+        assert "--container-image" not in s
+    for bad in nccl_env.KNOWN_BAD:
+        assert f"export {bad}=" not in s
+    # every export has a comment line right above it saying why
+    lines = s.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("export ") and not line.startswith("export PATH="):
+            assert lines[i - 1].startswith("# "), line
+    subprocess.run(["bash", "-n"], input=s, text=True, check=True)
+
+
+def test_resolved_config_points_at_cluster_base(tmp_path: Path) -> None:
+    sub = prepare_submission(RUN_YAML, ROOT / "configs/clusters/p5e-80.yaml", hyperpod=False)
+    assert sub.cfg.base_dir == "/fsx/mltrain" and sub.cfg.run_dir == sub.run_dir == Path("/fsx/mltrain/runs/golden")
+    assert sub.config_path == Path("/fsx/mltrain/runs/golden/slurm/run.yaml")
+
+
+def test_overrides_nodes_time_and_errors(tmp_path: Path) -> None:
+    spec = ROOT / "configs/clusters/p5-16.yaml"
+    sub = prepare_submission(RUN_YAML, spec, overrides=["launch.requeue_grace_s=60"], nodes=4, time="1-00:00:00",
+                             hyperpod=False)
+    assert "#SBATCH --nodes=4\n" in sub.script and "#SBATCH --time=1-00:00:00\n" in sub.script
+    assert "#SBATCH --signal=B:USR1@60\n" in sub.script
+    with pytest.raises(LaunchError, match="only 16 nodes"):
+        prepare_submission(RUN_YAML, spec, nodes=17)
+    with pytest.raises(ConfigError, match="--time"):
+        prepare_submission(RUN_YAML, spec, time="90 minutes")
+
+
+def test_cluster_env_override_wins_and_warns(tmp_path: Path) -> None:
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        "name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: /fsx/x\n"
+        "env: {NCCL_DEBUG: INFO, NCCL_IB_DISABLE: '1', MY_VAR: 'a \"b\"'}\nslurm: {hyperpod: false}\n"
+    )
+    sub = prepare_submission(RUN_YAML, spec)
+    assert 'export NCCL_DEBUG="INFO"' in sub.script and 'export NCCL_DEBUG="WARN"' not in sub.script
+    assert "export MY_VAR=\"a \\\"b\\\"\"" in sub.script
+    assert any("NCCL_IB_DISABLE" in w for w in sub.warnings)
+    assert "venv" not in sub.script or "source" in sub.script  # no container: activates a venv
+
+
+@pytest.mark.parametrize(
+    ("itype", "efa", "gpu"),
+    [
+        ("p4d.24xlarge", True, True), ("p4de.24xlarge", True, True), ("p5.48xlarge", True, True),
+        ("p5e.48xlarge", True, True), ("p5en.48xlarge", True, True), ("g5.8xlarge", True, True),
+        ("g5.48xlarge", True, True), ("g6e.12xlarge", True, True), ("g5.xlarge", False, True),
+        ("g6e.xlarge", False, True), ("c7i.48xlarge", False, False), ("local", False, False),
+    ],
+)
+def test_nccl_env_per_instance(itype: str, efa: bool, gpu: bool) -> None:
+    env = {v.name: v for v in nccl_env.default_env(itype)}
+    assert ("FI_PROVIDER" in env) == efa
+    assert ("TORCH_NCCL_ASYNC_ERROR_HANDLING" in env) == gpu
+    if efa:
+        assert env["FI_PROVIDER"].value == "efa" and env["FI_EFA_USE_HUGE_PAGE"].value == "0"
+    if gpu:
+        assert env["NCCL_SOCKET_IFNAME"].value == "^docker,lo,veth"
+        assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"].value == "1" and env["NCCL_DEBUG"].value == "WARN"
+    assert not set(env) & set(nccl_env.KNOWN_BAD)
+    assert all(v.why and "\n" not in v.why for v in env.values())
+
+
+def test_dry_run_prints_exact_script_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rich.console import Console
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text(f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}/base\n"
+                    "container: {image: /x.sqsh}\nslurm: {hyperpod: false}\n")
+    console = Console(width=40)  # narrow: the script must still not be wrapped
+    submit_run(RUN_YAML, spec, dry_run=True, console=console)
+    out = capsys.readouterr().out
+    assert out == prepare_submission(RUN_YAML, spec).script
+    assert not (tmp_path / "base").exists()
+
+
+# ------------------------------------------------------------------ the batch script's recovery logic, fake Slurm
+
+
+FAKE_BIN = {
+    # srun: write the exit reason the test wants, print a failure line like real srun, exit with its code
+    "srun": """#!/bin/bash
+echo "srun $*" >> "$FAKE_LOG"
+[ -n "$FAKE_REASON" ] && echo "$FAKE_REASON" > "$RUN_DIR_FOR_FAKE/control/exit_reason"
+[ -n "$FAKE_FAIL_NODE" ] && echo "srun: error: $FAKE_FAIL_NODE: task 1: Killed" >&2
+exit "${FAKE_RC:-0}"
+""",
+    "scontrol": """#!/bin/bash
+if [ "$1" = show ] && [ "$2" = hostnames ]; then echo nodeA; echo nodeB; exit 0; fi
+if [ "$1" = show ] && [ "$2" = job ]; then echo "JobId=7 ExcNodeList=(null)"; exit 0; fi
+if [ $# = 0 ]; then while read -r l; do echo "stdin $l" >> "$FAKE_LOG"; done; exit 0; fi
+echo "scontrol $*" >> "$FAKE_LOG"; exit 0
+""",
+    "sinfo": """#!/bin/bash
+printf 'nodeA idle\\nnodeB idle\\nnodeC idle\\n'
+""",
+}
+
+
+def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: str) -> tuple[int, str]:
+    fb = tmp_path / "fakebin"
+    fb.mkdir(exist_ok=True)
+    for name, body in FAKE_BIN.items():
+        (fb / name).write_text(body)
+        (fb / name).chmod(0o755)
+    log = tmp_path / "fake.log"
+    log.write_text("")
+    # the requeue helper sleeps 60 s waiting to be killed by Slurm; here nobody kills it
+    script = script.replace("sleep 60  # the requeue", "exit 99  # the requeue")
+    env = {**os.environ, "PATH": f"{fb}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "RUN_DIR_FOR_FAKE": str(run_dir), "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "nodeA,nodeB",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_PARTITION": "gpu", "SLURM_RESTART_COUNT": str(attempt), **fake}
+    p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    return p.returncode, log.read_text()
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "restarts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
+    spec = tmp_path / "c.yaml"
+    spec.write_text(f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}\n"
+                    "container: {image: /x.sqsh}\nslurm: {hyperpod: false}\n")
+    sub = prepare_submission(RUN_YAML, spec, overrides=["launch.max_restarts=2"])
+    run = sub.run_dir
+    (run / "checkpoints" / "step_00000020").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000020" / "COMMITTED").write_text("{}")
+    (run / "checkpoints" / "step_00000030.tmp").mkdir()
+
+    rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="done")
+    assert rc == 0 and "requeue" not in log and _records(run) == []
+    assert "--container-image=/x.sqsh" in log and "torchrun" in log
+
+    rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="config_error", FAKE_RC="1")
+    assert rc == 2 and "requeue" not in log
+    assert _records(run)[-1]["cause"] == "config_error" and _records(run)[-1]["action"] == "none"
+
+    rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
+    assert "scontrol requeue 7" in log
+    rec = _records(run)[-1]
+    assert (rec["cause"], rec["action"], rec["counted"], rec["resume_step"]) == ("preempted", "requeue", False, 20)
+
+    # a SIGKILLed rank: no exit reason; node from srun's error line, excluded (a spare nodeC exists)
+    rc, log = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="", FAKE_RC="137", FAKE_FAIL_NODE="nodeB")
+    assert "stdin requeue 7" in log and "stdin update jobid=7 ExcNodeList=nodeB" in log
+    rec = _records(run)[-1]
+    assert (rec["cause"], rec["node"], rec["action"], rec["failures"]) == ("lost_rank", "nodeB", "requeue", 1)
+
+    rc, log = _run_fake(tmp_path, sub.script, run, 2, FAKE_REASON="hang", FAKE_RC="1")
+    assert _records(run)[-1]["failures"] == 2 and "requeue" in log
+
+    # max_restarts=2 used up (preemption not counted): give up, no requeue
+    rc, log = _run_fake(tmp_path, sub.script, run, 3, FAKE_REASON="failed", FAKE_RC="1")
+    assert rc == 1 and "requeue" not in log
+    rec = _records(run)[-1]
+    assert (rec["cause"], rec["action"]) == ("failed", "give_up")
+
+    # `mltrain cancel` marker: never requeued
+    (run / "control" / "cancelled").write_text("7\n")
+    rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
+    assert rc == 0 and "requeue" not in log
