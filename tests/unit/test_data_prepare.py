@@ -237,3 +237,14 @@ def test_prepare_builtin_corpus_small_cap(tmp_path: Path) -> None:
     m = prepare_data(cfg)
     assert m.counts.bytes >= 100_000 and m.counts.val_docs >= 1 and m.counts.skipped_docs == m.counts.skipped_files
     assert m.counts.train_tokens > 10_000 and len(m.splits["train"]) >= 2
+
+
+def test_rejected_tokenizer_leaves_prepared_dir_intact(tmp_path: Path) -> None:
+    from mltrain.data.validate import validate_data_dir
+
+    write_corpus(tmp_path / "src", n_docs=10)
+    prepare_data(make_cfg(tmp_path))
+    _big_wordlevel_tokenizer(tmp_path / "big.json", 70_003)
+    with pytest.raises(DataError, match="larger than model.vocab_size"):
+        prepare_data(make_cfg(tmp_path, data={"tokenizer": str(tmp_path / "big.json")}))
+    assert validate_data_dir(tmp_path / "data")

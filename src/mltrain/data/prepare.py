@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ import numpy as np
 from mltrain.config import RunConfig
 from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo, TokenizerInfo, save_manifest
 from mltrain.data.shards import dtype_for_vocab, write_shard
-from mltrain.data.sources import read_corpus
+from mltrain.data.sources import BUILTIN_DEFAULT_CAP_BYTES, SourceStats, read_corpus
 from mltrain.data.tokenizer import resolve_tokenizer
 from mltrain.errors import DataError
 
@@ -87,13 +88,33 @@ def default_num_workers() -> int:
         return os.cpu_count() or 1
 
 
+@contextmanager
+def _tokenizers_parallelism(enabled: bool) -> Iterator[None]:
+    """tokenizers reads TOKENIZERS_PARALLELISM at every batch call, so this scopes it."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
 def iter_encoded(
-    tok: Tokenizer, docs: Sequence[str], num_workers: int, total_bytes: int
+    tok: Tokenizer, docs: Sequence[str], num_workers: int | None, total_bytes: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield (n_docs, ids, lengths) per chunk, in corpus order whatever num_workers is."""
-    if num_workers <= 1 or total_bytes < _MIN_PARALLEL_BYTES:
-        for chunk in _chunks(docs):
-            yield (len(chunk), *encode_docs(tok, chunk))
+    """Yield (n_docs, ids, lengths) per chunk, in corpus order whatever num_workers is.
+
+    None: one process, tokenizers' own Rayon thread pool on every core (fastest: no pickling,
+    no process start-up). 1: one core. N > 1: N single-threaded spawned processes, for capping
+    the cores used on a shared node.
+    """
+    if num_workers is None or num_workers <= 1 or total_bytes < _MIN_PARALLEL_BYTES:
+        with _tokenizers_parallelism(num_workers != 1):
+            for chunk in _chunks(docs):
+                yield (len(chunk), *encode_docs(tok, chunk))
         return
     import multiprocessing as mp
 
@@ -177,7 +198,7 @@ def _remove_stale(data_dir: Path, keep: set[str]) -> None:
 
 def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
     """Tokenize and pack `cfg.data.sources` into `cfg.data.dir`; return the written manifest."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     t0 = time.perf_counter()
     dc = cfg.data
@@ -195,57 +216,70 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             console.print(msg, highlight=False)
 
     say(f"[bold]prepare[/] {', '.join(dc.sources)} -> {data_dir}")
-    corpus = read_corpus(dc)
-    st = corpus.stats
-    say(
-        f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
-        + (" [dim](capped)[/]" if st.capped else "")
-    )
-    if st.skipped_docs:
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted(st.skipped_reasons.items()))
-        say(f"  [yellow]skipped {st.skipped_docs} documents ({st.skipped_files} whole files): {reasons}[/]")
-        for ex in st.examples:
-            say(f"    [dim]{ex}[/]")
-
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data.dir {data_dir}: cannot create: {e.strerror or e}") from None
-    # A half-written dir must not look complete: the old manifest goes before any shard changes.
-    (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
-
-    choice = resolve_tokenizer(dc.tokenizer, corpus.docs, corpus.fingerprint, bpe_vocab, data_dir)
-    if choice.vocab_size > model_vocab:
-        raise DataError(
-            f"tokenizer {choice.source}: vocab size {choice.vocab_size} is larger than model.vocab_size "
-            f"{model_vocab}; use a smaller tokenizer or a larger model vocab"
-        )
-    how = "loaded" if dc.tokenizer else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
-    say(
-        f"  tokenizer: {how} {dc.tokenizer or ''} (vocab {choice.vocab_size}, eos {choice.eos_token!r}={choice.eos_id})"
-    )
-
-    dtype = dtype_for_vocab(choice.vocab_size)
-    val_mask = choose_val_docs(len(corpus.docs), dc.val_fraction)
-    writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
-    num_workers = dc.num_workers or default_num_workers()
-    eos = np.array([choice.eos_id], dtype=np.uint32)
-
     progress = Progress(
-        TextColumn("  {task.description}"),
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
         disable=console is None,
-        transient=False,
+        transient=True,  # the bars go, the summary lines printed with them stay
     )
     with progress:
-        task = progress.add_task(f"tokenizing ({num_workers} workers)", total=len(corpus.docs))
+        reading = progress.add_task("reading sources", total=None)
+
+        def on_doc(stats: SourceStats) -> None:
+            if stats.docs % 64 == 0:
+                progress.update(
+                    reading, completed=stats.docs, description=f"reading sources ({stats.bytes / 1e6:.1f} MB)"
+                )
+
+        corpus = read_corpus(dc, on_doc=on_doc)
+        cap_note = (
+            f"data.max_source_bytes={dc.max_source_bytes}"
+            if dc.max_source_bytes
+            else f"builtin corpus default {BUILTIN_DEFAULT_CAP_BYTES / 1e6:.0f} MB"
+        )
+        st = corpus.stats
+        progress.update(reading, total=st.docs, completed=st.docs, description=f"read {st.bytes / 1e6:.2f} MB")
+        say(
+            f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
+            + (f" [dim](capped: {cap_note})[/]" if st.capped else "")
+        )
+        if st.skipped_docs:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(st.skipped_reasons.items()))
+            say(f"  [yellow]skipped {st.skipped_docs} documents ({st.skipped_files} whole files): {reasons}[/]")
+            for ex in st.examples:
+                say(f"    [dim]{ex}[/]")
+
+        training = progress.add_task("tokenizer" if dc.tokenizer else "tokenizer (byte-level BPE)", total=None)
+        choice = resolve_tokenizer(
+            dc.tokenizer, corpus.docs, corpus.fingerprint, bpe_vocab, data_dir, max_vocab_size=model_vocab
+        )
+        progress.update(training, total=1, completed=1)
+        how = (
+            "loaded"
+            if dc.tokenizer
+            else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
+        )
+        say(
+            f"  tokenizer: {how} {dc.tokenizer or ''}(vocab {choice.vocab_size}, "
+            f"eos {choice.eos_token!r}={choice.eos_id})"
+        )
+        # From here on shards change: a half-written dir must not look complete, so the old
+        # manifest goes first (the new one is written last).
+        (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
+
+        dtype = dtype_for_vocab(choice.vocab_size)
+        val_mask = choose_val_docs(len(corpus.docs), dc.val_fraction)
+        writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
+        num_workers = dc.num_workers
+        how_many = f"{num_workers} processes" if num_workers else f"{default_num_workers()} threads"
+        task = progress.add_task(f"tokenizing ({how_many})", total=len(corpus.docs))
         first = 0
         for n, ids, lengths in iter_encoded(choice.tokenizer, corpus.docs, num_workers, st.bytes):
-            ends = np.cumsum(lengths)
-            with_eos = np.insert(ids, ends, eos[0])
+            with_eos = np.insert(ids, np.cumsum(lengths), choice.eos_id)  # EOS after every document
             lens_eos = lengths + 1
             doc_val = val_mask[first : first + n]
             tok_val = np.repeat(doc_val, lens_eos)

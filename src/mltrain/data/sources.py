@@ -18,7 +18,7 @@ import json
 import os
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,8 +280,11 @@ def iter_documents(data_cfg: DataConfig, stats: SourceStats | None = None) -> It
             return
 
 
-def read_corpus(data_cfg: DataConfig) -> Corpus:
-    """Read all documents into memory and fingerprint their content (for the tokenizer cache)."""
+def read_corpus(data_cfg: DataConfig, on_doc: Callable[[SourceStats], None] | None = None) -> Corpus:
+    """Read all documents into memory and fingerprint their content (for the tokenizer cache).
+
+    `on_doc(stats)` is called after each accepted document (progress display).
+    """
     stats = SourceStats()
     h = hashlib.sha256()
     docs: list[str] = []
@@ -290,6 +293,8 @@ def read_corpus(data_cfg: DataConfig) -> Corpus:
         h.update(len(raw).to_bytes(8, "little"))
         h.update(raw)
         docs.append(doc)
+        if on_doc is not None:
+            on_doc(stats)
     if not docs:
         why = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_reasons.items()))
         detail = f" ({stats.files} files read, skipped: {why})" if why else f" ({stats.files} files read)"

@@ -139,24 +139,26 @@ def resolve_tokenizer(
     corpus_fingerprint: str,
     vocab_size: int,
     data_dir: Path,
+    max_vocab_size: int | None = None,
 ) -> TokenizerChoice:
-    """Load or train the tokenizer and save it as `<data_dir>/tokenizer.json`."""
+    """Load or train the tokenizer and save it as `<data_dir>/tokenizer.json`.
+
+    Every check (vocab fits the model, an EOS token exists) runs before anything is written,
+    so a rejected tokenizer leaves a previously prepared data dir untouched.
+    """
     from tokenizers import Tokenizer
 
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / TOKENIZER_FILE
     meta_path = data_dir / TOKENIZER_META_FILE
+    want = {"recipe": _BPE_RECIPE, "corpus_fingerprint": corpus_fingerprint, "vocab_size": vocab_size}
+    tok = None
     cached = False
     if tokenizer_spec:
         tok = _load_user_tokenizer(tokenizer_spec)
         source = tokenizer_spec
-        _save_text(path, tok.to_str())
-        meta_path.unlink(missing_ok=True)
     else:
         source = TRAINED_SOURCE
-        want = {"recipe": _BPE_RECIPE, "corpus_fingerprint": corpus_fingerprint, "vocab_size": vocab_size}
         meta = _read_meta(meta_path)
-        tok = None
         if path.is_file() and {k: meta.get(k) for k in want} == want and meta.get("sha256") == file_sha256(path):
             try:
                 tok = Tokenizer.from_file(str(path))
@@ -165,14 +167,28 @@ def resolve_tokenizer(
                 tok = None
         if tok is None:
             tok = train_bpe(docs, vocab_size)
-            _save_text(path, tok.to_str())
-            _save_text(meta_path, json.dumps({**want, "sha256": file_sha256(path)}, indent=2) + "\n")
+    n_vocab = tok.get_vocab_size(with_added_tokens=True)
+    if max_vocab_size is not None and n_vocab > max_vocab_size:
+        raise DataError(
+            f"tokenizer {source}: vocab size {n_vocab} is larger than model.vocab_size {max_vocab_size}; "
+            "use a smaller tokenizer or a larger model vocab"
+        )
     eos_token, eos_id = find_eos(tok, source)
+    if not cached:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"data.dir {data_dir}: cannot create: {e.strerror or e}") from None
+        _save_text(path, tok.to_str())
+        if tokenizer_spec:
+            meta_path.unlink(missing_ok=True)
+        else:
+            _save_text(meta_path, json.dumps({**want, "sha256": file_sha256(path)}, indent=2) + "\n")
     return TokenizerChoice(
         tokenizer=tok,
         path=path,
         sha256=file_sha256(path),
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        vocab_size=n_vocab,
         eos_id=eos_id,
         eos_token=eos_token,
         source=source,
