@@ -71,11 +71,14 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
     captype = CAPACITY_TYPES[aws.capacity_type]
     reserved = aws.capacity_type in ("odcr", "capacity_block")
     if reserved and not aws.capacity_reservation_id:
-        raise ClusterError(f"cluster {spec.name}: aws.capacity_reservation_id is required for capacity_type "
-                           f"{aws.capacity_type}")
+        raise ClusterError(
+            f"cluster {spec.name}: aws.capacity_reservation_id is required for capacity_type {aws.capacity_type}"
+        )
     if not reserved and aws.capacity_reservation_id:
-        raise ClusterError(f"cluster {spec.name}: aws.capacity_reservation_id is set but capacity_type is "
-                           f"{aws.capacity_type}; use odcr or capacity_block")
+        raise ClusterError(
+            f"cluster {spec.name}: aws.capacity_reservation_id is set but capacity_type is "
+            f"{aws.capacity_type}; use odcr or capacity_block"
+        )
     if aws.min_nodes > spec.nodes:
         raise ClusterError(f"cluster {spec.name}: aws.min_nodes {aws.min_nodes} > nodes {spec.nodes}")
     pyxis = aws.pyxis if aws.pyxis is not None else spec.container is not None
@@ -87,9 +90,11 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
 
     # IAM: the bootstrap script bucket (read), the data bucket (read), the export bucket (write).
     s3: dict[str, bool] = {}
-    for url, write in ((aws.pyxis_script_url if pyxis else None, False),
-                       (aws.fsx.s3_import_path if aws.fsx else None, False),
-                       (aws.fsx.s3_export_path if aws.fsx else None, True)):
+    for url, write in (
+        (aws.pyxis_script_url if pyxis else None, False),
+        (aws.fsx.s3_import_path if aws.fsx else None, False),
+        (aws.fsx.s3_export_path if aws.fsx else None, True),
+    ):
         b = _bucket(url)
         if b:
             s3[b] = s3.get(b, False) or write
@@ -183,8 +188,15 @@ def _render_fsx(spec: ClusterSpec) -> dict[str, Any]:
     settings["DeletionPolicy"] = fsx.deletion_policy
     dras = []
     if fsx.s3_import_path:
-        dras.append({"Name": "data", "DataRepositoryPath": fsx.s3_import_path, "FileSystemPath": "/data",
-                     "BatchImportMetaDataOnCreate": True, "AutoImportPolicy": ["NEW", "CHANGED", "DELETED"]})
+        dras.append(
+            {
+                "Name": "data",
+                "DataRepositoryPath": fsx.s3_import_path,
+                "FileSystemPath": "/data",
+                "BatchImportMetaDataOnCreate": True,
+                "AutoImportPolicy": ["NEW", "CHANGED", "DELETED"],
+            }
+        )
     if fsx.s3_export_path:
         rel = _fs_relative(spec.run_base_dir, fsx.mount_dir)
         if rel is None or rel == "/":
@@ -192,8 +204,14 @@ def _render_fsx(spec: ClusterSpec) -> dict[str, Any]:
                 f"cluster {spec.name}: run_base_dir {spec.run_base_dir} must be a directory under aws.fsx.mount_dir "
                 f"{fsx.mount_dir} for aws.fsx.s3_export_path to export the runs"
             )
-        dras.append({"Name": "runs", "DataRepositoryPath": fsx.s3_export_path, "FileSystemPath": rel,
-                     "AutoExportPolicy": ["NEW", "CHANGED", "DELETED"]})
+        dras.append(
+            {
+                "Name": "runs",
+                "DataRepositoryPath": fsx.s3_export_path,
+                "FileSystemPath": rel,
+                "AutoExportPolicy": ["NEW", "CHANGED", "DELETED"],
+            }
+        )
     if dras:
         settings["DataRepositoryAssociations"] = dras
     return {"Name": "fsx", "StorageType": "FsxLustre", "MountDir": fsx.mount_dir, "FsxLustreSettings": settings}
@@ -236,8 +254,10 @@ def render_command(cluster_yaml: Path, out: Path | None, console: Console | None
     config = render(spec)
     errors, warnings = validate_report(config)
     if errors:
-        raise ClusterError(f"{cluster_yaml}: the rendered config is invalid: {errors[0]}"
-                           + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise ClusterError(
+            f"{cluster_yaml}: the rendered config is invalid: {errors[0]}"
+            + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+        )
     text = dump_config(config, str(cluster_yaml))
     if out is None:
         console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
@@ -247,9 +267,15 @@ def render_command(cluster_yaml: Path, out: Path | None, console: Console | None
         if uses_pyxis:
             script = out.parent / PYXIS_SCRIPT.name
             _write_atomic(script, PYXIS_SCRIPT.read_text(), 0o755)
-        console.print(f"wrote {out}" + (f" and {out.parent / PYXIS_SCRIPT.name} (upload it to "
-                                        f"{spec.aws.pyxis_script_url})" if uses_pyxis and spec.aws else ""),
-                      highlight=False)
+        console.print(
+            f"wrote {out}"
+            + (
+                f" and {out.parent / PYXIS_SCRIPT.name} (upload it to {spec.aws.pyxis_script_url})"
+                if uses_pyxis and spec.aws
+                else ""
+            ),
+            highlight=False,
+        )
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     return text
@@ -279,13 +305,23 @@ def flatten_messages(messages: Any, path: str = "") -> list[str]:
 
 
 # Keys people put at the top level that ParallelCluster 3 wants elsewhere (v2 habits, hand edits).
-MISPLACED = {"SlurmQueues": "Scheduling.SlurmQueues", "SlurmSettings": "Scheduling.SlurmSettings",
-             "Scheduler": "Scheduling.Scheduler", "ComputeResources": "Scheduling.SlurmQueues[].ComputeResources",
-             "Os": "Image.Os", "InstanceType": "HeadNode.InstanceType"}
+MISPLACED = {
+    "SlurmQueues": "Scheduling.SlurmQueues",
+    "SlurmSettings": "Scheduling.SlurmSettings",
+    "Scheduler": "Scheduling.Scheduler",
+    "ComputeResources": "Scheduling.SlurmQueues[].ComputeResources",
+    "Os": "Image.Os",
+    "InstanceType": "HeadNode.InstanceType",
+}
 
 
-_ENV_KEYS = ("AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-             "AWS_EC2_METADATA_DISABLED")
+_ENV_KEYS = (
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_EC2_METADATA_DISABLED",
+)
 
 
 @contextlib.contextmanager
@@ -301,9 +337,13 @@ def _offline(region: Any) -> Iterator[list[str]]:
 
     blocked: list[str] = []
     saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    os.environ.update(AWS_DEFAULT_REGION=region if isinstance(region, str) and region else "us-east-1",
-                      AWS_ACCESS_KEY_ID="mltrain-offline", AWS_SECRET_ACCESS_KEY="mltrain-offline",
-                      AWS_SESSION_TOKEN="mltrain-offline", AWS_EC2_METADATA_DISABLED="true")
+    os.environ.update(
+        AWS_DEFAULT_REGION=region if isinstance(region, str) and region else "us-east-1",
+        AWS_ACCESS_KEY_ID="mltrain-offline",
+        AWS_SECRET_ACCESS_KEY="mltrain-offline",
+        AWS_SESSION_TOKEN="mltrain-offline",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     original = botocore.endpoint.Endpoint.make_request
 
     def refuse(self: Any, operation_model: Any, request_dict: Any) -> Any:
@@ -329,8 +369,9 @@ def _offline(region: Any) -> Iterator[list[str]]:
                 os.environ[k] = v
 
 
-def schema_problems(data: dict[str, Any], cluster_name: str = "mltrain-validate",
-                    blocked: list[str] | None = None) -> list[str]:
+def schema_problems(
+    data: dict[str, Any], cluster_name: str = "mltrain-validate", blocked: list[str] | None = None
+) -> list[str]:
     """The official aws-parallelcluster schema, offline (ClusterSchema(...).load). AWS requests that
     pcluster attempts while loading are refused and appended to `blocked`."""
     try:
@@ -373,8 +414,10 @@ def _check_name(kind: str, name: Any, where: str, errors: list[str]) -> None:
     if not isinstance(name, str):
         return
     if not NAME_RE.match(name):
-        errors.append(f"{where}.Name: {kind} name {name!r} must start with a letter and contain only lowercase "
-                      "letters, digits and hyphens (no '_', no capitals)")
+        errors.append(
+            f"{where}.Name: {kind} name {name!r} must start with a letter and contain only lowercase "
+            "letters, digits and hyphens (no '_', no capitals)"
+        )
     if len(name) > NAME_MAX:
         errors.append(f"{where}.Name: {kind} name {name!r} is {len(name)} characters, at most {NAME_MAX}")
     if name == "default":
@@ -412,14 +455,20 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
         q_pg = _as_dict(net.get("PlacementGroup")).get("Enabled") is True
         q_crt = _as_dict(q.get("CapacityReservationTarget"))
         if len(subnets) > 1 and q_pg:
-            errors.append(f"{qp}.Networking.PlacementGroup: a placement group lives in one Availability Zone; "
-                          f"it cannot be used with {len(subnets)} subnets")
+            errors.append(
+                f"{qp}.Networking.PlacementGroup: a placement group lives in one Availability Zone; "
+                f"it cannot be used with {len(subnets)} subnets"
+            )
         if captype == "CAPACITY_BLOCK" and q_pg:
-            errors.append(f"{qp}.Networking.PlacementGroup.Enabled: must be false with CapacityType CAPACITY_BLOCK "
-                          "(the block brings its own placement; a PG constraint causes capacity errors)")
+            errors.append(
+                f"{qp}.Networking.PlacementGroup.Enabled: must be false with CapacityType CAPACITY_BLOCK "
+                "(the block brings its own placement; a PG constraint causes capacity errors)"
+            )
         if subnets and fsx_subnet not in subnets and data.get("SharedStorage"):
-            warnings.append(f"{qp}.Networking.SubnetIds: the managed file systems are created in {fsx_subnet}; if "
-                            "that is another Availability Zone, this queue's storage traffic crosses AZs")
+            warnings.append(
+                f"{qp}.Networking.SubnetIds: the managed file systems are created in {fsx_subnet}; if "
+                "that is another Availability Zone, this queue's storage traffic crosses AZs"
+            )
         seen_cr: set[str] = set()
         for ci, cr in enumerate(_as_list(q.get("ComputeResources"))):
             cr = _as_dict(cr)
@@ -433,22 +482,28 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
                 if mn > mx:
                     errors.append(f"{cp}.MinCount: {mn} is greater than MaxCount {mx}")
                 if captype == "CAPACITY_BLOCK" and (mn != mx or mn == 0):
-                    errors.append(f"{cp}.MinCount: must equal MaxCount and be > 0 with CapacityType CAPACITY_BLOCK "
-                                  f"(got {mn}/{mx})")
+                    errors.append(
+                        f"{cp}.MinCount: must equal MaxCount and be > 0 with CapacityType CAPACITY_BLOCK "
+                        f"(got {mn}/{mx})"
+                    )
             crt = _as_dict(cr.get("CapacityReservationTarget")) or q_crt
-            if captype == "CAPACITY_BLOCK" and not (crt.get("CapacityReservationId")
-                                                    or crt.get("CapacityReservationResourceGroupArn")):
-                errors.append(f"{cp}.CapacityReservationTarget: a CapacityReservationId is required with "
-                              "CapacityType CAPACITY_BLOCK")
+            if captype == "CAPACITY_BLOCK" and not (
+                crt.get("CapacityReservationId") or crt.get("CapacityReservationResourceGroupArn")
+            ):
+                errors.append(
+                    f"{cp}.CapacityReservationTarget: a CapacityReservationId is required with "
+                    "CapacityType CAPACITY_BLOCK"
+                )
             if crt and captype == "SPOT":
                 errors.append(f"{cp}.CapacityReservationTarget: capacity reservations do not apply to SPOT queues")
             if crt and len(subnets) > 1:
-                warnings.append(f"{cp}.CapacityReservationTarget: a reservation is in one Availability Zone but the "
-                                f"queue spans {len(subnets)} subnets")
+                warnings.append(
+                    f"{cp}.CapacityReservationTarget: a reservation is in one Availability Zone but the "
+                    f"queue spans {len(subnets)} subnets"
+                )
             cr_pg = _as_dict(_as_dict(cr.get("Networking")).get("PlacementGroup")).get("Enabled") is True
             if captype == "CAPACITY_BLOCK" and cr_pg:
-                errors.append(f"{cp}.Networking.PlacementGroup.Enabled: must be false with CapacityType "
-                              "CAPACITY_BLOCK")
+                errors.append(f"{cp}.Networking.PlacementGroup.Enabled: must be false with CapacityType CAPACITY_BLOCK")
             itype = cr.get("InstanceType")
             efa = _as_dict(cr.get("Efa"))
             if isinstance(itype, str):
@@ -459,17 +514,25 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
                     if efa.get("Enabled") is True and not info.efa:
                         errors.append(f"{cp}.Efa.Enabled: {itype} does not support EFA")
                     if info.efa and efa.get("Enabled") is not True:
-                        warnings.append(f"{cp}.Efa.Enabled: {itype} supports EFA ({info.efa_interfaces} "
-                                        f"interfaces, {info.network_gbps:g} Gbps); multi-node training wants it on")
+                        warnings.append(
+                            f"{cp}.Efa.Enabled: {itype} supports EFA ({info.efa_interfaces} "
+                            f"interfaces, {info.network_gbps:g} Gbps); multi-node training wants it on"
+                        )
                     if info.efa and efa.get("Enabled") is True and len(subnets) > 1:
-                        warnings.append(f"{cp}.Efa: EFA traffic does not cross Availability Zones; the queue spans "
-                                        f"{len(subnets)} subnets")
+                        warnings.append(
+                            f"{cp}.Efa: EFA traffic does not cross Availability Zones; the queue spans "
+                            f"{len(subnets)} subnets"
+                        )
                     gpu = info.accelerator != "Trainium1"
-                    hc = _as_dict(_as_dict(_as_dict(cr.get("HealthChecks")).get("Gpu")) or
-                                  _as_dict(_as_dict(q.get("HealthChecks")).get("Gpu")))
+                    hc = _as_dict(
+                        _as_dict(_as_dict(cr.get("HealthChecks")).get("Gpu"))
+                        or _as_dict(_as_dict(q.get("HealthChecks")).get("Gpu"))
+                    )
                     if gpu and hc.get("Enabled") is not True:
-                        warnings.append(f"{cp}.HealthChecks.Gpu.Enabled: off; a bad GPU then fails jobs instead of "
-                                        "being drained before they start")
+                        warnings.append(
+                            f"{cp}.HealthChecks.Gpu.Enabled: off; a bad GPU then fails jobs instead of "
+                            "being drained before they start"
+                        )
             if efa.get("GdrSupport") is True and efa.get("Enabled") is not True:
                 errors.append(f"{cp}.Efa.GdrSupport: needs Efa.Enabled: true")
     for si, st in enumerate(_as_list(data.get("SharedStorage"))):
@@ -495,8 +558,9 @@ def _check_fsx(fs: dict[str, Any], p: str, errors: list[str]) -> None:
         elif dep == "PERSISTENT_1" and stype == "HDD":
             step = 6000 if tput == 12 else 1800
             if cap % step:
-                errors.append(f"{p}.StorageCapacity: {cap} GiB; PERSISTENT_1 HDD at {tput} MB/s/TiB takes "
-                              f"multiples of {step}")
+                errors.append(
+                    f"{p}.StorageCapacity: {cap} GiB; PERSISTENT_1 HDD at {tput} MB/s/TiB takes multiples of {step}"
+                )
         elif dep in ("SCRATCH_2", "PERSISTENT_1", "PERSISTENT_2") and not (cap == 1200 or cap % 2400 == 0):
             errors.append(f"{p}.StorageCapacity: {cap} GiB; {dep} takes 1200 or a multiple of 2400")
     if dep.startswith("PERSISTENT"):
@@ -524,8 +588,10 @@ def _check_fsx(fs: dict[str, Any], p: str, errors: list[str]) -> None:
         dra = _as_dict(dra)
         name = dra.get("Name")
         if isinstance(name, str) and not DRA_NAME_RE.match(name):
-            errors.append(f"{p}.DataRepositoryAssociations[{di}].Name: {name!r} must be letters and digits only "
-                          "(it becomes part of a CloudFormation logical id)")
+            errors.append(
+                f"{p}.DataRepositoryAssociations[{di}].Name: {name!r} must be letters and digits only "
+                "(it becomes part of a CloudFormation logical id)"
+            )
         repo = dra.get("DataRepositoryPath")
         if isinstance(repo, str) and not repo.startswith("s3://"):
             errors.append(f"{p}.DataRepositoryAssociations[{di}].DataRepositoryPath: {repo!r} is not an s3:// path")
@@ -536,8 +602,10 @@ def _check_fsx(fs: dict[str, Any], p: str, errors: list[str]) -> None:
             for dj, other in paths:
                 a, b = fpath.rstrip("/") + "/", other.rstrip("/") + "/"
                 if a.startswith(b) or b.startswith(a):
-                    errors.append(f"{p}.DataRepositoryAssociations[{di}].FileSystemPath: {fpath} overlaps "
-                                  f"DataRepositoryAssociations[{dj}] ({other})")
+                    errors.append(
+                        f"{p}.DataRepositoryAssociations[{di}].FileSystemPath: {fpath} overlaps "
+                        f"DataRepositoryAssociations[{dj}] ({other})"
+                    )
             paths.append((di, fpath))
 
 
@@ -591,10 +659,21 @@ def validate_command(pcluster_yaml: Path, console: Console | None = None) -> int
     if errors:
         console.print(f"{pcluster_yaml}: {len(errors)} problem(s)", highlight=False)
         return 1
-    console.print(f"{pcluster_yaml}: valid (aws-parallelcluster schema + mltrain checks"
-                  f"{f', {len(warnings)} warning(s)' if warnings else ''})", highlight=False)
+    console.print(
+        f"{pcluster_yaml}: valid (aws-parallelcluster schema + mltrain checks"
+        f"{f', {len(warnings)} warning(s)' if warnings else ''})",
+        highlight=False,
+    )
     return 0
 
 
-__all__ = ["render", "render_command", "validate", "validate_report", "validate_command", "dump_config",
-           "flatten_messages", "PYXIS_SCRIPT"]
+__all__ = [
+    "render",
+    "render_command",
+    "validate",
+    "validate_report",
+    "validate_command",
+    "dump_config",
+    "flatten_messages",
+    "PYXIS_SCRIPT",
+]

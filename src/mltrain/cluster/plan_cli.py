@@ -31,8 +31,10 @@ def plan_table(plan: Plan) -> Table:
     """The per-model table, with the seed split side by side when the fleet has one."""
     seed = plan.seed_totals is not None
     price = "n/a" if plan.price_per_node_hour is None else f"${plan.price_per_node_hour:,.2f}"
-    title = (f"{plan.nodes} x {plan.instance_type} ({plan.nodes * plan.gpus_per_node} x {plan.gpu}), "
-             f"{plan.region or 'no region'}, {price}/node-hour ({plan.price_source}); {plan.objective}")
+    title = (
+        f"{plan.nodes} x {plan.instance_type} ({plan.nodes * plan.gpus_per_node} x {plan.gpu}), "
+        f"{plan.region or 'no region'}, {price}/node-hour ({plan.price_source}); {plan.objective}"
+    )
     t = Table(title=escape(title), title_justify="left")
     for col in ("model", "params", "tokens", "MFU", "min nodes", "GiB/GPU", "nodes", "days", "node-hours", "$"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -40,15 +42,35 @@ def plan_table(plan: Plan) -> Table:
         for col in ("seed nodes", "seed days"):
             t.add_column(col, justify="right", style="dim")
     for m in plan.models:
-        row = [m.name, _si(m.params), _si(m.tokens), f"{m.mfu:.2f}", str(m.min_nodes_fit), f"{m.mem_gib_per_gpu:.1f}",
-               str(m.nodes), f"{m.days:.2f}", f"{m.node_hours:,.0f}", _usd(m.dollars)]
+        row = [
+            m.name,
+            _si(m.params),
+            _si(m.tokens),
+            f"{m.mfu:.2f}",
+            str(m.min_nodes_fit),
+            f"{m.mem_gib_per_gpu:.1f}",
+            str(m.nodes),
+            f"{m.days:.2f}",
+            f"{m.node_hours:,.0f}",
+            _usd(m.dollars),
+        ]
         if seed:
             sd = f"{m.seed_days:.2f}" + (" !" if m.seed_note else "")
             row += [str(m.seed_nodes), sd]
         t.add_row(*row)
     tt = plan.totals
-    total = ["total", "", "", "", "", "", str(tt.nodes_used), f"{tt.makespan_days:.2f}", f"{tt.busy_node_hours:,.0f}",
-             _usd(tt.busy_dollars)]
+    total = [
+        "total",
+        "",
+        "",
+        "",
+        "",
+        "",
+        str(tt.nodes_used),
+        f"{tt.makespan_days:.2f}",
+        f"{tt.busy_node_hours:,.0f}",
+        _usd(tt.busy_dollars),
+    ]
     if seed and plan.seed_totals:
         st = plan.seed_totals
         total += [str(st.nodes_used), f"{st.makespan_days:.2f}"]
@@ -58,9 +80,11 @@ def plan_table(plan: Plan) -> Table:
 
 
 def _totals_line(label: str, t: SplitTotals) -> str:
-    return (f"{label}: makespan {t.makespan_days:.2f} days, {t.nodes_used} nodes busy, "
-            f"{t.busy_node_hours:,.0f} busy + {t.idle_node_hours:,.0f} idle node-hours, "
-            f"cluster held {t.cluster_node_hours:,.0f} node-hours = {_usd(t.cluster_dollars)}")
+    return (
+        f"{label}: makespan {t.makespan_days:.2f} days, {t.nodes_used} nodes busy, "
+        f"{t.busy_node_hours:,.0f} busy + {t.idle_node_hours:,.0f} idle node-hours, "
+        f"cluster held {t.cluster_node_hours:,.0f} node-hours = {_usd(t.cluster_dollars)}"
+    )
 
 
 def print_plan(plan: Plan, console: Console) -> None:
@@ -70,9 +94,12 @@ def print_plan(plan: Plan, console: Console) -> None:
         st, tt = plan.seed_totals, plan.totals
         console.print(_totals_line("seed", st), highlight=False)
         if tt.cluster_dollars is not None and st.cluster_dollars is not None:
-            console.print(f"plan vs seed: makespan {tt.makespan_days - st.makespan_days:+.2f} days, cluster cost "
-                          f"{tt.cluster_dollars - st.cluster_dollars:+,.0f} USD (per-model node-hours do not change "
-                          f"with the split; the idle tail does)", highlight=False)
+            console.print(
+                f"plan vs seed: makespan {tt.makespan_days - st.makespan_days:+.2f} days, cluster cost "
+                f"{tt.cluster_dollars - st.cluster_dollars:+,.0f} USD (per-model node-hours do not change "
+                f"with the split; the idle tail does)",
+                highlight=False,
+            )
     for m in plan.models:
         if m.seed_note:
             console.print(f"[yellow]seed split, {escape(m.name)}: {escape(m.seed_note)}[/]")
@@ -89,7 +116,9 @@ def print_plan(plan: Plan, console: Console) -> None:
     )
 
 
-def plan_command(fleet_yaml: Path, json_out: bool = False, yaml_out: bool = False, console: Console | None = None) -> Plan:
+def plan_command(
+    fleet_yaml: Path, json_out: bool = False, yaml_out: bool = False, console: Console | None = None
+) -> Plan:
     """`mltrain plan`: the table, or the plan as JSON / YAML on stdout."""
     console = console or Console()
     plan = plan_fleet(load_fleet(fleet_yaml))
@@ -98,15 +127,17 @@ def plan_command(fleet_yaml: Path, json_out: bool = False, yaml_out: bool = Fals
     if json_out:
         console.print(json.dumps(plan.to_dict(), indent=2), markup=False, highlight=False, soft_wrap=True)
     elif yaml_out:
-        console.print(yaml.safe_dump(plan.to_dict(), sort_keys=False), markup=False, highlight=False,
-                      soft_wrap=True, end="")
+        console.print(
+            yaml.safe_dump(plan.to_dict(), sort_keys=False), markup=False, highlight=False, soft_wrap=True, end=""
+        )
     else:
         print_plan(plan, console)
     return plan
 
 
-def fleet_submit_command(fleet_yaml: Path, cluster_yaml: Path, dry_run: bool = False,
-                         console: Console | None = None) -> list[object]:
+def fleet_submit_command(
+    fleet_yaml: Path, cluster_yaml: Path, dry_run: bool = False, console: Console | None = None
+) -> list[object]:
     """`mltrain fleet submit`: plan, then one `submit_run` per model with its node count."""
     from mltrain.cluster.spec import load_cluster_spec
 
@@ -114,12 +145,16 @@ def fleet_submit_command(fleet_yaml: Path, cluster_yaml: Path, dry_run: bool = F
     fleet = load_fleet(fleet_yaml)
     missing = [m.name for m in fleet.models if not m.run_config]
     if missing:
-        raise ClusterError(f"{fleet_yaml}: models.run_config is missing for {', '.join(missing)} "
-                           "(fleet submit needs a run YAML per model)")
+        raise ClusterError(
+            f"{fleet_yaml}: models.run_config is missing for {', '.join(missing)} "
+            "(fleet submit needs a run YAML per model)"
+        )
     spec = load_cluster_spec(cluster_yaml)
     if spec.instance_type != fleet.cluster.instance_type:
-        raise ClusterError(f"{cluster_yaml}: instance_type {spec.instance_type} differs from the fleet's "
-                           f"{fleet.cluster.instance_type} ({fleet_yaml})")
+        raise ClusterError(
+            f"{cluster_yaml}: instance_type {spec.instance_type} differs from the fleet's "
+            f"{fleet.cluster.instance_type} ({fleet_yaml})"
+        )
     plan = plan_fleet(fleet)
     if plan.totals.nodes_used > spec.nodes:
         raise ClusterError(f"{cluster_yaml}: nodes {spec.nodes} < the {plan.totals.nodes_used} nodes the plan uses")
@@ -130,6 +165,15 @@ def fleet_submit_command(fleet_yaml: Path, cluster_yaml: Path, dry_run: bool = F
     results = []
     for m, p in zip(fleet.models, plan.models, strict=True):
         console.print(f"[bold]{m.name}[/]: {p.nodes} nodes, ~{p.days:.2f} days ({m.run_config})", highlight=False)
-        results.append(submit_run(Path(m.run_config), cluster_yaml, overrides=[], nodes=p.nodes, time=None,
-                                  dry_run=dry_run, console=console))
+        results.append(
+            submit_run(
+                Path(m.run_config),
+                cluster_yaml,
+                overrides=[],
+                nodes=p.nodes,
+                time=None,
+                dry_run=dry_run,
+                console=console,
+            )
+        )
     return results

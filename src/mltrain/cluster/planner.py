@@ -115,8 +115,10 @@ def memory_per_gpu_gib(
         raise ClusterError(f"memory estimate needs a positive GPU count, got {total_gpus}")
     tokens = micro_batch_size * seq_len
     if activation_checkpointing:
-        act = tokens * shape.hidden_size * (
-            shape.n_layers * a.checkpointed_bytes_per_token_hidden + a.activation_bytes_per_token_hidden
+        act = (
+            tokens
+            * shape.hidden_size
+            * (shape.n_layers * a.checkpointed_bytes_per_token_hidden + a.activation_bytes_per_token_hidden)
         )
     else:
         act = tokens * shape.hidden_size * shape.n_layers * a.activation_bytes_per_token_hidden
@@ -149,8 +151,12 @@ def min_nodes_to_fit(
     gpus = max(1, math.ceil(state_total_gib / room - 1e-9))
     nodes = max(1, math.ceil(gpus / inst.accelerators))
     # guard float edges: step until it really fits
-    while memory_per_gpu_gib(shape, nodes * inst.accelerators, micro_batch_size, seq_len,
-                             activation_checkpointing, a)["total"] > inst.gpu_memory_gib:
+    while (
+        memory_per_gpu_gib(shape, nodes * inst.accelerators, micro_batch_size, seq_len, activation_checkpointing, a)[
+            "total"
+        ]
+        > inst.gpu_memory_gib
+    ):
         nodes += 1
     return nodes
 
@@ -187,8 +193,11 @@ def read_bench_mfu(path: str | Path) -> float:
         except json.JSONDecodeError as e:
             raise ClusterError(f"{path}: not JSON: {e}") from None
         value = None
-        for node in (data, data.get("result") if isinstance(data, dict) else None,
-                     data.get("summary") if isinstance(data, dict) else None):
+        for node in (
+            data,
+            data.get("result") if isinstance(data, dict) else None,
+            data.get("summary") if isinstance(data, dict) else None,
+        ):
             if isinstance(node, dict) and isinstance(node.get("mfu"), int | float):
                 value = float(node["mfu"])
                 break
@@ -206,7 +215,9 @@ def _round_up(n: int, g: int) -> int:
     return -(-n // g) * g
 
 
-def allocate_min_makespan(work: list[float], lo: list[int], hi: list[int], total: int, granularity: int = 1) -> list[int]:
+def allocate_min_makespan(
+    work: list[float], lo: list[int], hi: list[int], total: int, granularity: int = 1
+) -> list[int]:
     """Whole nodes per job minimising max(work_i / n_i), with lo_i <= n_i <= hi_i, n_i multiples of
     `granularity`, sum <= total. Greedy: always grow the job that finishes last; exact for this
     problem because only growing the longest job can lower the maximum (each time is decreasing
@@ -336,8 +347,7 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
                 f"seq_len={m.seq_len}; lower them or set activation_checkpointing: true"
             )
         if fit > c.nodes:
-            mem = memory_per_gpu_gib(shape, c.nodes * gpn, m.micro_batch_size, m.seq_len,
-                                     m.activation_checkpointing, a)
+            mem = memory_per_gpu_gib(shape, c.nodes * gpn, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
             raise ClusterError(
                 f"model {m.name}: needs {fit} nodes to fit in memory ({mem['total']:.1f} GiB/GPU on all "
                 f"{c.nodes} nodes, GPU has {inst.gpu_memory_gib}), the cluster has {c.nodes}"
@@ -369,8 +379,9 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         why = "to meet the deadlines" if any(m.deadline_days for m in fleet.models) or k.deadline_days else "at least"
         raise ClusterError(f"the models need {sum(lo)} nodes together {why} ({detail}); the cluster has {c.nodes}")
     nodes = allocate_min_makespan(works, lo, hi, c.nodes, g)
-    objective = "min makespan" + (" meeting deadlines" if any(m.deadline_days for m in fleet.models)
-                                  or k.deadline_days else "")
+    objective = "min makespan" + (
+        " meeting deadlines" if any(m.deadline_days for m in fleet.models) or k.deadline_days else ""
+    )
 
     plans: list[ModelPlan] = []
     days = []
@@ -379,11 +390,23 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         days.append(d)
         nh = n * d * HOURS_PER_DAY
         mem = memory_per_gpu_gib(shape, n * gpn, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
-        plans.append(ModelPlan(
-            name=m.name, params=shape.params, tokens=m.tokens, seq_len=m.seq_len, mfu=mfu, flops=f,
-            node_days_work=w / 86400, min_nodes_fit=fit, mem_gib_per_gpu=mem["total"], nodes=n, days=d,
-            node_hours=nh, dollars=None if price is None else nh * price,
-        ))
+        plans.append(
+            ModelPlan(
+                name=m.name,
+                params=shape.params,
+                tokens=m.tokens,
+                seq_len=m.seq_len,
+                mfu=mfu,
+                flops=f,
+                node_days_work=w / 86400,
+                min_nodes_fit=fit,
+                mem_gib_per_gpu=mem["total"],
+                nodes=n,
+                days=d,
+                node_hours=nh,
+                dollars=None if price is None else nh * price,
+            )
+        )
     totals = _totals(nodes, days, c.nodes, price)
 
     seed_totals = None
@@ -404,8 +427,18 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         notes.append(f"{c.nodes - sum(nodes)} nodes left unassigned: the longest model is at its max_nodes")
 
     return Plan(
-        instance_type=inst.name, region=c.region, nodes=c.nodes, gpus_per_node=gpn, gpu=inst.accelerator,
-        peak_tflops=inst.peak_bf16_tflops, price_per_node_hour=price, price_source=price_source,
-        objective=objective, models=plans, totals=totals, seed_totals=seed_totals,
-        assumptions=asdict(a), notes=notes,
+        instance_type=inst.name,
+        region=c.region,
+        nodes=c.nodes,
+        gpus_per_node=gpn,
+        gpu=inst.accelerator,
+        peak_tflops=inst.peak_bf16_tflops,
+        price_per_node_hour=price,
+        price_source=price_source,
+        objective=objective,
+        models=plans,
+        totals=totals,
+        seed_totals=seed_totals,
+        assumptions=asdict(a),
+        notes=notes,
     )

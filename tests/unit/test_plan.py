@@ -1,0 +1,314 @@
+"""Planner: the seed case, memory-fit edges, FLOPs by hand, the split is optimal, deadlines, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mltrain.cluster.catalog import get_instance
+from mltrain.cluster.fleet import Fleet, load_fleet, parse_count
+from mltrain.cluster.planner import (
+    GIB,
+    ModelShape,
+    allocate_min_makespan,
+    flops_per_token,
+    memory_per_gpu_gib,
+    min_nodes_to_fit,
+    model_shape,
+    plan_fleet,
+    read_bench_mfu,
+)
+from mltrain.errors import ClusterError, ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SEVEN = ROOT / "configs" / "fleets" / "seven-models.yaml"
+
+
+def _fleet(**over) -> dict:
+    base = {
+        "cluster": {"instance_type": "p5e.48xlarge", "nodes": 80, "region": "ap-southeast-3"},
+        "models": [{"name": "a", "preset": "llama3.1-8b", "tokens": "100B", "mfu": 0.4}],
+    }
+    base.update(over)
+    return base
+
+
+def _plan(data: dict):
+    return plan_fleet(Fleet.model_validate(data))
+
+
+# --------------------------------------------------------------------------- the seed case
+
+
+def test_seed_case_is_sane_and_reproducible():
+    fleet = load_fleet(SEVEN)
+    plan = plan_fleet(fleet)
+    again = plan_fleet(load_fleet(SEVEN))
+    assert plan.to_dict() == again.to_dict()  # pure: same file, same numbers
+
+    assert (plan.nodes, plan.gpus_per_node, plan.instance_type) == (80, 8, "p5e.48xlarge")
+    assert plan.price_per_node_hour * plan.nodes == pytest.approx(2768.0)
+    assert [m.seed_nodes for m in plan.models] == [11, 11, 11, 11, 11, 11, 14]
+    # the seed split: every model 1-2 weeks (the seed's own claim, reproduced by the example numbers)
+    assert all(7 <= m.seed_days <= 14 for m in plan.models)
+    assert plan.seed_totals.makespan_days == pytest.approx(max(m.seed_days for m in plan.models))
+    # the planned split uses every node, meets the 14-day deadline and is no worse than the seed's
+    assert sum(m.nodes for m in plan.models) == 80
+    assert all(m.nodes >= 4 for m in plan.models)  # constraints.min_nodes_per_model
+    assert plan.totals.makespan_days <= 14
+    assert plan.totals.makespan_days < plan.seed_totals.makespan_days
+    # linear scaling: per-model node-hours do not depend on the split, only the idle tail does
+    assert plan.totals.busy_node_hours == pytest.approx(plan.seed_totals.busy_node_hours)
+    assert plan.totals.idle_node_hours < plan.seed_totals.idle_node_hours
+    t = plan.totals
+    assert t.cluster_node_hours == pytest.approx(80 * t.makespan_days * 24)
+    assert t.cluster_dollars == pytest.approx(t.cluster_node_hours * 34.60)
+    assert t.busy_node_hours + t.idle_node_hours == pytest.approx(t.cluster_node_hours)
+    for m in plan.models:
+        assert m.node_hours == pytest.approx(m.nodes * m.days * 24)
+        assert m.dollars == pytest.approx(m.node_hours * 34.60)
+        assert m.min_nodes_fit == 1  # <= 8B on 8 x H200 fits on one node
+        assert m.mem_gib_per_gpu < get_instance("p5e.48xlarge").gpu_memory_gib
+
+
+def test_seed_case_days_by_hand():
+    """Llama 3.1 8B, 900B tokens, seq 4096, MFU 0.40 on 14 p5e nodes, computed without the planner."""
+    n_matmul = 8_030_261_248 - 128256 * 4096  # all params but the embedding lookup (head is untied)
+    per_tok = 6 * n_matmul + 12 * 32 * 4096 * 4096
+    days = 900e9 * per_tok / (14 * 8 * 989.4e12 * 0.40) / 86400
+    plan = plan_fleet(load_fleet(SEVEN))
+    m = next(m for m in plan.models if m.name == "llama31-8b-cpt")
+    assert m.params == 8_030_261_248
+    assert m.seed_days == pytest.approx(days, rel=1e-9)
+    assert m.flops == pytest.approx(900e9 * per_tok, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_memory_by_hand_llama8b_one_node():
+    shape = model_shape(Fleet.model_validate(_fleet()).models[0])
+    mem = memory_per_gpu_gib(shape, total_gpus=8, micro_batch_size=2, seq_len=4096)
+    assert mem["state"] == pytest.approx(8_030_261_248 * 16 / 8 / GIB)
+    assert mem["working"] == pytest.approx(2 * 128256 * 4096 * 6 / GIB)  # the embedding is the largest unit
+    assert mem["activations"] == pytest.approx(2 * 4096 * 4096 * 32 * 34 / GIB)
+    assert mem["logits"] == pytest.approx(2 * 4096 * 128256 * 6 / GIB)
+    assert mem["total"] == pytest.approx(sum(v for k, v in mem.items() if k != "total"))
+    ckpt = memory_per_gpu_gib(shape, 8, 2, 4096, activation_checkpointing=True)
+    assert ckpt["activations"] < mem["activations"] / 5
+
+
+def _explicit(params: float) -> ModelShape:
+    return ModelShape(
+        params=params,
+        matmul_params=params,
+        n_layers=80,
+        hidden_size=8192,
+        vocab_size=0,
+        largest_unit_params=params / 80,
+    )
+
+
+def test_just_fits_and_just_does_not():
+    inst = get_instance("p5e.48xlarge")
+    # one node: P*16/8 + 2*(P/80)*6 + activations + 6 GiB == GPU memory  ->  solve for P
+    act = 1 * 2048 * 8192 * 80 * 34 / GIB
+    p_fit = (inst.gpu_memory_gib - 6 - act) * GIB / (16 / 8 + 12 / 80)
+    assert min_nodes_to_fit(_explicit(p_fit * 0.999), inst, 1, 2048) == 1
+    assert min_nodes_to_fit(_explicit(p_fit * 1.001), inst, 1, 2048) == 2
+
+
+def test_model_that_cannot_fit_on_the_whole_cluster():
+    data = _fleet(
+        models=[
+            {
+                "name": "huge",
+                "params": 2e12,
+                "n_layers": 1000,
+                "hidden_size": 4096,
+                "seq_len": 512,
+                "tokens": 1e9,
+                "mfu": 0.4,
+            }
+        ]
+    )
+    with pytest.raises(ClusterError, match=r"model huge: needs \d+ nodes to fit in memory .* the cluster has 80"):
+        _plan(data)
+
+
+def test_activations_alone_too_big_says_what_to_change():
+    data = _fleet(
+        models=[
+            {
+                "name": "long",
+                "preset": "llama3.1-8b",
+                "tokens": 1e9,
+                "mfu": 0.4,
+                "seq_len": 131072,
+                "micro_batch_size": 4,
+            }
+        ]
+    )
+    with pytest.raises(
+        ClusterError, match="does not fit on a H200-141GB .* at any node count.*activation_checkpointing"
+    ):
+        _plan(data)
+
+
+# --------------------------------------------------------------------------- FLOPs and MFU
+
+
+def test_flops_per_token_matches_trainer_convention():
+    from mltrain.config import ModelConfig
+    from mltrain.train.metrics import flops_per_token as trainer_fpt
+
+    for preset in ("qwen2.5-0.5b", "llama3.2-1b", "llama3.1-8b"):
+        cfg = ModelConfig(preset=preset)
+        shape = model_shape(
+            Fleet.model_validate(_fleet(models=[{"name": "x", "preset": preset, "tokens": 1, "mfu": 0.5}])).models[0]
+        )
+        assert flops_per_token(shape, 4096) == pytest.approx(trainer_fpt(cfg, 4096), rel=1e-12)
+
+
+def test_bench_result_json_and_metrics_jsonl(tmp_path):
+    j = tmp_path / "bench.json"
+    j.write_text(json.dumps({"result": {"mfu": 0.41, "tokens_per_s": 1.0}}))
+    assert read_bench_mfu(j) == pytest.approx(0.41)
+    m = tmp_path / "metrics.jsonl"
+    lines = [{"kind": "start", "step": 0}] + [
+        {"kind": "train", "step": i, "mfu": 0.1 if i < 2 else 0.3} for i in range(20)
+    ]
+    m.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert read_bench_mfu(m) == pytest.approx(0.3)  # warm-up steps dropped, median
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tokens_per_s": 3}))
+    with pytest.raises(ClusterError, match="key 'mfu' not found"):
+        read_bench_mfu(bad)
+    # a fleet reading its MFU from a bench file, path relative to the fleet file
+    (tmp_path / "fleet.yaml").write_text(
+        yaml.safe_dump(
+            _fleet(models=[{"name": "a", "preset": "llama3.2-1b", "tokens": "10B", "bench_result": "bench.json"}])
+        )
+    )
+    plan = plan_fleet(load_fleet(tmp_path / "fleet.yaml"))
+    assert plan.models[0].mfu == pytest.approx(0.41)
+
+
+# --------------------------------------------------------------------------- allocation
+
+
+def test_greedy_split_is_optimal_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(150):
+        k = rng.randint(1, 3)
+        total = rng.randint(k, 12)
+        g = rng.choice([1, 1, 2])
+        work = [rng.uniform(1, 100) for _ in range(k)]
+        lo = [g * rng.randint(1, 2) for _ in range(k)]
+        hi = [g * rng.randint(2, 6) for _ in range(k)]
+        hi = [max(a, b) for a, b in zip(lo, hi, strict=True)]
+        options = [range(a, b + 1, g) for a, b in zip(lo, hi, strict=True)]
+        feasible = [c for c in itertools.product(*options) if sum(c) <= total]
+        if not feasible:
+            with pytest.raises(ClusterError):
+                allocate_min_makespan(work, lo, hi, total, g)
+            continue
+        best = min(max(w / n for w, n in zip(work, c, strict=True)) for c in feasible)
+        got = allocate_min_makespan(work, lo, hi, total, g)
+        assert sum(got) <= total and all(a <= n <= b and n % g == 0 for n, a, b in zip(got, lo, hi, strict=True))
+        assert max(w / n for w, n in zip(work, got, strict=True)) == pytest.approx(best)
+
+
+def test_granularity_and_max_nodes_are_respected():
+    data = _fleet(
+        constraints={"node_granularity": 4, "max_nodes_per_model": 24},
+        models=[
+            {"name": f"m{i}", "preset": "llama3.2-1b", "tokens": f"{100 * (i + 1)}B", "mfu": 0.3} for i in range(3)
+        ],
+    )
+    plan = _plan(data)
+    assert all(m.nodes % 4 == 0 and m.nodes <= 24 for m in plan.models)
+    assert plan.models[2].nodes == 24 and sum(m.nodes for m in plan.models) <= 80
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_deadline_that_cannot_be_met_together():
+    fleet = load_fleet(SEVEN, overrides=["constraints.deadline_days=9"])
+    with pytest.raises(
+        ClusterError, match=r"the models need \d+ nodes together to meet the deadlines .*cluster has 80"
+    ):
+        plan_fleet(fleet)
+
+
+def test_deadline_that_one_model_cannot_meet_names_it():
+    fleet = load_fleet(SEVEN, overrides=["constraints.deadline_days=9", "constraints.max_nodes_per_model=12"])
+    with pytest.raises(ClusterError) as e:
+        plan_fleet(fleet)
+    msg = str(e.value)
+    assert msg.startswith("model ") and "nodes to train" in msg and "in 9 days" in msg and "at most 12" in msg
+
+
+def test_deadline_met_raises_the_lower_bound():
+    plan = _plan(_fleet(constraints={"deadline_days": 3}))
+    assert plan.models[0].days <= 3
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"cluster": {"instance_type": "p5e.48xlarge", "nodes": 0}}, "cluster.nodes: Input should be greater than 0"),
+        ({"models": [{"name": "a", "preset": "llama3.1-8b", "tokens": -5, "mfu": 0.4}]}, "models.0.tokens"),
+        ({"models": [{"name": "a", "preset": "llama3.1-8b", "tokens": "1B", "mfu": 0}]}, "models.0.mfu"),
+        ({"models": [{"name": "a", "preset": "gpt5", "tokens": "1B", "mfu": 0.4}]}, "unknown preset 'gpt5'"),
+        ({"models": [{"name": "a", "preset": "llama3.1-8b", "tokens": "1B"}]}, "exactly one of mfu or bench_result"),
+        ({"models": [{"name": "a", "params": 1e9, "tokens": "1B", "mfu": 0.4}]}, "params needs n_layers"),
+        ({"seed_split": [11, 11]}, "seed_split has 2 entries for 1 models"),
+        ({"seed_split": [0]}, "seed_split entries must be > 0"),
+    ],
+)
+def test_bad_fleet_files_are_one_line_config_errors(tmp_path, over, match):
+    p = tmp_path / "fleet.yaml"
+    p.write_text(yaml.safe_dump(_fleet(**over)))
+    with pytest.raises(ConfigError) as e:
+        load_fleet(p)
+    assert match in str(e.value) and "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_unknown_instance_type_in_fleet_suggests():
+    with pytest.raises(ClusterError, match="did you mean: p5e.48xlarge"):
+        _plan(_fleet(cluster={"instance_type": "p5e.48xl", "nodes": 8}))
+
+
+def test_min_nodes_above_cluster_and_granularity_errors():
+    with pytest.raises(ClusterError, match="needs at least 16 nodes .* at most 8"):
+        _plan(
+            _fleet(
+                cluster={"instance_type": "p5.48xlarge", "nodes": 8},
+                models=[{"name": "a", "preset": "llama3.2-1b", "tokens": "1B", "mfu": 0.3, "min_nodes": 16}],
+            )
+        )
+    with pytest.raises(ClusterError, match="node_granularity 16 is larger than the cluster"):
+        _plan(_fleet(cluster={"instance_type": "p5.48xlarge", "nodes": 8}, constraints={"node_granularity": 16}))
+    with pytest.raises(ClusterError, match="allocation needs positive nodes"):
+        allocate_min_makespan([1.0], [1], [1], 0)
+
+
+def test_price_unknown_is_reported_not_invented():
+    plan = _plan(_fleet(cluster={"instance_type": "p5e.48xlarge", "nodes": 8, "region": "eu-north-1"}))
+    assert plan.price_per_node_hour is None and plan.models[0].dollars is None
+    assert "set cluster.price_per_node_hour" in plan.price_source
+
+
+@pytest.mark.parametrize("raw, value", [("250B", 250e9), ("1.5T", 1.5e12), ("250e9", 250e9), (42, 42), ("3,000M", 3e9)])
+def test_parse_count(raw, value):
+    assert parse_count(raw) == value

@@ -1,0 +1,148 @@
+"""`mltrain plan` output (table, JSON, YAML) and `mltrain fleet submit` (one job per model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from mltrain.cluster.plan_cli import fleet_submit_command, plan_command
+from mltrain.errors import ClusterError
+
+ROOT = Path(__file__).resolve().parents[2]
+SEVEN = ROOT / "configs" / "fleets" / "seven-models.yaml"
+
+
+def _console() -> Console:
+    return Console(record=True, width=220, color_system=None)
+
+
+def test_plan_table_shows_models_seed_split_and_totals():
+    c = _console()
+    plan = plan_command(SEVEN, console=c)
+    text = c.export_text()
+    for m in plan.models:
+        assert m.name in text
+    for word in (
+        "min nodes",
+        "node-hours",
+        "seed nodes",
+        "seed days",
+        "makespan",
+        "idle",
+        "$34.60/node-hour",
+        "assumptions: FSDP",
+    ):
+        assert word in text
+    assert f"{plan.totals.makespan_days:.2f}" in text and f"{plan.seed_totals.makespan_days:.2f}" in text
+    assert "plan vs seed: makespan -" in text  # the planned split beats the hand split
+
+
+def test_plan_json_and_yaml_round_trip():
+    c = _console()
+    plan_command(SEVEN, json_out=True, console=c)
+    data = json.loads(c.export_text())
+    assert data["nodes"] == 80 and len(data["models"]) == 7 and data["seed_totals"]["nodes_used"] == 80
+    c = _console()
+    plan_command(SEVEN, yaml_out=True, console=c)
+    assert yaml.safe_load(c.export_text())["totals"]["nodes_used"] == 80
+    with pytest.raises(ClusterError, match="exclusive"):
+        plan_command(SEVEN, json_out=True, yaml_out=True, console=_console())
+
+
+def test_plan_cli_error_is_one_line(tmp_path):
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "cluster": {"instance_type": "p5e.48xlarg", "nodes": 80},
+                "models": [{"name": "a", "preset": "llama3.2-1b", "tokens": "1B", "mfu": 0.3}],
+            }
+        )
+    )
+    r = subprocess.run([sys.executable, "-m", "mltrain", "plan", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "unknown instance type 'p5e.48xlarg'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2  # one message (rich may wrap it once)
+
+
+# --------------------------------------------------------------------------- fleet submit
+
+
+def _fleet_files(tmp_path: Path, with_run_configs: bool = True) -> tuple[Path, Path]:
+    models = []
+    for i, tokens in enumerate(["300B", "100B"]):
+        m = {"name": f"m{i}", "preset": "llama3.2-1b", "tokens": tokens, "mfu": 0.3}
+        if with_run_configs:
+            run = tmp_path / f"run{i}.yaml"
+            run.write_text(
+                yaml.safe_dump({"name": f"fleet-m{i}", "model": {"preset": "tiny"}, "train": {"parallel": "fsdp"}})
+            )
+            m["run_config"] = run.name  # relative to the fleet file
+        models.append(m)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        yaml.safe_dump(
+            {"cluster": {"instance_type": "p5.48xlarge", "nodes": 8, "price_per_node_hour": 55.0}, "models": models}
+        )
+    )
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "instance_type": "p5.48xlarge",
+                "nodes": 8,
+                "gpus_per_node": 8,
+                "run_base_dir": str(tmp_path / "shared"),
+                "slurm": {"partition": "gpu"},
+            }
+        )
+    )
+    return fleet, cluster
+
+
+def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path):
+    """Uses the real mltrain.launch.slurm.submit_run in dry-run mode (no Slurm needed)."""
+    fleet, cluster = _fleet_files(tmp_path)
+    c = _console()
+    fleet_submit_command(fleet, cluster, dry_run=True, console=c)
+    text = c.export_text()
+    # 300B vs 100B tokens on 8 nodes: the min-makespan split is 6 + 2
+    assert "m0: 6 nodes" in text and "m1: 2 nodes" in text
+    assert text.count("#SBATCH --nodes=6") == 1 and text.count("#SBATCH --nodes=2") == 1
+    assert "fleet-m0" in text and "fleet-m1" in text
+    assert not (tmp_path / "shared").exists()  # dry run writes nothing
+
+
+def test_fleet_submit_passes_planned_nodes_to_submit_run(tmp_path, monkeypatch):
+    """The calls fleet submit makes (submit_run monkeypatched: no sbatch here)."""
+    import mltrain.launch.slurm as slurm
+
+    calls = []
+    monkeypatch.setattr(slurm, "submit_run", lambda *a, **k: calls.append((a, k)) or f"job{len(calls)}")
+    fleet, cluster = _fleet_files(tmp_path)
+    ids = fleet_submit_command(fleet, cluster, dry_run=False, console=_console())
+    assert ids == ["job1", "job2"]
+    assert [(Path(a[0]).name, Path(a[1]), k["nodes"], k["time"], k["dry_run"]) for a, k in calls] == [
+        ("run0.yaml", cluster, 6, None, False),
+        ("run1.yaml", cluster, 2, None, False),
+    ]
+
+
+def test_fleet_submit_needs_run_configs_and_a_matching_cluster(tmp_path):
+    fleet, cluster = _fleet_files(tmp_path, with_run_configs=False)
+    with pytest.raises(ClusterError, match="models.run_config is missing for m0, m1"):
+        fleet_submit_command(fleet, cluster, dry_run=True, console=_console())
+    fleet, cluster = _fleet_files(tmp_path)
+    cluster.write_text(cluster.read_text().replace("p5.48xlarge", "p5e.48xlarge"))
+    with pytest.raises(ClusterError, match="instance_type p5e.48xlarge differs from the fleet's p5.48xlarge"):
+        fleet_submit_command(fleet, cluster, dry_run=True, console=_console())
+    cluster.write_text(cluster.read_text().replace("p5e.48xlarge", "p5.48xlarge").replace("nodes: 8", "nodes: 4"))
+    with pytest.raises(ClusterError, match="nodes 4 < the 8 nodes the plan uses"):
+        fleet_submit_command(fleet, cluster, dry_run=True, console=_console())
