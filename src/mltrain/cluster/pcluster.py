@@ -275,9 +275,10 @@ def render_command(cluster_yaml: Path, out: Path | None, console: Console | None
                 else ""
             ),
             highlight=False,
+            soft_wrap=True,
         )
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     return text
 
 
@@ -653,11 +654,11 @@ def validate_command(pcluster_yaml: Path, console: Console | None = None) -> int
         raise ClusterError(f"{pcluster_yaml}: cannot read: {e.strerror or e}") from None
     errors, warnings = validate_report(text)
     for e in errors:
-        console.print(f"[red]error:[/] {escape(e)}", highlight=False)
+        console.print(f"[red]error:[/] {escape(e)}", highlight=False, soft_wrap=True)
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     if errors:
-        console.print(f"{pcluster_yaml}: {len(errors)} problem(s)", highlight=False)
+        console.print(f"{pcluster_yaml}: {len(errors)} problem(s)", highlight=False, soft_wrap=True)
         return 1
     console.print(
         f"{pcluster_yaml}: valid (aws-parallelcluster schema + mltrain checks"
