@@ -118,6 +118,19 @@ def test_preset_matches_qwen_published_config():
     assert "n_layers: run 2 vs checkpoint 24" in str(e.value)
 
 
+def test_preset_matches_llama32_published_config():
+    published = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "head_dim": 64,
+                 "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 8192,
+                 "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+                 "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+                 "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+                 "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                 "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256,
+                 "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+    mhf.check_matches_hf(ModelConfig(preset="llama3.2-1b"), mhf.hf_config_to_model_config(published))
+
+
 # --------------------------------------------------------------------------- import: logits
 
 

@@ -559,8 +559,9 @@ def export_state_dict(
             tensors = {}
             for k in keys:
                 t = state[k]
-                if hasattr(t, "full_tensor"):  # DTensor from a sharded model
-                    t = t.full_tensor()
+                if hasattr(t, "full_tensor"):  # a sharded DTensor: every rank would write the same files
+                    raise CheckpointError(f"{k} is a sharded DTensor; export a full state dict on one rank "
+                                          "(get_model_state_dict(..., full_state_dict=True, cpu_offload=True))")
                 tensors[ours_to_hf(k)] = t.detach().to(device="cpu", dtype=tdtype).contiguous()
                 weight_map[ours_to_hf(k)] = fname
             save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
@@ -624,6 +625,11 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: str
                                   f"have {', '.join(str(s) for s in found)}")
         ckpt = found[step]
 
+    model_cfg = cfg.model
+    if model_cfg.init_from and (Path(model_cfg.init_from) / CONFIG_FILE).exists():
+        # training on shorter sequences must not shrink the context the exported model advertises
+        hf_max = _read_hf_config(Path(model_cfg.init_from)).get("max_position_embeddings") or 0
+        model_cfg = model_cfg.model_copy(update={"max_seq_len": max(model_cfg.max_seq_len, int(hf_max))})
     tok_dir, bos_id, eos_id = _run_tokenizer(cfg.data.dir, cfg.model)
     if tok_dir is None:
         from rich.console import Console
@@ -632,7 +638,7 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: str
                                    "model.init_from; exporting the weights without tokenizer files")
     model = Transformer(cfg.model)
     load_model_state_dict(ckpt, model)
-    return export_state_dict(model.state_dict(), cfg.model, out_dir, tdtype, tok_dir, max_shard_gb,
+    return export_state_dict(model.state_dict(), model_cfg, out_dir, tdtype, tok_dir, max_shard_gb,
                              bos_id=bos_id, eos_id=eos_id, overwrite=overwrite, show_progress=True)
 
 
