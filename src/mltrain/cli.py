@@ -180,11 +180,12 @@ def plan(
     fleet_yaml: Annotated[Path, typer.Argument(help="fleet YAML, e.g. configs/fleets/seven-models.yaml")],
     json_out: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
     yaml_out: Annotated[bool, typer.Option("--yaml", help="print the plan as YAML")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Nodes, days, node-hours and dollars for every model of a fleet, and the node split."""
     from mltrain.cluster.plan_cli import plan_command
 
-    plan_command(fleet_yaml, json_out=json_out, yaml_out=yaml_out, console=console)
+    plan_command(fleet_yaml, json_out=json_out, yaml_out=yaml_out, console=console, overrides=set_ or [])
 
 
 @fleet_app.command("submit")

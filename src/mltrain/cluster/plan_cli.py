@@ -117,11 +117,15 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 
 def plan_command(
-    fleet_yaml: Path, json_out: bool = False, yaml_out: bool = False, console: Console | None = None
+    fleet_yaml: Path,
+    json_out: bool = False,
+    yaml_out: bool = False,
+    console: Console | None = None,
+    overrides: list[str] | None = None,
 ) -> Plan:
     """`mltrain plan`: the table, or the plan as JSON / YAML on stdout."""
     console = console or Console()
-    plan = plan_fleet(load_fleet(fleet_yaml))
+    plan = plan_fleet(load_fleet(fleet_yaml, overrides))
     if json_out and yaml_out:
         raise ClusterError("--json and --yaml are exclusive: pick one")
     if json_out:
