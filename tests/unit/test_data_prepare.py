@@ -248,3 +248,18 @@ def test_rejected_tokenizer_leaves_prepared_dir_intact(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="larger than model.vocab_size"):
         prepare_data(make_cfg(tmp_path, data={"tokenizer": str(tmp_path / "big.json")}))
     assert validate_data_dir(tmp_path / "data")
+
+
+def test_sources_changing_between_passes_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare streams the corpus twice (scan, then encode) instead of holding it in memory."""
+    write_corpus(tmp_path / "src", n_docs=6)
+    real = prepare_mod.iter_documents
+
+    def edited(dc, stats=None):
+        for i, doc in enumerate(real(dc, stats)):
+            yield doc + " edited" if i == 3 else doc
+
+    monkeypatch.setattr(prepare_mod, "iter_documents", edited)
+    with pytest.raises(DataError, match="sources changed while prepare was reading them"):
+        prepare_data(make_cfg(tmp_path))
+    assert not (tmp_path / "data" / "manifest.json").exists()

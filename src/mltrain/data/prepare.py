@@ -11,9 +11,10 @@ train/val split is a fixed-seed choice of whole documents.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from mltrain.config import RunConfig
 from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo, TokenizerInfo, save_manifest
 from mltrain.data.shards import dtype_for_vocab, write_shard
-from mltrain.data.sources import BUILTIN_DEFAULT_CAP_BYTES, SourceStats, read_corpus
+from mltrain.data.sources import BUILTIN_DEFAULT_CAP_BYTES, Fingerprint, SourceStats, iter_documents, scan_corpus
 from mltrain.data.tokenizer import resolve_tokenizer
 from mltrain.errors import DataError
 
@@ -68,7 +69,7 @@ def _encode_chunk(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return encode_docs(_WORKER_TOKENIZER, docs)
 
 
-def _chunks(docs: Sequence[str]) -> Iterator[list[str]]:
+def _chunks(docs: Iterable[str]) -> Iterator[list[str]]:
     chunk: list[str] = []
     size = 0
     for doc in docs:
@@ -103,7 +104,7 @@ def _tokenizers_parallelism(enabled: bool) -> Iterator[None]:
 
 
 def iter_encoded(
-    tok: Tokenizer, docs: Sequence[str], num_workers: int | None, total_bytes: int
+    tok: Tokenizer, docs: Iterable[str], num_workers: int | None, total_bytes: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (n_docs, ids, lengths) per chunk, in corpus order whatever num_workers is.
 
@@ -121,9 +122,11 @@ def iter_encoded(
     # spawn, not fork: the parent's tokenizers thread pool is not fork-safe.
     ctx = mp.get_context("spawn")
     with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
-        chunks = list(_chunks(docs))
-        for chunk, (ids, lengths) in zip(chunks, pool.imap(_encode_chunk, chunks), strict=True):
-            yield len(chunk), ids, lengths
+        # Pool.imap would read the whole corpus ahead into its queue: feed it in bounded groups.
+        it = _chunks(docs)
+        while group := list(itertools.islice(it, 4 * num_workers)):
+            for chunk, (ids, lengths) in zip(group, pool.imap(_encode_chunk, group), strict=True):
+                yield len(chunk), ids, lengths
 
 
 # --------------------------------------------------------------------------- packing
@@ -235,7 +238,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
                     reading, completed=stats.docs, description=f"reading sources ({stats.bytes / 1e6:.1f} MB)"
                 )
 
-        corpus = read_corpus(dc, on_doc=on_doc)
+        corpus = scan_corpus(dc, on_doc=on_doc)  # pass 1: count + fingerprint, constant memory
         cap_note = (
             f"data.max_source_bytes={dc.max_source_bytes}"
             if dc.max_source_bytes
@@ -255,7 +258,12 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
 
         training = progress.add_task("tokenizer" if dc.tokenizer else "tokenizer (byte-level BPE)", total=None)
         choice = resolve_tokenizer(
-            dc.tokenizer, corpus.docs, corpus.fingerprint, bpe_vocab, data_dir, max_vocab_size=model_vocab
+            dc.tokenizer,
+            lambda: iter_documents(dc),
+            corpus.fingerprint,
+            bpe_vocab,
+            data_dir,
+            max_vocab_size=model_vocab,
         )
         progress.update(training, total=1, completed=1)
         how = (
@@ -272,13 +280,22 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
         (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
         dtype = dtype_for_vocab(choice.vocab_size)
-        val_mask = choose_val_docs(len(corpus.docs), dc.val_fraction)
+        val_mask = choose_val_docs(corpus.docs, dc.val_fraction)
         writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
         num_workers = dc.num_workers
         how_many = f"{num_workers} processes" if num_workers else f"{default_num_workers()} threads"
-        task = progress.add_task(f"tokenizing ({how_many})", total=len(corpus.docs))
+        task = progress.add_task(f"tokenizing ({how_many})", total=corpus.docs)
         first = 0
-        for n, ids, lengths in iter_encoded(choice.tokenizer, corpus.docs, num_workers, st.bytes):
+        again = Fingerprint()
+
+        def stream() -> Iterator[str]:  # pass 2: the same documents, checked to be the same
+            for doc in iter_documents(dc):
+                again.add(doc)
+                yield doc
+
+        for n, ids, lengths in iter_encoded(choice.tokenizer, stream(), num_workers, st.bytes):
+            if first + n > corpus.docs:
+                raise DataError(f"data.sources {dc.sources}: the sources changed while prepare was reading them")
             with_eos = np.insert(ids, np.cumsum(lengths), choice.eos_id)  # EOS after every document
             lens_eos = lengths + 1
             doc_val = val_mask[first : first + n]
@@ -287,6 +304,10 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             writers["val"].add(with_eos[tok_val], lens_eos[doc_val])
             first += n
             progress.advance(task, n)
+        if first != corpus.docs or again.hexdigest() != corpus.fingerprint:
+            raise DataError(
+                f"data.sources {dc.sources}: the sources changed while prepare was reading them; run it again"
+            )
         for w in writers.values():
             w.finish()
 

@@ -53,6 +53,30 @@ class SourceStats:
             self.examples.append(f"{where}: {reason}")
 
 
+class Fingerprint:
+    """sha256 over length-prefixed UTF-8 documents: identifies the corpus content and order."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def add(self, doc: str) -> None:
+        raw = doc.encode("utf-8")
+        self._h.update(len(raw).to_bytes(8, "little"))
+        self._h.update(raw)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@dataclass
+class CorpusScan:
+    """One pass over the sources without keeping the text: counts, skips and fingerprint."""
+
+    docs: int
+    stats: SourceStats
+    fingerprint: str
+
+
 @dataclass
 class Corpus:
     """All accepted documents in source order, plus a content fingerprint for caching."""
@@ -280,23 +304,36 @@ def iter_documents(data_cfg: DataConfig, stats: SourceStats | None = None) -> It
             return
 
 
-def read_corpus(data_cfg: DataConfig, on_doc: Callable[[SourceStats], None] | None = None) -> Corpus:
-    """Read all documents into memory and fingerprint their content (for the tokenizer cache).
+def _empty_corpus_error(data_cfg: DataConfig, stats: SourceStats) -> DataError:
+    why = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_reasons.items()))
+    detail = f" ({stats.files} files read, skipped: {why})" if why else f" ({stats.files} files read)"
+    return DataError(f"data.sources {data_cfg.sources}: corpus is empty, no usable documents{detail}")
+
+
+def scan_corpus(data_cfg: DataConfig, on_doc: Callable[[SourceStats], None] | None = None) -> CorpusScan:
+    """Count and fingerprint the corpus in constant memory (prepare streams it again later).
 
     `on_doc(stats)` is called after each accepted document (progress display).
     """
     stats = SourceStats()
-    h = hashlib.sha256()
-    docs: list[str] = []
+    fp = Fingerprint()
     for doc in iter_documents(data_cfg, stats):
-        raw = doc.encode("utf-8")
-        h.update(len(raw).to_bytes(8, "little"))
-        h.update(raw)
-        docs.append(doc)
+        fp.add(doc)
         if on_doc is not None:
             on_doc(stats)
+    if stats.docs == 0:
+        raise _empty_corpus_error(data_cfg, stats)
+    return CorpusScan(docs=stats.docs, stats=stats, fingerprint=fp.hexdigest())
+
+
+def read_corpus(data_cfg: DataConfig) -> Corpus:
+    """All documents in memory plus the same fingerprint as scan_corpus (small corpora, tests)."""
+    stats = SourceStats()
+    fp = Fingerprint()
+    docs: list[str] = []
+    for doc in iter_documents(data_cfg, stats):
+        fp.add(doc)
+        docs.append(doc)
     if not docs:
-        why = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_reasons.items()))
-        detail = f" ({stats.files} files read, skipped: {why})" if why else f" ({stats.files} files read)"
-        raise DataError(f"data.sources {data_cfg.sources}: corpus is empty, no usable documents{detail}")
-    return Corpus(docs=docs, stats=stats, fingerprint=h.hexdigest())
+        raise _empty_corpus_error(data_cfg, stats)
+    return Corpus(docs=docs, stats=stats, fingerprint=fp.hexdigest())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,7 @@ class TokenizerChoice:
     cached: bool = False
 
 
-def train_bpe(docs: Sequence[str], vocab_size: int) -> Tokenizer:
+def train_bpe(docs: Iterable[str], vocab_size: int, length: int | None = None) -> Tokenizer:
     """Byte-level BPE (GPT-2 style: any byte sequence encodes, no UNK) with EOS as token 0.
 
     The tokenizers BPE trainer is deterministic for a fixed input order, which prepare
@@ -60,7 +60,9 @@ def train_bpe(docs: Sequence[str], vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    if length is None and isinstance(docs, Sequence):
+        length = len(docs)
+    tok.train_from_iterator(docs, trainer=trainer, length=length)
     return tok
 
 
@@ -135,13 +137,15 @@ def _read_meta(path: Path) -> dict:
 
 def resolve_tokenizer(
     tokenizer_spec: str | None,
-    docs: Sequence[str],
+    docs: Callable[[], Iterable[str]],
     corpus_fingerprint: str,
     vocab_size: int,
     data_dir: Path,
     max_vocab_size: int | None = None,
 ) -> TokenizerChoice:
     """Load or train the tokenizer and save it as `<data_dir>/tokenizer.json`.
+
+    `docs()` returns a fresh iterator over the corpus; it is only called when a BPE is trained.
 
     Every check (vocab fits the model, an EOS token exists) runs before anything is written,
     so a rejected tokenizer leaves a previously prepared data dir untouched.
@@ -166,7 +170,7 @@ def resolve_tokenizer(
             except Exception:
                 tok = None
         if tok is None:
-            tok = train_bpe(docs, vocab_size)
+            tok = train_bpe(docs(), vocab_size)
     n_vocab = tok.get_vocab_size(with_added_tokens=True)
     if max_vocab_size is not None and n_vocab > max_vocab_size:
         raise DataError(
