@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mltrain.train.metrics import read_metrics
-from tests.conftest import mltrain_cmd, tiny_run_config, write_config
+from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = pytest.mark.slow
 

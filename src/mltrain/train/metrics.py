@@ -71,7 +71,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", buffering=1)
+        self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115  (lives as long as the run)
         self._tb = None
         if tensorboard:
             try:

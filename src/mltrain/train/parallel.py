@@ -52,7 +52,3 @@ def parallelize(model: nn.Module, mode: str, info: DistInfo, bf16: bool, compile
         device_ids = [info.local_rank] if info.device.type == "cuda" else None
         return DDP(model, device_ids=device_ids)
     return model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model

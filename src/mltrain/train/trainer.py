@@ -27,7 +27,7 @@ from mltrain.train.checkpoint import CheckpointManager
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
 from mltrain.train.faults import FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
-from mltrain.train.parallel import parallelize, unwrap
+from mltrain.train.parallel import parallelize
 
 # Config sections that must not change under an existing run dir (they change what the weights mean).
 _FROZEN_KEYS = ("model", "data.dir", "data.tokenizer", "train.seq_len")

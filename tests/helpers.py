@@ -1,0 +1,33 @@
+"""Helpers shared by the end-to-end tests: a tiny run config and how to call the CLI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def tiny_run_config(base: Path, data_dir: Path, name: str = "t", **train) -> dict:
+    """A model small enough that a 2-process step takes milliseconds on CPU."""
+    cfg = {
+        "name": name,
+        "base_dir": str(base),
+        "seed": 7,
+        "model": {"preset": "tiny", "vocab_size": 1024, "hidden_size": 64, "n_layers": 2, "n_heads": 4,
+                  "n_kv_heads": 2, "ffn_hidden_size": 128},
+        "data": {"dir": str(data_dir)},
+        "train": {"seq_len": 32, "micro_batch_size": 4, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2,
+                  "eval_every": 0, "eval_batches": 2, "log_every": 1, "tensorboard": False, **train},
+        "checkpoint": {"every_steps": 3, "keep_last": 2},
+    }
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def mltrain_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mltrain", *args]
