@@ -139,9 +139,14 @@ class Attention(nn.Module):
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # [B, H, T, D]
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+            # SDPA's enable_gqa only has flash (CUDA half/bf16) and math kernels; elsewhere repeat the
+            # KV heads so the memory-efficient / cuDNN / CPU-flash kernels stay eligible.
+            n_rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+            gqa = False
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [B, H, T, D]
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
