@@ -191,6 +191,12 @@ class RunConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
+    @model_validator(mode="after")
+    def _check_lengths(self) -> RunConfig:
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.base_dir) / "runs" / self.name
