@@ -30,6 +30,7 @@ class InstanceType(StrictModel):
     memory_gib: float = Field(gt=0)
     network_gbps: float = Field(gt=0)
     efa_interfaces: int = Field(ge=0, description="max EFA network cards; 0 = no EFA")
+    gpudirect_rdma: bool = Field(default=False, description="EFA with GPUDirect RDMA (P4/P5)")
     peak_bf16_tflops: float = Field(gt=0, description="dense bf16 per accelerator")
     prices: dict[str, float] = Field(default_factory=dict, description="on-demand USD/hour by region")
     price_estimate: bool = False

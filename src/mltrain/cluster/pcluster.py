@@ -123,7 +123,7 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
         "InstanceType": inst.name,
         "MinCount": spec.nodes if aws.capacity_type == "capacity_block" else aws.min_nodes,
         "MaxCount": spec.nodes,
-        "Efa": {"Enabled": inst.efa, "GdrSupport": inst.efa},
+        "Efa": {"Enabled": inst.efa, "GdrSupport": inst.efa and inst.gpudirect_rdma},
     }
     if reserved:
         cr["CapacityReservationTarget"] = {"CapacityReservationId": aws.capacity_reservation_id}
@@ -518,6 +518,10 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
                         warnings.append(
                             f"{cp}.Efa.Enabled: {itype} supports EFA ({info.efa_interfaces} "
                             f"interfaces, {info.network_gbps:g} Gbps); multi-node training wants it on"
+                        )
+                    if efa.get("GdrSupport") is True and not info.gpudirect_rdma:
+                        warnings.append(
+                            f"{cp}.Efa.GdrSupport: {itype} has no GPUDirect RDMA; the setting has no effect"
                         )
                     if info.efa and efa.get("Enabled") is True and len(subnets) > 1:
                         warnings.append(
