@@ -273,6 +273,10 @@ def test_deadline_met_raises_the_lower_bound():
         ({"models": [{"name": "a", "preset": "llama3.1-8b", "tokens": "1B"}]}, "exactly one of mfu or bench_result"),
         ({"models": [{"name": "a", "params": 1e9, "tokens": "1B", "mfu": 0.4}]}, "params needs n_layers"),
         ({"seed_split": [11, 11]}, "seed_split has 2 entries for 1 models"),
+        (
+            {"models": [{"name": "a", "arch": {"hidden_size": 100, "n_layers": 2}, "tokens": "1B", "mfu": 0.4}]},
+            "arch.vocab_size: Field required",
+        ),
         ({"seed_split": [0]}, "seed_split entries must be > 0"),
     ],
 )

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mltrain.config import MODEL_PRESETS, ModelConfig, StrictModel, load_yaml_model
 
@@ -69,6 +69,12 @@ class FleetModel(StrictModel):
             raise ValueError(f"give exactly one of preset, arch or params (got {', '.join(given) or 'none'})")
         if self.preset is not None and self.preset not in MODEL_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(MODEL_PRESETS)}")
+        if self.arch is not None:
+            try:
+                ModelConfig.model_validate(self.arch)
+            except ValidationError as e:
+                parts = [f"arch.{'.'.join(str(x) for x in err['loc']) or '(all)'}: {err['msg']}" for err in e.errors()]
+                raise ValueError("; ".join(parts)) from None
         if self.params is not None and (self.n_layers is None or self.hidden_size is None):
             raise ValueError("params needs n_layers and hidden_size too (for activations and attention FLOPs)")
         if (self.mfu is None) == (self.bench_result is None):
