@@ -327,7 +327,7 @@ def load_hf_weights(model: torch.nn.Module, path: str | Path, show_progress: boo
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         cfg = load_hf_config(path)
-    params = dict(model.state_dict(keep_vars=True))
+    params = _strip_prefixes(model.state_dict(keep_vars=True))
     expected = {k: tuple(v.shape) for k, v in params.items()}
     if any(t.is_meta for t in params.values()):
         raise CheckpointError("load_hf_weights: the model is still on the meta device; call to_empty() first")
@@ -370,10 +370,10 @@ def build_model_from_hf(path: str | Path, device: torch.device | str = "cpu") ->
 
 
 def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept states from torch.compile'd or DDP-wrapped modules too."""
+    """Accept states from torch.compile'd, DDP- or checkpoint-wrapped modules too."""
     out = {}
     for k, v in state.items():
-        for p in ("_orig_mod.", "module."):
+        for p in ("_orig_mod.", "module.", "_checkpoint_wrapped_module."):
             k = k.replace(p, "")
         out[k] = v
     return out
