@@ -56,7 +56,7 @@ log "packages ok ($(slurmctld -V))"
 
 # ---------- 2. munge with its own key and socket ----------
 if [ "$FRESH" = 1 ]; then
-  bash "$HERE/down.sh" >/dev/null 2>&1 || true
+  MLTRAIN_SLURM_DIR=$D bash "$HERE/down.sh" >/dev/null 2>&1 || true
   rm -rf "$D/state" "$D/spool" "$D/log"
 fi
 mkdir -p "$D/munge"; chmod 0755 "$D" "$D/munge"        # socket dir must be o+x

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time as _time
@@ -305,6 +306,8 @@ def submit_run(
         return None
     for w in sub.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if shutil.which("sbatch") is None:
+        raise LaunchError("sbatch not found: run `mltrain submit` on a Slurm login node (--dry-run prints the script)")
     prev = latest_job_id(sub.run_dir)
     if prev is not None:
         info = query_job(prev)
@@ -323,6 +326,8 @@ def submit_run(
         raise LaunchError("sbatch not found (or timed out): is this a Slurm login node? (--dry-run prints the script)")
     if p.returncode != 0:
         msg = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
+        if "configuration source" in msg:
+            msg += " (is SLURM_CONF set? for the local test cluster: source /tmp/mltrain-slurm/env.sh)"
         raise LaunchError(f"sbatch {sub.script_path}: {msg}")
     job_id = p.stdout.strip().split(";")[0]
     if not job_id.isdigit():
