@@ -131,6 +131,7 @@ class TokenLoader:
             "rank": self.rank,
             "num_samples": self.num_samples,
             "tokenizer_sha256": self.manifest.tokenizer.sha256,
+            "corpus_fingerprint": self.manifest.corpus_fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -142,7 +143,8 @@ class TokenLoader:
                 else "loader state: not a dict"
             )
         mine = self.state_dict()
-        for key in ("split", "seed", "seq_len", "micro_batch_size", "world_size", "num_samples", "tokenizer_sha256"):
+        keys = ("split", "seed", "seq_len", "micro_batch_size", "world_size", "num_samples", "tokenizer_sha256")
+        for key in (*keys, "corpus_fingerprint"):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"loader state: {key} was {state.get(key)!r} when saved, now {mine[key]!r}; "

@@ -272,7 +272,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
         )
         say(
-            f"  tokenizer: {how} {dc.tokenizer or ''}(vocab {choice.vocab_size}, "
+            f"  tokenizer: {how}{' ' + dc.tokenizer if dc.tokenizer else ''} (vocab {choice.vocab_size}, "
             f"eos {choice.eos_token!r}={choice.eos_id})"
         )
         # From here on shards change: a half-written dir must not look complete, so the old
