@@ -228,24 +228,36 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides; the value is parsed as YAML (so 3, 1e-3, true, [1,2] work)."""
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (so 3, 1e-3, true, [1,2] work).
+    A numeric part indexes a list: `models.0.nodes=8`."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{source}: --set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"{source}: --set {key}: {part!r} is not a section")
-            node = nxt
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            node[parts[-1]] = raw
+            value = raw
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{source}: --set {key}: {part!r} is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise ConfigError(f"{source}: --set {key}: {parts[i - 1]!r} is not a section")
     return data
 
 

@@ -63,3 +63,23 @@ def test_bad_config_is_one_line_naming_file_and_key(tmp_path, text, overrides, e
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_set_indexes_lists_and_fills_empty_sections(tmp_path):
+    from mltrain.config import apply_overrides
+
+    data = {"models": [{"n": 1}, {"n": 2}], "train": None}
+    apply_overrides(data, ["models.1.n=8", "train.max_steps=3"], "f.yaml")
+    assert data == {"models": [{"n": 1}, {"n": 8}], "train": {"max_steps": 3}}
+    with pytest.raises(ConfigError, match="'5' is not an index of a 2-item list"):
+        apply_overrides(data, ["models.5.n=1"], "f.yaml")
+    with pytest.raises(ConfigError, match="'max_steps' is not a section"):
+        apply_overrides(data, ["train.max_steps.x=1"], "f.yaml")
+
+
+def test_unknown_cli_option_is_a_usage_line_not_a_traceback():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mltrain", "report", "x", "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "No such option" in r.stderr and "Traceback" not in r.stderr

@@ -24,9 +24,23 @@ def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[s
     return cmd
 
 
+def _fit_to_gpus(nproc: int, device: str) -> int:
+    """One process per GPU: on a machine with fewer GPUs than --nproc, use the GPUs there are."""
+    if device == "cpu" or nproc <= 1:
+        return nproc
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < gpus < nproc:
+        print(f"[mltrain] --nproc {nproc} but {gpus} GPU(s) here: running {gpus} process(es)", flush=True)
+        return gpus
+    return nproc
+
+
 def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     """Train on this machine. Returns the exit code (exit_codes: 0 done, 75 stopped for requeue)."""
     cfg = load_run_config(run_yaml, overrides)
+    nproc = _fit_to_gpus(nproc, cfg.train.device)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         from mltrain.train.trainer import precheck
 

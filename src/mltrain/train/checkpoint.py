@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from mltrain.errors import CheckpointError
 
@@ -61,6 +62,20 @@ def _file_manifest(ckpt: Path) -> dict[str, Any]:
             entry["sha256"] = _sha256(p)
         entries[rel] = entry
     return {"files": entries, "total_bytes": total, "hashed": "all" if hash_all else "metadata"}
+
+
+def _describe_failure(e: BaseException, where: Path) -> str:
+    """One line for a failed save; says 'disk full' when that is why, which torch's own errors hide
+    (a full disk surfaces as "unexpected pos 704 vs 598" from its zip writer)."""
+    text = str(e).strip().splitlines()
+    msg = f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return msg
+    if free < 64 * 2**20:
+        return f"disk full: {free / 2**20:.1f} MiB free on the file system of {where} ({msg})"
+    return msg
 
 
 def _fsync_dir(path: Path) -> None:
@@ -229,8 +244,8 @@ class CheckpointManager:
                 fut = dcp.async_save(app_state, checkpoint_id=str(tmp), process_group=self._ckpt_pg)
             else:
                 dcp.save(app_state, checkpoint_id=str(tmp))
-        except Exception as e:  # ENOSPC, EIO, ...: every rank sees DCP's gathered exception
-            ok, err = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        except (Exception, CheckpointException) as e:  # DCP's gathered error is a BaseException
+            ok, err = False, _describe_failure(e, self.root)
         ok = self._all_ok(ok)
         if not ok:
             if self.rank == 0:
@@ -261,8 +276,8 @@ class CheckpointManager:
         err = ""
         try:
             fut.result()
-        except Exception as e:
-            ok, err = False, str(e).splitlines()[0] if str(e) else type(e).__name__
+        except (Exception, CheckpointException) as e:
+            ok, err = False, _describe_failure(e, self.root)
         ok = self._all_ok(ok)
         if not ok:
             if self.rank == 0:
@@ -291,7 +306,8 @@ class CheckpointManager:
             except OSError as e:
                 ok = False
                 shutil.rmtree(tmp, ignore_errors=True)
-                self.warn(f"checkpoint {final.name} could not be committed ({e}); the previous checkpoint is kept")
+                self.warn(f"checkpoint {final.name} could not be committed ({_describe_failure(e, self.root)}); "
+                          "the previous checkpoint is kept")
         ok = self._all_ok(ok)
         return ok
 

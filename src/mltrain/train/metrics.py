@@ -24,7 +24,7 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "GH200": 989.4e12,
     "A100": 312e12,
     "L40S": 362.05e12,
-    "A10G": 125e12,
+    "A10G": 70e12,  # no official figure for AWS's A10G; third-party, same as the cluster catalog
     "L4": 121e12,
 }
 
