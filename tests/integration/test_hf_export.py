@@ -148,7 +148,25 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def worker(rank, path, init):
+def uneven_shard_check(rank, mesh, scratch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from mltrain.model.hf import _copy_into, _local_region
+
+    full = torch.arange(20.0).view(5, 4)  # 5 rows over 2 ranks: 3 + 2
+    if rank == 0:
+        save_file({"w": full}, scratch)
+    dist.barrier()
+    dt = distribute_tensor(torch.zeros(5, 4), mesh, [Shard(0)])
+    assert _local_region(dt) is not None
+    with safe_open(scratch, framework="pt") as sf:
+        _copy_into(dt, sf, "w")
+    assert torch.equal(dt.full_tensor(), full)
+
+
+def worker(rank, path, init, scratch):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -165,6 +183,8 @@ def worker(rank, path, init):
     fully_shard(model, mesh=mesh)
     model.to_empty(device="cpu")
     model.init_weights()
+    uneven_shard_check(rank, mesh, scratch)
+    assert hf._local_region(model.layers[0].attention.wq.weight) is not None  # reads slices, not full tensors
     hf.load_hf_weights(model, path)
     ref, _ = hf.build_model_from_hf(path)
     ref_sd = ref.state_dict()
@@ -192,19 +212,20 @@ def worker(rank, path, init):
 
 
 if __name__ == "__main__":
-    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2], sys.argv[3]), nprocs=2)
     print("FSDP-LOAD-OK")
 '''
 
 
 def test_load_hf_weights_into_two_rank_fsdp(trained_run, tmp_path):
-    """Each rank reads the file and keeps its own shard (distribute_tensor, src_data_rank=None)."""
+    """Each rank reads only its own slice of every tensor into its FSDP2 shard (even and uneven splits)."""
     import sys
 
     _, hf_dir, _ = trained_run
     script = tmp_path / "fsdp_load.py"
     script.write_text(FSDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(script), str(hf_dir), f"file://{tmp_path / 'pg'}"], env=env,
+    r = subprocess.run([sys.executable, str(script), str(hf_dir), f"file://{tmp_path / 'pg'}",
+                        str(tmp_path / "uneven.safetensors")], env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and "FSDP-LOAD-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

@@ -3,7 +3,7 @@
 Import: `load_hf_config` maps config.json to a ModelConfig; `hf_state_dict_iter` streams the
 *.safetensors tensors one at a time under mltrain's names (never a second full copy of the model);
 `load_hf_weights` copies them into a model, plain or FSDP2-sharded (DTensor parameters: each rank
-reads the tensor and keeps only its own shard, no communication).
+reads only its own slice of each tensor from the memory-mapped file, no communication).
 
 Export: `export_state_dict` writes config.json, model.safetensors (sharded above `max_shard_gb`, with
 the standard index), generation_config.json and tokenizer files into `OUT.tmp`, then renames it to
@@ -257,25 +257,13 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def hf_state_dict_iter(
-    path: str | Path, cfg: ModelConfig | None = None, expected: Mapping[str, tuple[int, ...]] | None = None
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (our_name, CPU tensor in the file's dtype) one tensor at a time from an HF directory.
-
-    Before yielding anything, checks names and shapes (from the safetensors headers, no data read)
-    against `expected` (default: the shapes of a Transformer(cfg), cfg default: the dir's config.json)
-    and raises CheckpointError listing missing, unexpected and mis-shaped tensors. A tied model
-    ignores `lm_head.weight`. Memory: one tensor at a time (safetensors mmaps the file).
-    """
+def _load_plan(
+    path: Path, cfg: ModelConfig, expected: Mapping[str, tuple[int, ...]]
+) -> list[tuple[Path, list[tuple[str, str]]]]:
+    """[(file, [(our name, hf name), ...])]: checked against `expected` from the headers alone."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if cfg is None:
-        cfg = load_hf_config(path)
-    if expected is None:
-        expected = _expected_shapes(cfg)
     files = _safetensors_files(path)
-
     plan: list[tuple[str, str, Path]] = []  # (our name, hf name, file)
     unexpected, mis_shaped = [], []
     by_file: dict[Path, list[str]] = {}
@@ -300,8 +288,27 @@ def hf_state_dict_iter(
                 + sorted(mis_shaped))
     if problems:
         raise CheckpointError(f"{path}: checkpoint does not fit the model: {_shown(problems)}")
+    return _group_by_file(plan)
 
-    for f, group in _group_by_file(plan):
+
+def hf_state_dict_iter(
+    path: str | Path, cfg: ModelConfig | None = None, expected: Mapping[str, tuple[int, ...]] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (our_name, CPU tensor in the file's dtype) one tensor at a time from an HF directory.
+
+    Before yielding anything, checks names and shapes (from the safetensors headers, no data read)
+    against `expected` (default: the shapes of a Transformer(cfg), cfg default: the dir's config.json)
+    and raises CheckpointError listing missing, unexpected and mis-shaped tensors. A tied model
+    ignores `lm_head.weight`. Memory: one tensor at a time (safetensors mmaps the file).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if cfg is None:
+        cfg = load_hf_config(path)
+    if expected is None:
+        expected = _expected_shapes(cfg)
+    for f, group in _load_plan(path, cfg, expected):
         with safe_open(str(f), framework="pt") as sf:
             for ours, hf_name in group:
                 yield ours, sf.get_tensor(hf_name)
@@ -318,11 +325,13 @@ def _group_by_file(plan: list[tuple[str, str, Path]]) -> list[tuple[Path, list[t
 def load_hf_weights(model: torch.nn.Module, path: str | Path, show_progress: bool = False) -> None:
     """Copy an HF checkpoint's weights into `model` (already materialised: not on meta).
 
-    Works for a plain model and for FSDP2 (`fully_shard`) models: a DTensor parameter gets
-    `distribute_tensor(full, mesh, placements, src_data_rank=None)`, i.e. every rank reads the same
-    tensor from the (shared) file and keeps only its own shard, no collective. Peak extra memory:
-    one full tensor in CPU RAM per rank. dtype is converted to the parameter's.
+    Works for a plain model and for FSDP2 (`fully_shard`, also after to_empty) models: for a DTensor
+    parameter each rank reads only its own slice of the tensor from the (shared, memory-mapped) file and
+    copies it into its local shard; no collective, no full tensor on any GPU. dtype is converted to the
+    parameter's. Call it on every rank.
     """
+    from safetensors import safe_open
+
     path = Path(path)
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -332,24 +341,57 @@ def load_hf_weights(model: torch.nn.Module, path: str | Path, show_progress: boo
     if any(t.is_meta for t in params.values()):
         raise CheckpointError("load_hf_weights: the model is still on the meta device; call to_empty() first")
 
-    items = hf_state_dict_iter(path, cfg, expected)
+    plan = _load_plan(path, cfg, expected)
+    progress = None
     if show_progress:
-        from rich.progress import track
+        from rich.progress import Progress
 
-        items = track(items, total=len(expected), description=f"loading {path.name}", transient=True)
-    for name, full in items:
-        _copy_into(params[name], full)
+        progress = Progress(transient=True)
+        task = progress.add_task(f"loading {path.name}", total=len(expected))
+        progress.start()
+    try:
+        for f, group in plan:
+            with safe_open(str(f), framework="pt") as sf:
+                for ours, hf_name in group:
+                    _copy_into(params[ours], sf, hf_name)
+                    if progress is not None:
+                        progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
-def _copy_into(param: torch.Tensor, full: torch.Tensor) -> None:
-    from torch.distributed.tensor import DTensor, distribute_tensor
+def _copy_into(param: torch.Tensor, sf: Any, hf_name: str) -> None:
+    from torch.distributed.tensor import DTensor
 
-    if isinstance(param, DTensor):
-        full = full.to(device=param.to_local().device, dtype=param.dtype)
-        shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-        param.to_local().copy_(shard.to_local())
-    else:
-        param.copy_(full)
+    if not isinstance(param, DTensor):
+        param.copy_(sf.get_tensor(hf_name))
+        return
+    local = param.to_local()
+    region = _local_region(param)
+    if region is not None:
+        local.copy_(sf.get_slice(hf_name)[region])
+        return
+    from torch.distributed.tensor import distribute_tensor  # fallback: full tensor, keep own shard
+
+    full = sf.get_tensor(hf_name).to(device=local.device, dtype=param.dtype)
+    local.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local())
+
+
+def _local_region(param: Any) -> tuple[slice, ...] | None:
+    """The slice of the global tensor this rank's DTensor shard holds (None: use the fallback)."""
+    try:
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        from torch.distributed.tensor.placement_types import Replicate, Shard
+
+        if not all(isinstance(p, Shard | Replicate) for p in param.placements):
+            return None
+        shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    except Exception:  # private torch API: fall back rather than fail
+        return None
+    if tuple(shape) != tuple(param.to_local().shape):
+        return None
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
 
 
 def build_model_from_hf(path: str | Path, device: torch.device | str = "cpu") -> tuple[Transformer, ModelConfig]:
