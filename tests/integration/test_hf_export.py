@@ -128,6 +128,11 @@ def test_export_run_step_choice_and_errors(trained_run, tmp_path, monkeypatch):
     (data / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(DataError, match="manifest.json says"):
         _run_tokenizer(data, cfg.model)
+    shutil.copy(Path(cfg.data.dir) / "manifest.json", data / "manifest.json")
+    _run_tokenizer(data, cfg.model)  # consistent again
+    (data / "tokenizer.json").write_text((data / "tokenizer.json").read_text().replace('"<unk>"', '"<UNK>"', 1) + " ")
+    with pytest.raises(DataError, match="sha256 differs"):
+        _run_tokenizer(data, cfg.model)
 
 
 def test_init_from_shape_mismatch_is_a_config_error(trained_run, tmp_path, tiny_data_dir):

@@ -705,6 +705,11 @@ def _run_tokenizer(data_dir: str | Path, model_cfg: ModelConfig) -> tuple[Path |
             if man.vocab_size != vocab:
                 raise DataError(f"{tok_path}: tokenizer has {vocab} tokens but {data_dir}/manifest.json says "
                                 f"{man.vocab_size}; the data dir's tokenizer changed after prepare")
+            import hashlib
+
+            if hashlib.sha256(tok_path.read_bytes()).hexdigest() != man.tokenizer.sha256:
+                raise DataError(f"{tok_path}: sha256 differs from {data_dir}/manifest.json; the tokenizer was "
+                                "replaced after the data was prepared (re-run `mltrain data prepare`)")
             eos_id = man.eos_id
         if vocab > model_cfg.vocab_size:
             raise DataError(f"{tok_path}: tokenizer has {vocab} tokens, more than model.vocab_size "
