@@ -528,7 +528,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         looks_hf = (out / CONFIG_FILE).exists()
         if not overwrite:
             raise CheckpointError(f"{out}: already exists and is not empty; choose a new --hf directory"
-                                  + (" or pass --force to replace this export" if looks_hf else ""))
+                                  + (" or remove the old export first" if looks_hf else ""))
         if not looks_hf:
             raise CheckpointError(f"{out}: exists and is not a Hugging Face model dir (no config.json); "
                                   "refusing to replace it")
@@ -607,6 +607,7 @@ def export_state_dict(
                 tensors[ours_to_hf(k)] = t.detach().to(device="cpu", dtype=tdtype).contiguous()
                 weight_map[ours_to_hf(k)] = fname
             save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
+            os.chmod(tmp / fname, 0o666 & ~_umask())  # safetensors creates 0600; exports are meant to be shared
             del tensors
         if len(shards) > 1:
             _write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -630,6 +631,12 @@ def export_state_dict(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _export_order(name: str) -> tuple[int, int, str]:
