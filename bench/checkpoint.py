@@ -1,0 +1,304 @@
+"""Checkpoint stall: sync vs async DCP save of model + AdamW state, through mltrain's CheckpointManager.
+
+The state is the trainer's (`get_state_dict(model, optimizer)`): the Qwen2.5-0.5B shape with fp32
+parameters and both AdamW moments, about 6 GB. For each mode the script saves `--repeats` times
+and reports, per save:
+  - blocked_s: how long the training loop is stopped. sync: the whole `save()` (write + commit);
+    async: until `save()` returns (DCP staging of the state to CPU memory);
+  - total_s: until the checkpoint is committed (async: `save()` + `wait()`).
+Then it loads the newest checkpoint back into the live model/optimizer (`CheckpointManager.load`),
+with the files evicted from the page cache first (posix_fadvise DONTNEED), for load GB/s.
+
+Two extra rows call `dcp.async_save` directly with a persistent pinned-memory `DefaultStager`: the
+lever the manager does not use yet (see docs/performance.md); they are not committed checkpoints.
+
+    python bench/checkpoint.py                 # one GPU, full size; "no CUDA device: skipping" without
+    python bench/checkpoint.py --smoke         # tiny model on CPU into a temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import SKIP_LINE, default_out, environment, sync, write_json
+
+TARGET_ASYNC_BLOCKED_S = 1.0
+SMOKE_MODEL = dict(
+    vocab_size=1024,
+    hidden_size=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn_hidden_size=128,
+    max_seq_len=256,
+    qkv_bias=True,
+    tie_embeddings=True,
+)
+
+
+def build_state(smoke: bool, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """Model + AdamW with both moments materialised (one step on zero gradients)."""
+    from mltrain.config import ModelConfig, TrainConfig
+    from mltrain.model.transformer import Transformer
+    from mltrain.train.optim import build_optimizer
+
+    cfg = ModelConfig(**SMOKE_MODEL) if smoke else ModelConfig(preset="qwen2.5-0.5b")
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    torch.manual_seed(0)
+    model.init_weights()
+    opt = build_optimizer(model, TrainConfig(), device)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return model, opt, cfg
+
+
+def app_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Exactly what the trainer saves (Trainer._app_state)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, opt)
+    return {"model": msd, "optim": osd}
+
+
+def state_bytes(state: Any) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def evict_page_cache(path: Path) -> bool:
+    """Drop the files' clean pages so a load reads the disk, not RAM (no root needed)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for p in path.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def bench_manager(
+    mode: str, root: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, repeats: int, device: torch.device
+) -> dict[str, Any]:
+    """`repeats` saves through CheckpointManager (async_save per mode), then one load."""
+    from mltrain.train.checkpoint import CheckpointManager, find_checkpoints
+
+    notes: list[str] = []
+    mgr = CheckpointManager(
+        root / mode,
+        keep_last=1,
+        rank=0,
+        world_size=1,
+        async_save=mode == "async",
+        warn=lambda m: notes.append(m),
+        info=lambda m: None,
+    )
+    saves = []
+    for i in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        ok = mgr.save(i + 1, app_state(model, opt), {"step": i + 1}, {})
+        blocked = time.perf_counter() - t0
+        ok = mgr.wait() and ok
+        total = time.perf_counter() - t0
+        if not ok:
+            raise RuntimeError(f"{mode} save {i + 1} failed: {'; '.join(notes)}")
+        saves.append({"blocked_s": blocked, "total_s": total})
+    ((step, path),) = find_checkpoints(root / mode)[-1:]
+    on_disk = dir_bytes(path)
+    evicted = evict_page_cache(path)
+    state = app_state(model, opt)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sync(device)
+    t0 = time.perf_counter()
+    mgr.load(path, state, shapes)
+    sync(device)
+    load_s = time.perf_counter() - t0
+    steady = saves[1:] or saves
+    return {
+        "saves": saves,
+        "blocked_s_first": saves[0]["blocked_s"],
+        "blocked_s_median": statistics.median(s["blocked_s"] for s in steady),
+        "blocked_s_max": max(s["blocked_s"] for s in saves),
+        "total_s_median": statistics.median(s["total_s"] for s in steady),
+        "checkpoint_bytes": on_disk,
+        "save_gb_per_s": on_disk / 1e9 / statistics.median(s["total_s"] for s in steady),
+        "load_s": load_s,
+        "load_gb_per_s": on_disk / 1e9 / load_s,
+        "page_cache_evicted_before_load": evicted,
+        "warnings": notes,
+    }
+
+
+def bench_pinned_stager(
+    root: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    repeats: int,
+    device: torch.device,
+    async_staging: bool,
+) -> dict[str, Any]:
+    """dcp.async_save with one DefaultStager kept across saves (pinned CPU buffers reused)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    cuda = device.type == "cuda"
+    stager = DefaultStager(
+        StagingOptions(
+            use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=async_staging, use_non_blocking_copy=cuda
+        )
+    )
+    saves = []
+    try:
+        for i in range(repeats):
+            out = root / f"pinned-{'bg' if async_staging else 'sync'}-{i}"
+            sync(device)
+            t0 = time.perf_counter()
+            res = dcp.async_save(app_state(model, opt), checkpoint_id=str(out), async_stager=stager)
+            blocked = time.perf_counter() - t0
+            if hasattr(res, "staging_completion"):  # async staging: training may run fwd/bwd, but must
+                res.staging_completion.result()  # wait for this before the next optimizer.step()
+                staged = time.perf_counter() - t0
+                res.upload_completion.result()
+            else:
+                staged = blocked
+                res.result()
+            total = time.perf_counter() - t0
+            saves.append({"blocked_s": blocked, "staged_s": staged, "total_s": total})
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        stager.close()
+    steady = saves[1:] or saves
+    return {
+        "saves": saves,
+        "blocked_s_first": saves[0]["blocked_s"],
+        "blocked_s_median": statistics.median(s["blocked_s"] for s in steady),
+        "staged_s_median": statistics.median(s["staged_s"] for s in steady),
+        "total_s_median": statistics.median(s["total_s"] for s in steady),
+        "note": "not through CheckpointManager; a recommended change (docs/performance.md)",
+    }
+
+
+def print_table(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"checkpoint save/load: {data['model_name']}, {data['state_gb']:.2f} GB state, {data['device']}")
+    for col in ("mode", "blocked s (first)", "blocked s (median)", "total s", "save GB/s", "load GB/s"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, r in data["modes"].items():
+        t.add_row(
+            mode,
+            f"{r['blocked_s_first']:.3f}",
+            f"{r['blocked_s_median']:.3f}",
+            f"{r['total_s_median']:.2f}",
+            f"{r['save_gb_per_s']:.2f}" if "save_gb_per_s" in r else "-",
+            f"{r['load_gb_per_s']:.2f}" if "load_gb_per_s" in r else "-",
+        )
+    c = Console(width=None if Console().is_terminal else 140)
+    c.print(t)
+    c.print(f"targets: {data['targets_met']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU into a temp dir")
+    p.add_argument("--out", type=Path, help="result JSON (default bench/results/<gpu>-checkpoint-<date>.json)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="where checkpoints are written (default: a temp dir; use the "
+        "training file system, e.g. FSx, for representative numbers)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="saves per mode (the first async one allocates)")
+    p.add_argument("--no-lever", action="store_true", help="skip the direct pinned-stager rows")
+    args = p.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print(SKIP_LINE)
+        return 0
+    device = torch.device("cpu" if args.smoke else "cuda")
+    device_name = "cpu" if args.smoke else torch.cuda.get_device_name(device)
+    out = args.out or default_out("checkpoint", args.smoke, device_name)
+    model, opt, cfg = build_state(args.smoke, device)
+    nbytes = state_bytes(app_state(model, opt))
+    print(f"[bench] state {nbytes / 1e9:.2f} GB (model + AdamW moments) on {device_name}", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="mltrain-bench-ckpt-", dir=args.dir))
+    try:
+        modes: dict[str, Any] = {}
+        for mode in ("sync", "async"):
+            print(f"[bench] {mode}: {args.repeats} saves through CheckpointManager, then a load", flush=True)
+            modes[mode] = bench_manager(mode, root, model, opt, args.repeats, device)
+            shutil.rmtree(root / mode, ignore_errors=True)
+        if not args.no_lever:
+            for bg in (False, True):
+                name = "dcp_pinned_stager" + ("_async_staging" if bg else "")
+                print(f"[bench] {name}: {args.repeats} saves, direct dcp.async_save", flush=True)
+                modes[name] = bench_pinned_stager(root, model, opt, args.repeats, device, async_staging=bg)
+        fs_type = None
+        try:
+            import subprocess
+
+            fs_type = (
+                subprocess.run(["df", "-T", str(root)], capture_output=True, text=True, timeout=10)
+                .stdout.splitlines()[-1]
+                .split()[1]
+            )
+        except Exception:  # informational only
+            pass
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    a = modes["async"]
+    data = {
+        "benchmark": "checkpoint",
+        "mode": "smoke" if args.smoke else "full",
+        "device": device_name,
+        "env": environment(device),
+        "model_name": "tiny-qwen2 (smoke)" if args.smoke else "qwen2.5-0.5b",
+        "model": cfg.model_dump(mode="json"),
+        "state_bytes": nbytes,
+        "state_gb": nbytes / 1e9,
+        "checkpoint_dir_parent": str(args.dir or tempfile.gettempdir()),
+        "filesystem": fs_type,
+        "repeats": args.repeats,
+        "modes": modes,
+        "sync_blocked_s": modes["sync"]["blocked_s_median"],
+        "async_blocked_s": a["blocked_s_median"],
+        "async_blocked_s_max": a["blocked_s_max"],
+        "save_gb_per_s": {m: r["save_gb_per_s"] for m, r in modes.items() if "save_gb_per_s" in r},
+        "load_gb_per_s": {m: r["load_gb_per_s"] for m, r in modes.items() if "load_gb_per_s" in r},
+        "targets": {"async_blocked_s": TARGET_ASYNC_BLOCKED_S},
+        "targets_met": {"async_blocked_s<=1": bool(a["blocked_s_max"] <= TARGET_ASYNC_BLOCKED_S)},
+    }
+    write_json(out, data)
+    print_table(data)
+    print(f"[bench] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
