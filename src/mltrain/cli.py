@@ -118,12 +118,14 @@ def export(
     hf: Annotated[Path, typer.Option("--hf", help="output directory in Hugging Face format")],
     step: Annotated[Optional[int], typer.Option(help="checkpoint step; default the newest")] = None,
     dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32")] = "bf16",
+    max_shard_gb: Annotated[float, typer.Option(help="split model.safetensors above this size")] = 5.0,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing export directory")] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face model directory (config, safetensors, tokenizer)."""
     from mltrain.model.hf import export_run
     from mltrain.rundir import resolve_run
 
-    out = export_run(resolve_run(run), hf, step=step, dtype=dtype)
+    out = export_run(resolve_run(run), hf, step=step, dtype=dtype, overwrite=force, max_shard_gb=max_shard_gb)
     console.print(f"exported to {out}")
 
 

@@ -88,6 +88,13 @@ class ModelConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and data.get("init_from") and data.get("preset") is None
+                and "hidden_size" not in data):
+            # No shape given: take it from the Hugging Face directory's config.json.
+            from mltrain.model.hf import load_hf_config
+
+            shape = load_hf_config(data["init_from"]).model_dump(exclude={"preset", "init_from"})
+            return {**shape, **data}
         if isinstance(data, dict) and data.get("preset") is not None:
             name = data["preset"]
             if name not in MODEL_PRESETS:
@@ -190,6 +197,15 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _tokenizer_from_init_dir(self) -> RunConfig:
+        """Starting from a published checkpoint means using its tokenizer, unless told otherwise."""
+        if self.model.init_from and self.data.tokenizer is None:
+            candidate = Path(self.model.init_from) / "tokenizer.json"
+            if candidate.is_file():
+                self.data.tokenizer = str(candidate)
+        return self
 
     @model_validator(mode="after")
     def _check_lengths(self) -> RunConfig:

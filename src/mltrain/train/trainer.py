@@ -102,6 +102,10 @@ def precheck(cfg: RunConfig) -> Any:
         )
     check_manifest_consistency(data_dir)
     check_run_dir(cfg)
+    if cfg.model.init_from:
+        from mltrain.model.hf import check_hf_matches
+
+        check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
     return manifest
 
 
@@ -128,7 +132,7 @@ def _memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def build_model(cfg: RunConfig, device: torch.device, load_hf: bool) -> torch.nn.Module:
+def build_model(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """Construct on the meta device, materialise on `device`, initialise (seeded, same on all ranks)."""
     from mltrain.model.transformer import Transformer
 
@@ -138,11 +142,6 @@ def build_model(cfg: RunConfig, device: torch.device, load_hf: bool) -> torch.nn
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
         model.init_weights()
-    if load_hf and cfg.model.init_from:
-        from mltrain.model.hf import check_hf_matches, load_hf_weights
-
-        check_hf_matches(cfg.model, cfg.model.init_from)
-        load_hf_weights(model, cfg.model.init_from)
     return model
 
 
@@ -161,9 +160,15 @@ class Trainer:
             info=lambda m: _log(info, m),
         )
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
-        self.model = build_model(cfg, info.device, load_hf=resume is None)
+        self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        if resume is None and cfg.model.init_from:
+            from mltrain.model.hf import load_hf_weights
+
+            # After sharding: under FSDP each rank reads only its slice of every tensor from the files.
+            load_hf_weights(self.model, cfg.model.init_from, show_progress=info.is_main)
+            _log(info, f"initialised from {cfg.model.init_from}")
         self.optimizer = build_optimizer(self.module, tc, info.device)
         from mltrain.data.loader import TokenLoader
 
