@@ -84,7 +84,8 @@ def test_prepare_writes_shards_and_manifest(tmp_path: Path) -> None:
     assert m.format_version == 1 and m.dtype == "uint16" and m.vocab_size <= 512
     assert m.sources == [str(tmp_path / "src")]
     assert m.counts.docs == 40 and m.counts.train_docs + m.counts.val_docs == 40
-    assert m.counts.val_docs == 4  # 10% of 40 documents, whole documents
+    val_bytes = sum(len(d.encode()) for d in docs if d in set(_decoded_split(data_dir, "val", m)))
+    assert 0.1 * m.counts.bytes <= val_bytes < 0.1 * m.counts.bytes + max(len(d.encode()) for d in docs)
     assert m.counts.bytes == sum(len(d.encode()) for d in docs)
     assert m.tokenizer.eos_token == "<|endoftext|>" and m.eos_id == m.tokenizer.eos_id
     assert len(m.tokenizer.sha256) == 64 and m.created.endswith("+00:00")
@@ -107,6 +108,12 @@ def test_prepare_writes_shards_and_manifest(tmp_path: Path) -> None:
         seen += [tok.decode(p[:-1].tolist()) for p in pieces]
     assert sorted(seen) == sorted(docs)
     assert not list(data_dir.glob("*.tmp"))
+
+
+def _decoded_split(data_dir: Path, split: str, m) -> list[str]:
+    ids = read_split(data_dir, split)
+    pieces = np.split(ids, np.flatnonzero(ids == m.eos_id) + 1)[:-1]
+    return [load_tokenizer(data_dir).decode(p[:-1].tolist()) for p in pieces]
 
 
 def test_tokenizer_deterministic_cached_and_retrained_on_change(tmp_path: Path) -> None:
@@ -152,11 +159,17 @@ def test_output_independent_of_worker_count(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_split_rules(tmp_path: Path) -> None:
-    assert choose_val_docs(1, 0.5).sum() == 0
-    assert choose_val_docs(2, 0.01).sum() == 1  # at least one val doc
-    assert choose_val_docs(10, 0.99).sum() == 9  # never all of them
-    assert choose_val_docs(100, 0.0).sum() == 0
-    assert (choose_val_docs(50, 0.2) == choose_val_docs(50, 0.2)).all()
+    ones = np.ones
+    assert choose_val_docs(ones(1), 0.5).sum() == 0
+    assert choose_val_docs(ones(2), 0.01).sum() == 1  # at least one val doc
+    assert choose_val_docs(ones(10), 0.99).sum() == 9  # never all of them
+    assert choose_val_docs(ones(100), 0.0).sum() == 0
+    assert choose_val_docs(ones(100), 0.2).sum() == 20
+    sizes = np.random.default_rng(0).integers(1, 10_000, size=500)
+    mask = choose_val_docs(sizes, 0.1)
+    assert (mask == choose_val_docs(sizes, 0.1)).all()  # fixed seed
+    # by bytes: the val docs hold 10% of the bytes, overshooting by at most one document
+    assert 0.1 * sizes.sum() <= sizes[mask].sum() < 0.1 * sizes.sum() + sizes.max()
     write_corpus(tmp_path / "src", n_docs=5)
     m = prepare_data(make_cfg(tmp_path, data={"val_fraction": 0.0}))
     assert m.splits["val"] == [] and m.counts.val_docs == 0

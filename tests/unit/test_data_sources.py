@@ -150,3 +150,14 @@ def test_read_error_names_path_and_reason(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(Path, "read_bytes", broken)
     with pytest.raises(DataError, match=r"disk\.txt: cannot read: Input/output error"):
         docs_of(tmp_path, [str(p)])
+
+
+def test_scan_matches_read(tmp_path: Path) -> None:
+    from mltrain.data.sources import scan_corpus
+
+    (tmp_path / "a.txt").write_text("short")
+    (tmp_path / "b.txt").write_text("ünïcode " * 50)
+    cfg = DataConfig(sources=[str(tmp_path / "*.txt")])
+    scan, full = scan_corpus(cfg), read_corpus(cfg)
+    assert scan.fingerprint == full.fingerprint and scan.docs == len(full.docs) == 2
+    assert scan.doc_bytes.tolist() == [len(d.encode()) for d in full.docs]

@@ -6,7 +6,7 @@ Output of `<data.dir>/`:
 
 The result depends only on the corpus, the tokenizer and the config, never on the number of
 worker processes: documents are encoded in ordered chunks and packed in corpus order, and the
-train/val split is a fixed-seed choice of whole documents.
+train/val split is a fixed-seed choice of whole documents holding `val_fraction` of the bytes.
 """
 
 from __future__ import annotations
@@ -179,14 +179,21 @@ class _SplitWriter:
         self.written_tokens += int(tokens.size)
 
 
-def choose_val_docs(n_docs: int, val_fraction: float) -> np.ndarray:
-    """Boolean mask of validation documents: a fixed-seed sample, at least one when possible."""
+def choose_val_docs(doc_bytes: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Boolean mask of validation documents: whole documents in a fixed-seed random order until
+    they hold `val_fraction` of the bytes; at least one, never all.
+
+    By bytes, not document count: corpora mix tiny and huge documents, and a count-based 2%
+    can leave a validation split too small for even one batch.
+    """
+    n_docs = len(doc_bytes)
     mask = np.zeros(n_docs, dtype=bool)
     if val_fraction <= 0 or n_docs < 2:
         return mask
-    n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
-    rng = np.random.Generator(np.random.PCG64(SPLIT_SEED))
-    mask[rng.permutation(n_docs)[:n_val]] = True
+    order = np.random.Generator(np.random.PCG64(SPLIT_SEED)).permutation(n_docs)
+    cum = np.cumsum(np.asarray(doc_bytes, dtype=np.int64)[order])
+    n_val = int(np.searchsorted(cum, val_fraction * cum[-1])) + 1  # first prefix reaching the target
+    mask[order[: min(n_docs - 1, max(1, n_val))]] = True
     return mask
 
 
@@ -280,7 +287,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
         (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
         dtype = dtype_for_vocab(choice.vocab_size)
-        val_mask = choose_val_docs(corpus.docs, dc.val_fraction)
+        val_mask = choose_val_docs(corpus.doc_bytes, dc.val_fraction)
         writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
         num_workers = dc.num_workers
         how_many = f"{num_workers} processes" if num_workers else f"{default_num_workers()} threads"

@@ -17,10 +17,13 @@ import hashlib
 import json
 import os
 import sysconfig
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from mltrain.config import DataConfig
 from mltrain.errors import DataError
@@ -70,9 +73,11 @@ class Fingerprint:
 
 @dataclass
 class CorpusScan:
-    """One pass over the sources without keeping the text: counts, skips and fingerprint."""
+    """One pass over the sources without keeping the text: counts, skips, fingerprint, and
+    each document's UTF-8 size (8 bytes per document) for a byte-balanced train/val split."""
 
     docs: int
+    doc_bytes: np.ndarray
     stats: SourceStats
     fingerprint: str
 
@@ -317,13 +322,19 @@ def scan_corpus(data_cfg: DataConfig, on_doc: Callable[[SourceStats], None] | No
     """
     stats = SourceStats()
     fp = Fingerprint()
-    for doc in iter_documents(data_cfg, stats):
+    sizes = array("q")
+    seen = 0
+    for doc in iter_documents(data_cfg, stats):  # stats.bytes already counts `doc` here
         fp.add(doc)
+        sizes.append(stats.bytes - seen)
+        seen = stats.bytes
         if on_doc is not None:
             on_doc(stats)
     if stats.docs == 0:
         raise _empty_corpus_error(data_cfg, stats)
-    return CorpusScan(docs=stats.docs, stats=stats, fingerprint=fp.hexdigest())
+    return CorpusScan(
+        docs=stats.docs, doc_bytes=np.frombuffer(sizes, dtype=np.int64), stats=stats, fingerprint=fp.hexdigest()
+    )
 
 
 def read_corpus(data_cfg: DataConfig) -> Corpus:
