@@ -92,8 +92,8 @@ class Settings:
 @dataclass
 class Variant:
     name: str
-    family: str  # "hf" or "mltrain"
-    compile: bool
+    family: str  # "hf", "mltrain" (model + the trainer's step, here) or "trainer" (mltrain's Trainer itself)
+    compile: str  # "none", "full" (torch.compile(model)), "blocks" (apply_compile), "blocks+loss"
     loss_chunk_tokens: int = 0
     micro_batch: int = 8
     note: str = ""
@@ -150,13 +150,17 @@ def loss_fn(variant: Variant, model: torch.nn.Module) -> Callable[[torch.Tensor,
     """
     from mltrain.train.parallel import apply_compile
 
+    fwd = torch.compile(model) if variant.compile == "full" else model
     if variant.family == "hf":
-        fwd = torch.compile(model) if variant.compile else model
         return lambda x, y: fwd(input_ids=x, labels=y, shift_labels=y).loss
-    if variant.compile:
+    if variant.compile in ("blocks", "blocks+loss"):
         apply_compile(model)  # the trainer's per-block compile (fullgraph=True)
+    if variant.compile == "blocks+loss":
+        # Not in src yet: also compile one chunk of head matmul + fp32 cross-entropy (fuses the upcast and
+        # the log-softmax; the instance attribute shadows the method that _chunked_loss checkpoints).
+        model._chunk_ce_sum = torch.compile(model._chunk_ce_sum, fullgraph=True)
     k = variant.loss_chunk_tokens
-    return lambda x, y: model(x, y, loss_chunk_tokens=k)
+    return lambda x, y: fwd(x, y, loss_chunk_tokens=k)
 
 
 def train_config(s: Settings, max_steps: int) -> Any:
@@ -238,18 +242,33 @@ def run_variant(
     data_dir: Path | None,
     flops_per_token: float,
     measured_peak: float | None,
+    work: Path,
 ) -> dict[str, Any]:
     """Build fresh, warm up, time `timed_steps` steps; tokens/s, MFU, peak memory."""
     free_memory(s.device)
-    model = build_hf(weights, s.device) if variant.family == "hf" else build_mltrain(weights, cfg, s.device)
-    step = Stepper(s, variant, model, max_steps=10_000)
-    # A few distinct batches resident on the device: the timed loop measures the model, not the loader
-    # (bench/loader.py shows the loader is far ahead); real text when a data dir is given.
-    stream = batch_stream(data_dir, cfg.vocab_size, s.seq_len, variant.micro_batch, 0, s.device)
-    batches = [next(stream) for _ in range(4)]
+    extra: dict[str, Any] = {}
+    if variant.family == "trainer":
+        trainer, extra = build_trainer(s, variant, cfg, weights, data_dir, work)
+
+        def step(_i: int) -> torch.Tensor:
+            return trainer.train_step()[0]  # its own loader, H2D copy, autocast, clip, AdamW
+
+        owner: Any = trainer
+    else:
+        model = build_hf(weights, s.device) if variant.family == "hf" else build_mltrain(weights, cfg, s.device)
+        stepper = Stepper(s, variant, model, max_steps=10_000)
+        # A few distinct batches resident on the device: the timed loop measures the model, not the loader
+        # (bench/loader.py shows the loader is far ahead; mltrain_trainer includes it); real text.
+        stream = batch_stream(data_dir, cfg.vocab_size, s.seq_len, variant.micro_batch, 0, s.device)
+        batches = [next(stream) for _ in range(4)]
+
+        def step(i: int) -> torch.Tensor:
+            return stepper(*batches[i % len(batches)])
+
+        owner = (stepper, model, batches)
     t_build = time.perf_counter()
     for i in range(s.warmup_steps):
-        step(*batches[i % len(batches)])
+        step(i)
     sync(s.device)
     warmup_s = time.perf_counter() - t_build
     losses = []
@@ -257,7 +276,7 @@ def run_variant(
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for i in range(s.timed_steps):
-            losses.append(step(*batches[i % len(batches)]))
+            losses.append(step(i))
         end.record()
         end.synchronize()
         elapsed = start.elapsed_time(end) / 1e3
@@ -265,7 +284,7 @@ def run_variant(
     else:
         t0 = time.perf_counter()
         for i in range(s.timed_steps):
-            losses.append(step(*batches[i % len(batches)]))
+            losses.append(step(i))
         elapsed = time.perf_counter() - t0
         peak_mem = None
     step_time = elapsed / s.timed_steps
@@ -280,6 +299,7 @@ def run_variant(
         "seq_len": s.seq_len,
         "bf16": s.bf16,
         "note": variant.note,
+        **extra,
         "tokens_per_s": tps,
         "step_time_s": step_time,
         "timed_steps": s.timed_steps,
@@ -292,9 +312,52 @@ def run_variant(
         "last_loss": last_loss,
         "loss_finite": math.isfinite(last_loss),
     }
-    del step, model, batches
+    del step, owner
     free_memory(s.device)
     return res
+
+
+def build_trainer(
+    s: Settings, variant: Variant, cfg: Any, weights: Path, data_dir: Path, work: Path
+) -> tuple[Any, dict[str, Any]]:
+    """mltrain's own Trainer on the shipped config (configs/qwen2.5-0.5b.yaml), starting from `weights`
+    via model.init_from: what `mltrain train` runs on this one device."""
+    from mltrain.config import RunConfig, load_run_config
+    from mltrain.train.distributed import init_distributed
+    from mltrain.train.trainer import Trainer
+
+    d = load_run_config(FAST_PATH_CONFIG).model_dump(mode="json")
+    d["name"] = "bench-trainer"
+    d["base_dir"] = str(work / "trainer")
+    d["model"] = {**cfg.model_dump(mode="json"), "preset": None, "init_from": str(weights)}
+    d["data"]["dir"] = str(data_dir)
+    d["data"]["sources"] = ["builtin:python-stdlib"]
+    d["train"].update(
+        device=s.device.type,
+        seq_len=s.seq_len,
+        micro_batch_size=variant.micro_batch,
+        loss_chunk_tokens=variant.loss_chunk_tokens,
+        tensorboard=False,
+    )
+    if s.smoke:  # smoke: fp32, compile only when asked; a GPU run keeps the config's dtype and compile
+        d["train"].update(dtype="bf16" if s.bf16 else "fp32", compile=variant.compile != "none")
+    rc = RunConfig.model_validate(d)
+    trainer = Trainer(rc, init_distributed(rc.train.device))
+    autocast = isinstance(trainer._autocast(), torch.autocast)
+    extra: dict[str, Any] = {
+        "trainer_parallel": rc.train.parallel,
+        "trainer_dtype": rc.train.dtype,
+        "trainer_compile": rc.train.compile,
+        "trainer_bf16": trainer.bf16,
+        "trainer_bf16_autocast_active": autocast,
+    }
+    if trainer.bf16 and not autocast and trainer.info.world_size == 1:
+        extra["warning"] = (
+            f"train.parallel={rc.train.parallel} on one device: no FSDP mixed precision and no "
+            "autocast, so this trainer computes in fp32 (see docs/performance.md)"
+        )
+        print(f"[bench]   WARNING: {extra['warning']}", flush=True)
+    return trainer, extra
 
 
 def is_oom(e: BaseException) -> bool:
@@ -307,7 +370,7 @@ def is_oom(e: BaseException) -> bool:
 def run_numerics(s: Settings, cfg: Any, weights: Path, data_dir: Path | None, fast: Variant) -> dict[str, Any]:
     """HF eager vs the mltrain fast path, N steps from the same weights and batches."""
     curves = {}
-    for variant in (Variant("hf_eager", "hf", compile=False, micro_batch=s.micro_batch), fast):
+    for variant in (Variant("hf_eager", "hf", "none", micro_batch=s.micro_batch), fast):
         free_memory(s.device)
         model = build_hf(weights, s.device) if variant.family == "hf" else build_mltrain(weights, cfg, s.device)
         step = Stepper(s, variant, model, max_steps=s.numerics_steps)
@@ -396,37 +459,29 @@ def run_profile(s: Settings, variant: Variant, cfg: Any, weights: Path, out_txt:
 
 
 def variants_for(s: Settings) -> list[Variant]:
-    b, k = s.micro_batch, s.loss_chunk_tokens
+    """HF baselines, the shipped fast path, and one lever changed at a time. On CPU (smoke) the compile
+    variants only run with --compile; `s.compile` False means the fast path runs uncompiled."""
+    b, k, big = s.micro_batch, s.loss_chunk_tokens, s.big_micro_batch
+    blocks = "blocks" if s.compile else "none"
     all_v = [
-        Variant("hf_eager", "hf", compile=False, micro_batch=b, note="transformers, SDPA"),
-        Variant("hf_compile", "hf", compile=True, micro_batch=b, note="torch.compile(whole model)"),
-        Variant(
-            "mltrain",
-            "mltrain",
-            compile=s.compile,
-            loss_chunk_tokens=k,
-            micro_batch=b,
-            note="shipped fast path (configs/qwen2.5-0.5b.yaml)",
-        ),
-        Variant("mltrain_eager", "mltrain", compile=False, loss_chunk_tokens=k, micro_batch=b, note="no compile"),
-        Variant(
-            "mltrain_nochunk", "mltrain", compile=s.compile, loss_chunk_tokens=0, micro_batch=b, note="full logits"
-        ),
-        Variant(
-            f"mltrain_mb{s.big_micro_batch}",
-            "mltrain",
-            compile=s.compile,
-            loss_chunk_tokens=k,
-            micro_batch=s.big_micro_batch,
-            note="bigger micro-batch",
-        ),
+        Variant("hf_eager", "hf", "none", micro_batch=b, note="transformers Qwen2, SDPA"),
+        Variant("hf_compile", "hf", "full", micro_batch=b, note="torch.compile(whole HF model)"),
+        Variant("mltrain", "mltrain", blocks, k, b, note="shipped fast path (configs/qwen2.5-0.5b.yaml)"),
+        Variant("mltrain_trainer", "trainer", blocks, k, b, note="mltrain Trainer.train_step on the shipped config"),
+        Variant("mltrain_eager", "mltrain", "none", k, b, note="fast path without compile"),
+        Variant("mltrain_nochunk", "mltrain", blocks, 0, b, note="fast path with full logits"),
+        Variant("mltrain_compile_loss", "mltrain", "blocks+loss", k, b, note="+ compiled loss chunk (not in src)"),
+        Variant("mltrain_compile_full", "mltrain", "full", k, b, note="torch.compile(whole model) (not in src)"),
+        Variant(f"mltrain_mb{big}", "mltrain", blocks, k, big, note="fast path, bigger micro-batch"),
     ]
-    if s.smoke and not s.compile:  # compile variants are opt-in on CPU (slow); eager stands in for them
-        all_v = [v for v in all_v if v.name not in ("hf_compile", "mltrain_nochunk")]
+    if s.smoke and not s.compile:  # compile variants are opt-in on CPU: slow, and they need a C++ compiler
+        all_v = [v for v in all_v if v.compile == "none" or v.name == "mltrain"]
+        all_v = [v for v in all_v if v.name not in ("mltrain_eager",)]  # identical to mltrain here
     if s.variants:
-        unknown = set(s.variants) - {v.name for v in all_v}
+        known = {v.name for v in all_v}
+        unknown = set(s.variants) - known
         if unknown:
-            raise SystemExit(f"--variants: unknown {sorted(unknown)}; known: {[v.name for v in all_v]}")
+            raise SystemExit(f"--variants: unknown {sorted(unknown)}; known: {sorted(known)}")
         all_v = [v for v in all_v if v.name in s.variants]
     return all_v
 
@@ -436,19 +491,20 @@ def settings(args: argparse.Namespace) -> Settings:
 
     tc = load_run_config(FAST_PATH_CONFIG).train  # the fast path is whatever the shipped config says
     if args.smoke:
+        n = args.numerics_steps if args.numerics_steps is not None else 30
         return Settings(
             device=torch.device("cpu"),
             smoke=True,
             seq_len=args.seq_len or 64,
             micro_batch=args.micro_batch or 2,
             big_micro_batch=2 * (args.micro_batch or 2),
-            bf16=False,
+            bf16=args.bf16,
             compile=args.compile,
             loss_chunk_tokens=48,
             warmup_steps=args.warmup or 1,
             timed_steps=args.steps or 3,
-            numerics_steps=args.numerics_steps or 30,
-            numerics_skip=min(10, (args.numerics_steps or 30) // 2),
+            numerics_steps=n,
+            numerics_skip=min(10, n // 2),
             lr=3e-3,
             variants=args.variants or [],
         )
@@ -474,7 +530,7 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def summarise(results: dict[str, dict[str, Any]], s: Settings) -> dict[str, Any]:
     ok = {k: v for k, v in results.items() if "error" not in v}
-    ours = {k: v for k, v in ok.items() if v["family"] == "mltrain"}
+    ours = {k: v for k, v in ok.items() if v["family"] in ("mltrain", "trainer")}
     out: dict[str, Any] = {
         "best_mltrain_variant": None,
         "speedup_vs_hf_eager": None,
@@ -563,12 +619,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, fp32: check the code paths in seconds")
     p.add_argument("--compile", action="store_true", help="smoke only: also run the torch.compile variants on CPU")
+    p.add_argument(
+        "--bf16", action="store_true", help="smoke only: bf16 autocast on CPU (a preview of the GPU numerics)"
+    )
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<gpu>-<date>.json; smoke: a temp file)")
     p.add_argument(
         "--data",
         type=Path,
         help="a prepared mltrain data dir for the real-text stream "
-        "(default: prepare ~4 MB of the Python stdlib into a temp dir; smoke: random tokens)",
+        "(default: prepare ~4 MB of the Python stdlib into a temp dir; smoke: 0.3 MB)",
     )
     p.add_argument("--variants", nargs="*", help="run only these variants")
     p.add_argument("--steps", type=int, help="timed steps per variant (30; smoke 3)")
@@ -616,12 +675,13 @@ def main(argv: list[str] | None = None) -> int:
         weights = work / "hf-init"
         save_reference_weights(cfg, weights, s.device, args.seed)
         data_dir, data_source = args.data, None
-        if data_dir is None and not s.smoke:
-            data_dir = prepare_corpus(work / "data", 4_000_000, 8192, cfg.vocab_size)
-            data_source = "builtin:python-stdlib, 4 MB, byte-level BPE 8192 (mltrain prepare + TokenLoader)"
-        if data_dir is not None and data_source is None:
-            data_source = f"{data_dir} (mltrain TokenLoader)"
-        data_source = data_source or "fixed random-token stream (torch.Generator, seed 1234)"
+        if data_dir is None:  # real text by default: the Python standard library through mltrain's prepare
+            nbytes, bpe = (300_000, cfg.vocab_size) if s.smoke else (4_000_000, 8192)
+            data_dir = prepare_corpus(work / "data", nbytes, bpe, cfg.vocab_size)
+            data_source = (
+                f"builtin:python-stdlib, {nbytes / 1e6:g} MB, byte-level BPE {bpe} (mltrain prepare + TokenLoader)"
+            )
+        data_source = data_source or f"{data_dir} (mltrain TokenLoader)"
 
         results: dict[str, dict[str, Any]] = {}
         variants = variants_for(s)
@@ -632,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             try:
-                results[v.name] = run_variant(s, v, cfg, weights, data_dir, fpt, measured_peak)
+                results[v.name] = run_variant(s, v, cfg, weights, data_dir, fpt, measured_peak, work)
                 r = results[v.name]
                 print(
                     f"[bench]   {r['tokens_per_s']:,.0f} tokens/s, {r['step_time_s']:.4f} s/step"
@@ -643,18 +703,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not is_oom(e):
                     raise
                 results[v.name] = {"family": v.family, "micro_batch": v.micro_batch, "error": "out of memory"}
-                free_memory(s.device)
                 print(f"[bench]   out of memory at micro-batch {v.micro_batch}", flush=True)
+            free_memory(s.device)  # outside `except`: the traceback no longer pins the failed step's tensors
 
         fast = next(
             (v for v in variants if v.name == "mltrain"),
-            Variant(
-                "mltrain",
-                "mltrain",
-                compile=s.compile,
-                loss_chunk_tokens=s.loss_chunk_tokens,
-                micro_batch=s.micro_batch,
-            ),
+            Variant("mltrain", "mltrain", "blocks" if s.compile else "none", s.loss_chunk_tokens, s.micro_batch),
         )
         numerics = None
         if s.numerics_steps > 0:
