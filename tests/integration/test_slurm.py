@@ -55,6 +55,28 @@ def test_test_only_rejects_impossible_requests(local_slurm: Path, tmp_path: Path
         assert p.returncode != 0, (extra, p.stderr)
 
 
+def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: Path) -> None:
+    """The real batch script with the torchrun line swapped for a stand-in: rank 0 writes `done` and exits,
+    rank 1 hangs on (ignoring SIGTERM, like a rank stuck in teardown). The step is killed after exit_grace_s
+    and the job still ends COMPLETED, not held until its time limit."""
+    spec = tmp_path / "local.yaml"
+    spec.write_text((ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .",
+                                                                                 f"run_base_dir: {tmp_path}"))
+    sub = prepare_submission(GOLDEN_RUN, spec)
+    a, b = sub.script.index("  torchrun --nnodes"), sub.script.index("  2> >(tee")
+    stand_in = ("  bash -c 'if [ $SLURM_PROCID = 0 ]; then echo done > \"$0\"; else trap \"\" TERM; sleep 300; fi' "
+                f"{sub.run_dir}/control/exit_reason \\\n")
+    script = sub.script[:a] + stand_in + sub.script[b:]
+    (sub.run_dir / "slurm").mkdir(parents=True)
+    path = sub.run_dir / "slurm" / "job.sbatch"
+    path.write_text(script)
+    job = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_job(job, 120, release_requeued=False) == "COMPLETED"
+    out = (sub.run_dir / "slurm" / f"{job}.out").read_text()
+    assert "ranks still running 10 s after exit_reason=done: killing the step" in out
+    assert "training finished" in out
+
+
 # ------------------------------------------------------------------ part 2: end-to-end training jobs
 
 RUN_TEMPLATE = """

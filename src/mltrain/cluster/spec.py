@@ -33,6 +33,9 @@ class SlurmSpec(StrictModel):
         default=None, gt=0, description="torchrun processes per node; none = gpus_per_node, or 1 without GPUs"
     )
     rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first node")
+    exit_grace_s: int = Field(
+        default=60, gt=0, description="after the trainer wrote its exit reason, kill ranks still running this long"
+    )
     exclude_failed_nodes: bool = Field(
         default=True, description="on requeue after a failure, exclude the failing node when the partition has a spare"
     )

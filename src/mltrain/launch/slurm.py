@@ -153,6 +153,7 @@ def render_sbatch(
         activate=activate,
         bin_dir=bin_dir,
         rdzv_port=cluster.slurm.rdzv_port,
+        exit_grace_s=cluster.slurm.exit_grace_s,
         hyperpod=hyperpod,
     )
 
@@ -338,8 +339,9 @@ def submit_run(
          "partition": sub.cluster.slurm.partition, "cluster": sub.cluster.name, "script": str(sub.script_path)},
     )
     console.print(f"submitted job {job_id}: run {sub.cfg.name}, {sub.nodes} nodes, partition "
-                  f"{sub.cluster.slurm.partition}; run dir {sub.run_dir}", highlight=False)
-    console.print(f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}", highlight=False)
+                  f"{sub.cluster.slurm.partition}; run dir {sub.run_dir}", highlight=False, soft_wrap=True)
+    console.print(f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}",
+                  highlight=False, soft_wrap=True)
     return job_id
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -41,6 +42,7 @@ class RunStatus:
     run_dir: Path
     job_id: str | None = None
     scheduler: str | None = None  # e.g. "RUNNING node[1-2]"; None = no Slurm record
+    scheduler_state: str | None = None  # e.g. "RUNNING"; None = unknown
     step: int | None = None
     total_steps: int | None = None
     loss: float | None = None
@@ -171,7 +173,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         if info is None:
             st.scheduler = f"job {st.job_id}: unknown to Slurm (aged out?)"
         else:
-            state = info["state"]
+            state = st.scheduler_state = info["state"]
             where = info["nodes"] if state == "RUNNING" else (info["reason"] if info["reason"] not in ("", "None")
                                                               else "")
             st.scheduler = f"{state} {where}".strip()
@@ -236,32 +238,34 @@ def show_status(run: str | None = None, console: Console | None = None) -> list[
             return []
     rows = [run_status(d) for d in dirs]
     with_sched = any(r.job_id for r in rows)
-    table = Table(title="mltrain runs", show_lines=False)
-    table.add_column("run")
+    table = Table(title="mltrain runs", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("run", overflow="fold")
     if with_sched:
-        table.add_column("job", overflow="fold")
-        table.add_column("scheduler", overflow="fold")
-    for col in ("step", "loss", "tok/s", "MFU", "ETA", "restarts", "goodput"):
-        table.add_column(col, justify="right", overflow="fold")
-    table.add_column("status", overflow="fold", min_width=12)
+        table.add_column("job", no_wrap=True)
+    for col in ("step", "loss", "tok/s", "MFU", "ETA", "rst", "good"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", min_width=8)
     for r in rows:
         step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '?'}"
         cells = [escape(r.name)]
         if with_sched:
-            cells += [r.job_id or "-", escape(r.scheduler or "-")]
+            cells.append(escape(f"{r.job_id} {r.scheduler_state or '?'}" if r.job_id else "-"))
         cells += [
             step,
             f"{r.loss:.4f}" if isinstance(r.loss, (int, float)) else "-",
             f"{r.tokens_per_s:,.0f}" if isinstance(r.tokens_per_s, (int, float)) else "-",
             f"{100 * r.mfu:.1f}%" if isinstance(r.mfu, (int, float)) else "-",
             "done" if r.exit_reason == "done" else _fmt_eta(r.eta_s),
-            f"{r.restarts}" + (f" ({r.preemptions} preempt)" if r.preemptions else ""),
+            f"{r.restarts}" + (f" ({r.preemptions}p)" if r.preemptions else ""),
             f"{100 * r.goodput:.0f}%" if r.goodput is not None else "-",
-            escape(r.explanation + ("; " + "; ".join(r.notes) if r.notes else "")),
+            escape(r.explanation.split(":")[0].split(";")[0]),
         ]
         table.add_row(*cells)
     console.print(table)
     for r in rows:  # the full reason, never truncated by a narrow terminal
-        if r.explanation not in ("finished", "running"):
-            console.print(f"{escape(r.name)}: {escape(r.explanation)}", highlight=False, soft_wrap=True)
+        extra = [r.scheduler] if r.scheduler and r.scheduler != r.scheduler_state else []
+        if r.explanation not in ("finished", "running") or r.notes or extra:
+            text = "; ".join([*extra, r.explanation, *r.notes])
+            console.print(f"{escape(r.name)}: {escape(text)}", highlight=False, soft_wrap=True)
+
     return rows
