@@ -176,6 +176,9 @@ if [ "$1" = show ] && [ "$2" = job ]; then echo "JobId=7 ExcNodeList=(null)"; ex
 if [ $# = 0 ]; then while read -r l; do echo "stdin $l" >> "$FAKE_LOG"; done; exit 0; fi
 echo "scontrol $*" >> "$FAKE_LOG"; exit 0
 """,
+    "squeue": """#!/bin/bash
+exit 0
+""",
     "sinfo": """#!/bin/bash
 printf 'nodeA idle\\nnodeB idle\\nnodeC idle\\n'
 """,
