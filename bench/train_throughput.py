@@ -404,7 +404,7 @@ def run_numerics(s: Settings, cfg: Any, weights: Path, data_dir: Path | None, fa
 
 
 _KERNEL_GROUPS = [
-    ("matmul", re.compile(r"gemm|matmul|cutlass|sm90_xmma|nvjet|mm_|addmm|linear", re.I)),
+    ("matmul", re.compile(r"gemm|matmul|cutlass|xmma|nvjet|cublas|aten::(mm|addmm|bmm)$|linear", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
     ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
     ("loss", re.compile(r"cross_entropy|log_softmax|nll", re.I)),
