@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 UP = ROOT / "scripts" / "local-slurm" / "up.sh"
 DOWN = ROOT / "scripts" / "local-slurm" / "down.sh"
 SLURM_DIR = Path(os.environ.get("MLTRAIN_SLURM_DIR", "/tmp/mltrain-slurm"))
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def _alive(pidfile: Path) -> bool:

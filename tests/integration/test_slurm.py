@@ -60,12 +60,15 @@ def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: 
     rank 1 hangs on (ignoring SIGTERM, like a rank stuck in teardown). The step is killed after exit_grace_s
     and the job still ends COMPLETED, not held until its time limit."""
     spec = tmp_path / "local.yaml"
-    spec.write_text((ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .",
-                                                                                 f"run_base_dir: {tmp_path}"))
+    spec.write_text(
+        (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {tmp_path}")
+    )
     sub = prepare_submission(GOLDEN_RUN, spec)
     a, b = sub.script.index("  torchrun --nnodes"), sub.script.index("  2> >(tee")
-    stand_in = ("  bash -c 'if [ $SLURM_PROCID = 0 ]; then echo done > \"$0\"; else trap \"\" TERM; sleep 300; fi' "
-                f"{sub.run_dir}/control/exit_reason \\\n")
+    stand_in = (
+        '  bash -c \'if [ $SLURM_PROCID = 0 ]; then echo done > "$0"; else trap "" TERM; sleep 300; fi\' '
+        f"{sub.run_dir}/control/exit_reason \\\n"
+    )
     script = sub.script[:a] + stand_in + sub.script[b:]
     (sub.run_dir / "slurm").mkdir(parents=True)
     path = sub.run_dir / "slurm" / "job.sbatch"
@@ -109,8 +112,14 @@ class Env:
         self.cluster.write_text(spec)
 
     def mltrain(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-        p = subprocess.run([sys.executable, "-m", "mltrain", *args], cwd=self.root, capture_output=True, text=True,
-                           env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "mltrain", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+            timeout=300,
+        )
         if check:
             assert p.returncode == 0, f"mltrain {' '.join(args)}: {p.stdout}\n{p.stderr}"
         return p.stdout + p.stderr
@@ -212,8 +221,9 @@ def test_killed_rank_fails_fast_requeues_and_resumes(env: Env, reference: dict[i
     first, second = starts(run)
     assert second["step"] == 20
     # fails fast: from the last step before the kill to the requeue decision
-    last_before = max(r["time"] for r in records(run / "metrics.jsonl")
-                      if r.get("kind") == "train" and r["time"] < second["time"])
+    last_before = max(
+        r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] < second["time"]
+    )
     print(f"killed rank -> requeue decision in {rec['time'] - last_before:.1f} s")
     assert rec["time"] - last_before < 60
     assert losses_by_step(run) == reference

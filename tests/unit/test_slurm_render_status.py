@@ -36,11 +36,21 @@ def test_goodput_counts_only_surviving_steps() -> None:
 def test_local_run_without_slurm_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no squeue/scontrol/sacct at all
     run = tmp_path / "runs" / "r"
-    _write_metrics(run, [
-        {"kind": "start", "time": 0.0, "step": 0},
-        {"kind": "train", "time": 5.0, "step": 40, "loss": 3.25, "tokens_per_s": 1234.0, "mfu": 0.41,
-         "step_time_s": 0.5},
-    ])
+    _write_metrics(
+        run,
+        [
+            {"kind": "start", "time": 0.0, "step": 0},
+            {
+                "kind": "train",
+                "time": 5.0,
+                "step": 40,
+                "loss": 3.25,
+                "tokens_per_s": 1234.0,
+                "mfu": 0.41,
+                "step_time_s": 0.5,
+            },
+        ],
+    )
     st = status.run_status(run, now=10.0)
     assert (st.step, st.total_steps, st.loss, st.job_id, st.scheduler) == (40, 100, 3.25, None, None)
     assert st.eta_s == pytest.approx(30.0)
@@ -55,8 +65,11 @@ def test_config_error_explained_and_sacct_failure_tolerated(tmp_path: Path, monk
     # fake Slurm client: squeue knows nothing, scontrol fails, sacct fails like accounting_storage/none
     fb = tmp_path / "bin"
     fb.mkdir()
-    for name, body in {"squeue": "exit 0", "scontrol": "echo 'Invalid job id' >&2; exit 1",
-                       "sacct": "echo 'Slurm accounting storage is disabled' >&2; exit 1"}.items():
+    for name, body in {
+        "squeue": "exit 0",
+        "scontrol": "echo 'Invalid job id' >&2; exit 1",
+        "sacct": "echo 'Slurm accounting storage is disabled' >&2; exit 1",
+    }.items():
         (fb / name).write_text(f"#!/bin/bash\n{body}\n")
         (fb / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fb}:/usr/bin:/bin")
@@ -83,8 +96,11 @@ def test_restart_history_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (run / "control").mkdir()
     (run / "control" / "exit_reason").write_text("hang\n")
     (run / "restarts.jsonl").write_text(
-        json.dumps({"cause": "preempted", "action": "requeue", "resume_step": 10}) + "\n"
-        + json.dumps({"cause": "hang", "action": "give_up", "failures": 3}) + "\n")
+        json.dumps({"cause": "preempted", "action": "requeue", "resume_step": 10})
+        + "\n"
+        + json.dumps({"cause": "hang", "action": "give_up", "failures": 3})
+        + "\n"
+    )
     st = status.run_status(run)
     assert st.restarts == 1 and st.preemptions == 1
     assert st.explanation.startswith("hang: the watchdog") and "gave up after 3 restarts" in st.explanation

@@ -34,8 +34,20 @@ JOBS_FILE = "jobs.jsonl"
 CANCELLED_FILE = "control/cancelled"
 HYPERPOD_MARKER = Path("/opt/sagemaker_cluster")
 TIME_RE = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING",
-                 "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "REQUEUE_FED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "REQUEUE_FED",
+}
 
 
 @dataclass
@@ -173,8 +185,10 @@ def prepare_submission(
     # the workers run `mltrain train <run>/slurm/run.yaml`: same config, base_dir = the shared base
     cfg = cfg.model_copy(update={"base_dir": str(run_dir.parent.parent)})
     script = render_sbatch(cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod)
-    warnings = [f"cluster env sets a known-bad variable: {w}" for w in nccl_env.known_bad_in(
-        [nccl_env.EnvVar(k, v, "") for k, v in cluster.env.items()])]
+    warnings = [
+        f"cluster env sets a known-bad variable: {w}"
+        for w in nccl_env.known_bad_in([nccl_env.EnvVar(k, v, "") for k, v in cluster.env.items()])
+    ]
     if cluster.container is not None and cluster.container.mounts:
         dsts = [m.split(":")[1] if ":" in m else m for m in cluster.container.mounts]
         if not any(str(run_dir).startswith(d.rstrip("/") + "/") for d in dsts):
@@ -182,8 +196,9 @@ def prepare_submission(
     world = (nodes or cluster.nodes) * nproc_per_node(cluster)
     if world > 1 and cfg.train.parallel == "none":
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
-    return Submission(cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script,
-                      nodes or cluster.nodes, warnings)
+    return Submission(
+        cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script, nodes or cluster.nodes, warnings
+    )
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -244,8 +259,14 @@ def query_job(job_id: str) -> dict[str, str] | None:
     p = _run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,NodeList,ExitCode"])
     if p is not None and p.returncode == 0 and p.stdout.strip():
         parts = (p.stdout.strip().splitlines()[-1].split("|") + ["", "", ""])[:4]
-        return {"state": parts[0].split()[0] if parts[0] else "", "reason": parts[1], "nodes": parts[2],
-                "restarts": "", "exit_code": parts[3], "source": "sacct"}
+        return {
+            "state": parts[0].split()[0] if parts[0] else "",
+            "reason": parts[1],
+            "nodes": parts[2],
+            "restarts": "",
+            "exit_code": parts[3],
+            "source": "sacct",
+        }
     return None
 
 
@@ -335,13 +356,27 @@ def submit_run(
         raise LaunchError(f"sbatch {sub.script_path}: unexpected output {p.stdout.strip()!r}")
     _append_jsonl(
         sub.run_dir / SLURM_DIR / JOBS_FILE,
-        {"event": "submit", "job_id": job_id, "time": _time.time(), "nodes": sub.nodes,
-         "partition": sub.cluster.slurm.partition, "cluster": sub.cluster.name, "script": str(sub.script_path)},
+        {
+            "event": "submit",
+            "job_id": job_id,
+            "time": _time.time(),
+            "nodes": sub.nodes,
+            "partition": sub.cluster.slurm.partition,
+            "cluster": sub.cluster.name,
+            "script": str(sub.script_path),
+        },
     )
-    console.print(f"submitted job {job_id}: run {sub.cfg.name}, {sub.nodes} nodes, partition "
-                  f"{sub.cluster.slurm.partition}; run dir {sub.run_dir}", highlight=False, soft_wrap=True)
-    console.print(f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"submitted job {job_id}: run {sub.cfg.name}, {sub.nodes} nodes, partition "
+        f"{sub.cluster.slurm.partition}; run dir {sub.run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return job_id
 
 

@@ -94,8 +94,9 @@ def goodput(metrics: list[dict[str, Any]], now: float | None = None) -> float | 
     for rec in metrics:
         kind = rec.get("kind")
         if kind == "start":
-            segments.append({"start_step": int(rec.get("step") or 0), "times": [], "last_step": None,
-                             "t0": rec.get("time")})
+            segments.append(
+                {"start_step": int(rec.get("step") or 0), "times": [], "last_step": None, "t0": rec.get("time")}
+            )
         elif segments and kind == "train" and rec.get("step") is not None:
             seg = segments[-1]
             if rec.get("step_time_s") is not None:
@@ -138,7 +139,7 @@ def _error_line(run_dir: Path, job_id: str | None) -> str | None:
             return None
         for line in lines:
             if line.lstrip().startswith("error:"):
-                return line.strip()[len("error:"):].strip()
+                return line.strip()[len("error:") :].strip()
     return None
 
 
@@ -174,8 +175,9 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
             st.scheduler = f"job {st.job_id}: unknown to Slurm (aged out?)"
         else:
             state = st.scheduler_state = info["state"]
-            where = info["nodes"] if state == "RUNNING" else (info["reason"] if info["reason"] not in ("", "None")
-                                                              else "")
+            where = (
+                info["nodes"] if state == "RUNNING" else (info["reason"] if info["reason"] not in ("", "None") else "")
+            )
             st.scheduler = f"{state} {where}".strip()
 
     st.exit_reason = rundir.read_exit_reason(run_dir)
@@ -220,7 +222,8 @@ def _discover(base: Path) -> list[Path]:
     if not runs.is_dir():
         return []
     return sorted(
-        p for p in runs.iterdir()
+        p
+        for p in runs.iterdir()
         if p.is_dir() and ((p / rundir.CONFIG_FILE).is_file() or (p / rundir.SLURM_DIR / "jobs.jsonl").is_file())
     )
 
