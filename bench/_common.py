@@ -86,7 +86,7 @@ def environment(device: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
     }
     try:
@@ -101,6 +101,16 @@ def environment(device: Any) -> dict[str, Any]:
         env["cudnn"] = torch.backends.cudnn.version()
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measure_matmul_peak(device: Any, dtype: Any = None, n: int = 8192, iters: int = 50) -> float:

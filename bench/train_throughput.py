@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
+import json
 import math
 import re
 import shutil
@@ -528,6 +530,34 @@ def settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def merge_previous(
+    path: Path, results: dict[str, Any], numerics: dict[str, Any] | None, s: Settings, device_name: str
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Fold an earlier run's variants (and numerics, when this run has none) into this one, so a long
+    benchmark can be split over several commands and still give one results JSON."""
+    if not path.exists():
+        return results, numerics, {"path": str(path), "variants": [], "note": "did not exist"}
+    old = json.loads(path.read_text())
+    mismatch = [
+        f"{k}: {a!r} vs {b!r}"
+        for k, a, b in (
+            ("device", old.get("device"), device_name),
+            ("mode", old.get("mode"), "smoke" if s.smoke else "full"),
+            ("seq_len", old.get("settings", {}).get("seq_len"), s.seq_len),
+            ("micro_batch", old.get("settings", {}).get("micro_batch"), s.micro_batch),
+        )
+        if a != b
+    ]
+    if mismatch:
+        raise SystemExit(f"--merge {path}: not the same benchmark set-up ({'; '.join(mismatch)})")
+    kept = {k: v for k, v in old.get("variants", {}).items() if k not in results}
+    info = {"path": str(path), "variants": sorted(kept), "time_utc": old.get("env", {}).get("time_utc")}
+    if numerics is None and old.get("numerics"):
+        numerics = old["numerics"]
+        info["numerics"] = True
+    return {**kept, **results}, numerics, info
+
+
 def summarise(results: dict[str, dict[str, Any]], s: Settings) -> dict[str, Any]:
     ok = {k: v for k, v in results.items() if "error" not in v}
     ours = {k: v for k, v in ok.items() if v["family"] in ("mltrain", "trainer")}
@@ -639,6 +669,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile", action="store_true", help="torch.profiler top kernels of the best mltrain variant")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        help="fold the variants (and numerics) of an earlier result JSON of the same set-up into this one "
+        "(split a long run over several commands: use the same path for --out)",
+    )
     return p.parse_args(argv)
 
 
@@ -716,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
             numerics = run_numerics(s, cfg, weights, data_dir, fast)
             numerics["data"] = data_source
 
+        merged_from = None
+        if args.merge is not None:
+            results, numerics, merged_from = merge_previous(args.merge, results, numerics, s, device_name)
         summary = summarise(results, s)
         data: dict[str, Any] = {
             "benchmark": "train_throughput",
@@ -744,11 +783,13 @@ def main(argv: list[str] | None = None) -> int:
             **summary,
             "summary": summary,
             "numerics": numerics,
+            "merged_from": merged_from,
         }
         data["targets"] = TARGETS
         data["targets_met"] = targets_met(summary, numerics)
         if args.profile and summary["best_mltrain_variant"]:
-            best = next(v for v in variants if v.name == summary["best_mltrain_variant"])
+            everything = variants_for(dataclasses.replace(s, variants=[]))
+            best = next(v for v in everything if v.name == summary["best_mltrain_variant"])
             data["profile"] = run_profile(s, best, cfg, weights, out.with_name(out.stem + "-profile.txt"))
         write_json(out, data)
         print_table(data)
