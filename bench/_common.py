@@ -20,8 +20,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 SKIP_LINE = "no CUDA device: skipping"
-# The reference numbers (one H100 80GB HBM3, torch 2.11, transformers 5.17), for context only.
-H100_SPEC_PEAK_FLOPS = 989.4e12
 
 
 def today() -> str:

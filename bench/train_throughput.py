@@ -42,7 +42,6 @@ from typing import Any
 
 import torch
 from _common import (
-    H100_SPEC_PEAK_FLOPS,
     ROOT,
     SKIP_LINE,
     default_out,
@@ -228,6 +227,15 @@ def batch_stream(
 # --------------------------------------------------------------------------- one variant
 
 
+def spec_peak(device: torch.device) -> float | None:
+    """Data-sheet dense bf16 peak of this GPU (989.4 TFLOP/s for H100/H200); None on CPU or unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    from mltrain.train.metrics import device_peak_flops
+
+    return device_peak_flops(torch.cuda.get_device_name(device))
+
+
 def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -307,7 +315,7 @@ def run_variant(
         "timed_steps": s.timed_steps,
         "warmup_steps": s.warmup_steps,
         "warmup_s": warmup_s,
-        "mfu": tps * flops_per_token / H100_SPEC_PEAK_FLOPS if s.device.type == "cuda" else None,
+        "mfu": tps * flops_per_token / spec_peak(s.device) if spec_peak(s.device) else None,
         "mfu_vs_measured_peak": tps * flops_per_token / measured_peak if measured_peak else None,
         "achieved_tflops": tps * flops_per_token / 1e12,
         "peak_mem_gib": peak_mem,
@@ -609,7 +617,16 @@ def print_table(data: dict[str, Any]) -> None:
     t = Table(
         title=f"training throughput: {data['model']['name']}, seq {data['settings']['seq_len']}, {data['device']}"
     )
-    for col in ("variant", "micro-batch", "tokens/s", "MFU (989.4T)", "MFU (measured)", "step s", "peak GiB", "note"):
+    for col in (
+        "variant",
+        "micro-batch",
+        "tokens/s",
+        "MFU (spec peak)",
+        "MFU (measured)",
+        "step s",
+        "peak GiB",
+        "note",
+    ):
         t.add_column(col, justify="left" if col in ("variant", "note") else "right")
     for name, r in data["variants"].items():
         if "error" in r:
@@ -777,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "flops_per_token": fpt,
             "flops_formula": "6*N + 12*L*H*Q*T (N: matmul params incl. the tied lm_head; mltrain.train.metrics)",
-            "peak_flops_spec": H100_SPEC_PEAK_FLOPS if s.device.type == "cuda" else None,
+            "peak_flops_spec": spec_peak(s.device),
             "peak_flops_measured_matmul": measured_peak,
             "variants": results,
             **summary,
