@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from mltrain import exit_codes, rundir
 from mltrain.config import load_run_config
+from mltrain.errors import MltrainError
 
 
 def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[str]:
@@ -58,4 +62,23 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
         return proc.returncode or 1
     from mltrain.train.trainer import run_training
 
-    return run_training(cfg)
+    if "LOCAL_RANK" not in os.environ:
+        return run_training(cfg)
+    return _exit_worker(lambda: run_training(cfg))
+
+
+def _exit_worker(train: Callable[[], int]) -> NoReturn:
+    """Run a torchrun worker and leave with os._exit: interpreter teardown of DDP/gloo objects can
+    deadlock (see trainer._KEEPALIVE), and every file the trainer writes is closed by now."""
+    code = 1
+    try:
+        code = train()
+    except MltrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

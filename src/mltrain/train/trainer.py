@@ -29,6 +29,11 @@ from mltrain.train.faults import FaultInjector, StopRequest, Watchdog, write_exi
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize
 
+# Distributed workers never destroy their trainer: DDP's Reducer destructor runs ~ProcessGroupGloo in
+# the thread holding the GIL, which joins a gloo thread waiting for the GIL (a deadlock seen here ~1 run
+# in 7). Workers keep it here and leave with os._exit once their files are closed (launch/local.py).
+_KEEPALIVE: list[object] = []
+
 # Config sections that must not change under an existing run dir (they change what the weights mean).
 _FROZEN_KEYS = ("model", "data.dir", "data.tokenizer", "train.seq_len")
 
@@ -366,6 +371,8 @@ def run_training(cfg: RunConfig) -> int:
         stop = StopRequest(run_dir)
         fault = FaultInjector(run_dir, info.rank)
         trainer = Trainer(cfg, info)
+        if info.world_size > 1:
+            _KEEPALIVE.append(trainer)
         if info.is_main:
             writer = M.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
             writer.write({"kind": "start", "step": trainer.step, "world_size": info.world_size,
