@@ -7,11 +7,13 @@ The scripts run as `python bench/<name>.py`, so this directory is on sys.path an
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
+if importlib.util.find_spec("mltrain") is None:  # a checkout without `pip install -e .` (e.g. a bare GPU box)
+    sys.path.insert(0, str(ROOT / "src"))
 SKIP_LINE = "no CUDA device: skipping"
 
 
