@@ -102,10 +102,39 @@ def evict_page_cache(path: Path) -> bool:
     return True
 
 
+def make_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, smoke: bool, device: torch.device) -> Any:
+    """A real training step (bf16 autocast on GPU, chunked loss, AdamW) on a fixed random batch, synced:
+    used to see whether a background checkpoint write slows training down."""
+    seq, mb, chunk = (64, 2, 32) if smoke else (2048, 4, 4096)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (mb, seq), generator=g).to(device)
+    y = torch.randint(0, model.cfg.vocab_size, (mb, seq), generator=g).to(device)
+
+    def step() -> float:
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(x, y, loss_chunk_tokens=chunk)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - t
+
+    return step
+
+
 def bench_manager(
-    mode: str, root: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, repeats: int, device: torch.device
+    mode: str,
+    root: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    repeats: int,
+    device: torch.device,
+    train_step: Any = None,
+    overlap_steps: int = 0,
 ) -> dict[str, Any]:
-    """`repeats` saves through CheckpointManager (async_save per mode), then one load."""
+    """`repeats` saves through CheckpointManager (async_save per mode), then one load. With `train_step`,
+    async mode trains up to `overlap_steps` steps while each background write is in flight."""
     from mltrain.train.checkpoint import CheckpointManager, find_checkpoints
 
     notes: list[str] = []
@@ -129,6 +158,26 @@ def bench_manager(
         if not ok:
             raise RuntimeError(f"{mode} save {i + 1} failed: {'; '.join(notes)}")
         saves.append({"blocked_s": blocked, "total_s": total})
+    overlap = None
+    if train_step is not None and overlap_steps > 0 and mode == "async":
+        # One more save, training while it is written: does the background write slow the steps down?
+        for _ in range(2):
+            train_step()
+        idle = [train_step() for _ in range(overlap_steps)]
+        mgr.save(repeats + 1, app_state(model, opt), {"step": repeats + 1}, {})
+        pending = mgr._pending  # (future, ...) of the in-flight write
+        during = []
+        while pending is not None and not pending[0].done() and len(during) < overlap_steps:
+            during.append(train_step())
+        still_writing = pending is not None and not pending[0].done()
+        mgr.wait()
+        overlap = {
+            "step_s_idle_median": statistics.median(idle),
+            "step_s_during_write_median": statistics.median(during) if during else None,
+            "steps_during_write": len(during),
+            "write_outlasted_steps": still_writing,
+            "slowdown": statistics.median(during) / statistics.median(idle) if during else None,
+        }
     ((step, path),) = find_checkpoints(root / mode)[-1:]
     on_disk = dir_bytes(path)
     evicted = evict_page_cache(path)
@@ -152,6 +201,7 @@ def bench_manager(
         "load_gb_per_s": on_disk / 1e9 / load_s,
         "page_cache_evicted_before_load": evicted,
         "warnings": notes,
+        "train_during_async_write": overlap,
     }
 
 
@@ -222,6 +272,12 @@ def print_table(data: dict[str, Any]) -> None:
         )
     c = Console(width=None if Console().is_terminal else 140)
     c.print(t)
+    ov = data["modes"]["async"].get("train_during_async_write")
+    if ov and ov["steps_during_write"]:
+        c.print(
+            f"training during an async write: {ov['step_s_during_write_median']:.3f} s/step vs "
+            f"{ov['step_s_idle_median']:.3f} idle ({ov['slowdown']:.2f}x, {ov['steps_during_write']} steps)"
+        )
     c.print(f"targets: {data['targets_met']}")
 
 
@@ -237,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3, help="saves per mode (the first async one allocates)")
     p.add_argument("--no-lever", action="store_true", help="skip the direct pinned-stager rows")
+    p.add_argument(
+        "--overlap-steps",
+        type=int,
+        default=10,
+        help="async: train up to this many steps while one extra save is written, vs the same steps idle (0: off)",
+    )
     args = p.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         print(SKIP_LINE)
@@ -245,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = "cpu" if args.smoke else torch.cuda.get_device_name(device)
     out = args.out or default_out("checkpoint", args.smoke, device_name)
     model, opt, cfg = build_state(args.smoke, device)
+    train_step = make_train_step(model, opt, args.smoke, device) if args.overlap_steps > 0 else None
     nbytes = state_bytes(app_state(model, opt))
     print(f"[bench] state {nbytes / 1e9:.2f} GB (model + AdamW moments) on {device_name}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="mltrain-bench-ckpt-", dir=args.dir))
@@ -252,13 +315,16 @@ def main(argv: list[str] | None = None) -> int:
         modes: dict[str, Any] = {}
         for mode in ("sync", "async"):
             print(f"[bench] {mode}: {args.repeats} saves through CheckpointManager, then a load", flush=True)
-            modes[mode] = bench_manager(mode, root, model, opt, args.repeats, device)
+            modes[mode] = bench_manager(mode, root, model, opt, args.repeats, device, train_step, args.overlap_steps)
             shutil.rmtree(root / mode, ignore_errors=True)
         if not args.no_lever:
             for bg in (False, True):
                 name = "dcp_pinned_stager" + ("_async_staging" if bg else "")
                 print(f"[bench] {name}: {args.repeats} saves, direct dcp.async_save", flush=True)
-                modes[name] = bench_pinned_stager(root, model, opt, args.repeats, device, async_staging=bg)
+                try:
+                    modes[name] = bench_pinned_stager(root, model, opt, args.repeats, device, async_staging=bg)
+                except ImportError as e:  # DefaultStager/StagingOptions are recent DCP API
+                    print(f"[bench]   skipped: {e}", flush=True)
         fs_type = None
         try:
             import subprocess
@@ -289,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "sync_blocked_s": modes["sync"]["blocked_s_median"],
         "async_blocked_s": a["blocked_s_median"],
         "async_blocked_s_max": a["blocked_s_max"],
+        "async_write_train_slowdown": (a.get("train_during_async_write") or {}).get("slowdown"),
         "save_gb_per_s": {m: r["save_gb_per_s"] for m, r in modes.items() if "save_gb_per_s" in r},
         "load_gb_per_s": {m: r["load_gb_per_s"] for m, r in modes.items() if "load_gb_per_s" in r},
         "targets": {"async_blocked_s": TARGET_ASYNC_BLOCKED_S},

@@ -75,6 +75,8 @@ def test_checkpoint_smoke(tmp_path):
     for lever in ("dcp_pinned_stager", "dcp_pinned_stager_async_staging"):
         assert all(0 < s["blocked_s"] <= s["total_s"] for s in data["modes"][lever]["saves"])
     assert isinstance(data["targets_met"]["async_blocked_s<=1"], bool)
+    overlap = data["modes"]["async"]["train_during_async_write"]
+    assert overlap["step_s_idle_median"] > 0 and overlap["steps_during_write"] >= 0
     assert not list(tmp_path.glob("mltrain-bench-ckpt-*"))  # the checkpoints are cleaned up
 
 
