@@ -684,6 +684,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--numerics-steps", type=int, help="steps of the HF-vs-mltrain loss comparison (200; smoke 30; 0 = off)"
     )
+    p.add_argument(
+        "--numerics-variant",
+        default="mltrain",
+        help="the mltrain variant compared with HF eager (default: the fast path)",
+    )
     p.add_argument("--profile", action="store_true", help="torch.profiler top kernels of the best mltrain variant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -707,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     from mltrain.train.metrics import flops_per_token
 
     s = settings(args)
+    candidates = {v.name: v for v in variants_for(dataclasses.replace(s, variants=[])) if v.family == "mltrain"}
+    if args.numerics_variant not in candidates:
+        raise SystemExit(f"--numerics-variant {args.numerics_variant!r}: pick one of {sorted(candidates)}")
     cfg = model_config(s.smoke)
     fpt = flops_per_token(cfg, s.seq_len)
     device_name = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "cpu"
@@ -759,10 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench]   out of memory at micro-batch {v.micro_batch}", flush=True)
             free_memory(s.device)  # outside `except`: the traceback no longer pins the failed step's tensors
 
-        fast = next(
-            (v for v in variants if v.name == "mltrain"),
-            Variant("mltrain", "mltrain", "blocks" if s.compile else "none", s.loss_chunk_tokens, s.micro_batch),
-        )
+        fast = candidates[args.numerics_variant]
         numerics = None
         if s.numerics_steps > 0:
             print(f"[bench] numerics: hf_eager vs {fast.name}, {s.numerics_steps} steps on {data_source}", flush=True)
