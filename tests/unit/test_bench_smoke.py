@@ -63,7 +63,20 @@ def test_train_throughput_smoke(tmp_path, tiny_data_dir):
 
 def test_checkpoint_smoke(tmp_path):
     out = tmp_path / "ckpt.json"
-    ok(run_script("checkpoint.py", "--smoke", "--repeats", "2", "--out", str(out), "--dir", str(tmp_path)))
+    ok(
+        run_script(
+            "checkpoint.py",
+            "--smoke",
+            "--repeats",
+            "2",
+            "--overlap-steps",
+            "3",
+            "--out",
+            str(out),
+            "--dir",
+            str(tmp_path),
+        )
+    )
     data = json.loads(out.read_text())
     assert data["state_bytes"] > 0
     for mode in ("sync", "async"):
