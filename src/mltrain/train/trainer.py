@@ -159,6 +159,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         tc = cfg.train
         self.bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and info.device.type == "cuda")
+        self.fsdp_active = tc.parallel == "fsdp" and info.world_size > 1
         self.ckpt = CheckpointManager(
             self.run_dir, cfg.checkpoint.keep_last, info.rank, info.world_size,
             async_save=cfg.checkpoint.async_save, warn=lambda m: _log(info, "WARNING: " + m),
@@ -214,7 +215,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.bf16 and self.cfg.train.parallel != "fsdp":
+        """bf16 autocast unless FSDP's MixedPrecisionPolicy already casts (it is applied only when
+        world_size > 1: `parallel: fsdp` on one GPU trains unsharded and needs autocast)."""
+        if self.bf16 and not self.fsdp_active:
             return torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
