@@ -22,10 +22,19 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     from mltrain.data.prepare import prepare_data
 
     d = tmp_path_factory.mktemp("tiny-data") / "data"
-    cfg = RunConfig.model_validate({
-        "name": "prep", "model": {"preset": "tiny"},
-        "data": {"sources": ["builtin:python-stdlib"], "dir": str(d), "max_source_bytes": 300_000,
-                 "bpe_vocab_size": 1024, "shard_tokens": 40_000, "val_fraction": 0.05},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "prep",
+            "model": {"preset": "tiny"},
+            "data": {
+                "sources": ["builtin:python-stdlib"],
+                "dir": str(d),
+                "max_source_bytes": 300_000,
+                "bpe_vocab_size": 1024,
+                "shard_tokens": 40_000,
+                "val_fraction": 0.05,
+            },
+        }
+    )
     prepare_data(cfg)
     return d

@@ -38,28 +38,60 @@ class RopeScaling(StrictModel):
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A few M parameters: learns visibly on 2 CPU cores in a couple of minutes.
     "tiny": dict(
-        vocab_size=4096, hidden_size=192, n_layers=4, n_heads=6, n_kv_heads=2,
-        ffn_hidden_size=512, max_seq_len=1024, rope_theta=10000.0, norm_eps=1e-5,
-        qkv_bias=False, tie_embeddings=True,
+        vocab_size=4096,
+        hidden_size=192,
+        n_layers=4,
+        n_heads=6,
+        n_kv_heads=2,
+        ffn_hidden_size=512,
+        max_seq_len=1024,
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        qkv_bias=False,
+        tie_embeddings=True,
     ),
     "qwen2.5-0.5b": dict(
-        vocab_size=151936, hidden_size=896, n_layers=24, n_heads=14, n_kv_heads=2,
-        ffn_hidden_size=4864, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6,
-        qkv_bias=True, tie_embeddings=True,
+        vocab_size=151936,
+        hidden_size=896,
+        n_layers=24,
+        n_heads=14,
+        n_kv_heads=2,
+        ffn_hidden_size=4864,
+        max_seq_len=32768,
+        rope_theta=1e6,
+        norm_eps=1e-6,
+        qkv_bias=True,
+        tie_embeddings=True,
     ),
     "llama3.2-1b": dict(
-        vocab_size=128256, hidden_size=2048, n_layers=16, n_heads=32, n_kv_heads=8,
-        ffn_hidden_size=8192, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5,
-        qkv_bias=False, tie_embeddings=True,
-        rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192),
+        vocab_size=128256,
+        hidden_size=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_hidden_size=8192,
+        max_seq_len=131072,
+        rope_theta=500000.0,
+        norm_eps=1e-5,
+        qkv_bias=False,
+        tie_embeddings=True,
+        rope_scaling=dict(
+            factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+        ),
     ),
     "llama3.1-8b": dict(
-        vocab_size=128256, hidden_size=4096, n_layers=32, n_heads=32, n_kv_heads=8,
-        ffn_hidden_size=14336, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5,
-        qkv_bias=False, tie_embeddings=False,
-        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192),
+        vocab_size=128256,
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_hidden_size=14336,
+        max_seq_len=131072,
+        rope_theta=500000.0,
+        norm_eps=1e-5,
+        qkv_bias=False,
+        tie_embeddings=False,
+        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
     ),
 }
 
@@ -88,8 +120,12 @@ class ModelConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and data.get("init_from") and data.get("preset") is None
-                and "hidden_size" not in data):
+        if (
+            isinstance(data, dict)
+            and data.get("init_from")
+            and data.get("preset") is None
+            and "hidden_size" not in data
+        ):
             # No shape given: take it from the Hugging Face directory's config.json.
             from mltrain.model.hf import load_hf_config
 

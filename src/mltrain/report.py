@@ -22,7 +22,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if not train:
         return {}
     head = train[: max(1, len(train) // 10)]
-    tail = train[-max(1, len(train) // 10):]
+    tail = train[-max(1, len(train) // 10) :]
     out: dict[str, Any] = {
         "steps": train[-1]["step"],
         "first_loss": sum(r["loss"] for r in head) / len(head),
@@ -85,8 +85,10 @@ def write_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     table.add_row("steps", str(summary["steps"]))
     table.add_row("train loss", f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}")
     if "last_val_loss" in summary:
-        table.add_row("val loss", f"{summary['first_val_loss']:.3f} -> {summary['last_val_loss']:.3f} "
-                                  f"(ppl {summary['last_val_ppl']:.1f})")
+        table.add_row(
+            "val loss",
+            f"{summary['first_val_loss']:.3f} -> {summary['last_val_loss']:.3f} (ppl {summary['last_val_ppl']:.1f})",
+        )
     table.add_row("tokens/s (median)", f"{summary['tokens_per_s']:,.0f}")
     table.add_row("MFU (median)", f"{100 * summary['mfu']:.1f}%" if summary["mfu"] is not None else "n/a (CPU)")
     table.add_row("restarts", str(summary["restarts"]))

@@ -7,9 +7,9 @@ import os
 import subprocess
 
 import pytest
+from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 from mltrain.train.checkpoint import find_checkpoints
-from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,11 @@ def test_disk_full_keeps_previous_checkpoint_and_resume_uses_it(tmp_path, small_
     # Free the space a restart needs, then resume: it must pick the newest committed checkpoint.
     for _, p in good[:-1]:
         subprocess.run(["rm", "-rf", str(p)], check=True)
-    r2 = subprocess.run(mltrain_cmd("train", str(path), "--set", "train.max_steps=14"), env=env,
-                        capture_output=True, text=True, timeout=180)
+    r2 = subprocess.run(
+        mltrain_cmd("train", str(path), "--set", "train.max_steps=14"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert f"(step {newest})" in r2.stdout, r2.stdout[-3000:] + r2.stderr[-3000:]

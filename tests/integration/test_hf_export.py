@@ -23,10 +23,20 @@ def make_hf_llama(path: Path, vocab: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
-        max_position_embeddings=1024))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            max_position_embeddings=1024,
+        )
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.05 * torch.randn_like(p))
@@ -146,7 +156,7 @@ def test_init_from_shape_mismatch_is_a_config_error(trained_run, tmp_path, tiny_
     assert "ffn_hidden_size: run 96 vs checkpoint 128" in out and "Traceback" not in out
 
 
-FSDP_WORKER = r'''
+FSDP_WORKER = r"""
 import sys
 import torch
 import torch.distributed as dist
@@ -219,7 +229,7 @@ def worker(rank, path, init, scratch):
 if __name__ == "__main__":
     mp.spawn(worker, args=(sys.argv[1], sys.argv[2], sys.argv[3]), nprocs=2)
     print("FSDP-LOAD-OK")
-'''
+"""
 
 
 def test_load_hf_weights_into_two_rank_fsdp(trained_run, tmp_path):
@@ -230,7 +240,11 @@ def test_load_hf_weights_into_two_rank_fsdp(trained_run, tmp_path):
     script = tmp_path / "fsdp_load.py"
     script.write_text(FSDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(script), str(hf_dir), f"file://{tmp_path / 'pg'}",
-                        str(tmp_path / "uneven.safetensors")], env=env,
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, str(script), str(hf_dir), f"file://{tmp_path / 'pg'}", str(tmp_path / "uneven.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0 and "FSDP-LOAD-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

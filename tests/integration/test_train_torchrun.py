@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 from mltrain.train.metrics import read_metrics
-from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,13 @@ pytestmark = pytest.mark.slow
 def run_train(cfg_path: Path, nproc: int, env_extra: dict | None = None, timeout: int = 240):
     env = {k: v for k, v in os.environ.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT")}
     env.update(env_extra or {})
-    return subprocess.run(mltrain_cmd("train", str(cfg_path), "--nproc", str(nproc)), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        mltrain_cmd("train", str(cfg_path), "--nproc", str(nproc)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -22,7 +22,13 @@ def test_shipped_configs_load():
     qwen = load_run_config(ROOT / "configs/qwen2.5-0.5b.yaml")
     m = qwen.model
     assert (m.hidden_size, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden_size, m.vocab_size) == (
-        896, 24, 14, 2, 4864, 151936)
+        896,
+        24,
+        14,
+        2,
+        4864,
+        151936,
+    )
     assert m.tie_embeddings and m.qkv_bias and m.rope_theta == 1e6
 
 

@@ -11,8 +11,15 @@ from mltrain.errors import ConfigError
 @pytest.fixture
 def hf_dir(tmp_path, tiny_data_dir):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = transformers.Qwen2Config(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     d = tmp_path / "hf"
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(d)
     shutil.copy(tiny_data_dir / "tokenizer.json", d / "tokenizer.json")

@@ -15,10 +15,18 @@ from mltrain.model import hf as mhf
 
 transformers = pytest.importorskip("transformers")
 
-SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=96, vocab_size=256, max_position_embeddings=128)
-LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                      original_max_position_embeddings=32)
+SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    vocab_size=256,
+    max_position_embeddings=128,
+)
+LLAMA3_SCALING = dict(
+    rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=32
+)
 CASES = {
     "llama-untied": ("llama", dict(tie_word_embeddings=False, rope_theta=10000.0)),
     "llama3-scaled-tied": ("llama", dict(tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=LLAMA3_SCALING)),
@@ -81,7 +89,13 @@ def assert_state_equal(a: dict, b: dict) -> None:
 def test_config_mapping(hf_dirs):
     cfg = mhf.load_hf_config(hf_dirs["llama3-scaled-tied"])
     assert (cfg.hidden_size, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden_size, cfg.vocab_size) == (
-        64, 2, 4, 2, 96, 256)
+        64,
+        2,
+        4,
+        2,
+        96,
+        256,
+    )
     assert cfg.tie_embeddings and not cfg.qkv_bias and cfg.rope_theta == 500000.0
     assert cfg.rope_scaling is not None and cfg.rope_scaling.factor == 8.0
     assert cfg.rope_scaling.original_max_position_embeddings == 32
@@ -93,24 +107,53 @@ def test_config_mapping(hf_dirs):
 
 def test_legacy_config_keys():
     """transformers 4.x style: rope_theta + rope_scaling at top level, no rope_parameters."""
-    data = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 256,
-            "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
+    data = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 96,
+        "vocab_size": 256,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    }
     cfg = mhf.hf_config_to_model_config(data)
     assert cfg.rope_theta == 500000.0 and cfg.rope_scaling.factor == 32.0 and cfg.norm_eps == 1e-5
 
 
 def test_preset_matches_qwen_published_config():
     """The qwen2.5-0.5b preset equals the published Qwen2.5-0.5B config.json (copied here, no hub)."""
-    published = {"architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 896,
-                 "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24,
-                 "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
-                 "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-                 "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-                 "use_sliding_window": False, "vocab_size": 151936, "bos_token_id": 151643,
-                 "eos_token_id": 151643}
+    published = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 24,
+        "model_type": "qwen2",
+        "num_attention_heads": 14,
+        "num_hidden_layers": 24,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_sliding_window": False,
+        "vocab_size": 151936,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+    }
     hf = mhf.hf_config_to_model_config(published)
     mhf.check_matches_hf(ModelConfig(preset="qwen2.5-0.5b"), hf)
     with pytest.raises(ConfigError, match="tie_embeddings") as e:
@@ -119,15 +162,34 @@ def test_preset_matches_qwen_published_config():
 
 
 def test_preset_matches_llama32_published_config():
-    published = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "head_dim": 64,
-                 "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 8192,
-                 "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
-                 "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
-                 "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-                 "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                 "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256,
-                 "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+    published = {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 16,
+        "num_key_value_heads": 8,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "vocab_size": 128256,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
+    }
     mhf.check_matches_hf(ModelConfig(preset="llama3.2-1b"), mhf.hf_config_to_model_config(published))
 
 
@@ -238,14 +300,16 @@ def test_bf16_export_holds_rounded_weights(hf_dirs, tmp_path):
     t = load_file(out / "model.safetensors")
     assert "lm_head.weight" not in t  # tied: HF re-ties it on load
     assert t["model.layers.0.self_attn.q_proj.bias"].dtype == torch.bfloat16
-    assert torch.equal(t["model.layers.0.self_attn.q_proj.bias"],
-                       model.layers[0].attention.wq.bias.detach().to(torch.bfloat16))
+    assert torch.equal(
+        t["model.layers.0.self_attn.q_proj.bias"], model.layers[0].attention.wq.bias.detach().to(torch.bfloat16)
+    )
 
 
 def test_sharded_export_loads_in_transformers_and_back(hf_dirs, tmp_path):
     model, cfg = mhf.build_model_from_hf(hf_dirs["llama-untied"])
-    out = mhf.export_state_dict(model.state_dict(), cfg, tmp_path / "sharded", dtype="fp32",
-                                max_shard_gb=60_000 / 1024**3)
+    out = mhf.export_state_dict(
+        model.state_dict(), cfg, tmp_path / "sharded", dtype="fp32", max_shard_gb=60_000 / 1024**3
+    )
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((out / mhf.INDEX_FILE).read_text())
@@ -268,8 +332,7 @@ def test_export_with_tokenizer_loads_with_autotokenizer(hf_dirs, tmp_path, capsy
     tok_dir.mkdir()
     tok.save(str(tok_dir / "tokenizer.json"))
     model, cfg = mhf.build_model_from_hf(hf_dirs["llama-untied"])
-    out = mhf.export_state_dict(model.state_dict(), cfg, tmp_path / "tok", tokenizer_dir=tok_dir,
-                                bos_id=1, eos_id=2)
+    out = mhf.export_state_dict(model.state_dict(), cfg, tmp_path / "tok", tokenizer_dir=tok_dir, bos_id=1, eos_id=2)
     hf_tok = AutoTokenizer.from_pretrained(out)
     assert hf_tok("hello world", add_special_tokens=False)["input_ids"] == [3, 4]
     assert hf_tok.eos_token == "<eos>" and hf_tok.eos_token_id == 2
@@ -343,8 +406,14 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_features_are_named():
-    base = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 96, "vocab_size": 256}
+    base = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "vocab_size": 256,
+    }
     with pytest.raises(ConfigError, match="yarn"):
         mhf.hf_config_to_model_config({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(ConfigError, match="attention_bias"):

@@ -4,11 +4,11 @@ written by an incompatible config."""
 from pathlib import Path
 
 import pytest
+from tests.helpers import tiny_run_config
 
 from mltrain.config import RunConfig
 from mltrain.errors import DataError, RunDirError
 from mltrain.train.trainer import check_run_dir, precheck, write_config
-from tests.helpers import tiny_run_config
 
 
 def cfg_for(tmp_path: Path, data_dir: Path, **model) -> RunConfig:

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tests.helpers import tiny_run_config
 
 from mltrain.config import RunConfig
 from mltrain.train.distributed import DistInfo
 from mltrain.train.trainer import Trainer
-from tests.helpers import tiny_run_config
 
 
 @pytest.mark.parametrize("parallel", ["none", "ddp", "fsdp"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +23,7 @@ from rich.markup import escape
 from mltrain.cluster.catalog import get_instance, load_catalog
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.errors import ClusterError
+from mltrain.fsutil import atomic_write
 
 PYXIS_SCRIPT = Path(__file__).with_name("scripts") / "enable-pyxis.sh"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -231,21 +231,6 @@ def dump_config(config: dict[str, Any], source: str | None = None) -> str:
     return head + yaml.dump(config, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
 
 
-def _write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def render_command(cluster_yaml: Path, out: Path | None, console: Console | None = None) -> str:
     """`mltrain cluster render`: render, validate (refuse to write an invalid config), write atomically.
     With -o, enable-pyxis.sh is written next to the config for upload to aws.pyxis_script_url."""
@@ -262,11 +247,11 @@ def render_command(cluster_yaml: Path, out: Path | None, console: Console | None
     if out is None:
         console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
     else:
-        _write_atomic(out, text)
+        atomic_write(out, text)
         uses_pyxis = "CustomActions" in config["HeadNode"]
         if uses_pyxis:
             script = out.parent / PYXIS_SCRIPT.name
-            _write_atomic(script, PYXIS_SCRIPT.read_text(), 0o755)
+            atomic_write(script, PYXIS_SCRIPT.read_text(), mode=0o755)
         console.print(
             f"wrote {out}"
             + (

@@ -7,13 +7,13 @@ the loader trust nothing that the manifest does not list.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mltrain.errors import DataError
+from mltrain.fsutil import atomic_write
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -114,14 +114,8 @@ def load_manifest(data_dir: str | Path) -> Manifest:
 def save_manifest(data_dir: str | Path, manifest: Manifest) -> Path:
     """Temp file + fsync + os.replace: readers see the old manifest or the new one, never half."""
     path = Path(data_dir) / MANIFEST_FILE
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(manifest.model_dump_json(indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, manifest.model_dump_json(indent=2) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write manifest: {e.strerror or e}") from None
     return path

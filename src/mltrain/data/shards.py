@@ -10,7 +10,6 @@ manifest.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mltrain.errors import DataError
+from mltrain.fsutil import atomic_write
 
 MAGIC = b"MLTSHRD\0"
 FORMAT_VERSION = 1
@@ -105,17 +105,9 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype) -> str:
     payload = arr.tobytes()
     digest = hashlib.sha256(header)
     digest.update(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, [header, payload])
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write shard: {e.strerror or e}") from None
     return digest.hexdigest()
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from mltrain.data.shards import file_sha256
 from mltrain.errors import DataError
+from mltrain.fsutil import atomic_write
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -75,12 +76,9 @@ def find_eos(tok: Tokenizer, where: str) -> tuple[str, int]:
 
 
 def _save_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
 
 

@@ -21,8 +21,17 @@ from mltrain.errors import MltrainError
 
 def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[str]:
     """The exact torchrun invocation for a single-node multi-process run."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "mltrain", "train", str(run_yaml)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "mltrain",
+        "train",
+        str(run_yaml),
+    ]
     for o in overrides:
         cmd += ["--set", o]
     return cmd

@@ -25,6 +25,7 @@ from rich.console import Console
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.config import RunConfig, dump_yaml, load_run_config
 from mltrain.errors import ConfigError, LaunchError, RunDirError
+from mltrain.fsutil import atomic_write
 from mltrain.launch import nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, resolve_run
 
@@ -201,14 +202,6 @@ def prepare_submission(
     )
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -338,8 +331,8 @@ def submit_run(
                 f"run {sub.cfg.name} already has job {prev} ({info['state']}); `mltrain cancel {sub.run_dir}` first"
             )
     try:
-        _atomic_write(sub.config_path, dump_yaml(sub.cfg))
-        _atomic_write(sub.script_path, sub.script, 0o755)
+        atomic_write(sub.config_path, dump_yaml(sub.cfg))
+        atomic_write(sub.script_path, sub.script, mode=0o755)
         (sub.run_dir / CANCELLED_FILE).unlink(missing_ok=True)
     except OSError as e:
         raise LaunchError(f"{sub.run_dir}: cannot write the job files: {e.strerror or e}") from None
@@ -442,7 +435,7 @@ def cancel_run(run: str, console: Console | None = None) -> None:
     if job_id is None:
         raise LaunchError(f"{run_dir}: no Slurm job recorded in {SLURM_DIR}/{JOBS_FILE}")
     (run_dir / CONTROL_DIR).mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / CANCELLED_FILE, f"{job_id}\n")
+    atomic_write(run_dir / CANCELLED_FILE, f"{job_id}\n")
     p = _run(["scancel", job_id])
     if p is None:
         raise LaunchError("scancel not found (or timed out)")

@@ -35,9 +35,12 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
 }
 _DTYPE_NAME = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
@@ -57,8 +60,11 @@ _LAYER_MAP = {
     "post_attention_layernorm.weight": "ffn_norm.weight",
 }
 _LAYER_MAP_INV = {v: k for k, v in _LAYER_MAP.items()}
-_TOP_MAP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-            "lm_head.weight": "output.weight"}
+_TOP_MAP = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
 _TOP_MAP_INV = {v: k for k, v in _TOP_MAP.items()}
 _HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _OUR_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
@@ -114,8 +120,10 @@ def hf_config_to_model_config(data: Mapping[str, Any], source: str = CONFIG_FILE
     archs = data.get("architectures") or []
     supported = ", ".join(f"{a} (model_type {t})" for t, a in SUPPORTED.items())
     if model_type not in SUPPORTED:
-        raise ConfigError(f"{source}: model_type {model_type!r} ({', '.join(archs) or 'no architectures'}) "
-                          f"is not supported; supported: {supported}")
+        raise ConfigError(
+            f"{source}: model_type {model_type!r} ({', '.join(archs) or 'no architectures'}) "
+            f"is not supported; supported: {supported}"
+        )
     bad_archs = [a for a in archs if a not in SUPPORTED.values()]
     if bad_archs:
         raise ConfigError(f"{source}: architectures {bad_archs} not supported; supported: {supported}")
@@ -149,8 +157,12 @@ def hf_config_to_model_config(data: Mapping[str, Any], source: str = CONFIG_FILE
     rope_scaling = None
     if rope_type == "llama3":
         try:
-            rope_scaling = RopeScaling(**{k: scaling_src[k] for k in (
-                "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")})
+            rope_scaling = RopeScaling(
+                **{
+                    k: scaling_src[k]
+                    for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                }
+            )
         except KeyError as e:
             raise ConfigError(f"{source}: rope_scaling: llama3 needs {e.args[0]}") from None
     elif rope_type not in ("default", None):
@@ -186,8 +198,19 @@ def load_hf_config(path: str | Path) -> ModelConfig:
     return cfg.model_copy(update={"init_from": str(path)})
 
 
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_size",
-                 "rope_theta", "rope_scaling", "norm_eps", "qkv_bias", "tie_embeddings")
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "ffn_hidden_size",
+    "rope_theta",
+    "rope_scaling",
+    "norm_eps",
+    "qkv_bias",
+    "tie_embeddings",
+)
 
 
 def check_matches_hf(run_model: ModelConfig, hf_model: ModelConfig, source: str = "model") -> None:
@@ -199,8 +222,10 @@ def check_matches_hf(run_model: ModelConfig, hf_model: ModelConfig, source: str 
     for f in _SHAPE_FIELDS:
         a, b = getattr(run_model, f), getattr(hf_model, f)
         if a != b:
-            diffs.append(f"{f}: run {a if not hasattr(a, 'model_dump') else a.model_dump()} "
-                         f"vs checkpoint {b if not hasattr(b, 'model_dump') else b.model_dump()}")
+            diffs.append(
+                f"{f}: run {a if not hasattr(a, 'model_dump') else a.model_dump()} "
+                f"vs checkpoint {b if not hasattr(b, 'model_dump') else b.model_dump()}"
+            )
     if diffs:
         raise ConfigError(f"{source}: model disagrees with init_from {hf_model.init_from or ''}: {'; '.join(diffs)}")
 
@@ -284,8 +309,11 @@ def _load_plan(
                     mis_shaped.append(f"{hf_name}: checkpoint {list(shape)} vs model {list(expected[ours])}")
                 plan.append((ours, hf_name, f))
     missing = sorted(set(expected) - {p[0] for p in plan})
-    problems = ([f"missing {ours_to_hf(k)}" for k in missing] + [f"unexpected {k}" for k in sorted(unexpected)]
-                + sorted(mis_shaped))
+    problems = (
+        [f"missing {ours_to_hf(k)}" for k in missing]
+        + [f"unexpected {k}" for k in sorted(unexpected)]
+        + sorted(mis_shaped)
+    )
     if problems:
         raise CheckpointError(f"{path}: checkpoint does not fit the model: {_shown(problems)}")
     return _group_by_file(plan)
@@ -421,8 +449,9 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype, bos_id: int | None = None,
-                   eos_id: int | None = None) -> dict[str, Any]:
+def hf_config_dict(
+    cfg: ModelConfig, dtype: torch.dtype, bos_id: int | None = None, eos_id: int | None = None
+) -> dict[str, Any]:
     """config.json for the family: Qwen2ForCausalLM when cfg.qkv_bias, else LlamaForCausalLM.
 
     Uses the classic keys (rope_theta + rope_scaling, torch_dtype) that transformers 4.x reads and
@@ -443,8 +472,9 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype, bos_id: int | None = No
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": ({"rope_type": "llama3", **cfg.rope_scaling.model_dump(exclude={"rope_type"})}
-                         if cfg.rope_scaling else None),
+        "rope_scaling": (
+            {"rope_type": "llama3", **cfg.rope_scaling.model_dump(exclude={"rope_type"})} if cfg.rope_scaling else None
+        ),
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
         "attention_dropout": 0.0,
@@ -475,8 +505,11 @@ def _tokenizer_config(tok_path: Path, cfg: ModelConfig, bos_id: int | None, eos_
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tok_path))
-    d: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
-                         "clean_up_tokenization_spaces": False}
+    d: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+    }
     if bos_id is not None and tok.id_to_token(bos_id) is not None:
         d["bos_token"] = tok.id_to_token(bos_id)
     if eos_id is not None and tok.id_to_token(eos_id) is not None:
@@ -484,7 +517,11 @@ def _tokenizer_config(tok_path: Path, cfg: ModelConfig, bos_id: int | None, eos_
     return d
 
 
-_TOKENIZER_PROBES = ("Hello world! 12345 + 678", "def f(x):\n    return x  # \u00fcn\u00efc\u00f6d\u00e9", "  a  b\t\tc")
+_TOKENIZER_PROBES = (
+    "Hello world! 12345 + 678",
+    "def f(x):\n    return x  # \u00fcn\u00efc\u00f6d\u00e9",
+    "  a  b\t\tc",
+)
 
 
 def _autotokenizer_problem(model_dir: Path, tok_path: Path) -> str | None:
@@ -504,8 +541,10 @@ def _autotokenizer_problem(model_dir: Path, tok_path: Path) -> str | None:
         theirs = AutoTokenizer.from_pretrained(str(model_dir))
         for text in _TOKENIZER_PROBES:
             if theirs(text, add_special_tokens=False)["input_ids"] != ours.encode(text, add_special_tokens=False).ids:
-                return (f"AutoTokenizer ({type(theirs).__name__}) tokenizes differently from tokenizer.json; "
-                        "load it with PreTrainedTokenizerFast(tokenizer_file=OUT/tokenizer.json) instead")
+                return (
+                    f"AutoTokenizer ({type(theirs).__name__}) tokenizes differently from tokenizer.json; "
+                    "load it with PreTrainedTokenizerFast(tokenizer_file=OUT/tokenizer.json) instead"
+                )
     except Exception as e:  # a reference check only: never fail an export because of it
         return f"could not check the tokenizer with transformers.AutoTokenizer: {e}"
     return None
@@ -527,11 +566,14 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         looks_hf = (out / CONFIG_FILE).exists()
         if not overwrite:
-            raise CheckpointError(f"{out}: already exists and is not empty; choose a new --hf directory"
-                                  + (" or remove the old export first" if looks_hf else ""))
+            raise CheckpointError(
+                f"{out}: already exists and is not empty; choose a new --hf directory"
+                + (" or remove the old export first" if looks_hf else "")
+            )
         if not looks_hf:
-            raise CheckpointError(f"{out}: exists and is not a Hugging Face model dir (no config.json); "
-                                  "refusing to replace it")
+            raise CheckpointError(
+                f"{out}: exists and is not a Hugging Face model dir (no config.json); refusing to replace it"
+            )
 
 
 def export_state_dict(
@@ -561,8 +603,11 @@ def export_state_dict(
     expected = _expected_shapes(cfg)
     problems = [f"missing {k}" for k in sorted(set(expected) - set(state))]
     problems += [f"unexpected {k}" for k in sorted(set(state) - set(expected))]
-    problems += [f"{k}: state {list(state[k].shape)} vs config {list(expected[k])}"
-                 for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != expected[k]]
+    problems += [
+        f"{k}: state {list(state[k].shape)} vs config {list(expected[k])}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != expected[k]
+    ]
     if problems:
         raise CheckpointError(f"model state does not fit the model config: {_shown(problems)}")
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -589,8 +634,11 @@ def export_state_dict(
         shutil.rmtree(tmp)  # leftover of an interrupted export: never a finished one
     tmp.mkdir(parents=True)
     try:
-        files = [SINGLE_FILE] if len(shards) == 1 else [
-            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        files = (
+            [SINGLE_FILE]
+            if len(shards) == 1
+            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        )
         weight_map = {}
         shard_iter: Any = zip(files, shards, strict=True)
         if show_progress:
@@ -602,8 +650,10 @@ def export_state_dict(
             for k in keys:
                 t = state[k]
                 if hasattr(t, "full_tensor"):  # a sharded DTensor: every rank would write the same files
-                    raise CheckpointError(f"{k} is a sharded DTensor; export a full state dict on one rank "
-                                          "(get_model_state_dict(..., full_state_dict=True, cpu_offload=True))")
+                    raise CheckpointError(
+                        f"{k} is a sharded DTensor; export a full state dict on one rank "
+                        "(get_model_state_dict(..., full_state_dict=True, cpu_offload=True))"
+                    )
                 tensors[ours_to_hf(k)] = t.detach().to(device="cpu", dtype=tdtype).contiguous()
                 weight_map[ours_to_hf(k)] = fname
             save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
@@ -619,8 +669,9 @@ def export_state_dict(
                 if (tok_dir / f).exists():
                     shutil.copyfile(tok_dir / f, tmp / f)
             if not (tok_dir / "tokenizer_config.json").exists():
-                _write_json(tmp / "tokenizer_config.json",
-                            _tokenizer_config(tok_dir / "tokenizer.json", cfg, bos_id, eos_id))
+                _write_json(
+                    tmp / "tokenizer_config.json", _tokenizer_config(tok_dir / "tokenizer.json", cfg, bos_id, eos_id)
+                )
             problem = _autotokenizer_problem(tmp, tok_dir / "tokenizer.json")
             if problem:
                 from rich.console import Console
@@ -652,8 +703,14 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: str = "bf16",
-               overwrite: bool = False, max_shard_gb: float = 5.0) -> Path:
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    step: int | None = None,
+    dtype: str = "bf16",
+    overwrite: bool = False,
+    max_shard_gb: float = 5.0,
+) -> Path:
     """Export a run's checkpoint (newest, or `step`) with its data dir's tokenizer as an HF model dir."""
     from mltrain.config import load_run_config
     from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict
@@ -670,8 +727,10 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: str
     else:
         found = dict(ckpts)
         if step not in found:
-            raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint for step {step}; "
-                                  f"have {', '.join(str(s) for s in found)}")
+            raise CheckpointError(
+                f"{run_dir}/checkpoints: no committed checkpoint for step {step}; "
+                f"have {', '.join(str(s) for s in found)}"
+            )
         ckpt = found[step]
 
     model_cfg = cfg.model
@@ -683,12 +742,24 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: str
     if tok_dir is None:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[yellow]warning:[/] no tokenizer.json in {cfg.data.dir} (data.dir) or "
-                                   "model.init_from; exporting the weights without tokenizer files")
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] no tokenizer.json in {cfg.data.dir} (data.dir) or "
+            "model.init_from; exporting the weights without tokenizer files"
+        )
     model = Transformer(cfg.model)
     load_model_state_dict(ckpt, model)
-    return export_state_dict(model.state_dict(), model_cfg, out_dir, tdtype, tok_dir, max_shard_gb,
-                             bos_id=bos_id, eos_id=eos_id, overwrite=overwrite, show_progress=True)
+    return export_state_dict(
+        model.state_dict(),
+        model_cfg,
+        out_dir,
+        tdtype,
+        tok_dir,
+        max_shard_gb,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        overwrite=overwrite,
+        show_progress=True,
+    )
 
 
 def _run_tokenizer(data_dir: str | Path, model_cfg: ModelConfig) -> tuple[Path | None, int | None, int | None]:
@@ -710,17 +781,23 @@ def _run_tokenizer(data_dir: str | Path, model_cfg: ModelConfig) -> tuple[Path |
 
             man = load_manifest(data_dir)
             if man.vocab_size != vocab:
-                raise DataError(f"{tok_path}: tokenizer has {vocab} tokens but {data_dir}/manifest.json says "
-                                f"{man.vocab_size}; the data dir's tokenizer changed after prepare")
+                raise DataError(
+                    f"{tok_path}: tokenizer has {vocab} tokens but {data_dir}/manifest.json says "
+                    f"{man.vocab_size}; the data dir's tokenizer changed after prepare"
+                )
             import hashlib
 
             if hashlib.sha256(tok_path.read_bytes()).hexdigest() != man.tokenizer.sha256:
-                raise DataError(f"{tok_path}: sha256 differs from {data_dir}/manifest.json; the tokenizer was "
-                                "replaced after the data was prepared (re-run `mltrain data prepare`)")
+                raise DataError(
+                    f"{tok_path}: sha256 differs from {data_dir}/manifest.json; the tokenizer was "
+                    "replaced after the data was prepared (re-run `mltrain data prepare`)"
+                )
             eos_id = man.eos_id
         if vocab > model_cfg.vocab_size:
-            raise DataError(f"{tok_path}: tokenizer has {vocab} tokens, more than model.vocab_size "
-                            f"{model_cfg.vocab_size}; the exported model could not embed them")
+            raise DataError(
+                f"{tok_path}: tokenizer has {vocab} tokens, more than model.vocab_size "
+                f"{model_cfg.vocab_size}; the exported model could not embed them"
+            )
         bos_id = _hf_bos(model_cfg)
         if model_cfg.init_from:
             hf_tok = Path(model_cfg.init_from) / "tokenizer.json"

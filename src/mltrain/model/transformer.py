@@ -55,9 +55,7 @@ def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) ->
     Written to match `transformers.modeling_rope_utils` bit for bit (same op order, fp32).
     """
     dim = cfg.head_dim
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim)
-    )
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
     if cfg.rope_scaling is not None:
         inv_freq = _llama3_scale(inv_freq, cfg.rope_scaling)
     return inv_freq
@@ -207,8 +205,13 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention_norm.reset_parameters()
             layer.ffn_norm.reset_parameters()
-            for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv,
-                        layer.feed_forward.w1, layer.feed_forward.w3):
+            for lin in (
+                layer.attention.wq,
+                layer.attention.wk,
+                layer.attention.wv,
+                layer.feed_forward.w1,
+                layer.feed_forward.w3,
+            ):
                 nn.init.normal_(lin.weight, mean=0.0, std=std)
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)

@@ -221,7 +221,9 @@ class CheckpointManager:
         return int(t.item()) == 0
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, app_state: dict[str, Any], trainer_state: dict[str, Any], rank_state: dict[str, Any]) -> bool:
+    def save(
+        self, step: int, app_state: dict[str, Any], trainer_state: dict[str, Any], rank_state: dict[str, Any]
+    ) -> bool:
         """Write step `step`. Returns False (with a warning) when the save failed; nothing is lost."""
         import torch.distributed.checkpoint as dcp
 
@@ -306,8 +308,10 @@ class CheckpointManager:
             except OSError as e:
                 ok = False
                 shutil.rmtree(tmp, ignore_errors=True)
-                self.warn(f"checkpoint {final.name} could not be committed ({_describe_failure(e, self.root)}); "
-                          "the previous checkpoint is kept")
+                self.warn(
+                    f"checkpoint {final.name} could not be committed ({_describe_failure(e, self.root)}); "
+                    "the previous checkpoint is kept"
+                )
         ok = self._all_ok(ok)
         return ok
 
@@ -331,7 +335,9 @@ class CheckpointManager:
             return None
         return int(choice[0][0]), Path(choice[0][1])
 
-    def load(self, ckpt: Path, app_state: dict[str, Any], expected_model_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    def load(
+        self, ckpt: Path, app_state: dict[str, Any], expected_model_shapes: dict[str, tuple[int, ...]]
+    ) -> dict[str, Any]:
         """Load `app_state` in place from `ckpt`; returns (trainer_state, this rank's rank_state or {})."""
         import torch.distributed.checkpoint as dcp
 

@@ -41,8 +41,9 @@ def init_distributed(requested_device: str, timeout_s: float = 600.0) -> DistInf
     device = pick_device(requested_device, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

@@ -20,18 +20,15 @@ import time
 from pathlib import Path
 
 from mltrain import exit_codes, rundir
+from mltrain.fsutil import atomic_write
 
 
 def write_exit_reason(run_dir: Path, reason: str) -> None:
     """Record why the trainer stopped (one word) for the launcher's requeue decision."""
-    path = run_dir / rundir.EXIT_REASON_FILE
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(reason + "\n")
-        os.replace(tmp, path)
+        atomic_write(run_dir / rundir.EXIT_REASON_FILE, reason + "\n")
     except OSError:
-        pass
+        pass  # best effort: the launcher treats a missing reason as a failure
 
 
 class StopRequest:
@@ -85,8 +82,10 @@ class Watchdog:
         hang_dir.mkdir(parents=True, exist_ok=True)
         path = hang_dir / f"rank{self.rank}-{int(time.time())}.txt"
         with open(path, "w") as f:
-            f.write(f"mltrain watchdog: rank {self.rank} finished no step for {idle:.0f}s "
-                    f"(hang_timeout_s={self.timeout_s}); stacks of all threads:\n\n")
+            f.write(
+                f"mltrain watchdog: rank {self.rank} finished no step for {idle:.0f}s "
+                f"(hang_timeout_s={self.timeout_s}); stacks of all threads:\n\n"
+            )
             f.flush()
             faulthandler.dump_traceback(file=f, all_threads=True)
         write_exit_reason(self.run_dir, exit_codes.REASON_HANG)

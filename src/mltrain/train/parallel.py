@@ -35,8 +35,9 @@ def apply_fsdp(model: nn.Module, param_dtype: torch.dtype, reduce_dtype: torch.d
     fully_shard(model, mp_policy=mp)
 
 
-def parallelize(model: nn.Module, mode: str, info: DistInfo, bf16: bool, compile_blocks: bool,
-                activation_checkpointing: bool) -> nn.Module:
+def parallelize(
+    model: nn.Module, mode: str, info: DistInfo, bf16: bool, compile_blocks: bool, activation_checkpointing: bool
+) -> nn.Module:
     """Return the module to train (DDP wraps; FSDP and compile act in place)."""
     if activation_checkpointing:
         apply_activation_checkpointing(model)

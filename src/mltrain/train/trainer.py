@@ -22,6 +22,7 @@ import torch
 from mltrain import exit_codes, rundir
 from mltrain.config import RunConfig, dump_yaml
 from mltrain.errors import CheckpointError, ConfigError, DataError, MltrainError, RunDirError
+from mltrain.fsutil import atomic_write
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
@@ -84,11 +85,7 @@ def check_run_dir(cfg: RunConfig) -> None:
 
 
 def write_config(cfg: RunConfig) -> None:
-    path = cfg.run_dir / rundir.CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_yaml(cfg))
-    os.replace(tmp, path)
+    atomic_write(cfg.run_dir / rundir.CONFIG_FILE, dump_yaml(cfg))
 
 
 def precheck(cfg: RunConfig) -> Any:
@@ -161,8 +158,12 @@ class Trainer:
         self.bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and info.device.type == "cuda")
         self.fsdp_active = tc.parallel == "fsdp" and info.world_size > 1
         self.ckpt = CheckpointManager(
-            self.run_dir, cfg.checkpoint.keep_last, info.rank, info.world_size,
-            async_save=cfg.checkpoint.async_save, warn=lambda m: _log(info, "WARNING: " + m),
+            self.run_dir,
+            cfg.checkpoint.keep_last,
+            info.rank,
+            info.world_size,
+            async_save=cfg.checkpoint.async_save,
+            warn=lambda m: _log(info, "WARNING: " + m),
             info=lambda m: _log(info, m),
         )
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
@@ -178,8 +179,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.module, tc, info.device)
         from mltrain.data.loader import TokenLoader
 
-        self.loader = TokenLoader(Path(cfg.data.dir), "train", tc.seq_len, tc.micro_batch_size,
-                                  info.rank, info.world_size, cfg.seed)
+        self.loader = TokenLoader(
+            Path(cfg.data.dir), "train", tc.seq_len, tc.micro_batch_size, info.rank, info.world_size, cfg.seed
+        )
         self.step = 0
         if resume is not None:
             self._resume(*resume)
@@ -201,16 +203,19 @@ class Trainer:
 
         state = self._app_state()
         trainer_state = self.ckpt.load(path, state, self.shapes)
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.loader.load_state_dict(trainer_state["loader"])
         _set_rng_state(trainer_state.get("_rank_state", {}).get("rng", {}))
         self.step = int(trainer_state["step"])
         _log(self.info, f"resumed from {path} (step {self.step})")
 
     def save(self) -> bool:
-        trainer_state = {"step": self.step, "loader": self.loader.state_dict(), "world_size": self.info.world_size,
-                         "config_name": self.cfg.name}
+        trainer_state = {
+            "step": self.step,
+            "loader": self.loader.state_dict(),
+            "world_size": self.info.world_size,
+            "config_name": self.cfg.name,
+        }
         return self.ckpt.save(self.step, self._app_state(), trainer_state, {"rng": _rng_state()})
 
     # ------------------------------------------------------------------ steps
@@ -255,8 +260,15 @@ class Trainer:
 
         tc = self.cfg.train
         try:
-            val = TokenLoader(Path(self.cfg.data.dir), "val", tc.seq_len, tc.micro_batch_size,
-                              self.info.rank, self.info.world_size, self.cfg.seed)
+            val = TokenLoader(
+                Path(self.cfg.data.dir),
+                "val",
+                tc.seq_len,
+                tc.micro_batch_size,
+                self.info.rank,
+                self.info.world_size,
+                self.cfg.seed,
+            )
         except DataError as e:
             _log(self.info, f"no evaluation: {e}")
             return None
@@ -265,8 +277,9 @@ class Trainer:
         for _ in range(tc.eval_batches):
             x, y = val.next_batch()
             with self._autocast():
-                total += self.module(x.to(self.info.device), y.to(self.info.device),
-                                     loss_chunk_tokens=tc.loss_chunk_tokens).float()
+                total += self.module(
+                    x.to(self.info.device), y.to(self.info.device), loss_chunk_tokens=tc.loss_chunk_tokens
+                ).float()
         self.module.train()
         return float(all_reduce_mean(total / tc.eval_batches).item())
 
@@ -275,8 +288,9 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
 
 
-def train_loop(trainer: Trainer, writer: M.MetricsWriter | None, stop: StopRequest, watchdog: Watchdog,
-               fault: FaultInjector) -> str:
+def train_loop(
+    trainer: Trainer, writer: M.MetricsWriter | None, stop: StopRequest, watchdog: Watchdog, fault: FaultInjector
+) -> str:
     """Step until done or asked to stop; returns the exit reason word."""
     cfg, info = trainer.cfg, trainer.info
     tc = cfg.train
@@ -300,14 +314,25 @@ def train_loop(trainer: Trainer, writer: M.MetricsWriter | None, stop: StopReque
             dt = (time.perf_counter() - t_window) / window_steps
             tps = trainer.tokens_per_step / dt
             mfu = M.mfu(tps, trainer.flops_per_token, trainer.peak, trainer.n_devices)
-            rec = {"kind": "train", "step": step, "loss": mean_loss, "lr": lr_at(step, tc),
-                   "grad_norm": float(gnorm), "tokens_per_s": tps, "mfu": mfu, "step_time_s": dt,
-                   "mem_gib": _memory_gib(info.device)}
+            rec = {
+                "kind": "train",
+                "step": step,
+                "loss": mean_loss,
+                "lr": lr_at(step, tc),
+                "grad_norm": float(gnorm),
+                "tokens_per_s": tps,
+                "mfu": mfu,
+                "step_time_s": dt,
+                "mem_gib": _memory_gib(info.device),
+            }
             if writer:
                 writer.write(rec)
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
-            _log(info, f"step {step}/{tc.max_steps} | loss {mean_loss:.4f} | lr {rec['lr']:.2e} | "
-                       f"gnorm {rec['grad_norm']:.2f} | {_fmt_rate(tps)} tok/s | mfu {mfu_s} | {dt:.3f} s/step")
+            _log(
+                info,
+                f"step {step}/{tc.max_steps} | loss {mean_loss:.4f} | lr {rec['lr']:.2e} | "
+                f"gnorm {rec['grad_norm']:.2f} | {_fmt_rate(tps)} tok/s | mfu {mfu_s} | {dt:.3f} s/step",
+            )
             if not math.isfinite(mean_loss):
                 raise MltrainError(f"loss is {mean_loss} at step {step}; lower train.lr or check the data")
             window_loss.zero_()
@@ -378,13 +403,23 @@ def run_training(cfg: RunConfig) -> int:
             _KEEPALIVE.append(trainer)
         if info.is_main:
             writer = M.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
-            writer.write({"kind": "start", "step": trainer.step, "world_size": info.world_size,
-                          "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                          "job_id": os.environ.get("SLURM_JOB_ID"),
-                          "params": M.matmul_params(cfg.model), "flops_per_token": trainer.flops_per_token})
-        _log(info, f"run {cfg.name}: {info.world_size} x {info.device.type}, parallel={cfg.train.parallel}, "
-                   f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
-                   f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}")
+            writer.write(
+                {
+                    "kind": "start",
+                    "step": trainer.step,
+                    "world_size": info.world_size,
+                    "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                    "job_id": os.environ.get("SLURM_JOB_ID"),
+                    "params": M.matmul_params(cfg.model),
+                    "flops_per_token": trainer.flops_per_token,
+                }
+            )
+        _log(
+            info,
+            f"run {cfg.name}: {info.world_size} x {info.device.type}, parallel={cfg.train.parallel}, "
+            f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
+            f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}",
+        )
         watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
         reason = train_loop(trainer, writer, stop, watchdog, fault)
         if writer:

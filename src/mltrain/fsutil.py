@@ -1,0 +1,46 @@
+"""Atomic file writes: readers (and a crash) see the old file or the new one, never half of one.
+
+Every config, manifest, shard, script and marker mltrain writes goes through here, so "a failed write
+leaves the previous good state intact" is one mechanism, not eight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def atomic_write(
+    path: str | os.PathLike[str], data: str | bytes | Iterable[bytes], *, mode: int | None = None, fsync: bool = True
+) -> Path:
+    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`.
+
+    Raises OSError (callers turn it into their typed error); the temp file never outlives a failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            chunks = [data.encode("utf-8")] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
