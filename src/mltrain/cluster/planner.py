@@ -67,16 +67,16 @@ class ModelShape:
 
 
 def shape_from_config(cfg: ModelConfig) -> ModelShape:
-    """Analytic counts from an architecture (same formula as mltrain.model.param_count)."""
-    d, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
-    attn = 2 * d * d + 2 * d * kv + ((d + 2 * kv) if cfg.qkv_bias else 0)
-    per_layer = attn + 3 * d * cfg.ffn_hidden_size + 2 * d
+    """Analytic counts from an architecture (the trainer's own formulas, mltrain.train.metrics)."""
+    from mltrain.train.metrics import matmul_params, param_count
+
+    d = cfg.hidden_size
     emb = cfg.vocab_size * d
-    body = cfg.n_layers * per_layer + d
-    params = body + emb + (0 if cfg.tie_embeddings else emb)
+    body = param_count(cfg, include_embedding=False) - (0 if cfg.tie_embeddings else emb)  # layers + final norm
+    per_layer = (body - d) // cfg.n_layers
     return ModelShape(
-        params=float(params),
-        matmul_params=float(body + emb),
+        params=float(param_count(cfg)),
+        matmul_params=float(matmul_params(cfg)),
         n_layers=cfg.n_layers,
         hidden_size=d,
         vocab_size=cfg.vocab_size,

@@ -269,30 +269,3 @@ class Transformer(nn.Module):
 
 
 # --------------------------------------------------------------------------- counting
-
-
-def param_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
-    """Analytic parameter count (no model needed: used for planning and MFU).
-
-    include_embedding=False drops the token-embedding table only; an untied output head stays
-    (it is a real matmul per token). With tied embeddings the shared matrix is dropped once.
-    """
-    d, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
-    attn = d * d + 2 * d * kv + d * d + ((d + 2 * kv) if cfg.qkv_bias else 0)
-    ffn = 3 * d * cfg.ffn_hidden_size
-    per_layer = attn + ffn + 2 * d
-    n = cfg.n_layers * per_layer + d  # + final norm
-    if include_embedding:
-        n += cfg.vocab_size * d
-    if not cfg.tie_embeddings:
-        n += cfg.vocab_size * d
-    return n
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 * N (N without the embedding lookup, with the head matmul)
-    + 12 * L * H * Q * T for causal-agnostic attention scores (the PaLM / torchtitan formula)."""
-    n = param_count(cfg, include_embedding=False)
-    if cfg.tie_embeddings:
-        n += cfg.vocab_size * cfg.hidden_size  # the tied head is still a matmul per token
-    return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len

@@ -29,17 +29,27 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 }
 
 
+def param_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
+    """Analytic parameter count (no model needed: planning, MFU, checks against a built model).
+
+    include_embedding=False drops the token-embedding table only; an untied output head stays
+    (it is a real matmul per token). With tied embeddings the shared matrix is dropped once.
+    """
+    d, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
+    attn = 2 * d * d + 2 * d * kv + ((d + 2 * kv) if cfg.qkv_bias else 0)
+    per_layer = attn + 3 * d * cfg.ffn_hidden_size + 2 * d  # attention, SwiGLU, two norms
+    n = cfg.n_layers * per_layer + d  # + final norm
+    if include_embedding:
+        n += cfg.vocab_size * d
+    if not cfg.tie_embeddings:
+        n += cfg.vocab_size * d
+    return n
+
+
 def matmul_params(cfg: ModelConfig) -> int:
     """N of the FLOPs formula: all parameters but the embedding lookup, plus the output head."""
-    d, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
-    kv = cfg.n_kv_heads * cfg.head_dim
-    attn = d * d + 2 * d * kv + d * d
-    if cfg.qkv_bias:
-        attn += d + 2 * kv
-    mlp = 3 * d * f
-    norms = 2 * d
-    per_layer = attn + mlp + norms
-    return cfg.n_layers * per_layer + d + v * d  # + final norm + output head
+    tied_head = cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0
+    return param_count(cfg, include_embedding=False) + tied_head
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
