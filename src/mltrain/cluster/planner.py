@@ -175,14 +175,13 @@ def read_bench_mfu(path: str | Path) -> float:
     except OSError as e:
         raise ClusterError(f"{path}: cannot read bench result: {e.strerror or e}") from None
     if path.suffix == ".jsonl":
-        vals = []
-        for line in text.splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == "train" and isinstance(rec.get("mfu"), int | float):
-                vals.append(float(rec["mfu"]))
+        from mltrain.fsutil import read_jsonl
+
+        vals = [
+            float(r["mfu"])
+            for r in read_jsonl(path)
+            if r.get("kind") == "train" and isinstance(r.get("mfu"), int | float)
+        ]
         vals = vals[len(vals) // 10 :]
         if not vals:
             raise ClusterError(f"{path}: no train lines with an mfu value")

@@ -9,7 +9,6 @@ launch.max_restarts; config_error and done -> never requeued. See docs/slurm.md.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -25,7 +24,7 @@ from rich.console import Console
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.config import RunConfig, dump_yaml, load_run_config
 from mltrain.errors import ConfigError, LaunchError, RunDirError
-from mltrain.fsutil import atomic_write
+from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, resolve_run
 
@@ -202,14 +201,6 @@ def prepare_submission(
     )
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 # --------------------------------------------------------------------------- scheduler queries
 
 
@@ -281,17 +272,7 @@ def find_run(ref: str | os.PathLike[str]) -> Path:
 
 def read_jobs(run_dir: Path) -> list[dict]:
     """Records from `<run>/slurm/jobs.jsonl` (submit and cancel events), oldest first."""
-    out: list[dict] = []
-    try:
-        lines = (run_dir / SLURM_DIR / JOBS_FILE).read_text().splitlines()
-    except FileNotFoundError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line after a crash: skip it
-    return out
+    return read_jsonl(run_dir / SLURM_DIR / JOBS_FILE)
 
 
 def latest_job_id(run_dir: Path) -> str | None:
@@ -347,7 +328,7 @@ def submit_run(
     job_id = p.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise LaunchError(f"sbatch {sub.script_path}: unexpected output {p.stdout.strip()!r}")
-    _append_jsonl(
+    append_jsonl(
         sub.run_dir / SLURM_DIR / JOBS_FILE,
         {
             "event": "submit",
@@ -441,7 +422,7 @@ def cancel_run(run: str, console: Console | None = None) -> None:
         raise LaunchError("scancel not found (or timed out)")
     if p.returncode != 0:
         raise LaunchError(f"scancel {job_id}: {(p.stderr.strip() or f'exit {p.returncode}').splitlines()[-1]}")
-    _append_jsonl(run_dir / SLURM_DIR / JOBS_FILE, {"event": "cancel", "job_id": job_id, "time": _time.time()})
+    append_jsonl(run_dir / SLURM_DIR / JOBS_FILE, {"event": "cancel", "job_id": job_id, "time": _time.time()})
     console.print(f"cancelled job {job_id} (run {run_dir.name}); it will not be requeued", highlight=False)
 
 

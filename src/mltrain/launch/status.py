@@ -7,7 +7,6 @@ have aged out of slurmctld. Scheduler queries never raise: squeue, then scontrol
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mltrain import rundir
+from mltrain.fsutil import read_jsonl
 from mltrain.launch.slurm import ACTIVE_STATES, RUN_CONFIG_NAME, find_run, latest_job_id, log_files, query_job
 
 REASON_WORDS = {
@@ -55,22 +55,6 @@ class RunStatus:
     exit_reason: str | None = None
     explanation: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-    except (FileNotFoundError, OSError):
-        return []
-    out = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed writer
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def _total_steps(run_dir: Path) -> int | None:
@@ -147,7 +131,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     """Collect everything about one run (no printing; used by show_status and the tests)."""
     now = time.time() if now is None else now
     st = RunStatus(name=run_dir.name, run_dir=run_dir)
-    metrics = _read_jsonl(run_dir / rundir.METRICS_FILE)
+    metrics = read_jsonl(run_dir / rundir.METRICS_FILE)
     trains = [r for r in metrics if r.get("kind") == "train"]
     st.total_steps = _total_steps(run_dir)
     if trains:
@@ -162,7 +146,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         st.step = exits[-1].get("step")
     st.goodput = goodput(metrics, now)
 
-    restarts = _read_jsonl(run_dir / rundir.RESTARTS_FILE)
+    restarts = read_jsonl(run_dir / rundir.RESTARTS_FILE)
     requeues = [r for r in restarts if r.get("action") == "requeue"]
     st.restarts = len(requeues)
     st.preemptions = sum(1 for r in requeues if r.get("cause") == "preempted")

@@ -110,13 +110,6 @@ class MetricsWriter:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """All records of <run>/metrics.jsonl; a torn last line (killed writer) is ignored."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    from mltrain.fsutil import read_jsonl
+
+    return read_jsonl(run_dir / "metrics.jsonl")
