@@ -31,15 +31,17 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
 
 
-@pytest.mark.parametrize("parallel, nproc", [("none", 1), ("ddp", 2), ("fsdp", 2)])
-def test_stop_and_resume_is_bitwise_identical(tmp_path, tiny_data_dir, parallel, nproc):
-    full = write_config(tmp_path / "full.yaml", tiny_run_config(tmp_path, tiny_data_dir, "full", parallel=parallel))
+@pytest.mark.parametrize("parallel, nproc, accum", [("none", 1, 1), ("ddp", 2, 2), ("fsdp", 2, 1)])
+def test_stop_and_resume_is_bitwise_identical(tmp_path, tiny_data_dir, parallel, nproc, accum):
+    """DDP runs with 2 micro-batches per step, so the no_sync accumulation path is covered too."""
+    train = {"parallel": parallel, "grad_accum_steps": accum}
+    full = write_config(tmp_path / "full.yaml", tiny_run_config(tmp_path, tiny_data_dir, "full", **train))
     r = run_train(full, nproc)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ref = losses(tmp_path / "runs" / "full")
     assert sorted(ref) == list(range(1, 9))
 
-    part = write_config(tmp_path / "part.yaml", tiny_run_config(tmp_path, tiny_data_dir, "part", parallel=parallel))
+    part = write_config(tmp_path / "part.yaml", tiny_run_config(tmp_path, tiny_data_dir, "part", **train))
     # A preemption warning (SIGUSR1) reaches the last rank during step 5: checkpoint at 5, exit 75.
     r1 = run_train(part, nproc, {"MLTRAIN_FAULT": f"stop:5:{nproc - 1}"})
     assert r1.returncode == 75, r1.stdout[-3000:] + r1.stderr[-3000:]
