@@ -176,3 +176,19 @@ def newest_result(pattern: str = "*.json", key: str = "variants") -> Path | None
         except (OSError, ValueError):
             continue
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+# A model small enough for a CPU smoke run, with every Qwen2 feature on (GQA, qkv bias, tied head).
+SMOKE_MODEL = dict(
+    vocab_size=1024,
+    hidden_size=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn_hidden_size=128,
+    max_seq_len=256,
+    rope_theta=1e6,
+    norm_eps=1e-6,
+    qkv_bias=True,
+    tie_embeddings=True,
+)

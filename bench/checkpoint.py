@@ -29,20 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import SKIP_LINE, default_out, environment, sync, write_json
+from _common import SKIP_LINE, SMOKE_MODEL, default_out, environment, sync, write_json
 
 TARGET_ASYNC_BLOCKED_S = 1.0
-SMOKE_MODEL = dict(
-    vocab_size=1024,
-    hidden_size=64,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden_size=128,
-    max_seq_len=256,
-    qkv_bias=True,
-    tie_embeddings=True,
-)
 
 
 def build_state(smoke: bool, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:

@@ -44,6 +44,7 @@ import torch
 from _common import (
     ROOT,
     SKIP_LINE,
+    SMOKE_MODEL,
     default_out,
     environment,
     measure_matmul_peak,
@@ -54,20 +55,6 @@ from _common import (
 
 FAST_PATH_CONFIG = ROOT / "configs" / "qwen2.5-0.5b.yaml"
 TARGETS = {"speedup_vs_hf_compile": 1.4, "peak_mem_ratio_vs_hf_eager": 0.6, "numerics_mean_abs_loss_diff": 0.02}
-# A model small enough for a CPU smoke run, with every Qwen2 feature on (GQA, qkv bias, tied head).
-SMOKE_MODEL = dict(
-    vocab_size=1024,
-    hidden_size=64,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden_size=128,
-    max_seq_len=256,
-    rope_theta=1e6,
-    norm_eps=1e-6,
-    qkv_bias=True,
-    tie_embeddings=True,
-)
 
 
 @dataclass
