@@ -181,20 +181,27 @@ def _iter_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str
                     stats.skip(where, "invalid-json")
                     continue
                 value = obj.get(text_field) if isinstance(obj, dict) else None
-                if value is None:
-                    missing += 1
-                    stats.skip(where, "missing-field")
-                elif not isinstance(value, str):
-                    stats.skip(where, "not-text")
-                elif not value.strip():
-                    stats.skip(where, "empty")
-                else:
+                missing += value is None
+                if _usable_text(value, where, stats):
                     good += 1
                     yield value
         except OSError as e:
             raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     if good == 0 and missing:
         raise DataError(f"{path}: no line has the field {text_field!r} (set data.text_field)")
+
+
+def _usable_text(value: object, where: str, stats: SourceStats) -> bool:
+    """A record's text field is a document only when it is a non-blank string; else skip and count why."""
+    if value is None:
+        stats.skip(where, "missing-field")
+    elif not isinstance(value, str):
+        stats.skip(where, "not-text")
+    elif not value.strip():
+        stats.skip(where, "empty")
+    else:
+        return True
+    return False
 
 
 def _iter_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -220,13 +227,7 @@ def _iter_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[s
                     if value is None:
                         stats.skip(where, "non-utf8")
                         continue
-                if value is None:
-                    stats.skip(where, "missing-field")
-                elif not isinstance(value, str):
-                    stats.skip(where, "not-text")
-                elif not value.strip():
-                    stats.skip(where, "empty")
-                else:
+                if _usable_text(value, where, stats):
                     yield value
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read parquet: {e}") from None

@@ -248,11 +248,7 @@ class CheckpointManager:
                 dcp.save(app_state, checkpoint_id=str(tmp))
         except (Exception, CheckpointException) as e:  # DCP's gathered error is a BaseException
             ok, err = False, _describe_failure(e, self.root)
-        ok = self._all_ok(ok)
-        if not ok:
-            if self.rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            self.warn(f"checkpoint at step {step} failed ({err or 'on another rank'}); the previous checkpoint is kept")
+        if not self._agree_or_abandon(ok, tmp, f"checkpoint at step {step}", err):
             return False
         if self.async_save:
             self._pending = (fut, tmp, final, trainer_state)
@@ -280,13 +276,19 @@ class CheckpointManager:
             fut.result()
         except (Exception, CheckpointException) as e:
             ok, err = False, _describe_failure(e, self.root)
-        ok = self._all_ok(ok)
-        if not ok:
-            if self.rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            self.warn(f"background checkpoint {final.name} failed ({err or 'on another rank'}); previous kept")
+        if not self._agree_or_abandon(ok, tmp, f"background checkpoint {final.name}", err):
             return False
         return self._commit(tmp, final, trainer_state)
+
+    def _agree_or_abandon(self, ok: bool, tmp: Path, what: str, err: str) -> bool:
+        """All ranks agree whether the write succeeded; if any failed, drop the temp dir and keep the
+        previous checkpoint."""
+        if self._all_ok(ok):
+            return True
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.warn(f"{what} failed ({err or 'on another rank'}); the previous checkpoint is kept")
+        return False
 
     def _commit(self, tmp: Path, final: Path, trainer_state: dict[str, Any]) -> bool:
         self._barrier()  # every rank's files are on disk
