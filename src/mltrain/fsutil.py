@@ -7,6 +7,7 @@ leaves the previous good state intact" is one mechanism, not eight.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -46,6 +47,15 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:
+    """Streaming sha256 so multi-GB shards and checkpoint files never sit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

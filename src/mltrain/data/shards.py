@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mltrain.errors import DataError
-from mltrain.fsutil import atomic_write
+from mltrain.fsutil import atomic_write, file_sha256  # noqa: F401  (file_sha256 re-exported)
 
 MAGIC = b"MLTSHRD\0"
 FORMAT_VERSION = 1
@@ -110,12 +110,3 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot write shard: {e.strerror or e}") from None
     return digest.hexdigest()
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    """Streaming sha256 so multi-GB shards never sit in memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
-    return h.hexdigest()

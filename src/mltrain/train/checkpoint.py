@@ -10,7 +10,6 @@ disk, I/O error) removes its temp dir and leaves the previous checkpoint untouch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,9 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from mltrain.errors import CheckpointError
+from mltrain.fsutil import atomic_write, file_sha256
+from mltrain.rundir import CHECKPOINTS_DIR
+from mltrain.train.distributed import any_rank
 
 MARKER = "COMMITTED"
 TRAINER_STATE = "trainer_state.json"
@@ -42,14 +44,6 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_manifest(ckpt: Path) -> dict[str, Any]:
     files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MARKER)
     total = sum(p.stat().st_size for p in files)
@@ -59,7 +53,7 @@ def _file_manifest(ckpt: Path) -> dict[str, Any]:
         rel = str(p.relative_to(ckpt))
         entry: dict[str, Any] = {"size": p.stat().st_size}
         if hash_all or p.name in (".metadata", TRAINER_STATE):
-            entry["sha256"] = _sha256(p)
+            entry["sha256"] = file_sha256(p)
         entries[rel] = entry
     return {"files": entries, "total_bytes": total, "hashed": "all" if hash_all else "metadata"}
 
@@ -107,14 +101,14 @@ def check_checkpoint(ckpt: Path, deep: bool = True) -> str | None:
             return f"missing file {rel}"
         if p.stat().st_size != entry["size"]:
             return f"file {rel} has {p.stat().st_size} bytes, marker says {entry['size']}"
-        if deep and "sha256" in entry and _sha256(p) != entry["sha256"]:
+        if deep and "sha256" in entry and file_sha256(p) != entry["sha256"]:
             return f"file {rel} does not match its sha256"
     return None
 
 
 def find_checkpoints(run_dir: Path, warn: Warn | None = None, deep: bool = True) -> list[tuple[int, Path]]:
     """Valid committed checkpoints of a run as (step, path), oldest first; invalid ones are warned about."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     found = []
@@ -193,7 +187,7 @@ class CheckpointManager:
         warn: Warn = print,
         info: Warn = print,
     ) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.keep_last = keep_last
         self.rank = rank
         self.world_size = world_size
@@ -212,13 +206,7 @@ class CheckpointManager:
             dist.barrier()
 
     def _all_ok(self, ok: bool) -> bool:
-        if not dist.is_initialized():
-            return ok
-        t = torch.tensor([0 if ok else 1], dtype=torch.int32)
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t)
-        return int(t.item()) == 0
+        return not any_rank(not ok)
 
     # ------------------------------------------------------------------ save
     def save(
@@ -298,11 +286,7 @@ class CheckpointManager:
                 (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
                 manifest = _file_manifest(tmp)
                 manifest.update(step=trainer_state.get("step"), world_size=self.world_size, time=time.time())
-                marker = tmp / MARKER
-                with open(marker, "w") as f:
-                    json.dump(manifest, f)
-                    f.flush()
-                    os.fsync(f.fileno())
+                atomic_write(tmp / MARKER, json.dumps(manifest))
                 _fsync_dir(tmp)
                 os.replace(tmp, final)
                 _fsync_dir(self.root)
@@ -314,8 +298,7 @@ class CheckpointManager:
                     f"checkpoint {final.name} could not be committed ({_describe_failure(e, self.root)}); "
                     "the previous checkpoint is kept"
                 )
-        ok = self._all_ok(ok)
-        return ok
+        return self._all_ok(ok)
 
     def _prune(self) -> None:
         committed = find_checkpoints(self.root.parent, deep=False)
