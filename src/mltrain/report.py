@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "steps": train[-1]["step"],
         "first_loss": sum(r["loss"] for r in head) / len(head),
         "last_loss": sum(r["loss"] for r in tail) / len(tail),
-        "tokens_per_s": sorted(r["tokens_per_s"] for r in train)[len(train) // 2],
+        "tokens_per_s": statistics.median_high(r["tokens_per_s"] for r in train),
         "restarts": max(0, len(starts) - 1),
     }
     mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
-    out["mfu"] = sorted(mfus)[len(mfus) // 2] if mfus else None
+    out["mfu"] = statistics.median_high(mfus) if mfus else None
     if evals:
         out["first_val_loss"] = evals[0]["val_loss"]
         out["last_val_loss"] = evals[-1]["val_loss"]

@@ -54,7 +54,8 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     """Train on this machine. Returns the exit code (exit_codes: 0 done, 75 stopped for requeue)."""
     cfg = load_run_config(run_yaml, overrides)
     nproc = _fit_to_gpus(nproc, cfg.train.device)
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+    is_worker = "LOCAL_RANK" in os.environ  # started by torchrun (here or by srun on a cluster)
+    if nproc > 1 and not is_worker:
         from mltrain.train.trainer import precheck
 
         precheck(cfg)  # fail once, with one line, before starting N workers
@@ -71,7 +72,7 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
         return proc.returncode or 1
     from mltrain.train.trainer import run_training
 
-    if "LOCAL_RANK" not in os.environ:
+    if not is_worker:
         return run_training(cfg)
     return _exit_worker(lambda: run_training(cfg))
 

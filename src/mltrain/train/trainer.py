@@ -21,7 +21,7 @@ import torch
 
 from mltrain import exit_codes, rundir
 from mltrain.config import RunConfig, dump_yaml
-from mltrain.errors import CheckpointError, ConfigError, DataError, MltrainError, RunDirError
+from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager
@@ -90,19 +90,18 @@ def write_config(cfg: RunConfig) -> None:
 
 def precheck(cfg: RunConfig) -> Any:
     """Everything that can be wrong before a GPU is touched. Returns the data manifest."""
-    from mltrain.data.manifest import load_manifest
+    from mltrain.data.manifest import MANIFEST_FILE
     from mltrain.data.validate import check_manifest_consistency
 
-    data_dir = Path(cfg.data.dir)
-    if not (data_dir / "manifest.json").exists():
-        raise DataError(f"{data_dir}/manifest.json: no prepared data; run `mltrain data prepare <run.yaml>` first")
-    manifest = load_manifest(data_dir)
+    manifest_path = Path(cfg.data.dir) / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise DataError(f"{manifest_path}: no prepared data; run `mltrain data prepare <run.yaml>` first")
+    manifest = check_manifest_consistency(cfg.data.dir)  # loads it, checks shard headers and sizes
     if manifest.vocab_size > cfg.model.vocab_size:
         raise DataError(
-            f"{data_dir}/manifest.json: tokenizer vocab {manifest.vocab_size} is larger than "
+            f"{manifest_path}: tokenizer vocab {manifest.vocab_size} is larger than "
             f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
         )
-    check_manifest_consistency(data_dir)
     check_run_dir(cfg)
     if cfg.model.init_from:
         from mltrain.model.hf import check_hf_matches
@@ -177,11 +176,7 @@ class Trainer:
             load_hf_weights(self.model, cfg.model.init_from, show_progress=info.is_main)
             _log(info, f"initialised from {cfg.model.init_from}")
         self.optimizer = build_optimizer(self.module, tc, info.device)
-        from mltrain.data.loader import TokenLoader
-
-        self.loader = TokenLoader(
-            Path(cfg.data.dir), "train", tc.seq_len, tc.micro_batch_size, info.rank, info.world_size, cfg.seed
-        )
+        self.loader = self.make_loader("train")
         self.step = 0
         if resume is not None:
             self._resume(*resume)
@@ -190,6 +185,15 @@ class Trainer:
         self.n_devices = n_dev
         self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
         self.tokens_per_step = tc.micro_batch_size * tc.seq_len * tc.grad_accum_steps * info.world_size
+
+    def make_loader(self, split: str) -> Any:
+        """This rank's loader for `split`; a fresh val loader starts from the same batches every eval."""
+        from mltrain.data.loader import TokenLoader
+
+        tc, info = self.cfg.train, self.info
+        return TokenLoader(
+            Path(self.cfg.data.dir), split, tc.seq_len, tc.micro_batch_size, info.rank, info.world_size, self.cfg.seed
+        )
 
     # ------------------------------------------------------------------ state
     def _app_state(self) -> dict[str, Any]:
@@ -256,19 +260,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        from mltrain.data.loader import TokenLoader
-
         tc = self.cfg.train
         try:
-            val = TokenLoader(
-                Path(self.cfg.data.dir),
-                "val",
-                tc.seq_len,
-                tc.micro_batch_size,
-                self.info.rank,
-                self.info.world_size,
-                self.cfg.seed,
-            )
+            val = self.make_loader("val")
         except DataError as e:
             _log(self.info, f"no evaluation: {e}")
             return None
@@ -296,10 +290,12 @@ def train_loop(
     tc = cfg.train
     window_loss = torch.zeros((), device=info.device)
     window_steps = 0
-    t_window = time.perf_counter()
+    t_window = 0.0
     last_saved = trainer.step
     trainer.module.train()
     while trainer.step < tc.max_steps:
+        if window_steps == 0:  # a window starts at its first step: eval and checkpoint time stay out of tokens/s
+            t_window = time.perf_counter()
         fault.maybe_fire(trainer.step + 1)
         loss, gnorm = trainer.train_step()
         window_loss += loss
@@ -337,7 +333,6 @@ def train_loop(
                 raise MltrainError(f"loss is {mean_loss} at step {step}; lower train.lr or check the data")
             window_loss.zero_()
             window_steps = 0
-            t_window = time.perf_counter()
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
             _eval(trainer, writer)
             watchdog.beat()
@@ -352,7 +347,6 @@ def train_loop(
                 trainer.save()
             trainer.ckpt.wait()
             return exit_codes.REASON_PREEMPTED
-        t_window = t_window if window_steps else time.perf_counter()
     _eval(trainer, writer)
     if last_saved != trainer.step:
         trainer.save()
@@ -392,7 +386,7 @@ def run_training(cfg: RunConfig) -> int:
             if run_dir.exists():
                 write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
                 if info.is_main:
-                    (run_dir / "control" / "exit_message").write_text(str(ok[0]) + "\n")
+                    atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, str(ok[0]) + "\n")
             if info.is_main:
                 raise ok[0]
             return exit_codes.CONFIG_ERROR
@@ -427,7 +421,7 @@ def run_training(cfg: RunConfig) -> int:
         if info.is_main:
             write_exit_reason(run_dir, reason)
         return exit_codes.REQUEUE if reason == exit_codes.REASON_PREEMPTED else exit_codes.DONE
-    except (CheckpointError, MltrainError):
+    except MltrainError:
         if info.is_main and run_dir.exists():
             write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
         raise
