@@ -251,7 +251,9 @@ class RunConfig(StrictModel):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.base_dir) / "runs" / self.name
+        from mltrain.rundir import run_path
+
+        return run_path(self.base_dir, self.name)
 
 
 # --------------------------------------------------------------------------- loading

@@ -7,6 +7,7 @@ Layout (same on a laptop, on FSx Lustre, mirrored to S3):
     checkpoints/step_NNNNNNNN/   committed DCP checkpoints (+ .tmp while being written)
     control/stop         a stop request (written by the Slurm batch script on USR1)
     control/exit_reason  one word written by rank 0 when the trainer exits (see exit_codes)
+    control/exit_message the one-line error behind a config_error exit (read by `status`)
     restarts.jsonl       one line per restart (time, cause, nodes, step resumed from)
     hangs/               watchdog stack dumps
     slurm/               rendered sbatch script, job records, scheduler logs
@@ -20,16 +21,28 @@ from pathlib import Path
 
 from mltrain.errors import RunDirError
 
+RUNS_DIR = "runs"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CONTROL_DIR = "control"
 STOP_FILE = "control/stop"
 EXIT_REASON_FILE = "control/exit_reason"
+EXIT_MESSAGE_FILE = "control/exit_message"  # the one-line error behind a config_error exit
 RESTARTS_FILE = "restarts.jsonl"
 HANGS_DIR = "hangs"
 SLURM_DIR = "slurm"
 REPORT_FILE = "report.png"
+
+
+def default_base(base_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where runs/ lives when a command is given a run name: `base_dir`, else $MLTRAIN_BASE_DIR, else '.'."""
+    return Path(base_dir or os.environ.get("MLTRAIN_BASE_DIR", "."))
+
+
+def run_path(base: str | os.PathLike[str], name: str) -> Path:
+    """`<base>/runs/<name>/`: the one place a run directory's path is spelled out."""
+    return Path(base) / RUNS_DIR / str(name)
 
 
 def resolve_run(ref: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -40,8 +53,7 @@ def resolve_run(ref: str | os.PathLike[str], base_dir: str | os.PathLike[str] | 
     p = Path(ref)
     if (p / CONFIG_FILE).is_file():
         return p
-    base = Path(base_dir or os.environ.get("MLTRAIN_BASE_DIR", "."))
-    candidate = base / "runs" / str(ref)
+    candidate = run_path(default_base(base_dir), str(ref))
     if (candidate / CONFIG_FILE).is_file():
         return candidate
     raise RunDirError(

@@ -26,7 +26,7 @@ from mltrain.config import RunConfig, dump_yaml, load_run_config
 from mltrain.errors import ConfigError, LaunchError, RunDirError
 from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import nccl_env
-from mltrain.rundir import CONTROL_DIR, SLURM_DIR, resolve_run
+from mltrain.rundir import CONTROL_DIR, SLURM_DIR, default_base, resolve_run, run_path
 
 SCRIPT_NAME = "job.sbatch"
 RUN_CONFIG_NAME = "run.yaml"  # the resolved config the workers train from (slurm/run.yaml)
@@ -100,7 +100,7 @@ def nproc_per_node(cluster: ClusterSpec) -> int:
 
 def run_dir_for(cfg: RunConfig, cluster: ClusterSpec) -> Path:
     """`<cluster.run_base_dir>/runs/<name>`; a relative base is taken from the submit directory."""
-    return Path(os.path.abspath(cluster.run_base_dir)) / "runs" / cfg.name
+    return run_path(os.path.abspath(cluster.run_base_dir), cfg.name)
 
 
 def _python_env() -> tuple[str | None, str]:
@@ -263,8 +263,7 @@ def find_run(ref: str | os.PathLike[str]) -> Path:
         return resolve_run(ref)
     except RunDirError:
         p = Path(ref)
-        base = Path(os.environ.get("MLTRAIN_BASE_DIR", "."))
-        for cand in (p, base / "runs" / str(ref)):
+        for cand in (p, run_path(default_base(), str(ref))):
             if (cand / SLURM_DIR / JOBS_FILE).is_file() or (cand / SLURM_DIR / SCRIPT_NAME).is_file():
                 return cand
         raise

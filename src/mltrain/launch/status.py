@@ -7,7 +7,6 @@ have aged out of slurmctld. Scheduler queries never raise: squeue, then scontrol
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,15 @@ from rich.table import Table
 
 from mltrain import rundir
 from mltrain.fsutil import read_jsonl
-from mltrain.launch.slurm import ACTIVE_STATES, RUN_CONFIG_NAME, find_run, latest_job_id, log_files, query_job
+from mltrain.launch.slurm import (
+    ACTIVE_STATES,
+    JOBS_FILE,
+    RUN_CONFIG_NAME,
+    find_run,
+    latest_job_id,
+    log_files,
+    query_job,
+)
 
 REASON_WORDS = {
     "done": "finished",
@@ -111,7 +118,7 @@ def goodput(metrics: list[dict[str, Any]], now: float | None = None) -> float | 
 def _error_line(run_dir: Path, job_id: str | None) -> str | None:
     """The first line of the trainer's error: control/exit_message, else the job's stderr `error:` line."""
     try:
-        msg = (run_dir / rundir.CONTROL_DIR / "exit_message").read_text().strip().splitlines()
+        msg = (run_dir / rundir.EXIT_MESSAGE_FILE).read_text().strip().splitlines()
         if msg:
             return msg[0]
     except OSError:
@@ -202,13 +209,13 @@ def _fmt_eta(s: float | None) -> str:
 
 
 def _discover(base: Path) -> list[Path]:
-    runs = base / "runs"
+    runs = base / rundir.RUNS_DIR
     if not runs.is_dir():
         return []
     return sorted(
         p
         for p in runs.iterdir()
-        if p.is_dir() and ((p / rundir.CONFIG_FILE).is_file() or (p / rundir.SLURM_DIR / "jobs.jsonl").is_file())
+        if p.is_dir() and ((p / rundir.CONFIG_FILE).is_file() or (p / rundir.SLURM_DIR / JOBS_FILE).is_file())
     )
 
 
@@ -218,10 +225,12 @@ def show_status(run: str | None = None, console: Console | None = None) -> list[
     if run is not None:
         dirs = [find_run(run)]
     else:
-        base = Path(os.environ.get("MLTRAIN_BASE_DIR", "."))
+        base = rundir.default_base()
         dirs = _discover(base)
         if not dirs:
-            console.print(f"no runs under {base / 'runs'} (set MLTRAIN_BASE_DIR or pass a run dir)", highlight=False)
+            console.print(
+                f"no runs under {base / rundir.RUNS_DIR} (set MLTRAIN_BASE_DIR or pass a run dir)", highlight=False
+            )
             return []
     rows = [run_status(d) for d in dirs]
     with_sched = any(r.job_id for r in rows)
