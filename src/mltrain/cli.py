@@ -227,7 +227,9 @@ def cluster_validate(
 
 k8s_app = typer.Typer(help="Run on Kubernetes/EKS: Kubeflow PyTorchJob or Trainer v2 TrainJob.", no_args_is_help=True)
 app.add_typer(k8s_app, name="k8s")
-EksOpt = Annotated[Path, typer.Option("--cluster", help="EKS spec YAML (kind: eks), e.g. configs/clusters/eks-p5-2.yaml")]
+EksOpt = Annotated[
+    Path, typer.Option("--cluster", help="EKS spec YAML (kind: eks), e.g. configs/clusters/eks-p5-2.yaml")
+]
 KindOpt = Annotated[str, typer.Option("--kind", help="pytorchjob (kubeflow.org/v1) or trainjob (Trainer v2)")]
 K8sRun = Annotated[str, typer.Argument(help="run config YAML or run name")]
 
@@ -281,6 +283,7 @@ def k8s_cancel(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> No
     from mltrain.launch.k8s.client import cancel as k8s_cancel_
 
     k8s_cancel_(run, cluster, kind, console=console)
+
 
 # --------------------------------------------------------------------------- end k8s
 

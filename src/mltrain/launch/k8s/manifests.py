@@ -340,7 +340,8 @@ def render_trainjob(
     if spec.scheduling.pod_group and not spec.scheduling.kueue_queue:
         src = {"scheduleTimeoutSeconds": spec.scheduling.schedule_timeout_s}
         pod_group = {"coscheduling": src} if spec.scheduling.pod_group == "coscheduling" else {"volcano": {}}
-    runtime = t.TrainerV1alpha1TrainingRuntime.from_dict(
+    runtime = _from_dict_exact(
+        t.TrainerV1alpha1TrainingRuntime,
         {
             "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
             "kind": "TrainingRuntime",
@@ -376,7 +377,7 @@ def render_trainjob(
                     }
                 },
             },
-        }
+        },
     )
     trainjob = t.TrainerV1alpha1TrainJob(
         api_version=f"{TRAINER_GROUP}/{TRAINER_VERSION}",
@@ -397,6 +398,14 @@ def render_trainjob(
     )
     objects = [_dump_trainer(runtime), _dump_trainer(trainjob)]
     return Rendered("trainjob", name, spec.namespace, objects, warnings)
+
+
+def _from_dict_exact(cls: Any, data: dict[str, Any]) -> Any:
+    """Build a trainer-api model from a dict and make sure no key was dropped (the models ignore unknown ones)."""
+    model = cls.from_dict(data)
+    if model.to_dict() != data:
+        raise RuntimeError(f"{cls.__name__}: the model dropped or changed fields of the rendered dict (a typo?)")
+    return model
 
 
 def _dump_trainer(model: Any) -> dict[str, Any]:
