@@ -117,3 +117,28 @@ def test_existing_slurm_specs_still_load() -> None:
 def test_run_base_dir_must_be_on_the_pvc(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="run_base_dir /scratch/mltrain is not under mount_path /fsx"):
         load_eks_spec(_write_spec(tmp_path, **{"storage.run_base_dir": "/scratch/mltrain"}))
+
+
+def test_efa_instance_without_efa_devices_warns(tmp_path: Path) -> None:
+    from mltrain.config import load_run_config
+    from mltrain.launch.k8s.manifests import render
+
+    spec = load_eks_spec(_write_spec(tmp_path, efa_per_node=0))
+    r = render(load_run_config(RUN), spec)
+    assert any("has EFA but efa_per_node is 0" in w for w in r.warnings)
+
+
+def test_bad_toleration_is_one_line(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path, tolerations=[{"key": "x", "operator": "Exists", "tolerationSeconds": 5}])
+    p = _render(spec)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "tolerations.0.tolerationSeconds: unknown key" in p.stderr
+
+
+def test_missing_k8s_extra_is_one_line(monkeypatch) -> None:
+    from mltrain.config import load_run_config
+    from mltrain.launch.k8s import manifests
+
+    monkeypatch.setattr(manifests, "_missing", lambda m: m == "kubeflow_trainer_api")
+    with pytest.raises(ConfigError, match=r"needs kubeflow_trainer_api: pip install 'mltrain\[k8s\]'"):
+        manifests.render(load_run_config(RUN), load_eks_spec(EKS), "trainjob")

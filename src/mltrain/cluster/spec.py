@@ -145,6 +145,16 @@ class EksStorageSpec(StrictModel):
         return self
 
 
+class EksToleration(StrictModel):
+    """A pod toleration (the Kubernetes fields, snake_case)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
 class EksSchedulingSpec(StrictModel):
     """Gang scheduling: all pods of a job start together or none do."""
 
@@ -183,8 +193,8 @@ class EksSpec(StrictModel):
     cpu_per_node: float | None = Field(default=None, gt=0, description="CPU request per pod; none = no request")
     memory_per_node_gib: int | None = Field(default=None, gt=0, description="memory request per pod")
     node_selector: dict[str, str] = Field(default_factory=dict, description="extra node labels to require")
-    tolerations: list[dict[str, str]] = Field(
-        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations: list[EksToleration] = Field(
+        default_factory=lambda: [EksToleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     )
     rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first pod")
     exclude_failed_nodes: bool = Field(default=True, description="keep pods off nodes that failed this run before")

@@ -93,6 +93,7 @@ def submit(
     run_yaml: Path, cluster_yaml: Path, kind: str, overrides: list[str] | None, console: Console, api=None
 ) -> str:
     """Create the job (and, for a TrainJob, create or replace its TrainingRuntime); returns the job id."""
+    mf.require_extra()
     from kubernetes import client as k
     from kubernetes.client.exceptions import ApiException
 
@@ -173,6 +174,7 @@ def _pod_selector(kind: str, name: str, leader_only: bool = False) -> str:
 
 def status(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) -> dict[str, Any]:
     """`mltrain k8s status`: job state and pods from the API, step/loss/restarts from the run dir."""
+    mf.require_extra()
     from kubernetes import client as k
     from kubernetes.client.exceptions import ApiException
     from rich import box
@@ -226,6 +228,7 @@ def status(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) 
 
 def logs(run: str, cluster_yaml: Path, kind: str, follow: bool, console: Console, api=None) -> None:
     """`mltrain k8s logs`: the rank-0 pod's log (torchrun prefixes every rank's lines)."""
+    mf.require_extra()
     from kubernetes import client as k
     from kubernetes.client.exceptions import ApiException
 
@@ -253,6 +256,7 @@ def logs(run: str, cluster_yaml: Path, kind: str, follow: bool, console: Console
 
 def cancel(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) -> None:
     """`mltrain k8s cancel`: delete the job (pods get SIGTERM: the trainer checkpoints) and its runtime."""
+    mf.require_extra()
     from kubernetes import client as k
     from kubernetes.client.exceptions import ApiException
 

@@ -71,6 +71,11 @@ def check_fit(cfg: RunConfig, spec: EksSpec, spec_source: str) -> list[str]:
             f"(train.device={cfg.train.device}); set gpus_per_node, or train.device: cpu for a CPU run"
         )
     warnings = []
+    if nccl_env.has_efa(spec.instance_type) and spec.efa_per_node == 0:
+        warnings.append(
+            f"{spec.instance_type} has EFA but efa_per_node is 0: the pods get no EFA device and "
+            "FI_PROVIDER=efa makes NCCL fail; set efa_per_node (32 on p5.48xlarge)"
+        )
     world = spec.nodes * spec.procs_per_node
     if world > 1 and cfg.train.parallel == "none":
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
@@ -190,7 +195,7 @@ def pod_template(
             ),
         ],
         node_selector=node_selector,
-        tolerations=[k.V1Toleration(**t) for t in spec.tolerations] or None,
+        tolerations=[k.V1Toleration(**t.model_dump(exclude_none=True)) for t in spec.tolerations] or None,
         affinity=_affinity(spec, failed, warnings),
         # SIGTERM (eviction, spot reclaim) -> the wrapper asks the trainer to checkpoint; this long to do it
         termination_grace_period_seconds=cfg.launch.requeue_grace_s,
@@ -413,6 +418,22 @@ def _dump_trainer(model: Any) -> dict[str, Any]:
     return model.to_dict()
 
 
+def require_extra() -> None:
+    """The `k8s` extra's packages, or one line saying how to install them."""
+    missing = [m for m in ("kubernetes", "kubeflow.training", "kubeflow_trainer_api") if _missing(m)]
+    if missing:
+        raise ConfigError(f"mltrain k8s needs {', '.join(missing)}: pip install 'mltrain[k8s]'")
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:
+        return True
+
+
 def render(
     cfg: RunConfig,
     spec: EksSpec,
@@ -424,6 +445,7 @@ def render(
 ) -> Rendered:
     if kind not in KINDS:
         raise ConfigError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    require_extra()
     fn = render_pytorchjob if kind == "pytorchjob" else render_trainjob
     return fn(cfg, spec, spec_source=spec_source, run_dir_local=run_dir_local, job_id=job_id)
 
