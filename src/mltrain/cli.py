@@ -223,6 +223,71 @@ def cluster_validate(
     raise typer.Exit(validate_command(pcluster_yaml, console=console))
 
 
+# --------------------------------------------------------------------------- k8s (EKS: Kubeflow PyTorchJob / TrainJob)
+
+k8s_app = typer.Typer(help="Run on Kubernetes/EKS: Kubeflow PyTorchJob or Trainer v2 TrainJob.", no_args_is_help=True)
+app.add_typer(k8s_app, name="k8s")
+EksOpt = Annotated[
+    Path, typer.Option("--cluster", help="EKS spec YAML (kind: eks), e.g. configs/clusters/eks-p5-2.yaml")
+]
+KindOpt = Annotated[str, typer.Option("--kind", help="pytorchjob (kubeflow.org/v1) or trainjob (Trainer v2)")]
+K8sRun = Annotated[str, typer.Argument(help="run config YAML or run name")]
+
+
+@k8s_app.command("render")
+def k8s_render(
+    run_yaml: RunYaml,
+    cluster: EksOpt,
+    kind: KindOpt = "pytorchjob",
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="write here instead of stdout")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Render the run as a PyTorchJob, or a TrainJob with its TrainingRuntime."""
+    from mltrain.launch.k8s.client import render_command
+
+    render_command(run_yaml, cluster, kind, out, set_ or [], console=console)
+
+
+@k8s_app.command("submit")
+def k8s_submit(run_yaml: RunYaml, cluster: EksOpt, kind: KindOpt = "pytorchjob", set_: SetOpt = None) -> None:
+    """Create the job in the cluster's namespace (kubeconfig or in-cluster credentials)."""
+    from mltrain.launch.k8s.client import submit
+
+    submit(run_yaml, cluster, kind, set_ or [], console=console)
+
+
+@k8s_app.command("status")
+def k8s_status(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> None:
+    """Job state and pods from the API; step, loss and restarts from the run dir on the shared volume."""
+    from mltrain.launch.k8s.client import status as k8s_status_
+
+    k8s_status_(run, cluster, kind, console=console)
+
+
+@k8s_app.command("logs")
+def k8s_logs(
+    run: K8sRun,
+    cluster: EksOpt,
+    kind: KindOpt = "pytorchjob",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+) -> None:
+    """Print the rank-0 pod's log."""
+    from mltrain.launch.k8s.client import logs as k8s_logs_
+
+    k8s_logs_(run, cluster, kind, follow, console=console)
+
+
+@k8s_app.command("cancel")
+def k8s_cancel(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> None:
+    """Delete the job: pods get SIGTERM, the trainer checkpoints; no restart."""
+    from mltrain.launch.k8s.client import cancel as k8s_cancel_
+
+    k8s_cancel_(run, cluster, kind, console=console)
+
+
+# --------------------------------------------------------------------------- end k8s
+
+
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:

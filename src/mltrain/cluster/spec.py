@@ -3,12 +3,14 @@ renderer read, so partition, GPUs per node and mounts exist in exactly one place
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mltrain.config import StrictModel, load_yaml_model
+from mltrain.config import StrictModel, _read_yaml, load_yaml_model
+from mltrain.errors import ConfigError
 
 
 class ContainerSpec(StrictModel):
@@ -108,3 +110,134 @@ class ClusterSpec(StrictModel):
 
 def load_cluster_spec(path: str | Path, overrides: list[str] | None = None) -> ClusterSpec:
     return load_yaml_model(path, ClusterSpec, overrides)
+
+
+# --------------------------------------------------------------------------- EKS (Kubernetes)
+# A separate model with `kind: eks`, read by the `mltrain k8s` commands only, so the ParallelCluster
+# spec above stays as it is. See docs/kubernetes.md.
+
+# A registry reference as `docker pull` takes it: [host[:port]/]path[:tag][@sha256:digest].
+_IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class EksStorageSpec(StrictModel):
+    """The FSx for Lustre PersistentVolumeClaim that holds the run dirs, so checkpoints outlive pods."""
+
+    pvc_name: str = Field(pattern=_DNS_LABEL, max_length=253, description="the Lustre PVC in the namespace")
+    mount_path: str = Field(default="/fsx", pattern=r"^/", description="where the PVC is mounted in the pods")
+    run_base_dir: str = Field(
+        default="/fsx/mltrain", pattern=r"^/", description="shared dir holding runs/<name>/ (under mount_path)"
+    )
+    local_run_base_dir: str | None = Field(
+        default=None,
+        description="the same directory as mounted where `mltrain k8s` runs (e.g. a login node's /fsx/mltrain); "
+        "none = run_base_dir if it exists here. Read for status and the failed-node list",
+    )
+
+    @model_validator(mode="after")
+    def _base_under_mount(self) -> EksStorageSpec:
+        if not (self.run_base_dir.rstrip("/") + "/").startswith(self.mount_path.rstrip("/") + "/"):
+            raise ValueError(f"run_base_dir {self.run_base_dir} is not under mount_path {self.mount_path}")
+        return self
+
+
+class EksToleration(StrictModel):
+    """A pod toleration (the Kubernetes fields, snake_case)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class EksSchedulingSpec(StrictModel):
+    """Gang scheduling: all pods of a job start together or none do."""
+
+    kueue_queue: str | None = Field(default=None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name")
+    pod_group: Literal["volcano", "coscheduling"] | None = Field(
+        default=None, description="without Kueue: a PodGroup of this scheduler (min members = nodes)"
+    )
+    schedule_timeout_s: int = Field(default=600, gt=0, description="PodGroup: give up gang scheduling after this")
+    priority_class: str | None = None
+
+
+class EksSpec(StrictModel):
+    """A GPU node group on Amazon EKS with the Kubeflow training operator (or Trainer v2) installed."""
+
+    kind: Literal["eks"]
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    instance_type: str = Field(description="node group instance type, e.g. p5.48xlarge")
+    nodes: int = Field(gt=0, description="nodes (pods) per job")
+    max_nodes: int | None = Field(
+        default=None, gt=0, description="nodes in the node group; none = nodes (no spare to route around bad nodes)"
+    )
+    gpus_per_node: int = Field(ge=0)
+    efa_per_node: int = Field(default=0, ge=0, description="vpc.amazonaws.com/efa devices requested per pod")
+    nproc_per_node: int | None = Field(
+        default=None, gt=0, description="torchrun processes per pod; none = gpus_per_node, or 1 without GPUs"
+    )
+    namespace: str = Field(default="default", pattern=_DNS_LABEL, max_length=63)
+    image: str = Field(
+        description="container registry reference, e.g. <account>.dkr.ecr.<region>.amazonaws.com/mltrain:TAG"
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = None
+    storage: EksStorageSpec
+    scheduling: EksSchedulingSpec = Field(default_factory=EksSchedulingSpec)
+    shm_size_gib: int = Field(default=64, gt=0, description="/dev/shm (memory emptyDir) size")
+    cpu_per_node: float | None = Field(default=None, gt=0, description="CPU request per pod; none = no request")
+    memory_per_node_gib: int | None = Field(default=None, gt=0, description="memory request per pod")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="extra node labels to require")
+    tolerations: list[EksToleration] = Field(
+        default_factory=lambda: [EksToleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first pod")
+    exclude_failed_nodes: bool = Field(default=True, description="keep pods off nodes that failed this run before")
+    env: dict[str, str] = Field(default_factory=dict, description="extra env, overrides the defaults")
+
+    @field_validator("image")
+    @classmethod
+    def _registry_ref(cls, v: str) -> str:
+        if "://" in v or v.startswith(("/", ".")) or v.endswith(".sqsh") or not _IMAGE_REF.match(v):
+            raise ValueError(
+                f"{v!r} is not a registry reference (want e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+                "mltrain:0.1.0; an enroot .sqsh or docker:// URI is for the Slurm spec)"
+            )
+        return v
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _nproc_fits(cls, v: int | None, info: ValidationInfo) -> int | None:
+        gpus = info.data.get("gpus_per_node")
+        if v is not None and gpus and v > gpus:
+            raise ValueError(f"{v} processes per node but only gpus_per_node={gpus} GPUs (one process per GPU)")
+        return v
+
+    @field_validator("max_nodes")
+    @classmethod
+    def _max_fits(cls, v: int | None, info: ValidationInfo) -> int | None:
+        nodes = info.data.get("nodes")
+        if v is not None and nodes and v < nodes:
+            raise ValueError(f"max_nodes {v} is less than nodes {nodes}")
+        return v
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+
+def load_eks_spec(path: str | Path, overrides: list[str] | None = None) -> EksSpec:
+    """An EKS spec; a ParallelCluster/Slurm spec (no `kind: eks`) is one clear error, not a list of unknown keys."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if data.get("kind") != "eks":
+        raise ConfigError(
+            f"{path}: kind: {data.get('kind')!r} is not 'eks'; the k8s commands need an EKS spec "
+            "(see configs/clusters/eks-p5-2.yaml); Slurm specs go to `mltrain submit`"
+        )
+    return load_yaml_model(path, EksSpec, overrides)

@@ -105,9 +105,12 @@ def default_env(instance_type: str, run_dir_var: str = "${RUN_DIR}") -> list[Env
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def merged_env(instance_type: str, overrides: dict[str, str]) -> list[EnvVar]:
-    """Defaults, then the cluster spec's `env` (it wins; new names are appended)."""
-    env = {v.name: v for v in default_env(instance_type)}
+def merged_env(instance_type: str, overrides: dict[str, str], run_dir_var: str = "${RUN_DIR}") -> list[EnvVar]:
+    """Defaults, then the cluster spec's `env` (it wins; new names are appended).
+
+    `run_dir_var` is how the run dir is referenced: `${RUN_DIR}` in the sbatch script, `$(MLTRAIN_RUN_DIR)`
+    in a Kubernetes container env."""
+    env = {v.name: v for v in default_env(instance_type, run_dir_var)}
     for name, value in overrides.items():
         if not _NAME.match(name):
             raise ValueError(f"env: {name!r} is not a valid environment variable name")

@@ -1,0 +1,262 @@
+"""The Kubernetes manifests mltrain renders: golden files for the shipped EKS spec, validation against the
+Kubeflow CRD schemas (jsonschema, vendored in tests/data/k8s/) and the core pod/job schemas
+(kubernetes-validate), and the recovery/scheduling pieces the issue asks for.
+
+Regenerate the golden files after an intended change:  UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_k8s_render.py
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from tests.helpers import mltrain_cmd
+
+from mltrain.cluster.spec import EksSpec, load_eks_spec
+from mltrain.config import load_run_config
+from mltrain.launch import nccl_env
+from mltrain.launch.k8s import manifests as mf
+from mltrain.launch.k8s import policy
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "k8s"
+SCHEMAS = ROOT / "tests" / "data" / "k8s"
+EKS_SPECS = sorted((ROOT / "configs" / "clusters").glob("eks-*.yaml"))
+RUN = ROOT / "configs" / "qwen2.5-0.5b.yaml"
+
+
+def _strict(schema):
+    """The API server prunes unknown fields silently; for the test an unknown field is an error."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def _crd_validator(name: str) -> jsonschema.Draft7Validator:
+    schema = json.loads((SCHEMAS / f"{name}.crd-schema.json").read_text())
+    schema.pop("$comment")
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+def _errors(validator: jsonschema.Draft7Validator, obj: dict) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+def _core_validate(obj: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+
+
+def _spec(**changes) -> EksSpec:
+    data = yaml.safe_load((ROOT / "configs" / "clusters" / "eks-p5-2.yaml").read_text())
+    for k, v in changes.items():
+        data[k] = v
+    return EksSpec.model_validate(data)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{path} differs from the rendered manifests (UPDATE_GOLDEN=1 to accept)"
+
+
+def _pod(obj: dict) -> dict:
+    if obj["kind"] == "PyTorchJob":
+        return obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    return obj["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+
+
+@pytest.mark.parametrize("kind", mf.KINDS)
+@pytest.mark.parametrize("spec_path", EKS_SPECS, ids=lambda p: p.stem)
+def test_golden_shipped_specs(spec_path: Path, kind: str) -> None:
+    r = mf.render(load_run_config(RUN), load_eks_spec(spec_path), kind)
+    _golden(f"{spec_path.stem}.{kind}.yaml", r.to_yaml())
+
+
+@pytest.mark.parametrize("spec_path", EKS_SPECS, ids=lambda p: p.stem)
+def test_pytorchjob_valid_against_crd_and_core_schemas(spec_path: Path) -> None:
+    r = mf.render(load_run_config(RUN), load_eks_spec(spec_path), "pytorchjob")
+    assert [o["kind"] for o in r.objects] == ["PyTorchJob"]
+    assert _errors(_crd_validator("pytorchjob"), r.job) == []
+    for rtype, replica in r.job["spec"]["pytorchReplicaSpecs"].items():
+        tmpl = replica["template"]
+        _core_validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"x-{rtype.lower()}"}, **tmpl})
+
+
+@pytest.mark.parametrize("spec_path", EKS_SPECS, ids=lambda p: p.stem)
+def test_trainjob_valid_against_crd_and_core_schemas(spec_path: Path) -> None:
+    r = mf.render(load_run_config(RUN), load_eks_spec(spec_path), "trainjob")
+    runtime, job = r.objects
+    assert (runtime["kind"], job["kind"]) == ("TrainingRuntime", "TrainJob")
+    assert _errors(_crd_validator("trainjob"), job) == []
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": runtime["metadata"]["name"],
+    }
+    # no CRD for TrainingRuntime in the test data: its Job template is a core batch/v1 Job
+    rj = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]
+    _core_validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": rj["template"]["spec"]})
+
+
+def test_crd_schema_catches_a_wrong_field() -> None:
+    """The schema check can fail: a misspelt or mistyped field is reported."""
+    r = mf.render(load_run_config(RUN), _spec(), "pytorchjob")
+    bad = copy.deepcopy(r.job)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicyy"] = "ExitCode"
+    bad["spec"]["runPolicy"]["backoffLimit"] = "five"
+    errs = _errors(_crd_validator("pytorchjob"), bad)
+    assert any("restartPolicyy" in e for e in errs) and any("backoffLimit" in e for e in errs)
+    tj = copy.deepcopy(mf.render(load_run_config(RUN), _spec(), "trainjob").job)
+    tj["spec"]["trainer"]["numNodes"] = "2"
+    assert any("numNodes" in e for e in _errors(_crd_validator("trainjob"), tj))
+
+
+@pytest.mark.parametrize("kind", mf.KINDS)
+def test_pod_gpus_efa_shm_pvc_and_nccl_env_from_the_slurm_table(kind: str) -> None:
+    cfg, spec = load_run_config(RUN), _spec()
+    r = mf.render(cfg, spec, kind)
+    pod = _pod(r.job if kind == "pytorchjob" else r.objects[0])["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8", "vpc.amazonaws.com/efa": "32"}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["MLTRAIN_NPROC_PER_NODE"] == "8" and env["MLTRAIN_MAX_RESTARTS"] == str(cfg.launch.max_restarts)
+    assert env["MLTRAIN_RUN_DIR"] == "/fsx/mltrain/runs/qwen2.5-0.5b"
+    assert yaml.safe_load(env["MLTRAIN_RUN_CONFIG"])["base_dir"] == "/fsx/mltrain"
+    # one source of truth: every variable of the Slurm launcher's table, same value, run dir as a k8s reference
+    for v in nccl_env.default_env("p5.48xlarge", "$(MLTRAIN_RUN_DIR)"):
+        assert env[v.name] == v.value
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith("$(MLTRAIN_RUN_DIR)/")
+    names = [e["name"] for e in c["env"]]
+    assert names.index("MLTRAIN_RUN_DIR") < names.index("TORCH_NCCL_DEBUG_INFO_TEMP_FILE")  # $(VAR) needs it first
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Gi"}
+    assert vols["fsx"]["persistentVolumeClaim"] == {"claimName": "fsx-lustre"}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == {"dshm": "/dev/shm", "fsx": "/fsx"}
+    assert pod["nodeSelector"]["node.kubernetes.io/instance-type"] == "p5.48xlarge"
+    assert pod["terminationGracePeriodSeconds"] == cfg.launch.requeue_grace_s
+    assert c["command"] == mf.ENTRYPOINT
+
+
+def test_pytorchjob_restart_policy_budget_and_kueue() -> None:
+    cfg, spec = load_run_config(RUN), _spec()
+    job = mf.render(cfg, spec, "pytorchjob").job
+    reps = job["spec"]["pytorchReplicaSpecs"]
+    assert reps["Master"]["replicas"] == 1 and reps["Worker"]["replicas"] == spec.nodes - 1
+    assert {r["restartPolicy"] for r in reps.values()} == {"ExitCode"}
+    assert job["spec"]["nprocPerNode"] == "8"
+    assert job["spec"]["runPolicy"]["backoffLimit"] == cfg.launch.max_restarts == 5
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "training"
+    assert "schedulingPolicy" not in job["spec"]["runPolicy"]  # Kueue gangs it; no PodGroup too
+    assert reps["Master"]["template"]["spec"]["containers"][0]["ports"][0]["name"] == "pytorchjob-port"
+    # one node: no Worker replica
+    one = mf.render(cfg, _spec(nodes=1, max_nodes=None), "pytorchjob").job
+    assert list(one["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def test_exit_code_mapping_matches_the_operator_and_jobset_policies() -> None:
+    """Restartable reasons are >= 128 (training-operator ExitCode policy), permanent ones below."""
+    assert policy.EXIT_PREEMPTED == 128 + 75 and policy.EXIT_HANG == 128 + 76
+    for code in (policy.EXIT_PREEMPTED, policy.EXIT_HANG, policy.EXIT_FAILED):
+        assert code >= policy.RETRYABLE_BASE
+    for code in policy.PERMANENT_EXIT_CODES:
+        assert 0 < code < policy.RETRYABLE_BASE
+    runtime = mf.render(load_run_config(RUN), _spec(), "trainjob").objects[0]
+    js = runtime["spec"]["template"]["spec"]
+    assert js["failurePolicy"]["maxRestarts"] == 5
+    assert js["failurePolicy"]["rules"][0]["action"] == "FailJobSet"
+    rules = js["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "node", "operator": "In", "values": [1, 2]},
+    }
+    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [203]
+    assert js["replicatedJobs"][0]["template"]["metadata"]["labels"][mf.TRAINER_ANCESTOR_LABEL] == "trainer"
+
+
+def test_pod_group_when_no_kueue() -> None:
+    spec = _spec(scheduling={"pod_group": "volcano", "schedule_timeout_s": 300})
+    job = mf.render(load_run_config(RUN), spec, "pytorchjob").job
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "scheduleTimeoutSeconds": 300}
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["schedulerName"] == "volcano"
+    assert _errors(_crd_validator("pytorchjob"), job) == []
+    spec = _spec(scheduling={"pod_group": "coscheduling"})
+    runtime = mf.render(load_run_config(RUN), spec, "trainjob").objects[0]
+    assert runtime["spec"]["podGroupPolicy"] == {"coscheduling": {"scheduleTimeoutSeconds": 600}}
+    r = mf.render(load_run_config(RUN), _spec(scheduling={}), "pytorchjob")
+    assert any("no gang scheduling" in w for w in r.warnings)
+
+
+def _restarts(run_dir: Path, nodes: list[str]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [{"cause": "hang", "node": n, "action": "requeue", "counted": True} for n in nodes]
+    lines.append({"cause": "preempted", "node": "", "action": "requeue", "counted": False})
+    (run_dir / "restarts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_anti_affinity_for_failed_nodes(tmp_path: Path) -> None:
+    cfg = load_run_config(RUN)
+    run_dir = tmp_path / "runs" / cfg.name
+    _restarts(run_dir, ["ip-10-0-1-7.ec2.internal", "ip-10-0-1-7.ec2.internal"])
+    spec = _spec(storage={"pvc_name": "fsx-lustre", "local_run_base_dir": str(tmp_path)})
+    assert mf.local_run_dir(cfg, spec) == run_dir
+    r = mf.render(cfg, spec, "pytorchjob", run_dir_local=mf.local_run_dir(cfg, spec))
+    aff = _pod(r.job)["spec"]["affinity"]["nodeAffinity"]
+    term = aff["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["ip-10-0-1-7.ec2.internal"]}
+    ]
+    assert _errors(_crd_validator("pytorchjob"), r.job) == [] and not r.warnings
+    # two failed nodes, one spare: required would leave the job pending forever -> preferred + a warning
+    _restarts(run_dir, ["ip-a", "ip-b"])
+    r = mf.render(cfg, spec, "trainjob", run_dir_local=run_dir)
+    aff = _pod(r.objects[0])["spec"]["affinity"]["nodeAffinity"]
+    assert aff["preferredDuringSchedulingIgnoredDuringExecution"][0]["preference"]["matchExpressions"][0]["values"] == [
+        "ip-a",
+        "ip-b",
+    ]
+    assert any("no spare" in w for w in r.warnings)
+    # switched off, or nothing failed: no affinity at all
+    off = spec.model_copy(update={"exclude_failed_nodes": False})
+    assert "affinity" not in _pod(mf.render(cfg, off, "pytorchjob", run_dir_local=run_dir).job)["spec"]
+    assert "affinity" not in _pod(mf.render(cfg, spec, "pytorchjob", run_dir_local=None).job)["spec"]
+
+
+def test_job_name_is_dns_safe() -> None:
+    assert mf.job_name("Qwen2.5_0.5B-run") == "qwen2-5-0-5b-run"
+    assert len(mf.job_name("x" * 100)) == 40
+
+
+def test_cli_render_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "job.yaml"
+    p = subprocess.run(
+        mltrain_cmd("k8s", "render", str(RUN), "--cluster", str(EKS_SPECS[0]), "--kind", "trainjob", "-o", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["TrainingRuntime", "TrainJob"]
+    assert docs[1]["spec"]["trainer"]["numProcPerNode"] == 8 and docs[1]["spec"]["trainer"]["numNodes"] == 2
