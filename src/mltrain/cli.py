@@ -237,11 +237,14 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the exact comm
 def cluster_network(
     cluster_yaml: ClusterYaml,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="write here instead of stdout")] = None,
+    stack: Annotated[
+        Optional[str], typer.Option("--stack", help="print the aws: keys from this deployed stack's outputs instead")
+    ] = None,
 ) -> None:
     """Render the CloudFormation template of the cluster's VPC, subnets, NAT, S3 endpoint, security groups."""
     from mltrain.cluster.network import network_command
 
-    network_command(cluster_yaml, out, console=console)
+    network_command(cluster_yaml, out, stack=stack, console=console)
 
 
 @cluster_app.command("preflight")

@@ -235,8 +235,10 @@ def test_preflight_gates_create(stub, moto_url, tmp_path):
     ec2 = s.client("ec2", endpoint_url=moto_url)
     vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    ec2.create_key_pair(KeyName="gate-key")  # moto's state is per process: names distinct from other tests
     spec = yaml.safe_load((ROOT / "configs/clusters/g5-8xl-2.yaml").read_text())
     spec["aws"]["subnet_id"] = subnet
+    spec["aws"]["ssh_key_name"] = "gate-key"
     spec["aws"]["pyxis_script_url"] = "s3://gate-boot/enable-pyxis.sh"
     path = tmp_path / "g5.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -110,6 +110,7 @@ def _base_spec(**aws) -> ClusterSpec:
         "region": REGION,
         "availability_zone": "us-east-1a",
         "ssh_cidr": "203.0.113.0/24",
+        "ssh_key_name": "mltrain",
         "subnet_id": "subnet-00000000000000000",
         "capacity_type": "odcr",
         "capacity_reservation_id": CR_ID,
@@ -146,6 +147,7 @@ def deployed(session):
         s3.create_bucket(Bucket=b)
     s3.put_object(Bucket="mltrain-boot", Key="enable-pyxis.sh", Body=b"#!/bin/bash\n")
     session.client("ecr").create_repository(repositoryName="mltrain")
+    session.client("ec2").create_key_pair(KeyName="mltrain")
     RESERVATIONS[CR_ID] = {
         "instanceType": "p5.48xlarge",
         "availabilityZone": "us-east-1a",
@@ -190,6 +192,7 @@ def test_deployed_foundation_passes(deployed, session):
         "reservation",
         "EFA rule",
         "head<->compute",
+        "key pair",
         "bucket",
         "pyxis script",
         "ECR repository",
@@ -285,6 +288,7 @@ def test_missing_subnet_sg_repo_and_policy(deployed, session):
             subnet_id="subnet-0deadbeefdeadbeef",
             compute_security_group_id="sg-0deadbeefdeadbeef",
             ecr_repository="nope",
+            ssh_key_name="nobody",
             ecr_policy_arn="arn:aws:iam::123456789012:policy/nope",
         ),
         session=session,
@@ -294,6 +298,28 @@ def test_missing_subnet_sg_repo_and_policy(deployed, session):
     assert "aws.compute_security_group_id sg-0deadbeefdeadbeef does not exist" in details
     assert "nope does not exist in us-east-1" in details
     assert "arn:aws:iam::123456789012:policy/nope does not exist" in details
+    assert "aws.ssh_key_name nobody does not exist in us-east-1" in details
+
+
+def test_stack_outputs_become_spec_keys(deployed, session):
+    """`mltrain cluster network SPEC --stack NAME`: the deployed stack's outputs as the aws: keys."""
+    from mltrain.cluster.network import network_command, stack_outputs_to_spec
+
+    spec, outs = deployed
+    keys = stack_outputs_to_spec("pf-network", REGION, session)
+    assert keys["subnet_id"] == outs["PrivateSubnetId"] == spec.aws.subnet_id
+    assert keys["head_node_subnet_id"] == outs["PublicSubnetId"]
+    assert keys["compute_security_group_id"] == outs["ComputeSecurityGroupId"]
+    assert keys["head_node_security_group_id"] == outs["HeadNodeSecurityGroupId"]
+    assert keys["ecr_policy_arn"].startswith("arn:aws:iam::")
+    c = Console(record=True, width=200, color_system=None)
+    p = Path(__file__).resolve().parents[2] / "configs" / "clusters" / "p5-16.yaml"
+    text = network_command(p, None, stack="pf-network", console=c, session=session)
+    assert yaml.safe_load(text)["aws"]["subnet_id"] == outs["PrivateSubnetId"]
+    from mltrain.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="stack nope in us-east-1"):
+        stack_outputs_to_spec("nope", REGION, session)
 
 
 def test_quota_arithmetic_and_families():

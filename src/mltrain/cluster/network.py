@@ -281,6 +281,28 @@ def odcr_availability_zone(spec: ClusterSpec, session: Any = None) -> str | None
     return cr.get("AvailabilityZone")
 
 
+def stack_outputs_to_spec(stack_name: str, region: str, session: Any = None) -> dict[str, str]:
+    """The aws: keys of the cluster spec from a deployed network stack's outputs (read-only)."""
+    import re
+
+    from mltrain.cluster.preflight import aws_session
+
+    cf = aws_session(session, region).client("cloudformation", region_name=region)
+    try:
+        stack = cf.describe_stacks(StackName=stack_name)["Stacks"][0]
+    except Exception as e:
+        raise ClusterError(
+            f"stack {stack_name} in {region}: {getattr(e, 'response', {}).get('Error', {}).get('Message') or e}"
+        ) from None
+    if not str(stack.get("StackStatus", "")).endswith("_COMPLETE") or "ROLLBACK" in stack.get("StackStatus", ""):
+        raise ClusterError(f"stack {stack_name} is {stack.get('StackStatus')}; wait for CREATE_COMPLETE")
+    outs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs") or []}
+    keys = {OUTPUT_TO_SPEC[k]: v for k, v in outs.items() if k in OUTPUT_TO_SPEC}
+    if "availability_zone" in keys and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$", keys["availability_zone"]):
+        del keys["availability_zone"]  # not an AZ name (some emulators do not resolve GetAtt in outputs)
+    return keys
+
+
 def dump_template(template: dict[str, Any], source: str | None = None) -> str:
     head = "# CloudFormation template rendered by `mltrain cluster network`"
     head += f" from {source}" if source else ""
@@ -290,12 +312,28 @@ def dump_template(template: dict[str, Any], source: str | None = None) -> str:
 
 
 def network_command(
-    cluster_yaml: Path, out: Path | None, *, lookup_az: bool = True, console: Console | None = None
+    cluster_yaml: Path,
+    out: Path | None,
+    *,
+    lookup_az: bool = True,
+    stack: str | None = None,
+    console: Console | None = None,
+    session: Any = None,
 ) -> str:
     """`mltrain cluster network`: write (or print) the template; with an ODCR and no
-    aws.availability_zone, look the reservation's AZ up first."""
+    aws.availability_zone, look the reservation's AZ up first. With `stack`: print the aws: keys
+    from that deployed stack's outputs instead, ready to paste into the cluster spec."""
     console = console or Console()
     spec = load_cluster_spec(cluster_yaml)
+    if stack:
+        if spec.aws is None:
+            raise ClusterError(f"cluster {spec.name}: no aws: section")
+        keys = stack_outputs_to_spec(stack, spec.aws.region, session)
+        text = f"# from stack {stack}: paste under aws: in {cluster_yaml}\n" + yaml.safe_dump(
+            {"aws": keys}, sort_keys=False
+        )
+        console.print(text, end="", highlight=False, markup=False, soft_wrap=True)
+        return text
     az = None
     if spec.aws is not None and not spec.aws.availability_zone and lookup_az:
         az = odcr_availability_zone(spec)

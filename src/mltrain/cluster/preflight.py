@@ -135,6 +135,7 @@ class _Preflight:
             self.instance_in_az,
             self.reservation,
             self.security_groups,
+            self.key_pair,
             self.buckets,
             self.ecr,
             self.quota,
@@ -350,6 +351,24 @@ class _Preflight:
                 self.add("head<->compute", "FAIL", g, "allow all traffic between the two groups (network template)")
             if not gaps:
                 self.add("head<->compute", "PASS", "all traffic allowed between head node and compute groups")
+
+    def key_pair(self) -> None:
+        name = self.aws.ssh_key_name
+        if not name:
+            return
+        try:
+            self._call(self.ec2.describe_key_pairs, KeyNames=[name])
+            self.add("key pair", "PASS", f"{name} exists in {self.region}")
+        except Exception as e:
+            if not _code(e).startswith("InvalidKeyPair"):
+                raise
+            self.add(
+                "key pair",
+                "FAIL",
+                f"aws.ssh_key_name {name} does not exist in {self.region}",
+                f"aws ec2 create-key-pair --key-name {name} --region {self.region} --query KeyMaterial "
+                f"--output text > {name}.pem && chmod 600 {name}.pem",
+            )
 
     def _buckets(self) -> dict[str, str]:
         """bucket -> which spec key names it."""
