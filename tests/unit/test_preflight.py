@@ -357,3 +357,17 @@ def test_cli_json_and_exit_codes(deployed, moto_url, tmp_path):
     r = _cli(_aws(ondemand, buckets=[{"name": "mltrain-missing"}]), tmp_path, moto_url)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "mltrain-missing" in r.stdout and "FAIL" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_no_credentials_is_one_line(tmp_path, monkeypatch):
+    """Without credentials every call would fail the same way: one line, not a table of failures."""
+    from mltrain.errors import ClusterError
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(ClusterError, match="no AWS credentials"):
+        run_preflight(_base_spec())

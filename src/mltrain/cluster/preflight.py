@@ -555,7 +555,7 @@ def preflight_command(cluster_yaml: Path, *, json_out: bool = False, console: Co
     checks = run_preflight(spec)
     if json_out:
         doc = {"cluster": spec.name, "ok": not failed(checks), "checks": [asdict(c) for c in checks]}
-        console.print_json(json.dumps(doc))
+        console.print(json.dumps(doc, indent=2), markup=False, highlight=False, soft_wrap=True)
     else:
         print_checks(checks, console, title=f"preflight {spec.name} ({spec.aws.region if spec.aws else ''})")
     return 1 if failed(checks) else 0
