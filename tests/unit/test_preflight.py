@@ -39,7 +39,7 @@ from mltrain.cluster.preflight import (  # noqa: E402
 )
 from mltrain.cluster.spec import ClusterSpec  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS.EC2.SecurityGroupEgress")
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..EC2..SecurityGroupEgress")
 
 REGION = "us-east-1"
 CR_ID = "cr-0123456789abcdef0"
