@@ -137,6 +137,7 @@ def test_missing_pcluster_is_one_line(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) <= 3 and "Traceback" not in r.stderr, r.stderr  # one line, soft-wrapped by the terminal
     assert "pip install aws-parallelcluster==3.16.1" in r.stderr.replace("\n", "") and "Node.js" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written before the CLI is known to exist
 
 
 def test_schema_only_pcluster_is_refused(stub, monkeypatch):

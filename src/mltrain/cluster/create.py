@@ -207,13 +207,13 @@ def cluster_action(
     if spec.aws is None:
         raise ClusterError(f"cluster {spec.name}: no aws: section; nothing to {action} with ParallelCluster")
     config_path = config_path or default_config_path(spec)
+    exe = None if dry_run else find_pcluster()  # before writing anything: a missing CLI is one line
     if action in ("create", "update"):
         render_config(spec, cluster_yaml, config_path)
-    if dry_run:
+    if exe is None:
         for line in dry_run_lines(action, spec, cluster_yaml, config_path, preflight):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return 0
-    exe = find_pcluster()
     if action == "status":
         rc, doc, text = describe(exe, spec)
         if rc != 0:
