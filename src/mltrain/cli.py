@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect run configs.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and validate tokenized training data.", no_args_is_help=True)
-cluster_app = typer.Typer(help="Render and validate AWS ParallelCluster configs.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Render, validate, check and create AWS ParallelCluster clusters.", no_args_is_help=True)
 fleet_app = typer.Typer(help="Run a planned fleet of models on one cluster.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
@@ -286,6 +286,109 @@ def k8s_cancel(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> No
 
 
 # --------------------------------------------------------------------------- end k8s
+# --------------------------------------------------------------------------- cluster: AWS foundation + pcluster CLI
+# (network template, preflight checks, create/update/delete/status through the real `pcluster`)
+
+ClusterYaml = Annotated[Path, typer.Argument(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", help="where to write the rendered config; default ./<name>.pcluster.yaml")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the exact commands; call nothing")]
+
+
+@cluster_app.command("network")
+def cluster_network(
+    cluster_yaml: ClusterYaml,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="write here instead of stdout")] = None,
+    stack: Annotated[
+        Optional[str], typer.Option("--stack", help="print the aws: keys from this deployed stack's outputs instead")
+    ] = None,
+) -> None:
+    """Render the CloudFormation template of the cluster's VPC, subnets, NAT, S3 endpoint, security groups."""
+    from mltrain.cluster.network import network_command
+
+    network_command(cluster_yaml, out, stack=stack, console=console)
+
+
+@cluster_app.command("preflight")
+def cluster_preflight(
+    cluster_yaml: ClusterYaml,
+    json_out: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
+) -> None:
+    """Read-only AWS checks before creating: instance type, AZ, reservation, subnets, EFA rule, buckets, quota."""
+    from mltrain.cluster.preflight import preflight_command
+
+    raise typer.Exit(preflight_command(cluster_yaml, json_out=json_out, console=console))
+
+
+def _cluster_action(
+    action, cluster_yaml, config, dry_run, skip_preflight=False, wait=True, poll_s=30.0, timeout_min=120.0
+):
+    from mltrain.cluster.create import cluster_action
+
+    cluster_action(
+        action,
+        cluster_yaml,
+        config_path=config,
+        dry_run=dry_run,
+        preflight=not skip_preflight,
+        wait=wait,
+        poll_s=poll_s,
+        timeout_min=timeout_min,
+        console=console,
+    )
+
+
+SkipPreflightOpt = Annotated[bool, typer.Option("--skip-preflight", help="do not run the AWS checks first")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow describe-cluster until done")]
+PollOpt = Annotated[float, typer.Option("--poll-s", help="seconds between describe-cluster calls")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout-min", help="give up waiting after this many minutes")]
+
+
+@cluster_app.command("create")
+def cluster_create(
+    cluster_yaml: ClusterYaml,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    skip_preflight: SkipPreflightOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """Render the config, run preflight, then `pcluster create-cluster` and follow it to CREATE_COMPLETE."""
+    _cluster_action("create", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+
+
+@cluster_app.command("update")
+def cluster_update(
+    cluster_yaml: ClusterYaml,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    skip_preflight: SkipPreflightOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """Render the config, run preflight, then `pcluster update-cluster` and follow it to UPDATE_COMPLETE."""
+    _cluster_action("update", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+
+
+@cluster_app.command("delete")
+def cluster_delete(
+    cluster_yaml: ClusterYaml,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """`pcluster delete-cluster` and follow it until the cluster is gone (FSx: aws.fsx.deletion_policy, Retain by default)."""
+    _cluster_action("delete", cluster_yaml, None, dry_run, True, wait, poll_s, timeout_min)
+
+
+@cluster_app.command("status")
+def cluster_status(cluster_yaml: ClusterYaml, dry_run: DryRunOpt = False) -> None:
+    """`pcluster describe-cluster`: status, stack, compute fleet, head node address, failures."""
+    _cluster_action("status", cluster_yaml, None, dry_run)
 
 
 def main() -> None:

@@ -98,8 +98,27 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
         b = _bucket(url)
         if b:
             s3[b] = s3.get(b, False) or write
+    for extra in aws.buckets:
+        s3[extra.name] = s3.get(extra.name, False) or extra.write
     s3_access = [{"BucketName": b, **({"EnableWriteAccess": True} if w else {})} for b, w in s3.items()]
     script_bucket = _bucket(aws.pyxis_script_url) if pyxis else None
+    # The head node: the bootstrap script (read) plus the buckets the spec names (staging data, images).
+    head_s3: dict[str, bool] = {script_bucket: False} if script_bucket else {}
+    for extra in aws.buckets:
+        head_s3[extra.name] = head_s3.get(extra.name, False) or extra.write
+    head_s3_access = [{"BucketName": b, **({"EnableWriteAccess": True} if w else {})} for b, w in head_s3.items()]
+    # ECR pull: a managed policy of the network stack (AdditionalIamPolicies takes ARNs only).
+    policies = [{"Policy": aws.ecr_policy_arn}] if aws.ecr_policy_arn else []
+    if aws.ecr_repository and not aws.ecr_policy_arn:
+        raise ClusterError(
+            f"cluster {spec.name}: aws.ecr_repository {aws.ecr_repository} needs aws.ecr_policy_arn (the "
+            "EcrPullPolicyArn output of the `mltrain cluster network` stack) so the nodes may pull from it"
+        )
+    if bool(aws.head_node_security_group_id) != bool(aws.compute_security_group_id):
+        raise ClusterError(
+            f"cluster {spec.name}: set both aws.head_node_security_group_id and aws.compute_security_group_id "
+            "(the network stack's outputs) or neither (ParallelCluster then creates its own)"
+        )
     pyxis_action = {"OnNodeConfigured": {"Script": aws.pyxis_script_url}} if pyxis else None
 
     image: dict[str, Any] = {"Os": aws.os}
@@ -110,13 +129,20 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
         "InstanceType": aws.head_node_instance_type,
         "Networking": {"SubnetId": aws.head_node_subnet_id or aws.subnet_id},
     }
+    if aws.head_node_security_group_id:
+        head["Networking"]["SecurityGroups"] = [aws.head_node_security_group_id]
     if aws.ssh_key_name:
         head["Ssh"] = {"KeyName": aws.ssh_key_name}
     head["LocalStorage"] = {"RootVolume": {"Size": aws.head_node_root_volume_gib, "Encrypted": True}}
     if pyxis_action:
         head["CustomActions"] = pyxis_action
-        if script_bucket:
-            head["Iam"] = {"S3Access": [{"BucketName": script_bucket}]}
+    head_iam: dict[str, Any] = {}
+    if head_s3_access:
+        head_iam["S3Access"] = head_s3_access
+    if policies:
+        head_iam["AdditionalIamPolicies"] = policies
+    if head_iam:
+        head["Iam"] = head_iam
 
     cr: dict[str, Any] = {
         "Name": _compute_resource_name(inst.name),
@@ -142,13 +168,19 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
             "SubnetIds": [aws.subnet_id],
             # A capacity block brings its own placement; a PG constraint there causes capacity errors.
             "PlacementGroup": {"Enabled": aws.placement_group and aws.capacity_type != "capacity_block"},
+            **({"SecurityGroups": [aws.compute_security_group_id]} if aws.compute_security_group_id else {}),
         },
         "ComputeResources": [cr],
     }
     if pyxis_action:
         queue["CustomActions"] = pyxis_action
+    queue_iam: dict[str, Any] = {}
     if s3_access:
-        queue["Iam"] = {"S3Access": s3_access}
+        queue_iam["S3Access"] = s3_access
+    if policies:
+        queue_iam["AdditionalIamPolicies"] = policies
+    if queue_iam:
+        queue["Iam"] = queue_iam
 
     config: dict[str, Any] = {
         "Region": aws.region,

@@ -3,6 +3,7 @@ renderer read, so partition, GPUs per node and mounts exist in exactly one place
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -62,6 +63,13 @@ class FsxSpec(StrictModel):
     compression: bool = Field(default=True, description="LZ4 data compression")
 
 
+class BucketSpec(StrictModel):
+    """An S3 bucket the nodes use: read-only unless `write` (least privilege via ParallelCluster S3Access)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    write: bool = False
+
+
 class AwsSpec(StrictModel):
     """What ParallelCluster needs beyond the compute shape (owned by cluster/ render)."""
 
@@ -90,6 +98,44 @@ class AwsSpec(StrictModel):
     scaledown_idletime_min: int = Field(default=10, ge=-1)
     detailed_monitoring: bool = True
     log_retention_days: int = Field(default=14, gt=0)
+    # --- the AWS foundation (`mltrain cluster network` / `preflight`); all optional, additive
+    availability_zone: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$",
+        description="AZ of the capacity (the ODCR's AZ); the private compute subnet goes there",
+    )
+    vpc_cidr: str = Field(default="10.0.0.0/16", description="CIDR of the VPC `cluster network` creates")
+    ssh_cidr: str | None = Field(
+        default=None, description="CIDR allowed to SSH (and reach Grafana) on the head node; none = no inbound"
+    )
+    monitoring: bool = Field(default=False, description="Grafana on the head node: open grafana_port to ssh_cidr")
+    grafana_port: int = Field(default=3000, gt=0, lt=65536)
+    head_node_security_group_id: str | None = Field(default=None, pattern=r"^sg-[0-9a-f]+$")
+    compute_security_group_id: str | None = Field(
+        default=None, pattern=r"^sg-[0-9a-f]+$", description="must allow all traffic to/from itself (EFA)"
+    )
+    buckets: list[BucketSpec] = Field(
+        default_factory=list, description="S3 buckets the nodes use beyond the FSx/pyxis ones"
+    )
+    ecr_repository: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._/-]*$", description="ECR repository the nodes pull images from"
+    )
+    ecr_policy_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:policy/",
+        description="the EcrPullPolicyArn output of the `cluster network` stack (attached to head and compute)",
+    )
+
+    @field_validator("vpc_cidr", "ssh_cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ipaddress.IPv4Network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"not an IPv4 CIDR block: {e}") from None
+        return v
 
 
 class ClusterSpec(StrictModel):
