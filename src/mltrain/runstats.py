@@ -183,6 +183,8 @@ def goodput(
     local_live: bool = False,
 ) -> float | None:
     """productive_seconds / allocated seconds (see the module docstring); None before any step."""
+    if not any(r.get("kind") == "train" and _num(r.get("step_time_s")) is not None for r in metrics):
+        return None
     times = _record_times(metrics)
     now = now if now is not None else (max(times) if times else 0.0)
     allocs = list(allocations or []) + local_allocations(metrics, live=local_live, now=now, slurm_too=not allocations)

@@ -67,11 +67,13 @@ def fit_table(
     """
     sections = sections or set()
     row_styles = list(row_styles) if row_styles is not None else [None] * len(rows)
-    keep = list(range(len(columns)))
-    droppable = sorted((i for i, c in enumerate(columns) if c.priority > 0), key=lambda i: -columns[i].priority)
+    # a column with nothing to say (every cell "-" or empty) goes first and is not reported as dropped
+    empty = {i for i, c in enumerate(columns) if c.priority > 0 and rows and all(r[i] in ("", "-") for r in rows)}
+    keep = [i for i in range(len(columns)) if i not in empty]
+    droppable = sorted((i for i in keep if columns[i].priority > 0), key=lambda i: -columns[i].priority)
     table = _build(columns, rows, keep, sections, row_styles)
     while _width(table) > width and droppable:
         keep.remove(droppable.pop(0))
         table = _build(columns, rows, keep, sections, row_styles)
-    dropped = [c.header for i, c in enumerate(columns) if i not in keep]
+    dropped = [c.header for i, c in enumerate(columns) if i not in keep and i not in empty]
     return table, dropped

@@ -234,7 +234,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
             st.explanation = f"running; resumed after {last_decision.get('cause')}"
     elif st.cancelled:
         st.state = "cancelled"
-        st.explanation = f"cancelled, not requeued; a new submit {resumes}"
+        st.explanation = f"cancelled; a new submit {resumes}"
     elif state in ACTIVE_STATES:
         if last_decision is not None and last_decision.get("action") == "requeue":
             st.state = "requeued"
