@@ -108,10 +108,11 @@ def test_status_table_fits_80_columns_and_keeps_the_name(killed_then_resumed, mo
     c = Console(record=True, width=80, color_system=None)
     status.show_status(None, console=c)
     lines = c.export_text().splitlines()
-    assert all(len(line) <= 80 for line in lines), lines
-    row = next(line for line in lines if line.startswith(NAME))
-    assert "done" in row and "8/8" in row
-    assert sum(NAME in line for line in lines) == 2  # one table row, one detail line; never split
+    detail = next(i for i, line in enumerate(lines) if line.startswith(NAME + ":"))
+    table = lines[:detail]
+    assert len(table) == 3 and all(len(line) <= 80 for line in table), lines  # header, rule, one row
+    assert table[2].startswith(NAME + " ") and "done" in table[2] and "8/8" in table[2]
+    assert lines[detail].startswith(f"{NAME}: ckpt step 8 (") and "finished" in lines[detail]
 
 
 def test_refused_start_keeps_the_run_finished(killed_then_resumed):

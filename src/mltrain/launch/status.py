@@ -376,8 +376,8 @@ def show_status(runs: str | list[str] | None = None, console: Console | None = N
         cells = [c[:idx] + c[idx + 1 :] for c in cells]
     table, dropped = fit_table(cols, cells, console.width)
     console.print(table)
-    for r in rows:  # never truncated: wraps at word boundaries when it must
-        console.print(f"{escape(r.name)}: {escape(detail_line(r))}", highlight=False)
+    for r in rows:  # one line each, never cut (an error message can be long: the terminal wraps it)
+        console.print(f"{escape(r.name)}: {escape(detail_line(r))}", highlight=False, soft_wrap=True)
     if dropped:
         console.print(f"[dim](narrow terminal: {', '.join(dropped)} not shown)[/]", highlight=False)
     return rows
