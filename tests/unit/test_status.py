@@ -240,3 +240,16 @@ def _pythonpath() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HOME", "OMP_NUM_THREADS")}
+
+
+def test_running_local_run_shows_elapsed_and_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    run = tmp_path / "runs" / "loc"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: loc\ntrain:\n  max_steps: 100\n")
+    now = time.time()
+    _jsonl(run / "metrics.jsonl", _trains(now - 65, 1, 50, dt=0.2, job=None))
+    st = status.run_status(run, now=now)
+    assert st.running and st.state == "running" and st.eta_s == pytest.approx(50 * 0.2)
+    assert st.alloc_elapsed_s == pytest.approx(65) and st.alloc_left_s is None
+    assert "allocation 1m05s in" in status.detail_line(st)

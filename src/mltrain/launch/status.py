@@ -213,6 +213,10 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         st.alloc_elapsed_s = max(0.0, now - allocs[-1].start)
         if allocs[-1].time_limit_s:
             st.alloc_left_s = max(0.0, allocs[-1].time_limit_s - st.alloc_elapsed_s)
+    elif st.running and not st.job_id:  # a local run: since its trainer started (no time limit)
+        starts = [r.get("time") for r in metrics if r.get("kind") == "start"]
+        if starts and isinstance(starts[-1], (int, float)):
+            st.alloc_elapsed_s = max(0.0, now - float(starts[-1]))
 
     # ---- why it is in this state
     st.cancelled = not st.running and (
