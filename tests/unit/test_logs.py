@@ -135,3 +135,22 @@ def test_logs_cli_follow_on_an_ended_job_returns(tmp_path: Path) -> None:
     r = subprocess.run(mltrain_cmd("logs", str(run), "-f"), capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert "rank 1 on node2 failed" in r.stdout and "srun exited 1" in r.stdout
+
+
+def test_follow_keeps_each_files_time_across_reads(tmp_path: Path) -> None:
+    """An unstamped stdout line read later still sorts after the stderr line stamped before it."""
+    out, err = tmp_path / "9.out", tmp_path / "9.err"
+    out.write_text("2026-01-01T00:00:05 stdout stamped\n")
+    err.write_text("")
+    tails = [("", logs._Tail(out)), ("[err] ", logs._Tail(err))]
+    c = Console(record=True, width=200, color_system=None)
+    logs._drain(c, tails, whole_lines=True)
+    with open(out, "a") as fh:
+        fh.write("stdout unstamped, after 00:05\n")
+    err.write_text("2026-01-01T00:00:02 stderr from before\n")
+    logs._drain(c, tails, whole_lines=True)
+    assert c.export_text().splitlines() == [
+        "2026-01-01T00:00:05 stdout stamped",
+        "[err] 2026-01-01T00:00:02 stderr from before",
+        "stdout unstamped, after 00:05",
+    ]

@@ -70,12 +70,13 @@ def _stamp_key(line: str, last: str) -> str:
     return f"{m.group(1)}T{m.group(2)}" if m else last
 
 
-def interleave(streams: Iterable[tuple[str, list[str]]]) -> list[tuple[str, str]]:
+def interleave(streams: Iterable[tuple[str, list[str]]], start_keys: list[str] | None = None) -> list[tuple[str, str]]:
     """Merge (prefix, lines) streams by time: each line keyed by the last timestamp in its own stream
-    (lines before the first timestamp sort first); ties keep stream order (stdout before stderr)."""
+    (lines before the first timestamp sort first, or by `start_keys[i]`: the stream's last timestamp
+    from an earlier read); ties keep stream order (stdout before stderr)."""
     keyed = []
     for order, (prefix, lines) in enumerate(streams):
-        last = ""
+        last = start_keys[order] if start_keys else ""
         seq = []
         for i, line in enumerate(lines):
             last = _stamp_key(line, last)
@@ -89,6 +90,7 @@ class _Tail:
 
     def __init__(self, path: Path) -> None:
         self.path, self.offset = path, 0
+        self.last_key = ""  # the last timestamp seen in this file (orders lines of later reads)
 
     def read(self, whole_lines: bool = True) -> list[str]:
         try:
@@ -110,7 +112,11 @@ def _emit(console: Console, prefix: str, line: str) -> None:
 
 
 def _drain(console: Console, tails: list[tuple[str, _Tail]], whole_lines: bool) -> bool:
-    merged = interleave((prefix, t.read(whole_lines)) for prefix, t in tails)
+    chunks = [(prefix, t.read(whole_lines)) for prefix, t in tails]
+    merged = interleave(chunks, [t.last_key for _p, t in tails])
+    for (_p, lines), (_q, t) in zip(chunks, tails, strict=True):
+        for line in lines:
+            t.last_key = _stamp_key(line, t.last_key)
     for prefix, line in merged:
         _emit(console, prefix, line)
     return bool(merged)
