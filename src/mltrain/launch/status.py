@@ -283,7 +283,10 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     if st.state == "done":
         st.eta_s = None
     if st.job_id and (run_dir / CANCELLED_FILE).exists():
-        st.notes.append("cancelled with mltrain cancel")
+        if st.cancelled:
+            st.explanation = st.explanation.replace("cancelled;", "cancelled with mltrain cancel;", 1)
+        else:
+            st.notes.append("cancelled with mltrain cancel")
     return st
 
 
