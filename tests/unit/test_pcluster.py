@@ -333,6 +333,7 @@ def test_render_command_writes_config_and_script_atomically(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@needs_pcluster  # render_command validates what it writes
 def test_render_command_stdout(tmp_path):
     c = _console()
     text = render_command(ROOT / "configs" / "clusters" / "g5-8xl-2.yaml", None, console=c)
