@@ -253,3 +253,11 @@ def test_running_local_run_shows_elapsed_and_eta(tmp_path: Path, monkeypatch: py
     assert st.running and st.state == "running" and st.eta_s == pytest.approx(50 * 0.2)
     assert st.alloc_elapsed_s == pytest.approx(65) and st.alloc_left_s is None
     assert "allocation 1m05s in" in status.detail_line(st)
+
+
+def test_console_summary_line_uses_the_same_definitions() -> None:
+    """For the trainer's end-of-run line: the same restarts, labelled loss and goodput as status/report."""
+    m = _trains(0.0, 1, 10, job=None) + [{"kind": "exit", "time": 20.0, "step": 10, "reason": "preempted"}]
+    m += _trains(10_000.0, 11, 20, job=None) + [{"kind": "exit", "time": 10_020.0, "step": 20, "reason": "done"}]
+    line = runstats.summary_line(m, restarts=[])
+    assert line == "20 steps, train loss 5.000 -> 5.000 (mean of first/last 10 logged), restarts 1, goodput 50%"
