@@ -29,7 +29,7 @@ def tiny_run_config(base: Path, data_dir: Path, name: str = "t", **train) -> dic
             "micro_batch_size": 4,
             "max_steps": 8,
             "lr": 3e-3,
-            "warmup_steps": 2,
+            "warmup_steps": min(2, train.get("max_steps", 8)),  # warmup > max_steps is refused
             "eval_every": 0,
             "eval_batches": 2,
             "log_every": 1,

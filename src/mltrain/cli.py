@@ -19,9 +19,27 @@ from mltrain.errors import MltrainError
 err_console = Console(stderr=True)
 console = Console()
 
+
+def _plain_flags() -> None:
+    """typer's help labels every flag `<bool>` although a flag takes no value: show nothing there
+    (tests/unit/test_cli_help.py fails if a typer update brings the label back)."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - another typer layout: keep its labels
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
+
 app = typer.Typer(
     help="Plan, provision, feed, train, launch, watch and recover LLM training "
-    "(AWS ParallelCluster/Slurm, Kubernetes, or one machine).",
+    "(AWS ParallelCluster/Slurm, Kubernetes/EKS, or one machine).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -38,7 +56,19 @@ app.add_typer(fleet_app, name="fleet")
 RunYaml = Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/demo.yaml", show_default=False)]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="override a config key, e.g. --set train.max_steps=50 (repeatable)"),
+    typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="override a config key, e.g. --set train.max_steps=50 (repeatable)"
+    ),
+]
+PLAN_SET_EXAMPLE = "constraints.deadline_days=12"  # tests/unit/test_cli_help.py runs it on the shipped fleet
+PlanSetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help=f"override a fleet key, e.g. --set {PLAN_SET_EXAMPLE} or --set models.0.mfu=0.3 (repeatable)",
+    ),
 ]
 RunRef = Annotated[str, typer.Argument(help="run name (under ./runs or $MLTRAIN_BASE_DIR/runs) or run dir")]
 
@@ -115,7 +145,9 @@ def report(run: RunRef) -> None:
 @app.command()
 def export(
     run: RunRef,
-    hf: Annotated[Path, typer.Option("--hf", help="output directory in Hugging Face format")],
+    hf: Annotated[
+        Path, typer.Option("-o", "--out", "--hf", help="output directory in Hugging Face format (--hf: old name)")
+    ],
     step: Annotated[Optional[int], typer.Option(help="checkpoint step; default the newest")] = None,
     dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32")] = "bf16",
     max_shard_gb: Annotated[float, typer.Option(help="split model.safetensors above this size")] = 5.0,
@@ -148,11 +180,13 @@ def submit(
 
 
 @app.command()
-def status(run: Annotated[Optional[str], typer.Argument(help="run name or dir; default all runs")] = None) -> None:
-    """Scheduler state and training progress: step, loss, tokens/s, MFU, ETA, restarts, goodput."""
+def status(
+    runs: Annotated[Optional[list[str]], typer.Argument(help="run names or dirs; default all runs")] = None,
+) -> None:
+    """State and progress of runs: step, loss, ETA, goodput, restarts, checkpoint, nodes, why it stopped."""
     from mltrain.launch.status import show_status
 
-    show_status(run, console=console)
+    show_status(runs or None, console=console)
 
 
 @app.command()
@@ -160,10 +194,10 @@ def logs(
     run: RunRef,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
-    """Print the run's scheduler log."""
-    from mltrain.launch.slurm import print_logs
+    """Print the run's newest log (local run or Slurm job; -f interleaves stdout and stderr by time)."""
+    from mltrain.launch.logs import show_logs
 
-    print_logs(run, follow=follow, console=console)
+    show_logs(run, follow_=follow, console=console)
 
 
 @app.command()
@@ -182,7 +216,7 @@ def plan(
     fleet_yaml: Annotated[Path, typer.Argument(help="fleet YAML, e.g. configs/fleets/seven-models.yaml")],
     json_out: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
     yaml_out: Annotated[bool, typer.Option("--yaml", help="print the plan as YAML")] = False,
-    set_: SetOpt = None,
+    set_: PlanSetOpt = None,
 ) -> None:
     """Nodes, days, node-hours and dollars for every model of a fleet, and the node split."""
     from mltrain.cluster.plan_cli import plan_command

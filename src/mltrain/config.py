@@ -205,6 +205,20 @@ class TrainConfig(StrictModel):
     stop_check_every: int = Field(default=1, gt=0, description="steps between preemption-flag checks")
     tensorboard: bool = True
 
+    @model_validator(mode="after")
+    def _warmup_within_run(self) -> TrainConfig:
+        """A warmup longer than the run never reaches the peak lr: a typo when set, so refused.
+        The default warmup (20) is shortened to a short run's max_steps instead, so
+        `--set train.max_steps=5` keeps working."""
+        if self.warmup_steps > self.max_steps and "warmup_steps" not in self.model_fields_set:
+            self.warmup_steps = self.max_steps
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps {self.warmup_steps} > max_steps {self.max_steps}: the lr would never reach "
+                "train.lr; lower warmup_steps or raise max_steps"
+            )
+        return self
+
 
 class CheckpointConfig(StrictModel):
     """Distributed checkpoints: cadence, retention, async save."""
@@ -254,6 +268,22 @@ class RunConfig(StrictModel):
         from mltrain.rundir import run_path
 
         return run_path(self.base_dir, self.name)
+
+
+def check_nproc(cfg: RunConfig, nproc: int, path: str | Path | None = None) -> None:
+    """Refuse process counts that cannot train correctly on one machine.
+
+    `parallel: none` with several processes would train N unsynchronised copies of the model that
+    overwrite each other's checkpoints, never something a user wants.
+    """
+    source = f"{path}: --nproc" if path else "--nproc"
+    if nproc < 1:
+        raise ConfigError(f"{source} {nproc}: must be at least 1")
+    if nproc > 1 and cfg.train.parallel == "none":
+        raise ConfigError(
+            f"{source} {nproc} with train.parallel: none would train {nproc} unsynchronised copies; "
+            "use --set train.parallel=ddp (or fsdp), or --nproc 1"
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -320,7 +350,7 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         elif e["type"] == "missing":

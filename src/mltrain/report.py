@@ -7,29 +7,34 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mltrain import rundir
+from mltrain import rundir, runstats
 from mltrain.errors import RunDirError
-from mltrain.train.metrics import read_metrics
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures a person asks first: did the loss fall, how fast, how far, how many restarts."""
+def summarize(
+    records: list[dict[str, Any]],
+    restarts: list[dict[str, Any]] | None = None,
+    allocations: list[runstats.Allocation] | None = None,
+) -> dict[str, Any]:
+    """Figures a person asks first: did the loss fall, how fast, how far, how many restarts, how much
+    of the time paid for was training (restarts and goodput as defined in mltrain.runstats)."""
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    starts = [r for r in records if r.get("kind") == "start"]
-    if not train:
+    lc = runstats.loss_change(train)
+    if not train or lc is None:
         return {}
-    head = train[: max(1, len(train) // 10)]
-    tail = train[-max(1, len(train) // 10) :]
     out: dict[str, Any] = {
         "steps": train[-1]["step"],
-        "first_loss": sum(r["loss"] for r in head) / len(head),
-        "last_loss": sum(r["loss"] for r in tail) / len(tail),
+        "first_loss": lc[0],
+        "last_loss": lc[1],
+        "loss_window": lc[2],
         "tokens_per_s": statistics.median_high(r["tokens_per_s"] for r in train),
-        "restarts": max(0, len(starts) - 1),
+        "restarts": runstats.restarts_of(records, restarts or []),
+        "goodput": runstats.goodput(records, allocations),
     }
     mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
     out["mfu"] = statistics.median_high(mfus) if mfus else None
@@ -76,23 +81,30 @@ def plot(records: list[dict[str, Any]], out: Path, title: str) -> None:
 
 def write_report(run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    records = read_metrics(run_dir)
-    summary = summarize(records)
+    records, restarts, allocations = runstats.read_run_files(run_dir)
+    summary = summarize(records, restarts, allocations)
     if not summary:
         raise RunDirError(f"{run_dir / rundir.METRICS_FILE}: no training steps recorded yet")
     out = run_dir / rundir.REPORT_FILE
     plot(records, out, run_dir.name)
-    table = Table(title=f"run {run_dir.name}", show_header=False)
+    table = Table(title=f"run {run_dir.name}", show_header=False, box=box.SIMPLE, title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("steps", str(summary["steps"]))
-    table.add_row("train loss", f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}")
+    n = summary["loss_window"]
+    table.add_row(
+        f"train loss (mean of first / last {n} logged)", f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}"
+    )
     if "last_val_loss" in summary:
         table.add_row(
-            "val loss",
+            "val loss (first / last eval)",
             f"{summary['first_val_loss']:.3f} -> {summary['last_val_loss']:.3f} (ppl {summary['last_val_ppl']:.1f})",
         )
     table.add_row("tokens/s (median)", f"{summary['tokens_per_s']:,.0f}")
     table.add_row("MFU (median)", f"{100 * summary['mfu']:.1f}%" if summary["mfu"] is not None else "n/a (CPU)")
     table.add_row("restarts", str(summary["restarts"]))
-    table.add_row("report", str(out))
+    g = summary["goodput"]
+    table.add_row("goodput (step time / allocated)", f"{100 * g:.0f}%" if g is not None else "-")
     console.print(table)
+    console.print(f"report: {out}", highlight=False, soft_wrap=True)
     return summary

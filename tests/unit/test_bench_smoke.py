@@ -49,8 +49,13 @@ def test_train_throughput_smoke(tmp_path, tiny_data_dir):
     assert data["variants"]["mltrain"]["loss_chunk_tokens"] > 0  # the chunked-CE path ran
     trainer = data["variants"]["mltrain_trainer"]
     assert trainer["trainer_parallel"] == "fsdp" and trainer["trainer_bf16_autocast_active"] is False
-    assert data["best_mltrain_variant"] in data["variants"]
-    assert data["speedup_vs_hf_eager"] > 0
+    # the headline figures are computed from the variants (before: `in variants` and `> 0`, which no bug fails)
+    ours = {k: v for k, v in data["variants"].items() if not k.startswith("hf_") and "error" not in v}
+    best = max(ours, key=lambda k: ours[k]["tokens_per_s"])
+    assert data["best_mltrain_variant"] == best
+    assert data["speedup_vs_hf_eager"] == pytest.approx(
+        ours[best]["tokens_per_s"] / data["variants"]["hf_eager"]["tokens_per_s"]
+    )
     assert data["flops_per_token"] > 0 and data["peak_flops_measured_matmul"] > 0
 
     n = data["numerics"]
@@ -87,9 +92,18 @@ def test_checkpoint_smoke(tmp_path):
         assert m["save_gb_per_s"] > 0 and m["load_gb_per_s"] > 0
     for lever in ("dcp_pinned_stager", "dcp_pinned_stager_async_staging"):
         assert all(0 < s["blocked_s"] <= s["total_s"] for s in data["modes"][lever]["saves"])
-    assert isinstance(data["targets_met"]["async_blocked_s<=1"], bool)
-    overlap = data["modes"]["async"]["train_during_async_write"]
-    assert overlap["step_s_idle_median"] > 0 and overlap["steps_during_write"] >= 0
+    # before: isinstance(..., bool) and steps_during_write >= 0, true whatever the bench computed
+    a = data["modes"]["async"]
+    assert a["blocked_s_max"] == max(s["blocked_s"] for s in a["saves"])
+    assert data["targets_met"]["async_blocked_s<=1"] is (a["blocked_s_max"] <= data["targets"]["async_blocked_s"])
+    overlap = a["train_during_async_write"]
+    assert overlap["step_s_idle_median"] > 0 and 0 <= overlap["steps_during_write"] <= 3  # --overlap-steps 3
+    if overlap["steps_during_write"]:
+        assert overlap["slowdown"] == pytest.approx(
+            overlap["step_s_during_write_median"] / overlap["step_s_idle_median"]
+        )
+    else:
+        assert overlap["slowdown"] is None and overlap["step_s_during_write_median"] is None
     assert not list(tmp_path.glob("mltrain-bench-ckpt-*"))  # the checkpoints are cleaned up
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -231,10 +232,25 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not a tokenizer")
     with pytest.raises(DataError, match=r"bad\.json: not a valid tokenizer\.json"):
         prepare_data(make_cfg(tmp_path, data={"tokenizer": str(tmp_path / "bad.json")}))
-    with pytest.raises(DataError, match="no-such-org/no-such-tokenizer"):
-        prepare_data(make_cfg(tmp_path, data={"tokenizer": "no-such-org/no-such-tokenizer"}))
     with pytest.raises(DataError, match="no tokenizer"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+def test_hub_tokenizer_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: this probed huggingface.co and accepted whichever error came back. Now no network at all."""
+
+    def refuse(address, *a, **kw):
+        raise AssertionError(f"network probe to {address}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_corpus(tmp_path / "src", n_docs=3)
+    with pytest.raises(
+        DataError,
+        match=r"data\.tokenizer: 'no-such-org/no-such-tokenizer': not a local file, and the Hugging Face hub is "
+        r"unreachable: HF_HUB_OFFLINE is set",
+    ):
+        prepare_data(make_cfg(tmp_path, data={"tokenizer": "no-such-org/no-such-tokenizer"}))
 
 
 def test_prepare_builtin_corpus_small_cap(tmp_path: Path) -> None:

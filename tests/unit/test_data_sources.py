@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -127,8 +130,44 @@ def test_builtin_stdlib_is_sorted_deterministic_and_capped(tmp_path: Path) -> No
     assert a.stats.bytes - len(a.docs[-1].encode()) < 60_000
 
 
-def test_hf_source_without_datasets_or_hub_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"hf:some/dataset: .*(datasets|unreachable)"):
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any outside connection fails the test: these paths must not probe the network."""
+
+    def refuse(address, *a, **kw):
+        raise AssertionError(f"network probe to {address}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_hf_source_without_datasets_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: one test accepted either message, so it passed whichever path ran (and probed the hub)."""
+    _no_network(monkeypatch)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError, installed or not
+    with pytest.raises(DataError, match=r"^hf:some/dataset: Hugging Face datasets need the `datasets` package"):
+        docs_of(tmp_path, ["hf:some/dataset"])
+
+
+def test_hf_source_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `datasets` is an optional extra that the test venv may lack: an empty module stands for it (nothing of it
+    # is called: the offline check comes first)
+    _no_network(monkeypatch)
+    monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        DataError, match=r"^hf:some/dataset: the Hugging Face hub is unreachable: HF_HUB_OFFLINE is set"
+    ):
+        docs_of(tmp_path, ["hf:some/dataset"])
+
+
+def test_hf_source_unreachable_endpoint_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real refused connection on 127.0.0.1 (a port just freed), never the internet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(DataError, match=rf"hub is unreachable: cannot reach 127\.0\.0\.1:{port}"):
         docs_of(tmp_path, ["hf:some/dataset"])
 
 

@@ -146,3 +146,35 @@ def test_fleet_submit_needs_run_configs_and_a_matching_cluster(tmp_path):
     cluster.write_text(cluster.read_text().replace("p5e.48xlarge", "p5.48xlarge").replace("nodes: 8", "nodes: 4"))
     with pytest.raises(ClusterError, match="nodes 4 < the 8 nodes the plan uses"):
         fleet_submit_command(fleet, cluster, dry_run=True, console=_console())
+
+
+# --------------------------------------------------------------------------- pinned figures, 80 columns
+
+
+def test_seven_models_headline_figures_are_pinned():
+    """The README's headline (10.9 days instead of 12.6, $111k less), from `mltrain plan --json` on
+    2026-11-30. A planner change that moves them must update this test and the README together."""
+    plan = plan_command(SEVEN, console=_console())
+    t, s = plan.totals, plan.seed_totals
+    assert t.makespan_days == pytest.approx(10.9167, abs=5e-4)
+    assert t.cluster_dollars == pytest.approx(725_218, abs=1)
+    assert t.busy_node_hours == pytest.approx(20_464.6, abs=0.1)
+    assert s.makespan_days == pytest.approx(12.5904, abs=5e-4)
+    assert s.cluster_dollars == pytest.approx(836_404, abs=1)
+    assert s.cluster_dollars - t.cluster_dollars == pytest.approx(111_185, abs=2)
+    assert [m.nodes for m in plan.models] == [8, 9, 10, 13, 11, 13, 16]
+    assert t.nodes_used == 80
+
+
+def test_plan_table_fits_80_columns_without_truncating_a_cell():
+    """Before: ~135 columns wide, every cell truncated at 80 (`qwe…`, `10…`)."""
+    c = Console(record=True, width=80, color_system=None)
+    plan = plan_command(SEVEN, console=c)
+    text = c.export_text()
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "…" not in text
+    for m in plan.models:
+        row = next(line for line in lines if line.startswith(m.name + " "))
+        assert f"{m.days:.2f}" in row and f"{m.nodes}" in row and f"${m.dollars:,.0f}" in row
+    assert "not shown; --json has every figure" in " ".join(text.split())

@@ -673,6 +673,12 @@ def validate_command(pcluster_yaml: Path, console: Console | None = None) -> int
         text = Path(pcluster_yaml).read_text()
     except OSError as e:
         raise ClusterError(f"{pcluster_yaml}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ClusterError(
+            f"{pcluster_yaml}: not a text file (byte {e.start} is not UTF-8); expected a YAML config"
+        ) from None
+    if "\x00" in text:
+        raise ClusterError(f"{pcluster_yaml}: not a text file (contains NUL bytes); expected a YAML config")
     errors, warnings = validate_report(text)
     for e in errors:
         console.print(f"[red]error:[/] {escape(e)}", highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ from rich.table import Table
 from mltrain.cluster.fleet import load_fleet
 from mltrain.cluster.planner import Plan, SplitTotals, plan_fleet
 from mltrain.errors import ClusterError
+from mltrain.tables import Column, fit_table
 
 
 def _si(x: float) -> str:
@@ -27,56 +28,71 @@ def _usd(x: float | None) -> str:
     return "n/a" if x is None else f"${x:,.0f}"
 
 
-def plan_table(plan: Plan) -> Table:
-    """The per-model table, with the seed split side by side when the fleet has one."""
-    seed = plan.seed_totals is not None
+# priority 0 always shown; higher numbers are dropped first when the console is narrow
+PLAN_COLUMNS = [
+    Column("model", "left", 0),
+    Column("nodes", "right", 0),
+    Column("days", "right", 0),
+    Column("$", "right", 1),
+    Column("seed nodes", "right", 2, style="dim"),
+    Column("seed days", "right", 2, style="dim"),
+    Column("node-hours", "right", 3),
+    Column("min nodes", "right", 4),
+    Column("params", "right", 5),
+    Column("tokens", "right", 6),
+    Column("MFU", "right", 7),
+    Column("GiB/GPU", "right", 8),
+]
+
+
+def plan_title(plan: Plan) -> str:
     price = "n/a" if plan.price_per_node_hour is None else f"${plan.price_per_node_hour:,.2f}"
-    title = (
+    return (
         f"{plan.nodes} x {plan.instance_type} ({plan.nodes * plan.gpus_per_node} x {plan.gpu}), "
         f"{plan.region or 'no region'}, {price}/node-hour ({plan.price_source}); {plan.objective}"
     )
-    t = Table(title=escape(title), title_justify="left")
-    for col in ("model", "params", "tokens", "MFU", "min nodes", "GiB/GPU", "nodes", "days", "node-hours", "$"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    if seed:
-        for col in ("seed nodes", "seed days"):
-            t.add_column(col, justify="right", style="dim")
+
+
+def plan_rows(plan: Plan) -> tuple[list[Column], list[list[str]]]:
+    """The per-model cells and a total row, in PLAN_COLUMNS order (no seed columns without a seed split)."""
+    seed = plan.seed_totals is not None
+    cols = [c for c in PLAN_COLUMNS if seed or not c.header.startswith("seed")]
+    rows = []
     for m in plan.models:
-        row = [
-            m.name,
-            _si(m.params),
-            _si(m.tokens),
-            f"{m.mfu:.2f}",
-            str(m.min_nodes_fit),
-            f"{m.mem_gib_per_gpu:.1f}",
-            str(m.nodes),
-            f"{m.days:.2f}",
-            f"{m.node_hours:,.0f}",
-            _usd(m.dollars),
-        ]
-        if seed:
-            sd = f"{m.seed_days:.2f}" + (" !" if m.seed_note else "")
-            row += [str(m.seed_nodes), sd]
-        t.add_row(*row)
-    tt = plan.totals
-    total = [
-        "total",
-        "",
-        "",
-        "",
-        "",
-        "",
-        str(tt.nodes_used),
-        f"{tt.makespan_days:.2f}",
-        f"{tt.busy_node_hours:,.0f}",
-        _usd(tt.busy_dollars),
-    ]
-    if seed and plan.seed_totals:
-        st = plan.seed_totals
-        total += [str(st.nodes_used), f"{st.makespan_days:.2f}"]
-    t.add_section()
-    t.add_row(*total, style="bold")
-    return t
+        cell = {
+            "model": m.name,
+            "nodes": str(m.nodes),
+            "days": f"{m.days:.2f}",
+            "$": _usd(m.dollars),
+            "seed nodes": str(m.seed_nodes) if seed else "",
+            "seed days": (f"{m.seed_days:.2f}" + (" !" if m.seed_note else "")) if seed else "",
+            "node-hours": f"{m.node_hours:,.0f}",
+            "min nodes": str(m.min_nodes_fit),
+            "params": _si(m.params),
+            "tokens": _si(m.tokens),
+            "MFU": f"{m.mfu:.2f}",
+            "GiB/GPU": f"{m.mem_gib_per_gpu:.1f}",
+        }
+        rows.append([cell[c.header] for c in cols])
+    tt, st = plan.totals, plan.seed_totals
+    total = {
+        "model": "total",
+        "nodes": str(tt.nodes_used),
+        "days": f"{tt.makespan_days:.2f}",
+        "$": _usd(tt.busy_dollars),
+        "seed nodes": str(st.nodes_used) if st else "",
+        "seed days": f"{st.makespan_days:.2f}" if st else "",
+        "node-hours": f"{tt.busy_node_hours:,.0f}",
+    }
+    rows.append([total.get(c.header, "") for c in cols])
+    return cols, rows
+
+
+def plan_table(plan: Plan, width: int = 10_000) -> tuple[Table, list[str]]:
+    """The per-model table at most `width` columns wide (columns dropped by priority), and what it dropped."""
+    cols, rows = plan_rows(plan)
+    styles: list[str | None] = [None] * (len(rows) - 1) + ["bold"]
+    return fit_table(cols, rows, width, sections={len(rows) - 1}, row_styles=styles)
 
 
 def _totals_line(label: str, t: SplitTotals) -> str:
@@ -88,7 +104,11 @@ def _totals_line(label: str, t: SplitTotals) -> str:
 
 
 def print_plan(plan: Plan, console: Console) -> None:
-    console.print(plan_table(plan))
+    console.print(escape(plan_title(plan)), highlight=False)
+    table, dropped = plan_table(plan, console.width)
+    console.print(table)
+    if dropped:
+        console.print(f"[dim](narrow terminal: {', '.join(dropped)} not shown; --json has every figure)[/]")
     console.print(_totals_line("plan", plan.totals), highlight=False)
     if plan.seed_totals is not None:
         st, tt = plan.seed_totals, plan.totals

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mltrain import exit_codes, rundir
-from mltrain.config import load_run_config
+from mltrain.config import check_nproc, load_run_config
 from mltrain.errors import MltrainError
 
 
@@ -53,6 +53,7 @@ def _fit_to_gpus(nproc: int, device: str) -> int:
 def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     """Train on this machine. Returns the exit code (exit_codes: 0 done, 75 stopped for requeue)."""
     cfg = load_run_config(run_yaml, overrides)
+    check_nproc(cfg, nproc, run_yaml)
     nproc = _fit_to_gpus(nproc, cfg.train.device)
     is_worker = "LOCAL_RANK" in os.environ  # started by torchrun (here or by srun on a cluster)
     if nproc > 1 and not is_worker:

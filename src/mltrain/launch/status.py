@@ -1,8 +1,11 @@
-"""`mltrain status`: one table row per run, from the run dir and (when there is one) the scheduler.
+"""`mltrain status [RUN...]`: one table row per run, then one detail line per run.
 
-Everything but the scheduler column comes from files in the run dir (metrics.jsonl, restarts.jsonl,
-control/exit_reason), so it works the same for local runs, Slurm runs and runs whose job records
-have aged out of slurmctld. Scheduler queries never raise: squeue, then scontrol, then sacct.
+Everything but the scheduler's view comes from files in the run dir (metrics.jsonl, restarts.jsonl,
+slurm/allocations.jsonl, control/), so it works the same for local runs, Slurm runs and runs whose job
+records have aged out of slurmctld. Scheduler queries never raise: squeue, then scontrol, then sacct.
+Restarts, goodput, ETA and the smoothed loss / tokens/s are defined once, in mltrain.runstats.
+The table fits the console's width by dropping low-priority columns (mltrain.tables), never by
+wrapping a row or splitting a run name.
 """
 
 from __future__ import annotations
@@ -13,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from mltrain import rundir
-from mltrain.fsutil import read_jsonl
+from mltrain import rundir, runstats
 from mltrain.launch.slurm import (
     ACTIVE_STATES,
+    CANCELLED_FILE,
     JOBS_FILE,
     RUN_CONFIG_NAME,
     find_run,
@@ -29,6 +30,7 @@ from mltrain.launch.slurm import (
     log_files,
     query_job,
 )
+from mltrain.tables import Column, fit_table
 
 REASON_WORDS = {
     "done": "finished",
@@ -39,6 +41,17 @@ REASON_WORDS = {
     "config_error": "stopped: config error, not requeued",
     "terminated": "terminated by Slurm (scancel, preemption), not self-requeued",
 }
+SHORT_WORDS = {
+    "done": "done",
+    "preempted": "stopped",
+    "hang": "hang",
+    "failed": "failed",
+    "lost_rank": "lost rank",
+    "config_error": "config err",
+    "terminated": "terminated",
+}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING"}
+LOCAL_STALE_S = 300.0  # without a lease module: a local run silent this long is not running
 
 
 @dataclass
@@ -52,14 +65,22 @@ class RunStatus:
     scheduler_state: str | None = None  # e.g. "RUNNING"; None = unknown
     step: int | None = None
     total_steps: int | None = None
-    loss: float | None = None
-    tokens_per_s: float | None = None
+    loss: float | None = None  # mean of the last runstats.SMOOTH_STEPS logged records
+    tokens_per_s: float | None = None  # idem
     mfu: float | None = None
-    eta_s: float | None = None
+    eta_s: float | None = None  # only while running
     restarts: int = 0
     preemptions: int = 0
     goodput: float | None = None
     exit_reason: str | None = None
+    running: bool = False
+    cancelled: bool = False
+    state: str = "-"  # one word for the table: running, pending, requeued, done, cancelled, failed, ...
+    nodes: str | None = None
+    alloc_elapsed_s: float | None = None
+    alloc_left_s: float | None = None
+    ckpt_step: int | None = None
+    ckpt_age_s: float | None = None
     explanation: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -75,44 +96,8 @@ def _total_steps(run_dir: Path) -> int | None:
 
 
 def goodput(metrics: list[dict[str, Any]], now: float | None = None) -> float | None:
-    """Productive training time / wall time since the first start.
-
-    Productive: for each attempt (from one "start" line to the next), the steps that survived
-    (up to the step the next attempt resumed from) times that attempt's mean step time. Lost steps
-    after the last checkpoint, checkpoint saves, evals, start-up and queue time are not productive.
-    """
-    segments: list[dict[str, Any]] = []
-    for rec in metrics:
-        kind = rec.get("kind")
-        if kind == "start":
-            segments.append(
-                {"start_step": int(rec.get("step") or 0), "times": [], "last_step": None, "t0": rec.get("time")}
-            )
-        elif segments and kind == "train" and rec.get("step") is not None:
-            seg = segments[-1]
-            if rec.get("step_time_s") is not None:
-                seg["times"].append(float(rec["step_time_s"]))
-            seg["last_step"] = int(rec["step"])
-        elif segments and kind == "exit" and rec.get("step") is not None:
-            segments[-1]["last_step"] = max(int(rec["step"]), segments[-1]["last_step"] or 0)
-    if not segments or segments[0]["t0"] is None:
-        return None
-    productive = 0.0
-    for i, seg in enumerate(segments):
-        if not seg["times"] or seg["last_step"] is None:
-            continue
-        end = seg["last_step"]
-        if i + 1 < len(segments):
-            end = min(end, segments[i + 1]["start_step"])
-        kept = max(0, end - seg["start_step"])
-        productive += kept * (sum(seg["times"]) / len(seg["times"]))
-    last_time = max((float(r["time"]) for r in metrics if isinstance(r.get("time"), (int, float))), default=None)
-    finished = metrics and metrics[-1].get("kind") == "exit"
-    end_time = last_time if finished or now is None else now
-    wall = (end_time or 0.0) - float(segments[0]["t0"])
-    if wall <= 0:
-        return None
-    return max(0.0, min(1.0, productive / wall))
+    """Goodput of a run from its metrics alone (local runs); see mltrain.runstats.goodput."""
+    return runstats.goodput(metrics, now=now)
 
 
 def _error_line(run_dir: Path, job_id: str | None) -> str | None:
@@ -126,7 +111,7 @@ def _error_line(run_dir: Path, job_id: str | None) -> str | None:
     if job_id:
         try:
             lines = log_files(run_dir, job_id)[1].read_text(errors="replace").splitlines()
-        except OSError:
+        except (OSError, IndexError):
             return None
         for line in lines:
             if line.lstrip().startswith("error:"):
@@ -134,32 +119,56 @@ def _error_line(run_dir: Path, job_id: str | None) -> str | None:
     return None
 
 
+def _local_holder(run_dir: Path) -> dict[str, Any] | None:
+    """The live run-dir lease holder, when the lease module is there (it may not be on older trees)."""
+    try:
+        from mltrain.lease import lease_holder
+    except ImportError:
+        return None
+    try:
+        return lease_holder(run_dir)
+    except Exception:  # status never fails on a damaged lease file
+        return None
+
+
+def _exit_reason_is_current(run_dir: Path, metrics: list[dict[str, Any]]) -> bool:
+    """control/exit_reason is about the latest start unless that start began after it was written."""
+    starts = [float(r["time"]) for r in metrics if r.get("kind") == "start" and isinstance(r.get("time"), (int, float))]
+    if not starts:
+        return True
+    try:
+        return (run_dir / rundir.EXIT_REASON_FILE).stat().st_mtime >= starts[-1] - 1.0
+    except OSError:
+        return False
+
+
 def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     """Collect everything about one run (no printing; used by show_status and the tests)."""
     now = time.time() if now is None else now
     st = RunStatus(name=run_dir.name, run_dir=run_dir)
-    metrics = read_jsonl(run_dir / rundir.METRICS_FILE)
+    metrics, restarts, allocs = runstats.read_run_files(run_dir)
     trains = [r for r in metrics if r.get("kind") == "train"]
+    cur = runstats.current_trains(metrics)
+    last_rec = metrics[-1] if metrics else None
     st.total_steps = _total_steps(run_dir)
     if trains:
-        last = trains[-1]
-        st.step, st.loss = last.get("step"), last.get("loss")
-        st.tokens_per_s, st.mfu = last.get("tokens_per_s"), last.get("mfu")
-        recent = [float(r["step_time_s"]) for r in trains[-20:] if r.get("step_time_s")]
-        if recent and st.total_steps and st.step is not None:
-            st.eta_s = max(0, st.total_steps - st.step) * sum(recent) / len(recent)
+        st.step = trains[-1].get("step")
+        st.mfu = runstats.smoothed(trains, "mfu")
+        st.loss = runstats.smoothed(trains, "loss")
+        st.tokens_per_s = runstats.smoothed(trains, "tokens_per_s")
     exits = [r for r in metrics if r.get("kind") == "exit"]
     if exits and (st.step is None or (exits[-1].get("step") or 0) > st.step):
         st.step = exits[-1].get("step")
-    st.goodput = goodput(metrics, now)
+    st.restarts = runstats.restarts_of(metrics, restarts)
+    st.preemptions = runstats.count_preemptions(restarts)
+    ck = runstats.last_checkpoint(run_dir)
+    if ck:
+        st.ckpt_step, st.ckpt_age_s = ck[0], max(0.0, now - ck[1])
 
-    restarts = read_jsonl(run_dir / rundir.RESTARTS_FILE)
-    requeues = [r for r in restarts if r.get("action") == "requeue"]
-    st.restarts = len(requeues)
-    st.preemptions = sum(1 for r in requeues if r.get("cause") == "preempted")
-
+    # ---- who is running it: Slurm, a local process, or nobody
     st.job_id = latest_job_id(run_dir)
     state = None
+    info = None
     if st.job_id:
         info = query_job(st.job_id)
         if info is None:
@@ -167,45 +176,122 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         else:
             state = st.scheduler_state = info["state"]
             where = (
-                info["nodes"] if state == "RUNNING" else (info["reason"] if info["reason"] not in ("", "None") else "")
+                info["nodes"]
+                if state in RUNNING_STATES
+                else (info["reason"] if info["reason"] not in ("", "None") else "")
             )
             st.scheduler = f"{state} {where}".strip()
+    holder = _local_holder(run_dir) if state is None else None
+    ended = last_rec is not None and last_rec.get("kind") == "exit"
+    if state is not None:
+        st.running = state in RUNNING_STATES
+    elif holder is not None:
+        st.running = True
+    elif trains and not ended and not st.job_id:
+        # no lease information: a local run is running while it keeps writing records
+        last_t = last_rec.get("time") if last_rec else None
+        st.running = (
+            isinstance(last_t, (int, float))
+            and now - float(last_t) < LOCAL_STALE_S
+            and (rundir.read_exit_reason(run_dir) is None or not _exit_reason_is_current(run_dir, metrics))
+        )
+    live_job = st.job_id if st.running and st.job_id else None
+    st.goodput = runstats.goodput(
+        metrics, allocs, now=now, live_job_id=live_job, local_live=st.running and not st.job_id
+    )
+    step_time = runstats.smoothed(cur, "step_time_s")
+    st.eta_s = runstats.eta_seconds(st.step, st.total_steps, step_time, st.running)
 
+    # ---- where and how long: nodes and the current allocation
+    if st.running and info is not None and info.get("nodes"):
+        st.nodes = info["nodes"]
+    elif allocs and allocs[-1].nodes:
+        st.nodes = ",".join(allocs[-1].nodes)
+    elif holder is not None and holder.get("host"):
+        st.nodes = str(holder["host"])
+    if st.running and allocs and allocs[-1].end is None and (st.job_id is None or allocs[-1].job_id == st.job_id):
+        st.alloc_elapsed_s = max(0.0, now - allocs[-1].start)
+        if allocs[-1].time_limit_s:
+            st.alloc_left_s = max(0.0, allocs[-1].time_limit_s - st.alloc_elapsed_s)
+    elif st.running and not st.job_id:  # a local run: since its trainer started (no time limit)
+        starts = [r.get("time") for r in metrics if r.get("kind") == "start"]
+        if starts and isinstance(starts[-1], (int, float)):
+            st.alloc_elapsed_s = max(0.0, now - float(starts[-1]))
+
+    # ---- why it is in this state
+    st.cancelled = not st.running and (
+        state == "CANCELLED"
+        or (st.job_id is not None and (run_dir / CANCELLED_FILE).exists())
+        or (bool(restarts) and restarts[-1].get("cause") == "cancelled")
+    )
     st.exit_reason = rundir.read_exit_reason(run_dir)
+    reason = st.exit_reason if _exit_reason_is_current(run_dir, metrics) else None
     last_decision = restarts[-1] if restarts else None
-    reason = st.exit_reason
-    if reason is None and last_decision is not None and state not in ("RUNNING", None):
+    if reason is None and last_decision is not None and state not in RUNNING_STATES and state is not None:
         reason = last_decision.get("cause")
-    running = state in ("RUNNING", "COMPLETING") or (state is None and reason is None and trains)
-    if reason is None:
-        st.explanation = "running" if running else ("pending" if state in ACTIVE_STATES else "no exit recorded")
-        if state == "PENDING" and last_decision is not None and last_decision.get("action") == "requeue":
-            st.explanation = f"requeued after {last_decision.get('cause')}, waiting to start"
-    else:
+    resumes = f"resumes from step {st.ckpt_step}" if st.ckpt_step is not None else "starts from step 0"
+    # the last thing the trainer wrote is a "done" exit: a later refused start did not change that
+    finished_before = bool(exits) and exits[-1].get("reason") == "done" and last_rec is exits[-1]
+    if st.running:
+        st.state, st.explanation = "running", "running"
+        if last_decision is not None and last_decision.get("action") in runstats.RESTART_ACTIONS and st.restarts:
+            st.explanation = f"running; resumed after {last_decision.get('cause')}"
+    elif st.cancelled:
+        st.state = "cancelled"
+        st.explanation = f"cancelled; a new submit {resumes}"
+    elif state in ACTIVE_STATES:
+        if last_decision is not None and last_decision.get("action") == "requeue":
+            st.state = "requeued"
+            st.explanation = f"requeued after {last_decision.get('cause')}, waiting to start; {resumes}"
+        else:
+            st.state, st.explanation = (
+                "pending",
+                "pending" + (f" ({info['reason']})" if info and info.get("reason") not in (None, "", "None") else ""),
+            )
+    elif reason == "config_error" and finished_before:
+        err = _error_line(run_dir, st.job_id)
+        st.state = "done"
+        st.explanation = "finished; a later start was refused" + (f": {err}" if err else "")
+    elif reason is not None:
+        st.state = SHORT_WORDS.get(reason, reason)
         words = REASON_WORDS.get(reason, reason)
         if reason == "config_error":
             err = _error_line(run_dir, st.job_id)
-            words += f": {err}" if err else " (see the job's .err log)"
+            if err:
+                words += f": {err}"
+            else:
+                words += " (see the job's .err log)" if st.job_id else f" (see mltrain logs {run_dir.name})"
+        elif reason == "preempted" and not st.job_id:
+            words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes.split(' ', 1)[1]}"
         elif reason != "done" and last_decision is not None and last_decision.get("cause") == reason:
             action = last_decision.get("action")
             if action == "requeue":
-                resume = last_decision.get("resume_step")
-                words += "; requeued" + (f", resumes from step {resume}" if resume is not None else "")
+                step = last_decision.get("resume_step", last_decision.get("step"))
+                words += "; requeued" + (f", resumes from step {step}" if step is not None else "")
+            elif action == "restart_in_place":
+                words += "; restarted in place"
             elif action == "give_up":
-                words += f"; gave up after {last_decision.get('failures')} restarts (launch.max_restarts)"
-        if state in ("RUNNING", "PENDING") and reason != "config_error":
-            words = f"{state.lower()}; last stop: {words}"
+                words += f"; gave up after {last_decision.get('failures', st.restarts)} restarts (launch.max_restarts)"
         st.explanation = words
-    if st.job_id and (run_dir / "control" / "cancelled").exists():
-        st.notes.append("cancelled with mltrain cancel")
+    elif trains:
+        st.state = "stopped"
+        st.explanation = (
+            f"job {state}, no exit recorded" if state else "not running, no exit recorded (killed?); " + resumes
+        )
+    else:
+        st.state, st.explanation = "-", "no exit recorded" if st.job_id else "not started"
+    if st.state == "done":
+        st.eta_s = None
+    if st.job_id and (run_dir / CANCELLED_FILE).exists():
+        if st.cancelled:
+            st.explanation = st.explanation.replace("cancelled;", "cancelled with mltrain cancel;", 1)
+        else:
+            st.notes.append("cancelled with mltrain cancel")
     return st
 
 
 def _fmt_eta(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    return runstats.fmt_duration(s)
 
 
 def _discover(base: Path) -> list[Path]:
@@ -219,11 +305,67 @@ def _discover(base: Path) -> list[Path]:
     )
 
 
-def show_status(run: str | None = None, console: Console | None = None) -> list[RunStatus]:
-    """`mltrain status [RUN]`: a table (scheduler column only when some run has a Slurm job)."""
+# priority: 0 = always shown; higher numbers are dropped first when the console is narrow
+STATUS_COLUMNS = [
+    Column("run", "left", 0),
+    Column("state", "left", 0),
+    Column("step", "right", 0),
+    Column("loss", "right", 1),
+    Column("ETA", "right", 2),
+    Column("good", "right", 3),
+    Column("rst", "right", 4),
+    Column("tok/s", "right", 5),
+    Column("job", "right", 6),
+    Column("ckpt", "right", 7),
+    Column("MFU", "right", 8),
+]
+
+
+def _cells(r: RunStatus) -> list[str]:
+    num = (int, float)
+    return [
+        r.name,
+        r.state,
+        f"{r.step if r.step is not None else '-'}/{r.total_steps or '?'}",
+        f"{r.loss:.3f}" if isinstance(r.loss, num) else "-",
+        runstats.fmt_duration(r.eta_s),
+        f"{100 * r.goodput:.0f}%" if r.goodput is not None else "-",
+        f"{r.restarts}" + (f" ({r.preemptions}p)" if r.preemptions else ""),
+        f"{r.tokens_per_s:,.0f}" if isinstance(r.tokens_per_s, num) else "-",
+        r.job_id or "-",
+        str(r.ckpt_step) if r.ckpt_step is not None else "-",
+        f"{100 * r.mfu:.1f}%" if isinstance(r.mfu, num) else "-",
+    ]
+
+
+def detail_line(r: RunStatus) -> str:
+    """Everything the table has no room for: job and its state, nodes, allocation time, checkpoint, why."""
+    parts: list[str] = []
+    if r.job_id:
+        parts.append(
+            f"job {r.job_id} {r.scheduler_state or ''}".strip()
+            if r.scheduler_state
+            else (r.scheduler or f"job {r.job_id}")
+        )
+    if r.nodes:
+        parts.append(f"on {r.nodes}")
+    if r.alloc_elapsed_s is not None:
+        left = f", {runstats.fmt_duration(r.alloc_left_s)} left" if r.alloc_left_s is not None else ""
+        parts.append(f"allocation {runstats.fmt_duration(r.alloc_elapsed_s)} in{left}")
+    if r.ckpt_step is not None:
+        parts.append(f"ckpt step {r.ckpt_step} ({runstats.fmt_duration(r.ckpt_age_s)} ago)")
+    parts.append(r.explanation)
+    parts.extend(r.notes)
+    return "; ".join(p for p in parts if p)
+
+
+def show_status(runs: str | list[str] | None = None, console: Console | None = None) -> list[RunStatus]:
+    """`mltrain status [RUN...]`: a table that fits the console, then one detail line per run."""
     console = console or Console()
-    if run is not None:
-        dirs = [find_run(run)]
+    if isinstance(runs, str):
+        runs = [runs]
+    if runs:
+        dirs = [find_run(r) for r in runs]
     else:
         base = rundir.default_base()
         dirs = _discover(base)
@@ -233,35 +375,16 @@ def show_status(run: str | None = None, console: Console | None = None) -> list[
             )
             return []
     rows = [run_status(d) for d in dirs]
-    with_sched = any(r.job_id for r in rows)
-    table = Table(title="mltrain runs", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("run", overflow="fold")
-    if with_sched:
-        table.add_column("job", no_wrap=True)
-    for col in ("step", "loss", "tok/s", "MFU", "ETA", "rst", "good"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("status", overflow="fold", min_width=8)
-    for r in rows:
-        step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '?'}"
-        cells = [escape(r.name)]
-        if with_sched:
-            cells.append(escape(f"{r.job_id} {r.scheduler_state or '?'}" if r.job_id else "-"))
-        cells += [
-            step,
-            f"{r.loss:.4f}" if isinstance(r.loss, (int, float)) else "-",
-            f"{r.tokens_per_s:,.0f}" if isinstance(r.tokens_per_s, (int, float)) else "-",
-            f"{100 * r.mfu:.1f}%" if isinstance(r.mfu, (int, float)) else "-",
-            "done" if r.exit_reason == "done" else _fmt_eta(r.eta_s),
-            f"{r.restarts}" + (f" ({r.preemptions}p)" if r.preemptions else ""),
-            f"{100 * r.goodput:.0f}%" if r.goodput is not None else "-",
-            escape(r.explanation.split(":")[0].split(";")[0]),
-        ]
-        table.add_row(*cells)
+    cols = list(STATUS_COLUMNS)
+    cells = [_cells(r) for r in rows]
+    if not any(r.job_id for r in rows):  # no Slurm anywhere: no job column
+        idx = [c.header for c in cols].index("job")
+        cols.pop(idx)
+        cells = [c[:idx] + c[idx + 1 :] for c in cells]
+    table, dropped = fit_table(cols, cells, console.width)
     console.print(table)
-    for r in rows:  # the full reason, never truncated by a narrow terminal
-        extra = [r.scheduler] if r.scheduler and r.scheduler != r.scheduler_state else []
-        if r.explanation not in ("finished", "running") or r.notes or extra:
-            text = "; ".join([*extra, r.explanation, *r.notes])
-            console.print(f"{escape(r.name)}: {escape(text)}", highlight=False, soft_wrap=True)
-
+    for r in rows:  # one line each, never cut (an error message can be long: the terminal wraps it)
+        console.print(f"{escape(r.name)}: {escape(detail_line(r))}", highlight=False, soft_wrap=True)
+    if dropped:
+        console.print(f"[dim](narrow terminal: {', '.join(dropped)} not shown)[/]", highlight=False)
     return rows

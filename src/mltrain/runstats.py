@@ -1,0 +1,310 @@
+"""One definition of the figures `status`, `report` and the trainer console show about a run.
+
+restarts   the lines of restarts.jsonl whose action is "requeue" or "restart_in_place" (the launcher's
+           decisions, which agree with Slurm's Restarts count); a run without a launcher record
+           (local runs) counts each trainer start after the first.
+goodput    productive step time / allocated time of the run's own allocations:
+           productive = sum over logged steps that survived (steps redone after a resume from an
+                        older checkpoint are not counted) of step_time_s x steps in that log window
+                        (eval, checkpoint, start-up and compile-warm-up time outside the timed windows
+                        are not productive);
+           allocated  = for each Slurm allocation in slurm/allocations.jsonl, from its "start" to its
+                        "end" event; an allocation without an end event ends at `now` while its job is
+                        running, else at the last metrics record it wrote (so a run that died without
+                        an exit event does not keep falling); for each trainer start not under Slurm
+                        (local runs), from its "start" record to its "exit" record or last record.
+           Time pending in the queue, between a cancel and a resubmit, or between two manual local
+           runs is not allocated time.
+ETA        only while the run is running: remaining steps x mean step_time_s of the last
+           SMOOTH_STEPS logged windows of the current attempt; dead, failed, cancelled or finished
+           runs have none.
+loss, tok/s  means over the last SMOOTH_STEPS logged records (one record is itself a mean over
+           train.log_every steps).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mltrain import rundir
+from mltrain.fsutil import read_jsonl
+
+SMOOTH_STEPS = 10  # logged records averaged for loss, tokens/s and step time
+RESTART_ACTIONS = ("requeue", "restart_in_place")
+PREEMPT_CAUSES = ("preempted", "time_limit")
+ALLOCATIONS_FILE = "slurm/allocations.jsonl"
+REPORT_HEAD_TAIL = 10  # report: "first"/"last" train loss = mean over this many logged records
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_COMMITTED = "COMMITTED"
+
+
+@dataclass
+class Allocation:
+    """A span of time the run held machines (one Slurm allocation, or one local trainer start)."""
+
+    start: float
+    end: float | None
+    job_id: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    time_limit_s: float | None = None
+
+
+def count_restarts(restarts: list[dict[str, Any]]) -> int:
+    """Restarts = launcher decisions that started the run again (CONTRACTS item 1)."""
+    return sum(1 for r in restarts if r.get("action") in RESTART_ACTIONS)
+
+
+def count_preemptions(restarts: list[dict[str, Any]]) -> int:
+    """Of those restarts, the ones caused by preemption or a time limit (not failures)."""
+    return sum(1 for r in restarts if r.get("action") in RESTART_ACTIONS and r.get("cause") in PREEMPT_CAUSES)
+
+
+def restarts_of(metrics: list[dict[str, Any]], restarts: list[dict[str, Any]]) -> int:
+    """The restart count shown everywhere: launcher records when there are any, else trainer starts - 1."""
+    if restarts:
+        return count_restarts(restarts)
+    return max(0, sum(1 for r in metrics if r.get("kind") == "start") - 1)
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def read_allocations(run_dir: Path) -> list[Allocation]:
+    """Slurm allocations from slurm/allocations.jsonl: each "start" paired with the next "end" of its job."""
+    out: list[Allocation] = []
+    open_by_job: dict[str, Allocation] = {}
+    for rec in read_jsonl(run_dir / ALLOCATIONS_FILE):
+        t, job = _num(rec.get("time")), str(rec.get("job_id") or "")
+        if t is None:
+            continue
+        if rec.get("event") == "start":
+            open_by_job.pop(job, None)  # a start without an end before it: that allocation died (end unknown)
+            nodes = rec.get("nodes") or []
+            a = Allocation(
+                start=t,
+                end=None,
+                job_id=job or None,
+                nodes=[str(n) for n in nodes] if isinstance(nodes, list) else [str(nodes)],
+                time_limit_s=_num(rec.get("time_limit_s")),
+            )
+            out.append(a)
+            open_by_job[job] = a
+        elif rec.get("event") == "end" and job in open_by_job:
+            open_by_job.pop(job).end = t
+    return out
+
+
+def _record_times(metrics: list[dict[str, Any]]) -> list[float]:
+    return [t for t in (_num(r.get("time")) for r in metrics) if t is not None]
+
+
+def local_allocations(
+    metrics: list[dict[str, Any]], live: bool = False, now: float | None = None, slurm_too: bool = False
+) -> list[Allocation]:
+    """Trainer starts not under Slurm: from each "start" record to its "exit" record or last record.
+
+    `live`: the last start is still training (e.g. it holds the run-dir lease), so it ends at `now`.
+    `slurm_too`: count starts under Slurm as well (a run dir without slurm/allocations.jsonl).
+    """
+    out: list[Allocation] = []
+    cur: Allocation | None = None
+    for rec in metrics:
+        t = _num(rec.get("time"))
+        if t is None:
+            continue
+        kind = rec.get("kind")
+        if kind == "start":
+            cur = None
+            if rec.get("job_id") and not slurm_too:  # a Slurm start: its allocation is in allocations.jsonl
+                continue
+            cur = Allocation(start=t, end=t)
+            out.append(cur)
+        elif cur is not None:
+            cur.end = max(cur.end or t, t)
+            if kind == "exit":
+                cur = None
+    if live and cur is not None and now is not None and out and out[-1] is cur:
+        cur.end = max(cur.end or now, now)
+    return out
+
+
+def allocated_seconds(
+    allocations: list[Allocation], metrics: list[dict[str, Any]], now: float, live_job_id: str | None = None
+) -> float:
+    """Seconds the run held machines; an open allocation ends at `now` only while its job runs."""
+    times = _record_times(metrics)
+    total = 0.0
+    for i, a in enumerate(allocations):
+        end = a.end
+        if end is None:
+            if live_job_id is not None and a.job_id == live_job_id and i == len(allocations) - 1:
+                end = now
+            else:  # died without an end event: the last thing it wrote before the next allocation
+                nxt = allocations[i + 1].start if i + 1 < len(allocations) else float("inf")
+                inside = [t for t in times if a.start <= t < nxt]
+                end = max(inside, default=a.start)
+        total += max(0.0, end - a.start)
+    return total
+
+
+def productive_seconds(metrics: list[dict[str, Any]]) -> float:
+    """Step time of the logged steps that survived: a step redone after a resume counts once."""
+    segments: list[tuple[int, list[dict[str, Any]]]] = []
+    for rec in metrics:
+        kind = rec.get("kind")
+        if kind == "start":
+            segments.append((int(rec.get("step") or 0), []))
+        elif kind == "train" and rec.get("step") is not None:
+            if not segments:
+                segments.append((0, []))
+            segments[-1][1].append(rec)
+    total = 0.0
+    for i, (start_step, trains) in enumerate(segments):
+        cutoff = segments[i + 1][0] if i + 1 < len(segments) else None
+        prev = start_step
+        for rec in trains:
+            step, dt = int(rec["step"]), _num(rec.get("step_time_s"))
+            kept_to = step if cutoff is None else min(step, cutoff)
+            if dt is not None and kept_to > prev:
+                total += (kept_to - prev) * dt
+            prev = max(prev, step)
+    return total
+
+
+def goodput(
+    metrics: list[dict[str, Any]],
+    allocations: list[Allocation] | None = None,
+    now: float | None = None,
+    live_job_id: str | None = None,
+    local_live: bool = False,
+) -> float | None:
+    """productive_seconds / allocated seconds (see the module docstring); None before any step."""
+    if not any(r.get("kind") == "train" and _num(r.get("step_time_s")) is not None for r in metrics):
+        return None
+    times = _record_times(metrics)
+    now = now if now is not None else (max(times) if times else 0.0)
+    allocs = list(allocations or []) + local_allocations(metrics, live=local_live, now=now, slurm_too=not allocations)
+    allocs.sort(key=lambda a: a.start)
+    held = allocated_seconds(allocs, metrics, now, live_job_id)
+    if held <= 0:
+        return None
+    return max(0.0, min(1.0, productive_seconds(metrics) / held))
+
+
+def current_trains(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train records of the latest attempt (since the last "start")."""
+    last_start = max((i for i, r in enumerate(metrics) if r.get("kind") == "start"), default=-1)
+    return [r for r in metrics[last_start + 1 :] if r.get("kind") == "train"]
+
+
+def smoothed(trains: list[dict[str, Any]], key: str, n: int = SMOOTH_STEPS) -> float | None:
+    """Mean of `key` over the last n records that have it."""
+    vals = [v for v in (_num(r.get(key)) for r in trains) if v is not None][-n:]
+    return sum(vals) / len(vals) if vals else None
+
+
+def eta_seconds(step: int | None, total_steps: int | None, step_time_s: float | None, running: bool) -> float | None:
+    """Remaining steps x smoothed step time, only while running."""
+    if not running or step is None or not total_steps or step_time_s is None:
+        return None
+    return max(0, total_steps - step) * step_time_s
+
+
+def last_checkpoint(run_dir: Path) -> tuple[int, float] | None:
+    """(step, mtime) of the newest committed checkpoint dir, or None."""
+    best: tuple[int, float] | None = None
+    try:
+        entries = list((run_dir / rundir.CHECKPOINTS_DIR).iterdir())
+    except OSError:
+        return None
+    for p in entries:
+        m = _STEP_DIR.match(p.name)
+        if not m or not (p / _COMMITTED).is_file():
+            continue
+        step = int(m.group(1))
+        if best is None or step > best[0]:
+            try:
+                best = (step, (p / _COMMITTED).stat().st_mtime)
+            except OSError:
+                continue
+    return best
+
+
+def loss_change(trains: list[dict[str, Any]], n: int = REPORT_HEAD_TAIL) -> tuple[float, float, int] | None:
+    """(mean loss of the first n logged records, of the last n, n used): the report's labelled figure."""
+    losses = [v for v in (_num(r.get("loss")) for r in trains) if v is not None]
+    if not losses:
+        return None
+    k = max(1, min(n, len(losses) // 2 or 1))
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k, k
+
+
+def fmt_duration(s: float | None) -> str:
+    """Short human duration: 45s, 12m05s, 3h07m, 2d04h."""
+    if s is None:
+        return "-"
+    s = int(max(0, s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def console_progress(step: int, total_steps: int, started_at: float, now: float, step_times: list[float]) -> str:
+    """The trainer console's progress words, with the same ETA rule as status: 'elapsed 3m05s, ETA 1m10s'."""
+    recent = step_times[-SMOOTH_STEPS:]
+    eta = eta_seconds(step, total_steps, sum(recent) / len(recent) if recent else None, True)
+    return f"elapsed {fmt_duration(now - started_at)}, ETA {fmt_duration(eta)}"
+
+
+def summary_line(metrics: list[dict[str, Any]], restarts: list[dict[str, Any]] | None = None) -> str:
+    """The end-of-run line for the trainer console: steps, labelled loss change, restarts, goodput."""
+    trains = [r for r in metrics if r.get("kind") == "train"]
+    parts = [f"{trains[-1]['step']} steps" if trains else "no steps"]
+    lc = loss_change(trains)
+    if lc:
+        parts.append(f"train loss {lc[0]:.3f} -> {lc[1]:.3f} (mean of first/last {lc[2]} logged)")
+    parts.append(f"restarts {restarts_of(metrics, restarts or [])}")
+    g = goodput(metrics)
+    if g is not None:
+        parts.append(f"goodput {100 * g:.0f}%")
+    return ", ".join(parts)
+
+
+def read_run_files(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Allocation]]:
+    """metrics.jsonl, restarts.jsonl and slurm/allocations.jsonl of a run."""
+    return (
+        read_jsonl(run_dir / rundir.METRICS_FILE),
+        read_jsonl(run_dir / rundir.RESTARTS_FILE),
+        read_allocations(run_dir),
+    )
+
+
+__all__ = [
+    "Allocation",
+    "SMOOTH_STEPS",
+    "count_restarts",
+    "count_preemptions",
+    "restarts_of",
+    "read_allocations",
+    "local_allocations",
+    "allocated_seconds",
+    "productive_seconds",
+    "goodput",
+    "current_trains",
+    "smoothed",
+    "eta_seconds",
+    "last_checkpoint",
+    "loss_change",
+    "fmt_duration",
+    "console_progress",
+    "summary_line",
+    "read_run_files",
+]

@@ -1,0 +1,86 @@
+"""Day-one CLI details (#9 item 8): help texts that are true and examples that run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from mltrain import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mltrain", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize("cmd", [[], ["plan"], ["export"], ["train"], ["submit"], ["status"], ["logs"]])
+def test_help_has_no_bool_type_labels(cmd):
+    """Before: every flag read `--json <bool>`; a flag takes no value."""
+    r = _run(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout, r.stdout
+
+
+def test_help_promises_kubernetes_only_with_the_k8s_command():
+    """Before: --help promised Kubernetes while no command ran on it."""
+    r = _run("--help")
+    text = " ".join(r.stdout.split())
+    if "Kubernetes" in text:
+        assert _run("k8s", "render", "--help").returncode == 0
+
+
+def test_plan_help_set_example_runs_on_the_shipped_fleet():
+    """Before: the plan --help example was train.max_steps=50, which a fleet file rejects."""
+    help_text = " ".join(_run("plan", "--help").stdout.replace("\u2502", " ").split())  # without the box
+    m = re.search(r"e\.g\. --set (\S+)", help_text)
+    assert m and m.group(1) == cli.PLAN_SET_EXAMPLE, help_text
+    r = _run("plan", "configs/fleets/seven-models.yaml", "--set", cli.PLAN_SET_EXAMPLE, "--json")
+    assert r.returncode == 0, r.stderr
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith(prefix):
+                cmds.append(line)
+    return cmds
+
+
+def test_every_readme_plan_example_runs():
+    """Before: the README's `--set constraints.deadline_days=9 --json` example was infeasible (exit 1)."""
+    cmds = _readme_commands("mltrain plan ")
+    assert len(cmds) >= 2
+    for cmd in cmds:
+        r = _run(*shlex.split(cmd)[1:])
+        assert r.returncode == 0, (cmd, r.stderr)
+
+
+def test_export_takes_o_like_cluster_render():
+    cmd = typer.main.get_command(cli.app)
+    export = cmd.commands["export"]  # type: ignore[attr-defined]
+    (out,) = [p for p in export.params if p.name == "hf"]
+    assert {"-o", "--out", "--hf"} <= set(out.opts)
+    render = cmd.commands["cluster"].commands["render"]  # type: ignore[attr-defined]
+    assert {"-o", "--out"} <= set(next(p for p in render.params if p.name == "out").opts)
+
+
+def test_pyproject_license_is_an_spdx_string():
+    """Before: `license = {text = ...}` printed setuptools' deprecation box at every install."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(data["project"]["license"], str)
+    floor = [r for r in data["build-system"]["requires"] if r.startswith("setuptools")]
+    assert floor and re.search(r">=\s*(\d+)", floor[0]) and int(re.search(r">=\s*(\d+)", floor[0]).group(1)) >= 77
