@@ -47,10 +47,10 @@ def _render(spec: Path, run: Path = RUN) -> subprocess.CompletedProcess[str]:
     [
         ({"gpus_per_node": 0, "efa_per_node": 0}, "gpus_per_node: 0 GPUs per node, but run qwen2.5-0.5b trains on GPU"),
         ({"storage.pvc_name": None}, "storage.pvc_name: required key is missing"),
-        ({"nproc_per_node": 16}, "nproc_per_node: Value error, 16 processes per node but only gpus_per_node=8 GPUs"),
+        ({"nproc_per_node": 16}, "nproc_per_node: 16 processes per node but only gpus_per_node=8 GPUs"),
         (
             {"image": "/fsx/images/mltrain.sqsh"},
-            "image: Value error, '/fsx/images/mltrain.sqsh' is not a registry reference",
+            "image: '/fsx/images/mltrain.sqsh' is not a registry reference",
         ),
     ],
     ids=["no-gpus", "no-pvc", "nproc-over-gpus", "sqsh-image"],
