@@ -160,6 +160,34 @@ def check_model_fits(ckpt: Path, expected: dict[str, tuple[int, ...]]) -> None:
         raise CheckpointError(f"checkpoint {ckpt} does not fit the model config: {shown}")
 
 
+def resume_grad_accum(
+    trainer_state: dict[str, Any], ckpt: Path, world_size: int, micro_batch_size: int, grad_accum_steps: int
+) -> int:
+    """grad_accum_steps for resuming `ckpt` on `world_size` ranks.
+
+    The same world size and micro batch keep the configured value. Another layout keeps the global
+    batch the checkpoint was trained with (world x micro x accum sequences per optimizer step), so the
+    learning-rate schedule and the sample order go on as before; a layout that cannot is refused
+    with the rank counts and micro batch sizes that can."""
+    loader = trainer_state.get("loader") or {}
+    old_world = int(trainer_state.get("world_size") or loader.get("world_size") or world_size)
+    old_micro = int(trainer_state.get("micro_batch_size") or loader.get("micro_batch_size") or micro_batch_size)
+    old_accum = int(trainer_state.get("grad_accum_steps") or grad_accum_steps)
+    if (old_world, old_micro) == (world_size, micro_batch_size):
+        return grad_accum_steps
+    global_batch = old_world * old_micro * old_accum
+    if global_batch % (world_size * micro_batch_size) == 0:
+        return global_batch // (world_size * micro_batch_size)
+    ranks = [n for n in range(1, global_batch // micro_batch_size + 1) if global_batch % (n * micro_batch_size) == 0]
+    micros = [m for m in range(1, global_batch // world_size + 1) if global_batch % (world_size * m) == 0]
+    raise CheckpointError(
+        f"{ckpt.name} was trained with a global batch of {global_batch} sequences ({old_world} ranks x micro batch "
+        f"{old_micro} x grad_accum {old_accum}), which {world_size} ranks x micro batch {micro_batch_size} cannot "
+        f"keep; rank counts that can with micro batch {micro_batch_size}: {', '.join(map(str, ranks)) or 'none'}; "
+        f"micro batch sizes that can on {world_size} ranks: {', '.join(map(str, micros)) or 'none'}"
+    )
+
+
 def load_model_state_dict(ckpt: Path, model: torch.nn.Module) -> None:
     """Load only the model weights of a checkpoint into a plain (unsharded) module, one process.
 
