@@ -103,11 +103,22 @@ def precheck(cfg: RunConfig) -> Any:
             f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
         )
     check_run_dir(cfg)
+    _verify_data_once(cfg, manifest)
     if cfg.model.init_from:
         from mltrain.model.hf import check_hf_matches
 
         check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
     return manifest
+
+
+def _verify_data_once(cfg: RunConfig, manifest: Any) -> None:
+    """Full sha256 + id-range check of every shard the first time this run uses it (recorded in the
+    run dir: later starts, and the second call from the launcher's precheck, pay nothing)."""
+    from mltrain.data.verify import verify_shards_once
+
+    checked = verify_shards_once(cfg.data.dir, manifest, cfg.run_dir, cfg.model.vocab_size)
+    if checked:
+        print(f"[mltrain] verified {len(checked)} data shard(s) against the manifest (sha256, id range)", flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
