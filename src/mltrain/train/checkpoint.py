@@ -332,8 +332,14 @@ class CheckpointManager:
         return ok
 
     def poll(self) -> None:
-        """Commit a finished background save without blocking (call once per step)."""
-        if self._pending is not None and self._pending[0].done():
+        """Commit a finished background save without blocking (call once per step, on every rank).
+
+        The commit is collective, so ranks agree first: one rank's write may finish a step before
+        another's, and a rank entering the commit alone would pair its collectives with the other
+        ranks' training collectives."""
+        if self._pending is None:
+            return
+        if not any_rank(not self._pending[0].done()):
             self.wait()
 
     def wait(self) -> bool:
