@@ -713,6 +713,7 @@ def export_run(
 ) -> Path:
     """Export a run's checkpoint (newest, or `step`) with its data dir's tokenizer as an HF model dir."""
     from rich.console import Console
+    from rich.markup import escape
 
     from mltrain.config import load_run_config
     from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict, pick_checkpoint
@@ -722,7 +723,9 @@ def export_run(
     _check_out_dir(Path(out_dir), overwrite)
     cfg = load_run_config(run_dir / "config.yaml")
     console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
-    picked = pick_checkpoint(run_dir, lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False), step)
+    picked = pick_checkpoint(
+        run_dir, lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False), step
+    )
     if picked is None:
         if step is None:
             raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint to export")
@@ -732,7 +735,7 @@ def export_run(
         )
     ckpt = picked[1]
     why = "as requested" if step is not None else "the newest valid checkpoint"
-    console.print(f"exporting step {picked[0]} ({why}) from {ckpt}", highlight=False)
+    console.print(escape(f"exporting step {picked[0]} ({why}) from {ckpt}"), highlight=False)
 
     model_cfg = cfg.model
     if model_cfg.init_from and (Path(model_cfg.init_from) / CONFIG_FILE).exists():
