@@ -156,3 +156,21 @@ def test_a_damaged_step_does_not_block_saving_that_step_again(tmp_path):
     assert any("replaced step_00000002" in w for w in warnings), warnings
     assert [s for s, _ in find_checkpoints(tmp_path)] == [1, 2]
     assert not list((tmp_path / "checkpoints").glob("step_*.*"))  # no .tmp / .old left behind
+
+
+def test_resume_grad_accum_keeps_the_global_batch_or_names_what_would():
+    from mltrain.train.checkpoint import resume_grad_accum
+
+    saved = {"world_size": 4, "micro_batch_size": 2, "grad_accum_steps": 3}  # global batch 24
+    ck = Path("step_00000010")
+    assert resume_grad_accum(saved, ck, 4, 2, 5) == 5  # same layout: the configured value stands
+    assert resume_grad_accum(saved, ck, 2, 2, 3) == 6
+    assert resume_grad_accum(saved, ck, 8, 3, 1) == 1
+    assert resume_grad_accum({"world_size": 2, "loader": {"micro_batch_size": 4}}, ck, 1, 4, 1) == 2  # older state
+    with pytest.raises(CheckpointError) as e:
+        resume_grad_accum(saved, ck, 5, 2, 3)
+    assert str(e.value) == (
+        "step_00000010 was trained with a global batch of 24 sequences (4 ranks x micro batch 2 x grad_accum 3), "
+        "which 5 ranks x micro batch 2 cannot keep; rank counts that can with micro batch 2: 1, 2, 3, 4, 6, 12; "
+        "micro batch sizes that can on 5 ranks: none"
+    )
