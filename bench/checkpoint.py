@@ -5,9 +5,11 @@ parameters and both AdamW moments, about 6 GB. For each mode the script saves `-
 and reports, per save:
   - blocked_s: how long the training loop is stopped. sync: the whole `save()` (write + commit);
     async: until `save()` returns (DCP staging of the state to CPU memory);
-  - total_s: until the checkpoint is committed (async: `save()` + `wait()`).
-Then it loads the newest checkpoint back into the live model/optimizer (`CheckpointManager.load`),
-with the files evicted from the page cache first (posix_fadvise DONTNEED), for load GB/s.
+  - total_s: until the checkpoint is committed (async: `save()` + `wait()`), which includes
+    checksumming every file (xxh3-128, reported separately as hash_s / hash GB/s from the marker).
+Then the newest checkpoint is verified as a resume does (every file re-hashed: verify GB/s, page
+cache evicted first), and loaded back into the live model/optimizer (`CheckpointManager.load`),
+with the files evicted again, for load GB/s.
 
 Two extra rows call `dcp.async_save` directly with a persistent pinned-memory `DefaultStager`: the
 lever the manager does not use yet (see docs/performance.md); they are not committed checkpoints.
@@ -124,7 +126,9 @@ def bench_manager(
 ) -> dict[str, Any]:
     """`repeats` saves through CheckpointManager (async_save per mode), then one load. With `train_step`,
     async mode trains up to `overlap_steps` steps while each background write is in flight."""
-    from mltrain.train.checkpoint import CheckpointManager, find_checkpoints
+    import json
+
+    from mltrain.train.checkpoint import MARKER, CheckpointManager, check_checkpoint, find_checkpoints
 
     notes: list[str] = []
     mgr = CheckpointManager(
@@ -167,8 +171,15 @@ def bench_manager(
             "write_outlasted_steps": still_writing,
             "slowdown": statistics.median(during) / statistics.median(idle) if during else None,
         }
-    ((step, path),) = find_checkpoints(root / mode)[-1:]
+    ((step, path),) = find_checkpoints(root / mode, deep=False)[-1:]
     on_disk = dir_bytes(path)
+    hash_s = json.loads((path / MARKER).read_text()).get("hash_s")
+    evict_page_cache(path)
+    t0 = time.perf_counter()
+    problem = check_checkpoint(path, deep=True)  # what a resume pays: every file re-read and hashed
+    verify_s = time.perf_counter() - t0
+    if problem:
+        raise RuntimeError(f"{mode}: fresh checkpoint fails verification: {problem}")
     evicted = evict_page_cache(path)
     state = app_state(model, opt)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -188,10 +199,33 @@ def bench_manager(
         "save_gb_per_s": on_disk / 1e9 / statistics.median(s["total_s"] for s in steady),
         "load_s": load_s,
         "load_gb_per_s": on_disk / 1e9 / load_s,
+        "hash_s": hash_s,
+        "hash_gb_per_s": on_disk / 1e9 / hash_s if hash_s else None,
+        "verify_s": verify_s,
+        "verify_gb_per_s": on_disk / 1e9 / verify_s,
         "page_cache_evicted_before_load": evicted,
         "warnings": notes,
         "train_during_async_write": overlap,
     }
+
+
+def hash_rates(nbytes: int) -> dict[str, float]:
+    """In-memory GB/s of the checkpoint checksum (xxh3-128) and, for scale, sha256: the CPU cost of
+    hashing; the per-mode hash/verify columns add the file system's read speed."""
+    import hashlib
+
+    import xxhash
+
+    buf = os.urandom(1 << 20) * (nbytes >> 20)
+    out = {}
+    for name, new in (("xxh3_128", xxhash.xxh3_128), ("sha256", hashlib.sha256)):
+        t0 = time.perf_counter()
+        h = new()
+        for i in range(0, len(buf), 1 << 23):
+            h.update(memoryview(buf)[i : i + (1 << 23)])
+        h.hexdigest()
+        out[name] = len(buf) / 1e9 / (time.perf_counter() - t0)
+    return out
 
 
 def bench_pinned_stager(
@@ -248,7 +282,8 @@ def print_table(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"checkpoint save/load: {data['model_name']}, {data['state_gb']:.2f} GB state, {data['device']}")
-    for col in ("mode", "blocked s (first)", "blocked s (median)", "total s", "save GB/s", "load GB/s"):
+    cols = ("mode", "blocked s (first)", "blocked s (median)", "total s", "save GB/s", "hash GB/s", "verify GB/s")
+    for col in (*cols, "load GB/s"):
         t.add_column(col, justify="left" if col == "mode" else "right")
     for mode, r in data["modes"].items():
         t.add_row(
@@ -257,6 +292,8 @@ def print_table(data: dict[str, Any]) -> None:
             f"{r['blocked_s_median']:.3f}",
             f"{r['total_s_median']:.2f}",
             f"{r['save_gb_per_s']:.2f}" if "save_gb_per_s" in r else "-",
+            f"{r['hash_gb_per_s']:.2f}" if r.get("hash_gb_per_s") else "-",
+            f"{r['verify_gb_per_s']:.2f}" if "verify_gb_per_s" in r else "-",
             f"{r['load_gb_per_s']:.2f}" if "load_gb_per_s" in r else "-",
         )
     c = Console(width=None if Console().is_terminal else 140)
@@ -267,6 +304,10 @@ def print_table(data: dict[str, Any]) -> None:
             f"training during an async write: {ov['step_s_during_write_median']:.3f} s/step vs "
             f"{ov['step_s_idle_median']:.3f} idle ({ov['slowdown']:.2f}x, {ov['steps_during_write']} steps)"
         )
+    c.print(
+        "checksum speed in memory (one core): "
+        + ", ".join(f"{k} {v:.2f} GB/s" for k, v in data["hash_in_memory_gb_per_s"].items())
+    )
     c.print(f"targets: {data['targets_met']}")
 
 
@@ -347,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         "async_write_train_slowdown": (a.get("train_during_async_write") or {}).get("slowdown"),
         "save_gb_per_s": {m: r["save_gb_per_s"] for m, r in modes.items() if "save_gb_per_s" in r},
         "load_gb_per_s": {m: r["load_gb_per_s"] for m, r in modes.items() if "load_gb_per_s" in r},
+        "hash_gb_per_s": {m: r["hash_gb_per_s"] for m, r in modes.items() if r.get("hash_gb_per_s")},
+        "verify_gb_per_s": {m: r["verify_gb_per_s"] for m, r in modes.items() if "verify_gb_per_s" in r},
+        "hash_in_memory_gb_per_s": hash_rates(64 << 20 if args.smoke else 1 << 30),
         "targets": {"async_blocked_s": TARGET_ASYNC_BLOCKED_S},
         "targets_met": {"async_blocked_s<=1": bool(a["blocked_s_max"] <= TARGET_ASYNC_BLOCKED_S)},
     }

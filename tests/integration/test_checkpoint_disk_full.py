@@ -49,4 +49,6 @@ def test_disk_full_keeps_previous_checkpoint_and_resume_uses_it(tmp_path, small_
         text=True,
         timeout=180,
     )
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert f"(step {newest})" in r2.stdout, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert (run_dir / "control" / "exit_reason").read_text().strip() == "done"

@@ -145,6 +145,25 @@ def test_export_run_step_choice_and_errors(trained_run, tmp_path, monkeypatch):
         _run_tokenizer(data, cfg.model)
 
 
+def test_export_says_which_step_and_why_newer_ones_were_skipped(trained_run, tmp_path, capsys):
+    """A bit flip in the newest checkpoint (any size: every file is checksummed): export names it with
+    the reason and uses the next older one."""
+    from mltrain.model.hf import export_run
+
+    run_dir = tmp_path / "ft"
+    shutil.copytree(trained_run[0], run_dir)
+    data_file = sorted((run_dir / "checkpoints" / "step_00000004").glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data_file.write_bytes(bytes(raw))
+    capsys.readouterr()
+    export_run(run_dir, tmp_path / "out", dtype="fp32")
+    err = capsys.readouterr().err
+    skipped = [ln for ln in err.splitlines() if "skipping checkpoint" in ln]
+    assert len(skipped) == 1 and "step_00000004" in skipped[0] and "does not match its xxh3_128" in skipped[0], err
+    assert "exporting step 2 (the newest valid checkpoint)" in err
+
+
 def test_init_from_shape_mismatch_is_a_config_error(trained_run, tmp_path, tiny_data_dir):
     _, hf_dir, _ = trained_run
     cfg = tiny_run_config(tmp_path, tiny_data_dir, "bad", max_steps=1)

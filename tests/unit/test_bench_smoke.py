@@ -90,6 +90,8 @@ def test_checkpoint_smoke(tmp_path):
         assert all(0 < s["blocked_s"] <= s["total_s"] for s in m["saves"])
         assert m["checkpoint_bytes"] >= 0.9 * data["state_bytes"]  # model + both AdamW moments on disk
         assert m["save_gb_per_s"] > 0 and m["load_gb_per_s"] > 0
+        assert m["hash_gb_per_s"] > 0 and m["verify_gb_per_s"] > 0  # every byte checksummed, and verified
+    assert data["hash_in_memory_gb_per_s"]["xxh3_128"] > 0
     for lever in ("dcp_pinned_stager", "dcp_pinned_stager_async_staging"):
         assert all(0 < s["blocked_s"] <= s["total_s"] for s in data["modes"][lever]["saves"])
     # before: isinstance(..., bool) and steps_during_write >= 0, true whatever the bench computed

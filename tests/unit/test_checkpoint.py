@@ -120,3 +120,57 @@ def test_checkpoint_that_does_not_fit_lists_mismatches(tmp_path):
         load_model_state_dict(tmp_path / "checkpoints" / "step_00000001", other)
     msg = str(e.value)
     assert "0.weight: checkpoint [8, 4] vs model [16, 4]" in msg and "missing 2.weight" in msg
+
+
+def test_every_file_has_a_checksum_in_the_marker(tmp_path):
+    import json
+
+    m, opt = make()
+    save(manager(tmp_path), 1, m, opt)
+    ck = tmp_path / "checkpoints" / "step_00000001"
+    files = json.loads((ck / "COMMITTED").read_text())["files"]
+    on_disk = {str(p.relative_to(ck)) for p in ck.rglob("*") if p.is_file() and p.name != "COMMITTED"}
+    assert set(files) == on_disk and {".metadata", "trainer_state.json", "rank_00000.pt"} <= on_disk
+    assert all(len(e["xxh3_128"]) == 32 and e["size"] == (ck / rel).stat().st_size for rel, e in files.items())
+
+
+def test_a_damaged_step_does_not_block_saving_that_step_again(tmp_path):
+    """Resume skips a bit-flipped step 2 (one line naming it and why), trains to step 2 again and saves it:
+    the new save replaces the damaged dir instead of being skipped because the name exists."""
+    from mltrain.train.checkpoint import check_checkpoint
+
+    m, opt = make()
+    save(manager(tmp_path), 1, m, opt)
+    save(manager(tmp_path), 2, m, opt)
+    step2 = tmp_path / "checkpoints" / "step_00000002"
+    data_file = sorted(step2.glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[-1] ^= 0x01
+    data_file.write_bytes(bytes(raw))
+    warnings: list[str] = []
+    mgr = manager(tmp_path, warnings=warnings)
+    assert mgr.latest()[0] == 1
+    assert warnings == ["skipping checkpoint step_00000002: file __0_0.distcp does not match its xxh3_128 checksum"]
+    assert save(mgr, 2, m, opt)
+    assert check_checkpoint(step2) is None
+    assert any("replaced step_00000002" in w for w in warnings), warnings
+    assert [s for s, _ in find_checkpoints(tmp_path)] == [1, 2]
+    assert not list((tmp_path / "checkpoints").glob("step_*.*"))  # no .tmp / .old left behind
+
+
+def test_resume_grad_accum_keeps_the_global_batch_or_names_what_would():
+    from mltrain.train.checkpoint import resume_grad_accum
+
+    saved = {"world_size": 4, "micro_batch_size": 2, "grad_accum_steps": 3}  # global batch 24
+    ck = Path("step_00000010")
+    assert resume_grad_accum(saved, ck, 4, 2, 5) == 5  # same layout: the configured value stands
+    assert resume_grad_accum(saved, ck, 2, 2, 3) == 6
+    assert resume_grad_accum(saved, ck, 8, 3, 1) == 1
+    assert resume_grad_accum({"world_size": 2, "loader": {"micro_batch_size": 4}}, ck, 1, 4, 1) == 2  # older state
+    with pytest.raises(CheckpointError) as e:
+        resume_grad_accum(saved, ck, 5, 2, 3)
+    assert str(e.value) == (
+        "step_00000010 was trained with a global batch of 24 sequences (4 ranks x micro batch 2 x grad_accum 3), "
+        "which 5 ranks x micro batch 2 cannot keep; rank counts that can with micro batch 2: 1, 2, 3, 4, 6, 12; "
+        "micro batch sizes that can on 5 ranks: none"
+    )

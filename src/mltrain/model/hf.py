@@ -712,26 +712,30 @@ def export_run(
     max_shard_gb: float = 5.0,
 ) -> Path:
     """Export a run's checkpoint (newest, or `step`) with its data dir's tokenizer as an HF model dir."""
+    from rich.console import Console
+    from rich.markup import escape
+
     from mltrain.config import load_run_config
-    from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict
+    from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict, pick_checkpoint
 
     run_dir = Path(run_dir)
     tdtype = _parse_dtype(dtype)
     _check_out_dir(Path(out_dir), overwrite)
     cfg = load_run_config(run_dir / "config.yaml")
-    ckpts = find_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint to export")
-    if step is None:
-        ckpt = ckpts[-1][1]
-    else:
-        found = dict(ckpts)
-        if step not in found:
-            raise CheckpointError(
-                f"{run_dir}/checkpoints: no committed checkpoint for step {step}; "
-                f"have {', '.join(str(s) for s in found)}"
-            )
-        ckpt = found[step]
+    console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
+    picked = pick_checkpoint(
+        run_dir, lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False), step
+    )
+    if picked is None:
+        if step is None:
+            raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint to export")
+        have = [str(s) for s, _ in find_checkpoints(run_dir, deep=False)]
+        raise CheckpointError(
+            f"{run_dir}/checkpoints: no committed checkpoint for step {step}; have {', '.join(have) or 'none'}"
+        )
+    ckpt = picked[1]
+    why = "as requested" if step is not None else "the newest valid checkpoint"
+    console.print(escape(f"exporting step {picked[0]} ({why}) from {ckpt}"), highlight=False)
 
     model_cfg = cfg.model
     if model_cfg.init_from and (Path(model_cfg.init_from) / CONFIG_FILE).exists():

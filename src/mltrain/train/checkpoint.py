@@ -1,11 +1,13 @@
 """Atomic, resumable distributed checkpoints on torch.distributed.checkpoint (DCP).
 
-A checkpoint is written into `checkpoints/step_N.tmp/`; when every rank has finished, rank 0
-writes `trainer_state.json`, records every file's size (and sha256 when the checkpoint is small
-enough to hash cheaply) in the `COMMITTED` marker, and renames the directory to `step_N`.
-A directory without a valid marker, or whose files disagree with it, is never resumed from: the
-newest valid checkpoint is used and the bad one is named in a warning. A failed save (out of
-disk, I/O error) removes its temp dir and leaves the previous checkpoint untouched.
+A checkpoint is written into `checkpoints/step_N.tmp/`. Right after the write each rank hashes the
+files it wrote (xxh3-128: several GB/s, so every byte is covered at any size), rank 0 adds
+`trainer_state.json` and the DCP metadata, records every file's size and hash in the `COMMITTED`
+marker and renames the directory to `step_N` (replacing a damaged `step_N` left by an earlier
+attempt). A directory without a valid marker, or whose files disagree with it in size or hash, is
+never resumed from or exported: the newest valid checkpoint is used and each skipped one is named
+with its reason. A failed save (out of disk, I/O error) removes its temp dir and leaves the
+previous checkpoint untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mltrain.train.distributed import any_rank
 
 MARKER = "COMMITTED"
 TRAINER_STATE = "trainer_state.json"
-HASH_LIMIT_BYTES = 512 * 1024 * 1024  # hash every file below this total; above, sizes + metadata hash
+HASH = "xxh3_128"
 _STEP_RE = re.compile(r"^step_(\d{8})$")
 # One process without a process group is a supported DCP mode, not a mistake worth a warning.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -44,18 +46,48 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _file_manifest(ckpt: Path) -> dict[str, Any]:
-    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MARKER)
-    total = sum(p.stat().st_size for p in files)
-    hash_all = total <= HASH_LIMIT_BYTES
-    entries = {}
-    for p in files:
-        rel = str(p.relative_to(ckpt))
-        entry: dict[str, Any] = {"size": p.stat().st_size}
-        if hash_all or p.name in (".metadata", TRAINER_STATE):
-            entry["sha256"] = file_sha256(p)
-        entries[rel] = entry
-    return {"files": entries, "total_bytes": total, "hashed": "all" if hash_all else "metadata"}
+def file_xxh3(path: Path, chunk_bytes: int = 1 << 23) -> str:
+    """Streaming xxh3-128 of a file: a checksum against bit rot and torn copies, not a signature."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _owner(rel: str, world_size: int) -> int:
+    """The rank that wrote `rel` (DCP names its files `__<rank>_<n>.distcp`; ours `rank_<rank>.pt`), so
+    it hashes its own fresh bytes from its page cache; anything else is rank 0's."""
+    m = re.match(r"^(?:__(\d+)_|rank_(\d+)\.pt$)", rel)
+    r = int(m.group(1) or m.group(2)) if m else 0
+    return r if r < world_size else 0
+
+
+def _ckpt_files(ckpt: Path) -> list[str]:
+    return sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def hash_files(ckpt: Path, rels: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for rel in rels:
+        p = ckpt / rel
+        out[rel] = {"size": p.stat().st_size, HASH: file_xxh3(p)}
+    return out
+
+
+def _verify_entry(ckpt: Path, rel: str, entry: dict[str, Any], deep: bool) -> str | None:
+    p = ckpt / rel
+    if not p.is_file():
+        return f"missing file {rel}"
+    if p.stat().st_size != entry["size"]:
+        return f"file {rel} has {p.stat().st_size} bytes, marker says {entry['size']}"
+    if deep and HASH in entry and file_xxh3(p) != entry[HASH]:
+        return f"file {rel} does not match its {HASH} checksum"
+    if deep and "sha256" in entry and file_sha256(p) != entry["sha256"]:  # markers written before xxh3
+        return f"file {rel} does not match its sha256"
+    return None
 
 
 def _describe_failure(e: BaseException, where: Path) -> str:
@@ -85,44 +117,70 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def check_checkpoint(ckpt: Path, deep: bool = True) -> str | None:
-    """None when `ckpt` is a complete committed checkpoint, else the reason it is not."""
+def _read_marker(ckpt: Path) -> tuple[dict[str, Any] | None, str | None]:
     marker = ckpt / MARKER
     if not marker.is_file():
-        return "no COMMITTED marker (the save did not finish)"
+        return None, "no COMMITTED marker (the save did not finish)"
     try:
-        manifest = json.loads(marker.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return f"unreadable COMMITTED marker ({e})"
-    for rel, entry in files.items():
-        p = ckpt / rel
-        if not p.is_file():
-            return f"missing file {rel}"
-        if p.stat().st_size != entry["size"]:
-            return f"file {rel} has {p.stat().st_size} bytes, marker says {entry['size']}"
-        if deep and "sha256" in entry and file_sha256(p) != entry["sha256"]:
-            return f"file {rel} does not match its sha256"
+        files = json.loads(marker.read_text())["files"]
+        if not isinstance(files, dict):
+            raise ValueError("'files' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"unreadable COMMITTED marker ({e})"
+    return files, None
+
+
+def check_checkpoint(ckpt: Path, deep: bool = True, share: tuple[int, int] = (0, 1)) -> str | None:
+    """None when `ckpt` is a complete committed checkpoint, else the reason it is not.
+
+    deep: also compare every file's checksum. share=(i, n): hash only every n-th file from the i-th
+    (ranks split the reading of a large checkpoint; sizes are always checked for all)."""
+    files, problem = _read_marker(ckpt)
+    if files is None:
+        return problem
+    for k, (rel, entry) in enumerate(sorted(files.items())):
+        problem = _verify_entry(ckpt, rel, entry, deep and k % share[1] == share[0])
+        if problem:
+            return problem
     return None
+
+
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
 
 
 def find_checkpoints(run_dir: Path, warn: Warn | None = None, deep: bool = True) -> list[tuple[int, Path]]:
     """Valid committed checkpoints of a run as (step, path), oldest first; invalid ones are warned about."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
     found = []
-    for p in sorted(root.iterdir()):
-        m = _STEP_RE.match(p.name)
-        if not m or not p.is_dir():
-            continue
+    for step, p in _step_dirs(run_dir):
         problem = check_checkpoint(p, deep=deep)
         if problem:
             if warn:
                 warn(f"skipping checkpoint {p}: {problem}")
             continue
-        found.append((int(m.group(1)), p))
-    return sorted(found)
+        found.append((step, p))
+    return found
+
+
+def pick_checkpoint(run_dir: Path, warn: Warn, step: int | None = None) -> tuple[int, Path] | None:
+    """The newest checkpoint (or the one of `step`) that passes every check, verifying newest first and
+    stopping at the first good one; one `warn` line for each newer checkpoint skipped, with the reason."""
+    for s, p in reversed(_step_dirs(run_dir)):
+        if step is not None and s != step:
+            continue
+        problem = check_checkpoint(p, deep=True)
+        if problem is None:
+            return s, p
+        warn(f"skipping checkpoint {p.name}: {problem}")
+    return None
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
@@ -158,6 +216,34 @@ def check_model_fits(ckpt: Path, expected: dict[str, tuple[int, ...]]) -> None:
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CheckpointError(f"checkpoint {ckpt} does not fit the model config: {shown}")
+
+
+def resume_grad_accum(
+    trainer_state: dict[str, Any], ckpt: Path, world_size: int, micro_batch_size: int, grad_accum_steps: int
+) -> int:
+    """grad_accum_steps for resuming `ckpt` on `world_size` ranks.
+
+    The same world size and micro batch keep the configured value. Another layout keeps the global
+    batch the checkpoint was trained with (world x micro x accum sequences per optimizer step), so the
+    learning-rate schedule and the sample order go on as before; a layout that cannot is refused
+    with the rank counts and micro batch sizes that can."""
+    loader = trainer_state.get("loader") or {}
+    old_world = int(trainer_state.get("world_size") or loader.get("world_size") or world_size)
+    old_micro = int(trainer_state.get("micro_batch_size") or loader.get("micro_batch_size") or micro_batch_size)
+    old_accum = int(trainer_state.get("grad_accum_steps") or grad_accum_steps)
+    if (old_world, old_micro) == (world_size, micro_batch_size):
+        return grad_accum_steps
+    global_batch = old_world * old_micro * old_accum
+    if global_batch % (world_size * micro_batch_size) == 0:
+        return global_batch // (world_size * micro_batch_size)
+    ranks = [n for n in range(1, global_batch // micro_batch_size + 1) if global_batch % (n * micro_batch_size) == 0]
+    micros = [m for m in range(1, global_batch // world_size + 1) if global_batch % (world_size * m) == 0]
+    raise CheckpointError(
+        f"{ckpt.name} was trained with a global batch of {global_batch} sequences ({old_world} ranks x micro batch "
+        f"{old_micro} x grad_accum {old_accum}), which {world_size} ranks x micro batch {micro_batch_size} cannot "
+        f"keep; rank counts that can with micro batch {micro_batch_size}: {', '.join(map(str, ranks)) or 'none'}; "
+        f"micro batch sizes that can on {world_size} ranks: {', '.join(map(str, micros)) or 'none'}"
+    )
 
 
 def load_model_state_dict(ckpt: Path, model: torch.nn.Module) -> None:
@@ -218,8 +304,6 @@ class CheckpointManager:
         self.wait()  # one checkpoint in flight at a time
         final = self.root / step_dir_name(step)
         tmp = self.root / (step_dir_name(step) + ".tmp")
-        if final.exists():
-            return True
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,8 +332,14 @@ class CheckpointManager:
         return ok
 
     def poll(self) -> None:
-        """Commit a finished background save without blocking (call once per step)."""
-        if self._pending is not None and self._pending[0].done():
+        """Commit a finished background save without blocking (call once per step, on every rank).
+
+        The commit is collective, so ranks agree first: one rank's write may finish a step before
+        another's, and a rank entering the commit alone would pair its collectives with the other
+        ranks' training collectives."""
+        if self._pending is None:
+            return
+        if not any_rank(not self._pending[0].done()):
             self.wait()
 
     def wait(self) -> bool:
@@ -278,17 +368,47 @@ class CheckpointManager:
         self.warn(f"{what} failed ({err or 'on another rank'}); the previous checkpoint is kept")
         return False
 
+    def _gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` on rank 0 (in rank order); [] elsewhere."""
+        if not dist.is_initialized():
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out or []
+
     def _commit(self, tmp: Path, final: Path, trainer_state: dict[str, Any]) -> bool:
         self._barrier()  # every rank's files are on disk
+        t0 = time.perf_counter()
+        try:  # each rank checksums the files it wrote, while they are still in its page cache
+            mine: dict[str, Any] | str = hash_files(
+                tmp, [r for r in _ckpt_files(tmp) if _owner(r, self.world_size) == self.rank]
+            )
+        except OSError as e:
+            mine = _describe_failure(e, self.root)
+        parts = self._gather(mine)
         ok = True
         if self.rank == 0:
             try:
+                failed = [f"rank {r}: {p}" for r, p in enumerate(parts) if isinstance(p, str)]
+                if failed:
+                    raise OSError(f"checksumming failed ({'; '.join(failed)})")
                 (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
-                manifest = _file_manifest(tmp)
-                manifest.update(step=trainer_state.get("step"), world_size=self.world_size, time=time.time())
+                entries: dict[str, Any] = {}
+                for p in parts:
+                    entries.update(p)
+                entries.update(hash_files(tmp, [r for r in _ckpt_files(tmp) if r not in entries]))
+                manifest = {
+                    "files": dict(sorted(entries.items())),
+                    "total_bytes": sum(e["size"] for e in entries.values()),
+                    "hash": HASH,
+                    "hash_s": round(time.perf_counter() - t0, 3),
+                    "step": trainer_state.get("step"),
+                    "world_size": self.world_size,
+                    "time": time.time(),
+                }
                 atomic_write(tmp / MARKER, json.dumps(manifest))
                 _fsync_dir(tmp)
-                os.replace(tmp, final)
+                self._replace(tmp, final)
                 _fsync_dir(self.root)
                 self._prune()
             except OSError as e:
@@ -300,25 +420,49 @@ class CheckpointManager:
                 )
         return self._all_ok(ok)
 
+    def _replace(self, tmp: Path, final: Path) -> None:
+        """Rename the finished temp dir to `final`. A `final` already there is a leftover of another
+        attempt at this step (damaged, uncommitted, or from before a resume from an older step): it is
+        moved aside first and deleted only once the new one is in place, never blocking the save."""
+        if not final.exists():
+            os.replace(tmp, final)
+            return
+        why = check_checkpoint(final, deep=False) or "written by an earlier attempt at this step"
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.warn(f"replaced {final.name} ({why}) with this save")
+
     def _prune(self) -> None:
         committed = find_checkpoints(self.root.parent, deep=False)
         for _, path in committed[: max(0, len(committed) - self.keep_last)]:
             shutil.rmtree(path, ignore_errors=True)
-        for stale in self.root.glob("step_*.tmp"):
+        for stale in [*self.root.glob("step_*.tmp"), *self.root.glob("step_*.old")]:
             shutil.rmtree(stale, ignore_errors=True)
 
     # ------------------------------------------------------------------ resume
     def latest(self) -> tuple[int, Path] | None:
-        """The newest valid checkpoint, chosen on rank 0 and agreed on by every rank."""
-        choice: list[Any] = [None]
-        if self.rank == 0:
-            found = find_checkpoints(self.root.parent, warn=self.warn)
-            choice = [(found[-1][0], str(found[-1][1])) if found else None]
-        if dist.is_initialized():
-            dist.broadcast_object_list(choice, src=0)
-        if choice[0] is None:
-            return None
-        return int(choice[0][0]), Path(choice[0][1])
+        """The newest checkpoint whose every file matches its checksum, agreed on by every rank.
+
+        Rank 0 lists the candidates; all ranks verify the newest together (each hashes a share of its
+        files); a bad one is named with its reason (one line each) and the next older one is tried."""
+        if not dist.is_initialized() or self.world_size == 1:
+            return pick_checkpoint(self.root.parent, self.warn)
+        listing: list[Any] = [
+            [(s, str(p)) for s, p in reversed(_step_dirs(self.root.parent))] if self.rank == 0 else None
+        ]
+        dist.broadcast_object_list(listing, src=0)
+        for step, where in listing[0]:
+            path = Path(where)
+            problems = [None] * self.world_size
+            dist.all_gather_object(problems, check_checkpoint(path, share=(self.rank, self.world_size)))
+            problem = next((p for p in problems if p), None)
+            if problem is None:
+                return int(step), path
+            self.warn(f"skipping checkpoint {path.name}: {problem}")
+        return None
 
     def load(
         self, ckpt: Path, app_state: dict[str, Any], expected_model_shapes: dict[str, tuple[int, ...]]

@@ -24,7 +24,7 @@ from mltrain.config import RunConfig, dump_yaml
 from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
 from mltrain.train import metrics as M
-from mltrain.train.checkpoint import CheckpointManager
+from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
 from mltrain.train.faults import FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
@@ -103,11 +103,22 @@ def precheck(cfg: RunConfig) -> Any:
             f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
         )
     check_run_dir(cfg)
+    _verify_data_once(cfg, manifest)
     if cfg.model.init_from:
         from mltrain.model.hf import check_hf_matches
 
         check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
     return manifest
+
+
+def _verify_data_once(cfg: RunConfig, manifest: Any) -> None:
+    """Full sha256 + id-range check of every shard the first time this run uses it (recorded in the
+    run dir: later starts, and the second call from the launcher's precheck, pay nothing)."""
+    from mltrain.data.verify import verify_shards_once
+
+    checked = verify_shards_once(cfg.data.dir, manifest, cfg.run_dir, cfg.model.vocab_size)
+    if checked:
+        print(f"[mltrain] verified {len(checked)} data shard(s) against the manifest (sha256, id range)", flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -166,6 +177,19 @@ class Trainer:
             info=lambda m: _log(info, m),
         )
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
+        self.grad_accum_steps = tc.grad_accum_steps
+        if resume is not None:
+            # A checkpoint from another world size keeps its global batch: grad_accum absorbs the change.
+            self.grad_accum_steps = resume_grad_accum(
+                read_trainer_state(resume[1]), resume[1], info.world_size, tc.micro_batch_size, tc.grad_accum_steps
+            )
+            if self.grad_accum_steps != tc.grad_accum_steps:
+                _log(
+                    info,
+                    f"{resume[1].name} was written by another world size: grad_accum_steps "
+                    f"{tc.grad_accum_steps} -> {self.grad_accum_steps} on {info.world_size} rank(s) keeps its "
+                    f"global batch of {self.grad_accum_steps * tc.micro_batch_size * info.world_size} sequences",
+                )
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
@@ -184,7 +208,7 @@ class Trainer:
         self.peak = M.device_peak_flops(torch.cuda.get_device_name(info.device)) if n_dev else None
         self.n_devices = n_dev
         self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
-        self.tokens_per_step = tc.micro_batch_size * tc.seq_len * tc.grad_accum_steps * info.world_size
+        self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * info.world_size
 
     def make_loader(self, split: str) -> Any:
         """This rank's loader for `split`; a fresh val loader starts from the same batches every eval."""
@@ -192,7 +216,14 @@ class Trainer:
 
         tc, info = self.cfg.train, self.info
         return TokenLoader(
-            Path(self.cfg.data.dir), split, tc.seq_len, tc.micro_batch_size, info.rank, info.world_size, self.cfg.seed
+            Path(self.cfg.data.dir),
+            split,
+            tc.seq_len,
+            tc.micro_batch_size,
+            info.rank,
+            info.world_size,
+            self.cfg.seed,
+            grad_accum_steps=self.grad_accum_steps if split == "train" else 1,
         )
 
     # ------------------------------------------------------------------ state
@@ -218,6 +249,8 @@ class Trainer:
             "step": self.step,
             "loader": self.loader.state_dict(),
             "world_size": self.info.world_size,
+            "micro_batch_size": self.cfg.train.micro_batch_size,
+            "grad_accum_steps": self.grad_accum_steps,
             "config_name": self.cfg.name,
         }
         return self.ckpt.save(self.step, self._app_state(), trainer_state, {"rng": _rng_state()})
@@ -234,17 +267,18 @@ class Trainer:
         tc = self.cfg.train
         set_lr(self.optimizer, lr_at(self.step + 1, tc))
         total = torch.zeros((), device=self.info.device)
-        for micro in range(tc.grad_accum_steps):
+        accum = self.grad_accum_steps
+        for micro in range(accum):
             x, y = self.loader.next_batch()
             x = x.to(self.info.device, non_blocking=True)
             y = y.to(self.info.device, non_blocking=True)
-            sync = micro == tc.grad_accum_steps - 1
+            sync = micro == accum - 1
             no_sync = getattr(self.module, "no_sync", None)
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
             with ctx, self._autocast():
-                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens) / tc.grad_accum_steps
+                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens) / accum
             loss.backward()
             total += loss.detach()
         if tc.grad_clip > 0:
