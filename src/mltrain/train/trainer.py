@@ -310,23 +310,23 @@ class LoopStats:
             total, n = total + loss * steps, n + steps
         return (total / n, n) if n else None
 
-    def summary(self, trainer: Trainer, reason: str) -> str:
+    def summary(self, trainer: Trainer, reason: str) -> list[str]:
+        """The end-of-run lines (each well under 100 columns)."""
         tc = trainer.cfg.train
         wall = time.perf_counter() - self.t0
         steps = trainer.step - self.start_step
-        parts = [f"step {trainer.step}/{tc.max_steps}"]
+        head = f"{reason}: step {trainer.step}/{tc.max_steps}, wall {_fmt_hms(wall)}"
+        if steps > 0 and self.train_time_s > 0:
+            head += f", {_fmt_rate(steps * trainer.tokens_per_step / self.train_time_s)} tok/s"
+        losses = []
         recent = self.recent_loss()
         if recent is not None:
-            parts.append(f"train loss {recent[0]:.4f} (mean of last {recent[1]} steps)")
+            losses.append(f"train loss {recent[0]:.4f} (mean of last {recent[1]} steps)")
         if self.val_loss is not None:
-            parts.append(f"val loss {self.val_loss:.4f}")
-        if steps > 0 and self.train_time_s > 0:
-            parts.append(f"{_fmt_rate(steps * trainer.tokens_per_step / self.train_time_s)} tok/s")
-        parts.append(f"wall {_fmt_hms(wall)}")
+            losses.append(f"val loss {self.val_loss:.4f}")
         used = f"resumed step {self.start_step}" if self.start_step else "fresh start"
         wrote = f"wrote step {self.last_saved}" if self.last_saved is not None else "wrote none"
-        parts.append(f"checkpoint: {used}, {wrote}")
-        return f"{reason}: " + " | ".join(parts)
+        return [head, *(["  " + ", ".join(losses)] if losses else []), f"  checkpoint: {used}, {wrote}"]
 
 
 def train_loop(
@@ -518,7 +518,8 @@ def run_training(cfg: RunConfig) -> int:
         if info.is_main:
             write_exit_reason(run_dir, reason)
         done = reason == exit_codes.REASON_DONE
-        _log(info, stats.summary(trainer, "done" if done else "stopped"))
+        for line in stats.summary(trainer, "done" if done else "stopped"):
+            _log(info, line)
         if not done and info.is_main:
             what = "interrupted" if stop.seen == INTERRUPTED else f"stopped ({stop.seen})"
             print(f"{what}: checkpointed step {trainer.step}, exit 75; run again to resume", flush=True)
