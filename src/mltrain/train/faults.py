@@ -195,8 +195,13 @@ class FaultInjector:
             return
         if self.kind == "wait":
             deadline = time.monotonic() + self.WAIT_MAX_S
-            while time.monotonic() < deadline and not (self.stop and self.stop.requested(check_file=True)):
+            while time.monotonic() < deadline and not self._stop_requested():
                 time.sleep(0.05)
             return
         while True:  # hang: this rank stops stepping; the others block in the next collective
             time.sleep(3600)
+
+    def _stop_requested(self) -> bool:
+        if self.stop is not None:
+            return self.stop.requested(check_file=True)
+        return (self.marker.parent.parent / rundir.STOP_FILE).exists()
