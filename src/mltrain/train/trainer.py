@@ -522,7 +522,9 @@ def run_training(cfg: RunConfig) -> int:
             _log(info, line)
         if not done and info.is_main:
             what = "interrupted" if stop.seen == INTERRUPTED else f"stopped ({stop.seen})"
-            print(f"{what}: checkpointed step {trainer.step}, exit 75; run again to resume", flush=True)
+            saved = stats.last_saved == trainer.step or (stats.last_saved is None and trainer.step == stats.start_step)
+            ckpt = f"checkpointed step {trainer.step}" if saved else f"checkpoint of step {trainer.step} FAILED"
+            print(f"{what}: {ckpt}, exit 75; run again to resume", flush=True)
         return exit_codes.DONE if done else exit_codes.REQUEUE
     except MltrainError:
         if started and info.is_main and run_dir.exists():
