@@ -191,8 +191,11 @@ def acquire_lease(
     `say(msg)` reports a take-over.
     """
     run_dir = Path(run_dir)
-    (run_dir / rundir.CONTROL_DIR).mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        (run_dir / rundir.CONTROL_DIR).mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunDirError(f"{run_dir / LOCK_FILE}: cannot create the run dir lease: {e.strerror or e}") from None
     try:
         locked = _try_flock(fd)
         old = _read(run_dir)
@@ -217,7 +220,10 @@ def acquire_lease(
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
             "token": uuid.uuid4().hex,
         }
-        atomic_write(run_dir / LEASE_FILE, json.dumps(info) + "\n")
+        try:
+            atomic_write(run_dir / LEASE_FILE, json.dumps(info) + "\n")
+        except OSError as e:
+            raise RunDirError(f"{run_dir / LEASE_FILE}: cannot write the run dir lease: {e.strerror or e}") from None
     except BaseException:
         os.close(fd)
         raise

@@ -259,13 +259,24 @@ class _Tee:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = self._saved
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):
             self._fh.close()
 
     def log_only(self, text: str) -> None:
+        """Append to the log; a failing log (disk full) is dropped with one line, never stops training."""
+        failed = None
         with self._lock:
-            if not self._fh.closed:
+            if self._fh is None or self._fh.closed:
+                return
+            try:
                 self._fh.write(text)
+            except OSError as e:
+                failed = e
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+        if failed is not None and self._saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._saved[1].write(f"[mltrain] log file {self.path}: {failed}; console only from here\n")
 
     def pump(self, pipe: IO[bytes] | None, console: IO[str]) -> threading.Thread:
         """A thread copying a child's pipe, line by line, to the console stream and the log."""
