@@ -94,11 +94,17 @@ def config_show(run_yaml: RunYaml, set_: SetOpt = None) -> None:
 
 
 @data_app.command("prepare")
-def data_prepare(run_yaml: RunYaml, set_: SetOpt = None) -> None:
+def data_prepare(
+    run_yaml: RunYaml,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="rewrite data that finished runs resume from (they then cannot)")
+    ] = False,
+) -> None:
     """Tokenize the sources, pack fixed-size token shards and write manifest.json."""
     from mltrain.data.prepare import prepare_data
 
-    prepare_data(_run_config(run_yaml, set_), console=console)
+    prepare_data(_run_config(run_yaml, set_), console=console, force=force)
 
 
 @data_app.command("validate")
@@ -206,6 +212,17 @@ def cancel(run: RunRef) -> None:
     from mltrain.launch.slurm import cancel_run
 
     cancel_run(run, console=console)
+
+
+# --------------------------------------------------------------------------- stop (run-dir lease)
+
+
+@app.command()
+def stop(run: RunRef) -> None:
+    """Ask a running trainer to checkpoint at its next step boundary and exit 75; train again to resume."""
+    from mltrain.launch.local import stop_run
+
+    stop_run(run, console=console)
 
 
 # --------------------------------------------------------------------------- plan / cluster

@@ -8,6 +8,7 @@ DONE = 0
 CONFIG_ERROR = 2  # never requeued
 REQUEUE = 75  # preempted / time limit: checkpoint written, please requeue (EX_TEMPFAIL)
 HANG = 76  # watchdog fired: stacks dumped, the job should fail fast and be restarted
+INTERRUPTED = 130  # a second Ctrl-C: aborted at once, no checkpoint (128 + SIGINT, as shells report it)
 
 # Words written to <run>/control/exit_reason by rank 0.
 REASON_DONE = "done"

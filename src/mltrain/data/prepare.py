@@ -203,11 +203,103 @@ def _remove_stale(data_dir: Path, keep: set[str]) -> None:
             p.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- runs that use the data dir
+
+
+def _refuse_live_users(cfg: RunConfig, data_dir: Path) -> None:
+    """A training run holding a live lease on this data dir (runs under cfg.base_dir) blocks prepare:
+    rewriting shards under a reading loader corrupts that run. --force does not override this."""
+    from mltrain.lease import describe, live_users_of_data
+
+    live = live_users_of_data(data_dir, cfg.base_dir)
+    if live:
+        raise DataError(
+            f"data.dir {data_dir} is in use by the training run {live[0]['run_dir']} ({describe(live[0])}); "
+            "stop that run first (`mltrain stop`), or prepare into another data.dir"
+        )
+
+
+def _runs_reading(data_dir: Path, base_dir: str) -> list[str]:
+    """Names of the runs under `<base_dir>/runs/` whose config reads `data_dir` and that have checkpoints
+    (a resume of them needs the same shards)."""
+    import yaml
+
+    from mltrain import rundir
+
+    target = data_dir.resolve()
+    names = []
+    for cfg_path in sorted((Path(base_dir) / rundir.RUNS_DIR).glob(f"*/{rundir.CONFIG_FILE}")):
+        try:
+            d = (yaml.safe_load(cfg_path.read_text()) or {}).get("data", {}).get("dir")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if d and Path(d).resolve() == target and any((cfg_path.parent / rundir.CHECKPOINTS_DIR).glob("step_*")):
+            names.append(cfg_path.parent.name)
+    return names
+
+
+def _changed_fields(cfg: RunConfig, data_dir: Path, corpus_fingerprint: str, bpe_vocab: int) -> list[str]:
+    """What differs between the existing manifest and what this prepare would write ([] = same data)."""
+    import json
+
+    from mltrain.data.manifest import load_manifest
+    from mltrain.data.tokenizer import TOKENIZER_META_FILE, TRAINED_SOURCE
+
+    dc = cfg.data
+    try:
+        old = load_manifest(data_dir)
+    except DataError:
+        return ["manifest"]
+    changed = [
+        name
+        for name, a, b in (
+            ("corpus_fingerprint", old.corpus_fingerprint, corpus_fingerprint),
+            ("shard_tokens", old.shard_tokens, dc.shard_tokens),
+            ("val_fraction", old.val_fraction, dc.val_fraction),
+            ("tokenizer", old.tokenizer.source, dc.tokenizer or TRAINED_SOURCE),
+        )
+        if a != b
+    ]
+    if not dc.tokenizer and "tokenizer" not in changed:
+        try:
+            meta = json.loads((data_dir / TOKENIZER_META_FILE).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("vocab_size") != bpe_vocab:
+            changed.append("bpe_vocab_size")
+    return changed
+
+
+def _refuse_rewrite_under_runs(
+    cfg: RunConfig, data_dir: Path, corpus_fingerprint: str, bpe_vocab: int, force: bool
+) -> None:
+    """Refuse to change a prepared data dir that runs with checkpoints read (their resume would fail,
+    e.g. "num_samples was 8505 ... now 417"), unless --force. Re-preparing the same data is allowed."""
+    from mltrain.data.manifest import MANIFEST_FILE
+
+    if force or not (data_dir / MANIFEST_FILE).is_file():
+        return
+    runs = _runs_reading(data_dir, cfg.base_dir)
+    if not runs:
+        return
+    changed = _changed_fields(cfg, data_dir, corpus_fingerprint, bpe_vocab)
+    if changed:
+        raise DataError(
+            f"data.dir {data_dir}: preparing would change the data ({', '.join(changed)} differ) that the "
+            f"run(s) {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''} resume from; use a new data.dir, "
+            "or pass --force to rewrite it (those runs then cannot resume)"
+        )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
-def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
-    """Tokenize and pack `cfg.data.sources` into `cfg.data.dir`; return the written manifest."""
+def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = False) -> Manifest:
+    """Tokenize and pack `cfg.data.sources` into `cfg.data.dir`; return the written manifest.
+
+    Refuses (before writing anything) when a live training run reads the data dir, or when the data
+    would change under runs that have checkpoints from it (`force` allows the latter only).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     t0 = time.perf_counter()
@@ -220,6 +312,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             f"data.bpe_vocab_size {bpe_vocab} is larger than model.vocab_size {model_vocab}; "
             "token ids would not fit the embedding"
         )
+    _refuse_live_users(cfg, data_dir)
 
     def say(msg: str) -> None:
         if console is not None:
@@ -252,6 +345,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None) -> Manifest:
             else f"builtin corpus default {BUILTIN_DEFAULT_CAP_BYTES / 1e6:.0f} MB"
         )
         st = corpus.stats
+        _refuse_rewrite_under_runs(cfg, data_dir, corpus.fingerprint, bpe_vocab, force)
         progress.update(reading, total=st.docs, completed=st.docs, description=f"read {st.bytes / 1e6:.2f} MB")
         say(
             f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"

@@ -1,20 +1,26 @@
 """What the trainer does when the world breaks: stop requests, the hang watchdog, fault injection.
 
-- Stop request: SIGUSR1/SIGTERM to a rank, or the file `<run>/control/stop` (the Slurm batch script
-  creates it on USR1, so no signal has to cross srun, enroot and torchrun). At the next step
-  boundary all ranks agree, checkpoint and exit with exit_codes.REQUEUE.
+- Stop request: SIGUSR1/SIGTERM or a first SIGINT (Ctrl-C) to a rank, or the file `<run>/control/stop`
+  (the Slurm batch script creates it on USR1, `mltrain stop` and a local launcher's Ctrl-C too, so no
+  signal has to cross srun, enroot and torchrun). At the next step boundary all ranks agree, checkpoint
+  and exit with exit_codes.REQUEUE; rank 0 then removes the stop file (it is consumed). A second SIGINT
+  aborts at once (exit 130) with one line.
 - Watchdog: a daemon thread; when no step finished within `hang_timeout_s` it dumps every thread's
   stack into `<run>/hangs/` and hard-exits with exit_codes.HANG, so a stuck collective costs
   minutes instead of the rest of the allocation.
-- Fault injection for tests: MLTRAIN_FAULT=<hang|kill|stop>:<step>:<rank>, only on a job's first attempt
-  (`stop` sends the rank SIGUSR1, the same path as a Slurm preemption warning).
+- Fault injection for tests: MLTRAIN_FAULT=<hang|kill|stop|wait>:<step>:<rank>, only on a job's first
+  attempt (`stop` sends the rank SIGUSR1, the same path as a Slurm preemption warning; `wait` pauses the
+  rank before that step until a stop request arrives, so a test can signal a run mid-training without
+  sleeps that depend on the machine's speed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,23 +37,78 @@ def write_exit_reason(run_dir: Path, reason: str) -> None:
         pass  # best effort: the launcher treats a missing reason as a failure
 
 
-class StopRequest:
-    """A flag set by SIGUSR1/SIGTERM or by the presence of the stop file."""
+INTERRUPTED = "SIGINT"
 
-    def __init__(self, run_dir: Path) -> None:
+
+class StopRequest:
+    """A flag set by SIGUSR1/SIGTERM/SIGINT or by the presence of the stop file."""
+
+    def __init__(self, run_dir: Path, announce: bool = True) -> None:
+        self.run_dir = run_dir
         self.stop_file = run_dir / rundir.STOP_FILE
         self.signalled: str | None = None
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        self.seen = "stop file"  # what the stop that ended training was (set by the training loop)
+        self.announce = announce  # rank 0 prints the Ctrl-C lines
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. under a test runner thread)
                 pass
 
     def _handler(self, signum: int, frame: object) -> None:
-        self.signalled = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == INTERRUPTED and self.signalled == INTERRUPTED:
+            if self.announce:
+                print("aborted: second Ctrl-C, not checkpointed (the next start resumes from the newest checkpoint)")
+            sys.stdout.flush()
+            write_exit_reason(self.run_dir, exit_codes.REASON_FAILED)
+            os._exit(exit_codes.INTERRUPTED)
+        if name == INTERRUPTED and self.announce:
+            print("[mltrain] Ctrl-C: checkpointing at the next step boundary, then exiting (Ctrl-C again aborts)")
+            sys.stdout.flush()
+        self.signalled = name
 
     def requested(self, check_file: bool) -> bool:
         return self.signalled is not None or (check_file and self.stop_file.exists())
+
+    def why(self) -> str:
+        """The signal's name, else the stop file's first line (SIGINT when a launcher's Ctrl-C wrote it)."""
+        if self.signalled:
+            return self.signalled
+        try:
+            lines = self.stop_file.read_text().strip().splitlines()
+        except OSError:
+            lines = []
+        if lines:
+            return lines[0].strip()[:40] or "stop file"
+        return "stop file" if self.stop_file.exists() else "a signal to another rank"
+
+    def consume(self) -> None:
+        """Remove the stop file once the stop it asked for is done, so the next start trains."""
+        with contextlib.suppress(OSError):
+            self.stop_file.unlink()
+
+
+def remove_stale_stop(run_dir: Path, started: float) -> float | None:
+    """Remove a stop file written before `started` (a leftover, not a request to this start); return
+    its mtime when one was removed."""
+    path = run_dir / rundir.STOP_FILE
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    if mtime >= started:
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return mtime
+
+
+def write_stop_request(run_dir: Path, why: str) -> Path:
+    """Ask the trainer of `run_dir` to checkpoint and exit at its next step boundary."""
+    path = run_dir / rundir.STOP_FILE
+    atomic_write(path, f"{why}\n", fsync=False)
+    return path
 
 
 class Watchdog:
@@ -98,11 +159,15 @@ class Watchdog:
 
 class FaultInjector:
     """Test hook: MLTRAIN_FAULT=hang:5:1 makes rank 1 stop stepping before step 5; kill:5:1 SIGKILLs it;
-    stop:5:1 sends it SIGUSR1 (a preemption warning)."""
+    stop:5:1 sends it SIGUSR1 (a preemption warning); wait:5:1 pauses it before step 5 until a stop
+    request (signal or stop file) arrives, at most WAIT_MAX_S."""
 
-    def __init__(self, run_dir: Path, rank: int) -> None:
+    WAIT_MAX_S = 300.0
+
+    def __init__(self, run_dir: Path, rank: int, stop: StopRequest | None = None) -> None:
         self.kind: str | None = None
         self.step = -1
+        self.stop = stop
         self.marker = run_dir / rundir.CONTROL_DIR / "fault_done"
         spec = os.environ.get("MLTRAIN_FAULT", "")
         first_attempt = os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")
@@ -110,21 +175,33 @@ class FaultInjector:
             return
         try:
             kind, step, fault_rank = spec.split(":")
-            if int(fault_rank) == rank and kind in ("hang", "kill", "stop"):
+            if int(fault_rank) == rank and kind in ("hang", "kill", "stop", "wait"):
                 self.kind, self.step = kind, int(step)
         except ValueError:
-            print(f"[mltrain] ignoring malformed MLTRAIN_FAULT={spec!r} (want hang|kill:STEP:RANK)", flush=True)
+            print(
+                f"[mltrain] ignoring malformed MLTRAIN_FAULT={spec!r} (want hang|kill|stop|wait:STEP:RANK)", flush=True
+            )
 
     def maybe_fire(self, step: int) -> None:
         if self.kind is None or step != self.step:
             return
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(f"{self.kind} at step {step}\n")
-        print(f"[mltrain] injected fault: {self.kind} at step {step}", flush=True)
+        print(f"[mltrain] injected fault: {self.kind} at step {step} (pid {os.getpid()})", flush=True)
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if self.kind == "stop":
             os.kill(os.getpid(), signal.SIGUSR1)
             return
+        if self.kind == "wait":
+            deadline = time.monotonic() + self.WAIT_MAX_S
+            while time.monotonic() < deadline and not self._stop_requested():
+                time.sleep(0.05)
+            return
         while True:  # hang: this rank stops stepping; the others block in the next collective
             time.sleep(3600)
+
+    def _stop_requested(self) -> bool:
+        if self.stop is not None:
+            return self.stop.requested(check_file=True)
+        return (self.marker.parent.parent / rundir.STOP_FILE).exists()

@@ -26,7 +26,7 @@ from mltrain.fsutil import atomic_write
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
-from mltrain.train.faults import FaultInjector, StopRequest, Watchdog, write_exit_reason
+from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize
 
@@ -316,12 +316,65 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
 
 
+def _fmt_hms(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+SUMMARY_LOSS_STEPS = 50  # the end-of-run train loss is the mean over this many last steps
+
+
+class LoopStats:
+    """What the end-of-run summary needs: recent train losses, the last eval, checkpoints, tokens."""
+
+    def __init__(self, start_step: int) -> None:
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+        self.train_time_s = 0.0
+        self.windows: list[tuple[float, int]] = []  # (mean loss, steps) per logged window
+        self.val_loss: float | None = None
+        self.last_saved: int | None = None
+
+    def recent_loss(self) -> tuple[float, int] | None:
+        """Mean train loss over the last <= SUMMARY_LOSS_STEPS steps (from the logged windows)."""
+        total, n = 0.0, 0
+        for loss, steps in reversed(self.windows):
+            if n >= SUMMARY_LOSS_STEPS:
+                break
+            total, n = total + loss * steps, n + steps
+        return (total / n, n) if n else None
+
+    def summary(self, trainer: Trainer, reason: str) -> list[str]:
+        """The end-of-run lines (each well under 100 columns)."""
+        tc = trainer.cfg.train
+        wall = time.perf_counter() - self.t0
+        steps = trainer.step - self.start_step
+        head = f"{reason}: step {trainer.step}/{tc.max_steps}, wall {_fmt_hms(wall)}"
+        if steps > 0 and self.train_time_s > 0:
+            head += f", {_fmt_rate(steps * trainer.tokens_per_step / self.train_time_s)} tok/s"
+        losses = []
+        recent = self.recent_loss()
+        if recent is not None:
+            losses.append(f"train loss {recent[0]:.4f} (mean of last {recent[1]} steps)")
+        if self.val_loss is not None:
+            losses.append(f"val loss {self.val_loss:.4f}")
+        used = f"resumed step {self.start_step}" if self.start_step else "fresh start"
+        wrote = f"wrote step {self.last_saved}" if self.last_saved is not None else "wrote none"
+        return [head, *(["  " + ", ".join(losses)] if losses else []), f"  checkpoint: {used}, {wrote}"]
+
+
 def train_loop(
-    trainer: Trainer, writer: M.MetricsWriter | None, stop: StopRequest, watchdog: Watchdog, fault: FaultInjector
+    trainer: Trainer,
+    writer: M.MetricsWriter | None,
+    stop: StopRequest,
+    watchdog: Watchdog,
+    fault: FaultInjector,
+    stats: LoopStats | None = None,
 ) -> str:
     """Step until done or asked to stop; returns the exit reason word."""
     cfg, info = trainer.cfg, trainer.info
     tc = cfg.train
+    stats = stats or LoopStats(trainer.step)
     window_loss = torch.zeros((), device=info.device)
     window_steps = 0
     t_window = 0.0
@@ -342,6 +395,8 @@ def train_loop(
             if info.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = (time.perf_counter() - t_window) / window_steps
+            stats.train_time_s += dt * window_steps
+            stats.windows.append((mean_loss, window_steps))
             tps = trainer.tokens_per_step / dt
             mfu = M.mfu(tps, trainer.flops_per_token, trainer.peak, trainer.n_devices)
             rec = {
@@ -358,75 +413,116 @@ def train_loop(
             if writer:
                 writer.write(rec)
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
-            _log(
+            elapsed = _fmt_hms(time.perf_counter() - stats.t0)
+            eta = _fmt_hms((tc.max_steps - step) * dt)
+            _log(  # <= ~100 columns: step, loss, lr, grad norm, speed, MFU, elapsed and ETA of this start
                 info,
-                f"step {step}/{tc.max_steps} | loss {mean_loss:.4f} | lr {rec['lr']:.2e} | "
-                f"gnorm {rec['grad_norm']:.2f} | {_fmt_rate(tps)} tok/s | mfu {mfu_s} | {dt:.3f} s/step",
+                f"step {step}/{tc.max_steps} loss {mean_loss:.4f} lr {rec['lr']:.1e} gnorm {rec['grad_norm']:.2f} "
+                f"{_fmt_rate(tps)} tok/s mfu {mfu_s} {elapsed} eta {eta}",
             )
             if not math.isfinite(mean_loss):
                 raise MltrainError(f"loss is {mean_loss} at step {step}; lower train.lr or check the data")
             window_loss.zero_()
             window_steps = 0
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
-            _eval(trainer, writer)
+            stats.val_loss = _eval(trainer, writer) or stats.val_loss
             watchdog.beat()
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < tc.max_steps:
-            trainer.save()
+            if trainer.save():
+                stats.last_saved = step
             last_saved = step
             watchdog.beat()
         if step % tc.stop_check_every == 0 and any_rank(stop.requested(check_file=info.is_main), info.device):
-            why = stop.signalled or "stop file"
+            why = stop.why() if info.is_main else (stop.signalled or "stop file")
+            stop.seen = why
             _log(info, f"stop requested ({why}) at step {step}: checkpointing, then exiting for requeue")
-            if last_saved != step:
-                trainer.save()
+            if last_saved != step and trainer.save():
+                stats.last_saved = step
             trainer.ckpt.wait()
+            if info.is_main:
+                stop.consume()  # done what it asked: the next start must train, not stop again
             return exit_codes.REASON_PREEMPTED
-    _eval(trainer, writer)
-    if last_saved != trainer.step:
-        trainer.save()
+    stats.val_loss = _eval(trainer, writer) or stats.val_loss
+    if last_saved != trainer.step and trainer.save():
+        stats.last_saved = trainer.step
     trainer.ckpt.wait()
     return exit_codes.REASON_DONE
 
 
-def _eval(trainer: Trainer, writer: M.MetricsWriter | None) -> None:
+def _eval(trainer: Trainer, writer: M.MetricsWriter | None) -> float | None:
     val = trainer.evaluate()
     if val is None:
-        return
+        return None
     ppl = math.exp(min(val, 50.0))
     if writer:
         writer.write({"kind": "eval", "step": trainer.step, "val_loss": val, "val_ppl": ppl})
     _log(trainer.info, f"eval step {trainer.step} | val loss {val:.4f} | val ppl {ppl:.2f}")
+    return val
+
+
+def _take_lease(cfg: RunConfig, info: DistInfo) -> Any:
+    """Rank 0's run-dir lease, or None when the launcher that started us holds it (local torchrun)."""
+    from mltrain import lease
+
+    if lease.inherited(cfg.run_dir):
+        return None
+    return lease.acquire_lease(
+        cfg.run_dir, job_id=os.environ.get("SLURM_JOB_ID"), data_dir=cfg.data.dir, say=lambda m: _log(info, m)
+    )
+
+
+def _record_refusal(run_dir: Path, err: BaseException, info: DistInfo) -> None:
+    """A start refused before training: say why in control/ only when no earlier outcome is recorded
+    there (the Slurm batch script clears it before each attempt, so a job still gets config_error and is
+    not requeued; a finished or stopped local run keeps its state)."""
+    if not info.is_main or not run_dir.exists() or rundir.read_exit_reason(run_dir) is not None:
+        return
+    write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
+    with contextlib.suppress(OSError):
+        atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, str(err) + "\n")
 
 
 def run_training(cfg: RunConfig) -> int:
-    """Train `cfg` on this rank. Returns the process exit code (see exit_codes)."""
+    """Train `cfg` on this rank. Returns the process exit code (see exit_codes).
+
+    Every check that can refuse the start (data, run dir, lease, resume) runs before config.yaml or
+    control/exit_reason are written, so a refused start leaves the run as it was.
+    """
+    from mltrain.lease import LeaseHeldError
+
     info = init_distributed(cfg.train.device)
     run_dir = cfg.run_dir
     writer = None
     watchdog = None
+    held = None
+    started = False
+    stop = StopRequest(run_dir, announce=info.is_main)  # from here a Ctrl-C is a stop request
     try:
         try:
             if info.is_main:
                 precheck(cfg)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_config(cfg)
-                (run_dir / rundir.CONTROL_DIR).mkdir(exist_ok=True)
-            ok = [True]
+                held = _take_lease(cfg, info)
+            ok: list[Any] = [True]
         except (ConfigError, DataError, RunDirError) as e:
             ok = [e]
         if torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(ok, src=0)
         if ok[0] is not True:
-            if run_dir.exists():
-                write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
-                if info.is_main:
-                    atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, str(ok[0]) + "\n")
+            if not isinstance(ok[0], LeaseHeldError):  # never write into a run dir another process owns
+                _record_refusal(run_dir, ok[0], info)
             if info.is_main:
                 raise ok[0]
             return exit_codes.CONFIG_ERROR
-        stop = StopRequest(run_dir)
-        fault = FaultInjector(run_dir, info.rank)
-        trainer = Trainer(cfg, info)
+        fault = FaultInjector(run_dir, info.rank, stop)
+        try:
+            trainer = Trainer(cfg, info)
+        except MltrainError as e:  # e.g. a checkpoint this config cannot resume
+            _record_refusal(run_dir, e, info)
+            raise
+        if info.is_main:
+            write_config(cfg)  # only now: the start is accepted
+            (run_dir / rundir.CONTROL_DIR).mkdir(exist_ok=True)
+        started = True
         if info.world_size > 1:
             _KEEPALIVE.append(trainer)
         if info.is_main:
@@ -449,18 +545,27 @@ def run_training(cfg: RunConfig) -> int:
             f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}",
         )
         watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
-        reason = train_loop(trainer, writer, stop, watchdog, fault)
+        stats = LoopStats(trainer.step)
+        reason = train_loop(trainer, writer, stop, watchdog, fault, stats)
         if writer:
             writer.write({"kind": "exit", "step": trainer.step, "reason": reason})
         if info.is_main:
             write_exit_reason(run_dir, reason)
-        return exit_codes.REQUEUE if reason == exit_codes.REASON_PREEMPTED else exit_codes.DONE
+        done = reason == exit_codes.REASON_DONE
+        for line in stats.summary(trainer, "done" if done else "stopped"):
+            _log(info, line)
+        if not done and info.is_main:
+            what = "interrupted" if stop.seen == INTERRUPTED else f"stopped ({stop.seen})"
+            saved = stats.last_saved == trainer.step or (stats.last_saved is None and trainer.step == stats.start_step)
+            ckpt = f"checkpointed step {trainer.step}" if saved else f"checkpoint of step {trainer.step} FAILED"
+            print(f"{what}: {ckpt}, exit 75; run again to resume", flush=True)
+        return exit_codes.DONE if done else exit_codes.REQUEUE
     except MltrainError:
-        if info.is_main and run_dir.exists():
+        if started and info.is_main and run_dir.exists():
             write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
         raise
     except BaseException:
-        if run_dir.exists():
+        if started and run_dir.exists():
             write_exit_reason(run_dir, exit_codes.REASON_FAILED)
         raise
     finally:
@@ -468,4 +573,6 @@ def run_training(cfg: RunConfig) -> int:
             watchdog.close()
         if writer:
             writer.close()
+        if held is not None:
+            held.release()
         shutdown()
