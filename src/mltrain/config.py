@@ -213,6 +213,12 @@ class CheckpointConfig(StrictModel):
     keep_last: int = Field(default=3, gt=0)
     async_save: bool = False
     resume: bool = True
+    mirror: str | None = Field(
+        default=None,
+        pattern=r"^s3://[^/]+",
+        description="s3://bucket/prefix: upload every committed checkpoint there in the background; "
+        "a run with no local checkpoint resumes from the newest complete one",
+    )
 
 
 class LaunchConfig(StrictModel):

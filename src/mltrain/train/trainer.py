@@ -165,6 +165,10 @@ class Trainer:
             warn=lambda m: _log(info, "WARNING: " + m),
             info=lambda m: _log(info, m),
         )
+        if cfg.checkpoint.mirror:  # pull the newest remote checkpoint when none is local; mirror new ones
+            from mltrain.storage.mirror import attach_checkpoint_mirror
+
+            attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
