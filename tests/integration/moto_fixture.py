@@ -35,7 +35,12 @@ def moto_s3() -> str:
 def s3_env(moto_s3, monkeypatch) -> dict[str, str]:
     """Environment for this process and for `mltrain` subprocesses: dummy credentials, the endpoint the
     boto3 way (AWS_ENDPOINT_URL), no profile files from the machine."""
-    env = {**DUMMY_ENV, "AWS_ENDPOINT_URL": moto_s3, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    env = {
+        **DUMMY_ENV,
+        "AWS_ENDPOINT_URL": moto_s3,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -70,8 +75,37 @@ def moto_s3_with_auth():
         "sys.stdin.read()\n"
     )
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
     port = int(proc.stdout.readline())
     yield f"http://127.0.0.1:{port}"
     proc.stdin.close()
     proc.wait(timeout=10)
+
+
+def run_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`mltrain ARGS` through its real entry point (main(): error lines, exit codes), in this process
+    with `env` as the environment: a subprocess would spend a second importing boto3 per call."""
+    import contextlib
+    import io
+    import sys
+
+    from mltrain.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv = dict(os.environ), sys.argv
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["mltrain", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

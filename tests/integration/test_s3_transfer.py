@@ -11,36 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from moto_fixture import run_cli as cli
 from tests.helpers import mltrain_cmd
 
 MiB = 1 << 20
-
-
-def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    """`mltrain ARGS` through its real entry point (main(): error lines, exit codes), in this process
-    with `env` as the environment: a subprocess would spend a second importing boto3 per call."""
-    import contextlib
-    import io
-    import sys
-
-    from mltrain.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_argv = dict(os.environ), sys.argv
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = ["mltrain", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        sys.argv = saved_argv
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def cli_subprocess(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -210,7 +184,9 @@ def test_errors_are_one_clear_line_and_write_nothing(tmp_path, s3_env, bucket, m
     (src / "a.txt").write_text("hello")
     dst = tmp_path / "dst"
 
-    _one_clear_line(cli(s3_env, "data", "upload", str(src), "s3://no-such-bucket-x/p"), "no-such-bucket-x", "does not exist")
+    _one_clear_line(
+        cli(s3_env, "data", "upload", str(src), "s3://no-such-bucket-x/p"), "no-such-bucket-x", "does not exist"
+    )
     _one_clear_line(cli(s3_env, "data", "download", "s3://no-such-bucket-x/p", str(dst)), "does not exist")
     _one_clear_line(cli(s3_env, "data", "upload", str(tmp_path / "nope"), f"s3://{bucket}/p"), "nope", "no such file")
 
