@@ -161,7 +161,8 @@ class DataConfig(StrictModel):
 
     sources: list[str] = Field(
         default_factory=lambda: ["builtin:python-stdlib"],
-        description="files, dirs or globs of .txt/.jsonl/.parquet; 'builtin:python-stdlib'; 'hf:NAME'",
+        description="files, dirs or globs of .txt/.jsonl/.parquet; s3://bucket/prefix/*.jsonl (streamed); "
+        "'builtin:python-stdlib'; 'hf:NAME'",
     )
     text_field: str = "text"
     tokenizer: str | None = Field(
