@@ -334,7 +334,8 @@ def data_verify(
     from mltrain.storage.verify import verify_prefix
 
     s3url = parse_s3_url(url)
-    rep = verify_prefix(make_client(S3Options(endpoint_url, profile, region)), s3url, deep=deep, console=err_console)
+    client = make_client(S3Options(endpoint_url, profile, region), validate_responses=False)  # --deep hashes itself
+    rep = verify_prefix(client, s3url, deep=deep, console=err_console)
     if json_out:
         console.print(json.dumps(rep.as_dict()), highlight=False, markup=False, soft_wrap=True)
     else:

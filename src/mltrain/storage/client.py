@@ -27,8 +27,11 @@ class S3Options:
     max_pool_connections: int = 32
 
 
-def make_client(opts: S3Options | None = None) -> Any:
-    """A thread-safe boto3 S3 client with retries sized for multi-GB parallel transfers."""
+def make_client(opts: S3Options | None = None, validate_responses: bool = True) -> Any:
+    """A thread-safe boto3 S3 client with retries sized for multi-GB parallel transfers.
+
+    `validate_responses=False` stops botocore hashing downloaded bodies against the stored checksum:
+    for callers that hash every byte against the manifest themselves (one hash pass, not two)."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
@@ -45,6 +48,7 @@ def make_client(opts: S3Options | None = None) -> Any:
             connect_timeout=10,
             read_timeout=120,
             tcp_keepalive=True,
+            response_checksum_validation="when_supported" if validate_responses else "when_required",
         )
         return session.client("s3", endpoint_url=opts.endpoint_url, config=config)
     except BotoCoreError as e:  # ProfileNotFound, bad region, ...

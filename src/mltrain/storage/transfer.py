@@ -22,6 +22,8 @@ from rich.console import Console
 
 from mltrain.storage.client import S3Options, check_bucket, is_not_found, make_client, storage_error
 from mltrain.storage.digest import (
+    CRC64NVME,
+    SHA256,
     FileDigest,
     choose_algorithm,
     digest_file,
@@ -235,7 +237,7 @@ def upload(
                         str(files[rel]),
                         dest.bucket,
                         dest.key(rel),
-                        extra_args={"ChecksumAlgorithm": algo},
+                        extra_args=_checksum_args(algo, digests[rel]),
                         subscribers=[bar.subscriber()],
                     )
                     for rel in todo
@@ -278,6 +280,19 @@ def upload(
         raise storage_error(e, str(dest)) from None
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _checksum_args(algo: str, d: FileDigest) -> dict[str, str]:
+    """Send the checksum we computed, not one botocore recomputes from the bytes it reads: S3 then rejects
+    an object whose bytes changed after we hashed them (BadDigest). A SHA256 multipart checksum is a
+    composite of per-part values, which only botocore can send part by part; CRC64NVME is full-object
+    even for multipart uploads."""
+    value = d.s3_checksum.split(":", 1)[1]
+    if algo == SHA256 and d.part_size == 0:
+        return {"ChecksumAlgorithm": algo, "ChecksumSHA256": value}
+    if algo == CRC64NVME:
+        return {"ChecksumAlgorithm": algo, "ChecksumCRC64NVME": value}
+    return {"ChecksumAlgorithm": algo}
 
 
 def _delete_objects(client: Any, url: S3Url, rels: list[str]) -> None:
@@ -440,7 +455,7 @@ def sync(
     """Either direction, chosen by which side is an s3:// URL."""
     if is_s3(src) == is_s3(dst):
         raise StorageError(f"{src} -> {dst}: exactly one side must be an s3:// URL")
-    client = make_client(opts)
+    client = make_client(opts, validate_responses=not is_s3(src))  # downloads are hashed against the manifest
     if is_s3(dst):
         local = Path(src).expanduser()
         if not local.exists():
