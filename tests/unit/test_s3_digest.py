@@ -61,3 +61,14 @@ def test_parse_s3_url():
     for bad in ("bkt/a", "s3://", "s3:///a"):
         with pytest.raises(StorageError):
             parse_s3_url(bad)
+
+
+def test_crc64nvme_is_the_full_object_crc_whatever_the_part_size(tmp_path):
+    crc = pytest.importorskip("awscrt.checksums")
+    data = bytes(range(256)) * 5000
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    want = "CRC64NVME:" + base64.b64encode(crc.crc64nvme(data).to_bytes(8, "big")).decode()
+    assert digest_file(p, 0, "CRC64NVME").s3_checksum == want
+    assert digest_file(p, 400_000, "CRC64NVME").s3_checksum == want
+    assert digest_file(p, 0, "CRC64NVME").sha256 == hashlib.sha256(data).hexdigest()
