@@ -237,12 +237,28 @@ ChecksumOpt = Annotated[str, typer.Option("--checksum", help="sha256 | crc64nvme
 
 
 def _transfer(
-    src: str, dst: str, endpoint_url, profile, region, concurrency, part_mib, checksum, delete, yes, json_out
+    src: str,
+    dst: str,
+    endpoint_url,
+    profile,
+    region,
+    concurrency,
+    part_mib,
+    checksum,
+    delete,
+    yes,
+    json_out,
+    to_s3=None,
 ):
     import json
 
     from mltrain.storage.client import S3Options
     from mltrain.storage.transfer import TransferSettings, sync
+    from mltrain.storage.url import StorageError, is_s3
+
+    if to_s3 is not None and (is_s3(dst) != to_s3 or is_s3(src) == to_s3):
+        usage = "upload LOCAL s3://bucket/prefix" if to_s3 else "download s3://bucket/prefix LOCAL"
+        raise StorageError(f"{src} -> {dst}: expected `mltrain data {usage}`")
 
     opts = S3Options(endpoint_url, profile, region, max_pool_connections=max(10, concurrency + 4))
     mib = part_mib << 20
@@ -279,7 +295,9 @@ def data_upload(
     json_out: JsonOpt = False,
 ) -> None:
     """Upload to S3 (parallel multipart, S3 checksums, manifest written last). A rerun sends only what is missing."""
-    _transfer(local, dest, endpoint_url, profile, region, concurrency, part_size_mib, checksum, False, False, json_out)
+    _transfer(
+        local, dest, endpoint_url, profile, region, concurrency, part_size_mib, checksum, False, False, json_out, True
+    )
 
 
 @data_app.command("download")
@@ -294,7 +312,9 @@ def data_download(
     json_out: JsonOpt = False,
 ) -> None:
     """Download from S3; every file is hashed against the manifest before it replaces anything."""
-    _transfer(src, local, endpoint_url, profile, region, concurrency, part_size_mib, "auto", False, False, json_out)
+    _transfer(
+        src, local, endpoint_url, profile, region, concurrency, part_size_mib, "auto", False, False, json_out, False
+    )
 
 
 @data_app.command("sync")

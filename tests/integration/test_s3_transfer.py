@@ -189,6 +189,7 @@ def test_errors_are_one_clear_line_and_write_nothing(tmp_path, s3_env, bucket, m
     )
     _one_clear_line(cli(s3_env, "data", "download", "s3://no-such-bucket-x/p", str(dst)), "does not exist")
     _one_clear_line(cli(s3_env, "data", "upload", str(tmp_path / "nope"), f"s3://{bucket}/p"), "nope", "no such file")
+    _one_clear_line(cli(s3_env, "data", "upload", f"s3://{bucket}/p", str(dst)), "expected `mltrain data upload LOCAL")
 
     s = socket_free_port()
     dead = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s}", "AWS_MAX_ATTEMPTS": "1"}
