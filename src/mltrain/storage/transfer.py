@@ -383,7 +383,11 @@ def download(
         with byte_progress(f"download <- {src}", console, progress) as bar:
             bar.add_total(summary.bytes_total)
             bar.advance(sum(remote[r] for r in rels if r not in set(todo)))
-            with TransferManager(client, settings.transfer_config()) as tm:
+            # each file is hashed as soon as it is down, while the rest are still downloading
+            with (
+                ThreadPoolExecutor(max_workers=settings.hash_workers) as hashers,
+                TransferManager(client, settings.transfer_config()) as tm,
+            ):
                 jobs = []
                 for rel in todo:
                     t = targets[rel]
@@ -393,18 +397,16 @@ def download(
                     jobs.append(
                         (rel, tmp, tm.download(src.bucket, src.key(rel), str(tmp), subscribers=[bar.subscriber()]))
                     )
-                bad = []
-                for rel, _, fut in jobs:
+                bad: list[str] = []
+                checks = []
+                for job in jobs:
                     try:
-                        fut.result()
+                        job[2].result()
                     except FlexibleChecksumError:  # botocore hashed the body: not what S3 says it stores
-                        bad.append(f"{rel} (bytes differ from the checksum S3 stores)")
-            fetched = [j for j in jobs if not any(b.startswith(f"{j[0]} (") for b in bad)]
-            bad += [
-                b
-                for b in _parallel(lambda j: _check_download(j, src, manifest, client), fetched, settings.hash_workers)
-                if b
-            ]
+                        bad.append(f"{job[0]} (bytes differ from the checksum S3 stores)")
+                        continue
+                    checks.append(hashers.submit(_check_download, job, src, manifest, client))
+                bad += [b for b in (c.result() for c in checks) if b]
             if bad:
                 raise StorageError(f"{src}: downloaded files do not match: {'; '.join(bad[:10])} (nothing replaced)")
             for rel, tmp, _ in jobs:
