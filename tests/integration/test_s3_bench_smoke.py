@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses: the bench script and the tools it runs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
