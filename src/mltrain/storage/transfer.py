@@ -179,6 +179,8 @@ def upload(
 
     t0 = time.perf_counter()
     local = Path(local)
+    if delete and local.is_file():
+        raise StorageError(f"{local}: --delete needs a directory as the source, not one file")
     files = local_files(local)
     if exclude:
         files = {rel: p for rel, p in files.items() if not exclude(rel)}
@@ -347,7 +349,9 @@ def download(
         src = S3Url(src.bucket, parent)
         remote = {name: int(h["ContentLength"])}
         manifest = read_manifest(client, src) or Manifest()
-        if local.is_dir() or str(local).endswith("/"):
+        if delete:
+            raise StorageError(f"{src.child(name)}: --delete needs a prefix as the source, not one object")
+        if local.is_dir():
             local = local / name
         local_root, targets = local.parent, {name: local}
     else:
