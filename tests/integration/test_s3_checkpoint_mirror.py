@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow
 
 
 def train(cfg_path, env) -> subprocess.CompletedProcess:
+    """2 torchrun workers on gloo: rank 0 restores and mirrors, rank 1 waits for its verdict, and the
+    workers' os._exit must not cut the last upload short."""
     env = {k: v for k, v in env.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT")}
-    return subprocess.run(mltrain_cmd("train", str(cfg_path)), env=env, capture_output=True, text=True, timeout=300)
+    cmd = mltrain_cmd("train", str(cfg_path), "--nproc", "2")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -27,7 +30,7 @@ def losses(run_dir) -> dict[int, float]:
 
 def test_wiped_run_resumes_from_s3_with_identical_losses(tmp_path, tiny_data_dir, s3_env, s3, bucket):
     mirror = f"s3://{bucket}/checkpoints/mir"
-    cfg = tiny_run_config(tmp_path, tiny_data_dir, "mir")
+    cfg = tiny_run_config(tmp_path, tiny_data_dir, "mir", parallel="ddp")
     cfg["checkpoint"] = {"every_steps": 3, "keep_last": 2, "mirror": mirror}
     cfg_path = write_config(tmp_path / "mir.yaml", cfg)
     run_dir = tmp_path / "runs" / "mir"

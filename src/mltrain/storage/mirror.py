@@ -81,6 +81,16 @@ def _wait_before_exit(fn: Callable[[], None]) -> None:
         atexit.register(fn)
 
 
+_ACTIVE: list[CheckpointMirror] = []
+
+
+def wait_for_uploads() -> None:
+    """Block until every mirror of this process has sent what it was given. The trainer calls it
+    before it returns: torchrun workers leave with os._exit, which would kill the upload thread."""
+    for m in list(_ACTIVE):
+        m.wait()
+
+
 class CheckpointMirror:
     """Uploads committed checkpoints of one run to `url`, newest first when it falls behind."""
 
@@ -116,17 +126,22 @@ class CheckpointMirror:
             self._pending.append(staged)
             if self._thread is None or not self._thread.is_alive():
                 if self._thread is None:
+                    _ACTIVE.append(self)
                     _wait_before_exit(self.wait)
                 self._thread = threading.Thread(target=self._drain, name="checkpoint-mirror", daemon=False)
                 self._thread.start()
 
     def wait(self) -> None:
-        """Block until every queued checkpoint is uploaded (tests, and callers that must know)."""
+        """Block until every queued checkpoint is uploaded."""
+        told = False
         while True:
             with self._lock:
                 t = self._thread
             if t is None or not t.is_alive():
                 return
+            if not told:
+                self.info(f"checkpoint mirror: waiting for the upload to {self.url} to finish")
+                told = True
             t.join()
 
     # ------------------------------------------------------------------ the background thread

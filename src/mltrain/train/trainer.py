@@ -438,4 +438,8 @@ def run_training(cfg: RunConfig) -> int:
             watchdog.close()
         if writer:
             writer.close()
+        if cfg.checkpoint.mirror:  # the last checkpoint leaves the node before the process does
+            from mltrain.storage.mirror import wait_for_uploads
+
+            wait_for_uploads()
         shutdown()
