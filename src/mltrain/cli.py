@@ -442,6 +442,196 @@ def cluster_status(cluster_yaml: ClusterYaml, dry_run: DryRunOpt = False) -> Non
     _cluster_action("status", cluster_yaml, None, dry_run)
 
 
+# --------------------------------------------------------------------------- data on S3 (storage/)
+
+EndpointOpt = Annotated[
+    Optional[str], typer.Option("--endpoint-url", help="S3-compatible endpoint; default boto3's (AWS_ENDPOINT_URL)")
+]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="AWS profile; default boto3's chain")]
+RegionOpt = Annotated[Optional[str], typer.Option("--region", help="AWS region; default boto3's chain")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout (progress goes to stderr)")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="parallel requests")]
+PartOpt = Annotated[int, typer.Option("--part-size-mib", min=5, help="multipart part size and threshold")]
+ChecksumOpt = Annotated[str, typer.Option("--checksum", help="sha256 | crc64nvme | auto (crc64nvme with awscrt)")]
+
+
+def _transfer(
+    src: str,
+    dst: str,
+    endpoint_url,
+    profile,
+    region,
+    concurrency,
+    part_mib,
+    checksum,
+    delete,
+    yes,
+    json_out,
+    to_s3=None,
+):
+    import json
+
+    from mltrain.storage.client import S3Options
+    from mltrain.storage.transfer import TransferSettings, sync
+    from mltrain.storage.url import StorageError, is_s3
+
+    if to_s3 is not None and (is_s3(dst) != to_s3 or is_s3(src) == to_s3):
+        usage = "upload LOCAL s3://bucket/prefix" if to_s3 else "download s3://bucket/prefix LOCAL"
+        raise StorageError(f"{src} -> {dst}: expected `mltrain data {usage}`")
+
+    opts = S3Options(endpoint_url, profile, region, max_pool_connections=max(10, concurrency + 4))
+    mib = part_mib << 20
+    settings = TransferSettings(concurrency=concurrency, part_size=mib, threshold=mib, checksum=checksum)
+    summary = sync(src, dst, opts, settings, delete=delete, yes=yes, console=err_console)
+    if json_out:
+        console.print(json.dumps(summary.as_dict()), highlight=False, markup=False, soft_wrap=True)
+        return
+    d = summary.as_dict()
+    console.print(
+        f"{summary.direction}: {summary.transferred} file(s) sent, {summary.skipped} already there, "
+        f"{summary.bytes_transferred / 2**20:.1f} MiB in {summary.seconds:.1f}s "
+        f"({d['mib_per_s'] or 0:.1f} MiB/s), checksums verified"
+        + (f", {len(summary.deleted)} deleted" if summary.deleted else "")
+        + (
+            f", {summary.aborted_multipart_uploads} stale multipart upload(s) aborted"
+            if summary.aborted_multipart_uploads
+            else ""
+        ),
+        highlight=False,
+    )
+
+
+@data_app.command("upload")
+def data_upload(
+    local: Annotated[str, typer.Argument(help="a file or directory")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    checksum: ChecksumOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Upload to S3 (parallel multipart, S3 checksums, manifest written last). A rerun sends only what is missing."""
+    _transfer(
+        local, dest, endpoint_url, profile, region, concurrency, part_size_mib, checksum, False, False, json_out, True
+    )
+
+
+@data_app.command("download")
+def data_download(
+    src: Annotated[str, typer.Argument(help="s3://bucket/prefix (or one object)")],
+    local: Annotated[str, typer.Argument(help="local directory")],
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download from S3; every file is hashed against the manifest before it replaces anything."""
+    _transfer(
+        src, local, endpoint_url, profile, region, concurrency, part_size_mib, "auto", False, False, json_out, False
+    )
+
+
+@data_app.command("sync")
+def data_sync(
+    src: Annotated[str, typer.Argument(help="local dir or s3://bucket/prefix")],
+    dst: Annotated[str, typer.Argument(help="s3://bucket/prefix or local dir")],
+    delete: Annotated[
+        bool, typer.Option("--delete", help="delete what the source does not have (needs --yes)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="really delete what --delete lists")] = False,
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    checksum: ChecksumOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy only changed files (size + checksum) in either direction; --delete lists, --yes deletes."""
+    _transfer(src, dst, endpoint_url, profile, region, concurrency, part_size_mib, checksum, delete, yes, json_out)
+
+
+@data_app.command("verify")
+def data_verify(
+    url: Annotated[str, typer.Argument(help="s3://bucket/prefix that `data upload` wrote")],
+    deep: Annotated[bool, typer.Option("--deep", help="also download and sha256 every object")] = False,
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check every object against the manifest. Exit 1 naming every missing, extra or mismatched object."""
+    import json
+
+    from mltrain.storage.client import S3Options, make_client
+    from mltrain.storage.url import parse_s3_url
+    from mltrain.storage.verify import verify_prefix
+
+    s3url = parse_s3_url(url)
+    client = make_client(S3Options(endpoint_url, profile, region), validate_responses=False)  # --deep hashes itself
+    rep = verify_prefix(client, s3url, deep=deep, console=err_console)
+    if json_out:
+        console.print(json.dumps(rep.as_dict()), highlight=False, markup=False, soft_wrap=True)
+    else:
+        for rel in rep.missing:
+            console.print(f"MISSING   {rel}", highlight=False, markup=False)
+        for rel in rep.extra:
+            console.print(f"EXTRA     {rel}", highlight=False, markup=False)
+        for line in rep.mismatched:
+            console.print(f"MISMATCH  {line}", highlight=False, markup=False)
+        what = "downloaded and hashed" if deep else "size + S3 checksum"
+        verdict = (
+            "OK"
+            if rep.ok
+            else f"FAILED: {len(rep.missing)} missing, {len(rep.extra)} extra, {len(rep.mismatched)} mismatched"
+        )
+        console.print(
+            f"{url}: {rep.checked} objects, {rep.bytes / 2**20:.1f} MiB checked ({what}): {verdict}",
+            highlight=False,
+            markup=False,
+        )
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+storage_app = typer.Typer(help="Create and configure the S3 buckets a cluster uses.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
+
+
+@storage_app.command("init")
+def storage_init(
+    cluster_yaml: Annotated[Path, typer.Argument(help="cluster spec YAML")],
+    abort_multipart_days: Annotated[
+        int, typer.Option(min=1, help="abort incomplete multipart uploads after N days")
+    ] = 7,
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create the cluster's data and checkpoint buckets if missing; versioning and lifecycle rules (idempotent)."""
+    import json
+
+    from mltrain.storage.buckets import init_storage
+
+    actions = init_storage(cluster_yaml, endpoint_url=endpoint_url, profile=profile, abort_days=abort_multipart_days)
+    if json_out:
+        console.print(json.dumps(actions), highlight=False, markup=False, soft_wrap=True)
+    else:
+        for a in actions:
+            console.print(
+                f"s3://{a['bucket']} ({a['role']}, {a['region']}): {'; '.join(a['actions'])}",
+                highlight=False,
+                markup=False,
+            )
+
+
+# --------------------------------------------------------------------------- end of data on S3
+
+
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:

@@ -161,7 +161,8 @@ class DataConfig(StrictModel):
 
     sources: list[str] = Field(
         default_factory=lambda: ["builtin:python-stdlib"],
-        description="files, dirs or globs of .txt/.jsonl/.parquet; 'builtin:python-stdlib'; 'hf:NAME'",
+        description="files, dirs or globs of .txt/.jsonl/.parquet; s3://bucket/prefix/*.jsonl (streamed); "
+        "'builtin:python-stdlib'; 'hf:NAME'",
     )
     text_field: str = "text"
     tokenizer: str | None = Field(
@@ -227,6 +228,12 @@ class CheckpointConfig(StrictModel):
     keep_last: int = Field(default=3, gt=0)
     async_save: bool = False
     resume: bool = True
+    mirror: str | None = Field(
+        default=None,
+        pattern=r"^s3://[^/]+",
+        description="s3://bucket/prefix: upload every committed checkpoint there in the background; "
+        "a run with no local checkpoint resumes from the newest complete one",
+    )
 
 
 class LaunchConfig(StrictModel):

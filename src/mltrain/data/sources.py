@@ -2,7 +2,7 @@
 
 Accepted entries: a .txt file (one document per file), a .jsonl file (one document per line,
 `data.text_field`), a .parquet file (the same column), a directory (searched recursively for
-those suffixes), a glob, `builtin:python-stdlib` (this Python's own standard library sources,
+those suffixes), a glob, `s3://bucket/prefix/*.jsonl` (streamed from S3), `builtin:python-stdlib` (this Python's own standard library sources,
 so the demo works offline on any machine), and `hf:NAME` (needs `datasets` and the hub).
 
 Bad documents (non-UTF-8 bytes, invalid JSON lines, missing field, empty text) are skipped and
@@ -19,7 +19,7 @@ import os
 import sysconfig
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,31 +164,36 @@ def _iter_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str
         f = open(path, "rb")  # noqa: SIM115 (closed by the `with f` below)
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    good = missing = 0
     with f:
         try:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                line = _decode(raw)
-                if line is None:
-                    stats.skip(where, "non-utf8")
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    stats.skip(where, "invalid-json")
-                    continue
-                value = obj.get(text_field) if isinstance(obj, dict) else None
-                missing += value is None
-                if _usable_text(value, where, stats):
-                    good += 1
-                    yield value
+            yield from _jsonl_docs(f, str(path), text_field, stats)
         except OSError as e:
             raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _jsonl_docs(lines: Iterable[bytes], name: str, text_field: str, stats: SourceStats) -> Iterator[str]:
+    """Documents of JSON lines read from a local file or streamed from S3 (`name` is for messages)."""
+    good = missing = 0
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{name}:{lineno}"
+        line = _decode(raw)
+        if line is None:
+            stats.skip(where, "non-utf8")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            stats.skip(where, "invalid-json")
+            continue
+        value = obj.get(text_field) if isinstance(obj, dict) else None
+        missing += value is None
+        if _usable_text(value, where, stats):
+            good += 1
+            yield value
     if good == 0 and missing:
-        raise DataError(f"{path}: no line has the field {text_field!r} (set data.text_field)")
+        raise DataError(f"{name}: no line has the field {text_field!r} (set data.text_field)")
 
 
 def _usable_text(value: object, where: str, stats: SourceStats) -> bool:
@@ -270,6 +275,29 @@ def _iter_hf(name: str, text_field: str, stats: SourceStats) -> Iterator[str]:
         raise DataError(f"hf:{name}: cannot load from the Hugging Face hub (offline or unknown name?): {e}") from None
 
 
+def _iter_s3(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
+    """Objects matching an s3:// entry, streamed line by line (.jsonl) or one object per document (.txt):
+    nothing is staged on local disk, so a corpus larger than the disk can still be prepared."""
+    from mltrain.storage.source import list_s3_source, read_object, stream_lines
+
+    for url, suffix in list_s3_source(spec, FILE_SUFFIXES):
+        stats.files += 1
+        if suffix == ".jsonl":
+            yield from _jsonl_docs(stream_lines(url), url, text_field, stats)
+        elif suffix == ".parquet":
+            raise DataError(
+                f"{url}: .parquet is not streamed from S3; `mltrain data download` it and name the local copy"
+            )
+        else:
+            text = _decode(read_object(url))
+            if text is None:
+                stats.skip(url, "non-utf8", whole_file=True)
+            elif not text.strip():
+                stats.skip(url, "empty", whole_file=True)
+            else:
+                yield text
+
+
 def _iter_entry(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     if spec.startswith("builtin:"):
         if spec != BUILTIN_STDLIB:
@@ -278,6 +306,8 @@ def _iter_entry(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]
             yield from _iter_file(path, text_field, stats)
     elif spec.startswith("hf:"):
         yield from _iter_hf(spec[3:], text_field, stats)
+    elif spec.startswith("s3://"):
+        yield from _iter_s3(spec, text_field, stats)
     else:
         for path in resolve_source(spec):
             yield from _iter_file(path, text_field, stats)

@@ -281,6 +281,7 @@ class CheckpointManager:
         self.warn = warn
         self.info = info
         self._pending: tuple[Future, Path, Path, dict[str, Any]] | None = None
+        self.on_commit: Callable[[Path], None] | None = None  # rank 0, after each commit (checkpoint mirror)
         self._ckpt_pg = None
         if async_save and dist.is_initialized():
             # The background save gathers on its own group so it never races the training collectives.
@@ -411,6 +412,8 @@ class CheckpointManager:
                 self._replace(tmp, final)
                 _fsync_dir(self.root)
                 self._prune()
+                if self.on_commit is not None:
+                    self.on_commit(final)
             except OSError as e:
                 ok = False
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -176,6 +176,10 @@ class Trainer:
             warn=lambda m: _log(info, "WARNING: " + m),
             info=lambda m: _log(info, m),
         )
+        if cfg.checkpoint.mirror:  # pull the newest remote checkpoint when none is local; mirror new ones
+            from mltrain.storage.mirror import attach_checkpoint_mirror
+
+            attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
         self.grad_accum_steps = tc.grad_accum_steps
         if resume is not None:
@@ -573,6 +577,10 @@ def run_training(cfg: RunConfig) -> int:
             watchdog.close()
         if writer:
             writer.close()
+        if cfg.checkpoint.mirror:  # the last checkpoint leaves the node before the process does
+            from mltrain.storage.mirror import wait_for_uploads
+
+            wait_for_uploads()
         if held is not None:
             held.release()
         shutdown()
