@@ -208,7 +208,7 @@ def test_fsdp_bf16_dtypes_on_two_ranks(tmp_path, tiny_data_dir):
 
 
 def test_missing_data_is_one_line_and_nonzero_exit(tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path, tmp_path / "nope"))
+    cfg = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path, tmp_path / "nope", parallel="ddp"))
     r = run_train(cfg, 2)
     assert r.returncode == 1
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]

@@ -51,7 +51,7 @@ SHORT_WORDS = {
     "terminated": "terminated",
 }
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING"}
-LOCAL_STALE_S = 300.0  # without a lease module: a local run silent this long is not running
+LOCAL_STALE_S = 300.0  # a run dir without a lease file (older runs): silent this long = not running
 
 
 @dataclass
@@ -119,16 +119,17 @@ def _error_line(run_dir: Path, job_id: str | None) -> str | None:
     return None
 
 
-def _local_holder(run_dir: Path) -> dict[str, Any] | None:
-    """The live run-dir lease holder, when the lease module is there (it may not be on older trees)."""
+def _local_holder(run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the run has a run-dir lease file, its live holder): a lease file whose holder is gone means
+    the local trainer is not running, whatever its last records say."""
+    from mltrain.lease import LOCK_FILE, lease_holder
+
+    if not (run_dir / LOCK_FILE).exists():
+        return False, None
     try:
-        from mltrain.lease import lease_holder
-    except ImportError:
-        return None
-    try:
-        return lease_holder(run_dir)
+        return True, lease_holder(run_dir)
     except Exception:  # status never fails on a damaged lease file
-        return None
+        return True, None
 
 
 def _exit_reason_is_current(run_dir: Path, metrics: list[dict[str, Any]]) -> bool:
@@ -181,14 +182,14 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
                 else (info["reason"] if info["reason"] not in ("", "None") else "")
             )
             st.scheduler = f"{state} {where}".strip()
-    holder = _local_holder(run_dir) if state is None else None
+    has_lease, holder = _local_holder(run_dir) if state is None else (False, None)
     ended = last_rec is not None and last_rec.get("kind") == "exit"
     if state is not None:
         st.running = state in RUNNING_STATES
-    elif holder is not None:
-        st.running = True
+    elif has_lease:
+        st.running = holder is not None
     elif trains and not ended and not st.job_id:
-        # no lease information: a local run is running while it keeps writing records
+        # no lease information (a run dir from before the lease): a local run is running while it keeps writing records
         last_t = last_rec.get("time") if last_rec else None
         st.running = (
             isinstance(last_t, (int, float))
