@@ -95,3 +95,34 @@ def test_char_tokenizer_exports_and_autotokenizer_check_has_no_false_warning(tex
     assert hf_tok(VAL_TEXT, add_special_tokens=False)["input_ids"] == ours.encode(VAL_TEXT).ids
     assert hf_tok.decode(ours.encode(VAL_TEXT).ids) == VAL_TEXT
     assert hf_tok.eos_token == EOS_TOKEN and hf_tok.eos_token_id == m.eos_id
+
+
+def test_shakespeare_char_recipe_prepares_from_the_generated_stand_in(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from mltrain.train.metrics import param_count
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, str(root / "scripts/shakespeare_char_data.py"), "--out", str(tmp_path / "text")]
+        + ["--chars", "20000"],
+        check=True,
+        capture_output=True,
+    )
+    raw = yaml.safe_load((root / "configs/shakespeare-char.yaml").read_text())
+    raw["data"].update(
+        sources=[str(tmp_path / "text/train.txt")],
+        val_sources=[str(tmp_path / "text/val.txt")],
+        dir=str(tmp_path / "d"),
+    )
+    cfg = RunConfig.model_validate(raw)
+    m = prepare_data(cfg)
+    assert m.tokenizer.source == "char" and m.vocab_size <= cfg.model.vocab_size
+    # the first 90% of the characters train, the last 10% validate
+    n_train, n_val = (len((tmp_path / f"text/{s}.txt").read_text()) for s in ("train", "val"))
+    assert (m.counts.train_tokens, m.counts.val_tokens) == (n_train + 1, n_val + 1)  # + EOS
+    assert n_train == int(0.9 * (n_train + n_val))
+    assert 0.75e6 < param_count(cfg.model) < 0.85e6 and cfg.train.seq_len == 64 and cfg.train.micro_batch_size == 12
