@@ -32,7 +32,7 @@ SPEAKERS = [
     "MIRANDA",
     "All",
 ]
-WORDS = (
+_WORD_TEXT = (
     "thou thee thy thine art hath doth shall shalt wilt would should good lord my lady sir king queen "
     "love heart blood death life night day sweet fair noble gentle brother sister father mother son "
     "daughter grace honour crown sword war peace heaven earth soul word tongue eyes hand time world "
@@ -40,7 +40,8 @@ WORDS = (
     "the a and of to in that is not with for this but be as by so what all no yet now then here there "
     "o ay nay well why how whence hither thither ere upon against before after where when more most "
     "true false dead young old poor proud great little high low"
-).split()
+)
+WORDS = _WORD_TEXT.split()
 PUNCT = [",", ",", ",", ";", ":", ".", ".", "!", "?", ""]
 
 
