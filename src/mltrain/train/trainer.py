@@ -233,8 +233,9 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train
         set_lr(self.optimizer, lr_at(self.step + 1, tc))
-        total = torch.zeros((), device=self.info.device)
-        for micro in range(tc.grad_accum_steps):
+        accum = tc.grad_accum_steps
+        total: torch.Tensor | None = None
+        for micro in range(accum):
             x, y = self.loader.next_batch()
             x = x.to(self.info.device, non_blocking=True)
             y = y.to(self.info.device, non_blocking=True)
@@ -244,9 +245,11 @@ class Trainer:
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
             with ctx, self._autocast():
-                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens) / tc.grad_accum_steps
+                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens)
+            if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
+                loss = loss / accum
             loss.backward()
-            total += loss.detach()
+            total = loss.detach() if total is None else total + loss.detach()
         if tc.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
         else:
@@ -256,6 +259,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        assert total is not None
         return total, gnorm
 
     @torch.no_grad()
