@@ -202,7 +202,7 @@ def sample(
         device=device,
         console=err_console,
     )
-    console.print(r.prompt + r.text, highlight=False, markup=False)
+    print(r.prompt + r.text)  # verbatim: no wrapping, markup or emoji codes
 
 
 # --------------------------------------------------------------------------- launch

@@ -73,7 +73,10 @@ def test_one_document_with_val_fraction_warns_and_names_the_fix(texts: Path) -> 
     assert "warning: data.sources" in out and "one document only" in out and "set data.val_sources" in out
 
 
-def test_char_tokenizer_exports_and_autotokenizer_check_has_no_false_warning(texts: Path, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("kind", ["char", "bytes"])
+def test_closed_vocab_tokenizer_exports_and_autotokenizer_check_has_no_false_warning(
+    kind: str, texts: Path, tmp_path, capsys
+) -> None:
     """Item 6: the export's tokenizer check used probe text outside a char vocabulary and warned
     'Missing [UNK] token' although AutoTokenizer loads it and encodes exactly."""
     transformers = pytest.importorskip("transformers")
@@ -81,7 +84,7 @@ def test_char_tokenizer_exports_and_autotokenizer_check_has_no_false_warning(tex
     from mltrain.model import Transformer
     from mltrain.model import hf as mhf
 
-    m = prepare_data(cfg_for(texts, tokenizer="char", val_sources=[str(texts / "val.txt")]))
+    m = prepare_data(cfg_for(texts, tokenizer=kind, val_sources=[str(texts / "val.txt")]))
     cfg = ModelConfig(
         vocab_size=m.vocab_size, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden_size=64, max_seq_len=64
     )
