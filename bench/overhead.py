@@ -117,6 +117,61 @@ class Bare:
                 loss.item()
 
 
+class GPT(torch.nn.Module):
+    """A plain GPT-2 style model of the same width/depth (LayerNorm, GELU MLP 4x, learned positions,
+    tied head): the reference for "is mltrain's model itself slower than a GPT of its size"."""
+
+    def __init__(self, vocab: int, dim: int, layers: int, heads: int, ctx: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.wte = torch.nn.Embedding(vocab, dim)
+        self.wpe = torch.nn.Embedding(ctx, dim)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.ModuleDict(
+                {
+                    "ln1": torch.nn.LayerNorm(dim, bias=False),
+                    "qkv": torch.nn.Linear(dim, 3 * dim, bias=False),
+                    "proj": torch.nn.Linear(dim, dim, bias=False),
+                    "ln2": torch.nn.LayerNorm(dim, bias=False),
+                    "fc": torch.nn.Linear(dim, 4 * dim, bias=False),
+                    "out": torch.nn.Linear(4 * dim, dim, bias=False),
+                }
+            )
+            for _ in range(layers)
+        )
+        self.ln_f = torch.nn.LayerNorm(dim, bias=False)
+        for p in self.parameters():
+            if p.ndim == 2:
+                torch.nn.init.normal_(p, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        B, T = x.shape
+        h = self.wte(x) + self.wpe(torch.arange(T))
+        for b in self.blocks:
+            q, k, v = b["qkv"](b["ln1"](h)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+            h = h + b["proj"](a)
+            h = h + b["out"](F.gelu(b["fc"](b["ln2"](h))))
+        logits = F.linear(self.ln_f(h), self.wte.weight)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+class PlainGPT(Bare):
+    """The bare loop with the plain GPT instead of mltrain's model (same optimizer, data, schedule)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        from mltrain.train.optim import build_optimizer
+
+        m = cfg.model
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(m.vocab_size, m.hidden_size, m.n_layers, m.n_heads, cfg.train.seq_len)
+        self.model.train()
+        self.opt = build_optimizer(self.model, cfg.train, torch.device("cpu"))
+
+
 class WithTrainer:
     """mltrain's Trainer driven by its own train_loop (eval and checkpoint saves switched off)."""
 
@@ -217,22 +272,24 @@ def main() -> None:
 
     pairs = []
     for i in range(a.pairs):
-        bare, trn = Bare(cfg), WithTrainer(cfg)
+        bare, trn, gpt = Bare(cfg), WithTrainer(cfg), PlainGPT(cfg)
         total = a.warmup + a.steps
-        for side in (bare, trn):
+        for side in (bare, trn, gpt):
             cfg.train.max_steps = total
             side.run(a.warmup)
         # blocks of `--block` steps, alternating which side goes first: load changes hit both alike
-        acc = {"Bare": [0.0, 0.0], "WithTrainer": [0.0, 0.0]}
+        acc = {"Bare": [0.0, 0.0], "WithTrainer": [0.0, 0.0], "PlainGPT": [0.0, 0.0]}
         for j in range(a.steps // a.block):
-            order = (bare, trn) if (i + j) % 2 == 0 else (trn, bare)
+            order = (bare, trn, gpt) if (i + j) % 2 == 0 else (gpt, trn, bare)
             for side in order:
                 wall, cpu = timed(side, a.block, total, None)
                 acc[type(side).__name__][0] += wall / (a.steps // a.block)
                 acc[type(side).__name__][1] += cpu / (a.steps // a.block)
-        (bw, bc), (tw, tcpu) = acc["Bare"], acc["WithTrainer"]
+        (bw, bc), (tw, tcpu), (_, gc) = acc["Bare"], acc["WithTrainer"], acc["PlainGPT"]
         pairs.append(
             {
+                "gpt_cpu_s": gc,
+                "model_vs_gpt_cpu": bc / gc,
                 "bare_cpu_s": bc,
                 "trainer_cpu_s": tcpu,
                 "ratio_cpu": tcpu / bc,
@@ -243,7 +300,8 @@ def main() -> None:
         )
         print(
             f"pair {i + 1}/{a.pairs}: CPU bare {1e3 * bc:.2f} trainer {1e3 * tcpu:.2f} ms/step "
-            f"(ratio {tcpu / bc:.4f}); wall bare {1e3 * bw:.2f} trainer {1e3 * tw:.2f} (ratio {tw / bw:.4f})",
+            f"(ratio {tcpu / bc:.4f}); wall bare {1e3 * bw:.2f} trainer {1e3 * tw:.2f} (ratio {tw / bw:.4f}); "
+            f"plain GPT CPU {1e3 * gc:.2f} ms/step (mltrain model / GPT {bc / gc:.4f})",
             flush=True,
         )
     median = statistics.median(p["ratio_cpu"] for p in pairs)
@@ -258,6 +316,17 @@ def main() -> None:
             profile[type(side).__name__] = top_functions(prof)
             print(f"\n--- cProfile {type(side).__name__} ({a.steps} steps), by own time ---")
             print("\n".join(profile[type(side).__name__]))
+        for side in (Bare(cfg), PlainGPT(cfg)):
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as tprofile
+
+            cfg.train.max_steps = a.warmup + a.steps
+            side.run(a.warmup)
+            with tprofile(activities=[ProfilerActivity.CPU]) as tp:
+                timed(side, a.block, a.warmup + a.steps, None)
+            table = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+            profile[f"ops_{type(side).__name__}"] = table.splitlines()
+            print(f"\n--- torch.profiler ops {type(side).__name__} ({a.block} steps) ---\n{table}")
     from mltrain.train.metrics import param_count
 
     result = {
@@ -286,6 +355,13 @@ def main() -> None:
         "median_trainer_cpu_ms": 1e3 * statistics.median(p["trainer_cpu_s"] for p in pairs),
         "median_bare_wall_ms": 1e3 * statistics.median(p["bare_wall_s"] for p in pairs),
         "median_trainer_wall_ms": 1e3 * statistics.median(p["trainer_wall_s"] for p in pairs),
+        "median_model_vs_gpt_cpu": statistics.median(p["model_vs_gpt_cpu"] for p in pairs),
+        "gpt_params": sum(
+            p.numel()
+            for p in GPT(
+                cfg.model.vocab_size, cfg.model.hidden_size, cfg.model.n_layers, cfg.model.n_heads, cfg.train.seq_len
+            ).parameters()
+        ),
         "target_max_ratio": TARGET_MAX_RATIO,
         "meets_target": median <= TARGET_MAX_RATIO,
         "profile": profile,

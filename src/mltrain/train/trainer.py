@@ -169,6 +169,7 @@ class Trainer:
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if resume is None and cfg.model.init_from:
             from mltrain.model.hf import load_hf_weights
 
@@ -251,9 +252,9 @@ class Trainer:
             loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
         if tc.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
         else:
-            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         if hasattr(gnorm, "full_tensor"):
             gnorm = gnorm.full_tensor()
         self.optimizer.step()
