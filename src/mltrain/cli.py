@@ -171,6 +171,7 @@ def eval_cmd(
         f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.3f}",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
 
 

@@ -55,3 +55,20 @@ def test_next_token_controls() -> None:
     # probabilities 0.388, 0.351, 0.235, ...: the nucleus is the smallest top set holding top_p
     assert {next_token(logits, 1.0, 0, 0.7, g) for _ in range(300)} == {1, 4}
     assert {next_token(logits, 1.0, 0, 0.8, g) for _ in range(300)} == {1, 2, 4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_with_sign_folded_sin_is_bitwise_hf_rotate_half(dtype: torch.dtype) -> None:
+    """apply_rope's one-roll form must give exactly HF's x*cos + rotate_half(x)*sin, values and grads."""
+    from mltrain.model.transformer import RotaryEmbedding, apply_rope, rotate_half
+
+    rope = RotaryEmbedding(CFG)
+    rope.reset_parameters()
+    cos, sin_signed = rope(24, offset=5)
+    sin = torch.cat((sin_signed[:, CFG.head_dim // 2 :],) * 2, dim=-1)
+    x = torch.randn(2, 4, 24, CFG.head_dim, dtype=dtype, requires_grad=True)
+    ours = apply_rope(x, cos, sin_signed)
+    hf = x * cos.to(dtype) + rotate_half(x) * sin.to(dtype)
+    assert torch.equal(ours, hf)
+    g = torch.randn_like(ours)
+    assert torch.equal(*(torch.autograd.grad(t, x, g)[0] for t in (ours, hf)))

@@ -100,11 +100,12 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, seq_len: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 cos, sin [T, head_dim] for positions offset..offset+T-1; apply_rope casts them to q/k's dtype."""
+        """fp32 cos and sign-folded sin [T, head_dim] for positions offset..offset+T-1 (see apply_rope)."""
         pos = torch.arange(offset, offset + seq_len, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.float())  # [T, head_dim/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # rotate_half layout: [T, head_dim]
-        return emb.cos(), emb.sin()
+        sin = freqs.sin()
+        return emb.cos(), torch.cat((-sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -112,10 +113,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D] (fp32, cast to x's dtype so bf16 compute stays bf16)."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos, sin_signed: [T, D] fp32, cast to x's dtype so bf16 compute stays bf16.
+
+    HF's `x * cos + rotate_half(x) * sin` with the sign of rotate_half folded into sin
+    (sin_signed = [-sin, sin]) and the halves swapped by one roll: bit for bit the same values and
+    gradients (negation is exact), with fewer ops per call (measurable on CPU for small models).
+    """
+    cos, sin_signed = cos.to(x.dtype), sin_signed.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 class KVCache:
