@@ -166,11 +166,17 @@ class DataConfig(StrictModel):
     )
     text_field: str = "text"
     tokenizer: str | None = Field(
-        default=None, description="tokenizer.json path or HF hub name; none = train a byte-level BPE"
+        default=None,
+        description="tokenizer.json path or HF hub name; 'char' (one token per character of the corpus), "
+        "'bytes' (256 byte tokens); none = train a byte-level BPE",
     )
     bpe_vocab_size: int | None = Field(default=None, gt=256, description="default: the model's vocab_size")
     dir: str = "data/demo"
     val_fraction: float = Field(default=0.02, ge=0.0, lt=1.0)
+    val_sources: list[str] | None = Field(
+        default=None,
+        description="validation files (same syntax as sources); when set, val_fraction is not used",
+    )
     shard_tokens: int = Field(default=1 << 24, gt=0)
     max_source_bytes: int | None = Field(default=None, gt=0, description="cap on raw bytes read")
     num_workers: int | None = Field(default=None, gt=0, description="tokenizer processes; default all cores")

@@ -65,6 +65,7 @@ class Manifest(_Model):
     corpus_fingerprint: str
     shard_tokens: int = Field(gt=0)
     val_fraction: float
+    val_sources: list[str] | None = Field(default=None, description="validation files, when named explicitly")
     counts: Counts
     shards: list[ShardInfo]
 

@@ -6,7 +6,8 @@ Output of `<data.dir>/`:
 
 The result depends only on the corpus, the tokenizer and the config, never on the number of
 worker processes: documents are encoded in ordered chunks and packed in corpus order, and the
-train/val split is a fixed-seed choice of whole documents holding `val_fraction` of the bytes.
+train/val split is a fixed-seed choice of whole documents holding `val_fraction` of the bytes,
+or, when `data.val_sources` is set, exactly the documents of those files (train = `sources`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mltrain.config import RunConfig
+from mltrain.config import DataConfig, RunConfig
 from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo, TokenizerInfo, save_manifest
 from mltrain.data.shards import dtype_for_vocab, write_shard
-from mltrain.data.sources import BUILTIN_DEFAULT_CAP_BYTES, Fingerprint, SourceStats, iter_documents, scan_corpus
-from mltrain.data.tokenizer import resolve_tokenizer
+from mltrain.data.sources import (
+    BUILTIN_DEFAULT_CAP_BYTES,
+    CorpusScan,
+    Fingerprint,
+    SourceStats,
+    iter_documents,
+    scan_corpus,
+)
+from mltrain.data.tokenizer import BUILTIN_TOKENIZERS, CHAR_TOKENIZER, resolve_tokenizer
 from mltrain.errors import DataError
 
 if TYPE_CHECKING:
@@ -197,6 +205,34 @@ def choose_val_docs(doc_bytes: np.ndarray, val_fraction: float) -> np.ndarray:
     return mask
 
 
+def val_config(dc: DataConfig) -> DataConfig | None:
+    """The data config that reads `val_sources` (None when validation comes from val_fraction)."""
+    if not dc.val_sources:
+        return None
+    return dc.model_copy(update={"sources": list(dc.val_sources), "val_sources": None})
+
+
+def combined_fingerprint(train_fp: str, val_fp: str | None) -> str:
+    """The corpus identity when validation has its own files: both fingerprints, in order."""
+    if val_fp is None:
+        return train_fp
+    fp = Fingerprint()
+    fp.add(f"train:{train_fp}")
+    fp.add(f"val:{val_fp}")
+    return fp.hexdigest()
+
+
+def check_val_split(dc: DataConfig, n_docs: int) -> str | None:
+    """Why a one-document corpus gets no validation split (the split takes whole documents), or None."""
+    if dc.val_sources or dc.val_fraction <= 0 or n_docs >= 2:
+        return None
+    return (
+        f"data.sources {dc.sources}: one document only, so val_fraction {dc.val_fraction} gives an empty "
+        "validation split (the split takes whole documents); set data.val_sources to name validation "
+        "files, or data.val_fraction: 0"
+    )
+
+
 def _remove_stale(data_dir: Path, keep: set[str]) -> None:
     for p in data_dir.glob("*.bin*"):
         if p.name not in keep and (p.name.startswith(("train_", "val_"))):
@@ -339,6 +375,10 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
                 )
 
         corpus = scan_corpus(dc, on_doc=on_doc)  # pass 1: count + fingerprint, constant memory
+        vc = val_config(dc)
+        val_corpus: CorpusScan | None = scan_corpus(vc) if vc is not None else None
+        split_note = check_val_split(dc, corpus.docs)
+        fingerprint = combined_fingerprint(corpus.fingerprint, val_corpus.fingerprint if val_corpus else None)
         cap_note = (
             f"data.max_source_bytes={dc.max_source_bytes}"
             if dc.max_source_bytes
@@ -351,6 +391,11 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
             f"  read {st.docs} documents ({st.bytes / 1e6:.2f} MB) from {st.files} files"
             + (f" [dim](capped: {cap_note})[/]" if st.capped else "")
         )
+        if val_corpus is not None:
+            vs = val_corpus.stats
+            say(f"  validation: {vs.docs} documents ({vs.bytes / 1e6:.2f} MB) from {', '.join(dc.val_sources or [])}")
+        if split_note:
+            say(f"  [yellow]warning: {split_note}[/]")
         if st.skipped_docs:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(st.skipped_reasons.items()))
             say(f"  [yellow]skipped {st.skipped_docs} documents ({st.skipped_files} whole files): {reasons}[/]")
@@ -358,17 +403,26 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
                 say(f"    [dim]{ex}[/]")
 
         training = progress.add_task("tokenizer" if dc.tokenizer else "tokenizer (byte-level BPE)", total=None)
+
+        def tokenizer_docs() -> Iterator[str]:
+            # a char vocabulary must cover the validation text too; a BPE is trained on train only
+            yield from iter_documents(dc)
+            if vc is not None and dc.tokenizer == CHAR_TOKENIZER:
+                yield from iter_documents(vc)
+
         choice = resolve_tokenizer(
             dc.tokenizer,
-            lambda: iter_documents(dc),
-            corpus.fingerprint,
+            tokenizer_docs,
+            fingerprint,
             bpe_vocab,
             data_dir,
             max_vocab_size=model_vocab,
         )
         progress.update(training, total=1, completed=1)
         how = (
-            "loaded"
+            "built"
+            if dc.tokenizer in BUILTIN_TOKENIZERS
+            else "loaded"
             if dc.tokenizer
             else ("reused cached byte-level BPE" if choice.cached else "trained byte-level BPE")
         )
@@ -381,21 +435,31 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
         (data_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
         dtype = dtype_for_vocab(choice.vocab_size)
-        val_mask = choose_val_docs(corpus.doc_bytes, dc.val_fraction)
+        n_val_docs = val_corpus.docs if val_corpus is not None else 0
+        if val_corpus is not None:  # train = every `sources` document, val = every `val_sources` one
+            val_mask = np.concatenate([np.zeros(corpus.docs, dtype=bool), np.ones(n_val_docs, dtype=bool)])
+        else:
+            val_mask = choose_val_docs(corpus.doc_bytes, dc.val_fraction)
+        total_docs = corpus.docs + n_val_docs
         writers = {s: _SplitWriter(s, data_dir, dtype, dc.shard_tokens) for s in ("train", "val")}
         num_workers = dc.num_workers
         how_many = f"{num_workers} processes" if num_workers else f"{default_num_workers()} threads"
-        task = progress.add_task(f"tokenizing ({how_many})", total=corpus.docs)
+        task = progress.add_task(f"tokenizing ({how_many})", total=total_docs)
         first = 0
-        again = Fingerprint()
+        again, again_val = Fingerprint(), Fingerprint()
 
         def stream() -> Iterator[str]:  # pass 2: the same documents, checked to be the same
             for doc in iter_documents(dc):
                 again.add(doc)
                 yield doc
+            if vc is not None:
+                for doc in iter_documents(vc):
+                    again_val.add(doc)
+                    yield doc
 
-        for n, ids, lengths in iter_encoded(choice.tokenizer, stream(), num_workers, st.bytes):
-            if first + n > corpus.docs:
+        total_bytes = st.bytes + (val_corpus.stats.bytes if val_corpus is not None else 0)
+        for n, ids, lengths in iter_encoded(choice.tokenizer, stream(), num_workers, total_bytes):
+            if first + n > total_docs:
                 raise DataError(f"data.sources {dc.sources}: the sources changed while prepare was reading them")
             with_eos = np.insert(ids, np.cumsum(lengths), choice.eos_id)  # EOS after every document
             lens_eos = lengths + 1
@@ -405,7 +469,8 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
             writers["val"].add(with_eos[tok_val], lens_eos[doc_val])
             first += n
             progress.advance(task, n)
-        if first != corpus.docs or again.hexdigest() != corpus.fingerprint:
+        again_fp = combined_fingerprint(again.hexdigest(), again_val.hexdigest() if vc is not None else None)
+        if first != total_docs or again_fp != fingerprint:
             raise DataError(
                 f"data.sources {dc.sources}: the sources changed while prepare was reading them; run it again"
             )
@@ -414,14 +479,14 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
 
     shards = writers["train"].shards + writers["val"].shards
     counts = Counts(
-        files=st.files,
-        docs=st.docs,
+        files=st.files + (val_corpus.stats.files if val_corpus is not None else 0),
+        docs=total_docs,
         train_docs=writers["train"].docs,
         val_docs=writers["val"].docs,
         skipped_docs=st.skipped_docs,
         skipped_files=st.skipped_files,
         skipped_reasons=dict(sorted(st.skipped_reasons.items())),
-        bytes=st.bytes,
+        bytes=total_bytes,
         train_tokens=writers["train"].written_tokens,
         val_tokens=writers["val"].written_tokens,
     )
@@ -438,9 +503,10 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
             source=choice.source,
         ),
         sources=list(dc.sources),
-        corpus_fingerprint=corpus.fingerprint,
+        corpus_fingerprint=fingerprint,
         shard_tokens=dc.shard_tokens,
-        val_fraction=dc.val_fraction,
+        val_fraction=0.0 if dc.val_sources else dc.val_fraction,
+        val_sources=list(dc.val_sources) if dc.val_sources else None,
         counts=counts,
         shards=shards,
     )
@@ -453,6 +519,4 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
         f"{counts.train_tokens + counts.val_tokens:,} tokens ({counts.train_tokens:,} train / "
         f"{counts.val_tokens:,} val), {len(shards)} shards ({dtype.name}) in {dt:.1f}s -> {data_dir / MANIFEST_FILE}"
     )
-    if counts.val_docs == 0 and dc.val_fraction > 0:
-        say("  [yellow]note: only one document, so the val split is empty[/]")
     return manifest

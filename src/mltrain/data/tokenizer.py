@@ -1,5 +1,6 @@
-"""Get the tokenizer for a data dir: a user's tokenizer.json / hub name, or a byte-level BPE
-trained on the corpus.
+"""Get the tokenizer for a data dir: a user's tokenizer.json / hub name, a byte-level BPE
+trained on the corpus, or one of the two closed-vocabulary tokenizers for small experiments:
+`char` (one token per distinct character of the corpus) and `bytes` (one token per byte value).
 
 The chosen tokenizer is always copied to `<data dir>/tokenizer.json`, so the data dir is
 self-describing (the manifest records its sha256) and `load_tokenizer(data_dir)` is all that
@@ -29,6 +30,9 @@ EOS_TOKEN = "<|endoftext|>"
 # EOS tokens of common pretrained tokenizers (GPT-2/Qwen2, Llama 3, Llama 2/Mistral, Gemma).
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 TRAINED_SOURCE = "trained:bytelevel-bpe"
+CHAR_TOKENIZER = "char"
+BYTES_TOKENIZER = "bytes"
+BUILTIN_TOKENIZERS = (CHAR_TOKENIZER, BYTES_TOKENIZER)
 _BPE_RECIPE = 1  # bump when the training recipe changes, to invalidate caches
 
 
@@ -65,6 +69,71 @@ def train_bpe(docs: Iterable[str], vocab_size: int, length: int | None = None) -
         length = len(docs)
     tok.train_from_iterator(docs, trainer=trainer, length=length)
     return tok
+
+
+def build_char_tokenizer(docs: Iterable[str]) -> Tokenizer:
+    """Every distinct character of `docs` is a token, ids in sorted (code point) order, then EOS.
+
+    A WordLevel model over single-character pieces with a Fuse decoder: a regular tokenizer.json
+    that `tokenizers` and transformers' PreTrainedTokenizerFast load as is. There is no UNK: text
+    with a character outside the vocabulary cannot be encoded (see `encode_checked`).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars: set[str] = set()
+    for doc in docs:
+        chars.update(doc)
+    vocab = {c: i for i, c in enumerate(sorted(chars))}
+    vocab[EOS_TOKEN] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([EOS_TOKEN])
+    return tok
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's printable stand-in character for each byte 0..255 (what ByteLevel pre-tokenizes to)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def build_bytes_tokenizer() -> Tokenizer:
+    """256 tokens, id = byte value of the UTF-8 text, then EOS (256): any text encodes.
+
+    A byte-level BPE without merges, so the file is the same kind as a trained one.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: b for b, c in enumerate(_byte_chars())}
+    vocab[EOS_TOKEN] = 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS_TOKEN])
+    return tok
+
+
+def encode_checked(tok: Tokenizer, text: str, where: str) -> list[int]:
+    """Encode without special tokens; a closed vocabulary's unknown characters become one clear error."""
+    try:
+        return tok.encode(text, add_special_tokens=False).ids
+    except Exception as e:  # tokenizers raises plain Exception ("Missing [UNK] token")
+        vocab = tok.get_vocab(with_added_tokens=False)
+        unknown = sorted({c for c in text if c not in vocab})
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise DataError(
+                f"{where}: {len(unknown)} characters are not in the run's character vocabulary: {shown}"
+            ) from None
+        raise DataError(f"{where}: cannot tokenize: {e}") from None
 
 
 def find_eos(tok: Tokenizer, where: str) -> tuple[str, int]:
@@ -143,7 +212,8 @@ def resolve_tokenizer(
 ) -> TokenizerChoice:
     """Load or train the tokenizer and save it as `<data_dir>/tokenizer.json`.
 
-    `docs()` returns a fresh iterator over the corpus; it is only called when a BPE is trained.
+    `docs()` returns a fresh iterator over the corpus; it is only called when a BPE is trained
+    or a character vocabulary is collected.
 
     Every check (vocab fits the model, an EOS token exists) runs before anything is written,
     so a rejected tokenizer leaves a previously prepared data dir untouched.
@@ -155,7 +225,13 @@ def resolve_tokenizer(
     want = {"recipe": _BPE_RECIPE, "corpus_fingerprint": corpus_fingerprint, "vocab_size": vocab_size}
     tok = None
     cached = False
-    if tokenizer_spec:
+    if tokenizer_spec == CHAR_TOKENIZER:
+        tok = build_char_tokenizer(docs())
+        source = CHAR_TOKENIZER
+    elif tokenizer_spec == BYTES_TOKENIZER:
+        tok = build_bytes_tokenizer()
+        source = BYTES_TOKENIZER
+    elif tokenizer_spec:
         tok = _load_user_tokenizer(tokenizer_spec)
         source = tokenizer_spec
     else:

@@ -524,6 +524,24 @@ _TOKENIZER_PROBES = (
 )
 
 
+def _covered_probes(tok: Any) -> list[str]:
+    """Probe texts the vocabulary can encode: a closed vocabulary (char-level, no UNK) cannot encode
+    arbitrary text, so when it rejects every fixed probe, text made of its own tokens is used."""
+    probes = []
+    for text in _TOKENIZER_PROBES:
+        try:
+            tok.encode(text, add_special_tokens=False)
+        except Exception:
+            continue
+        probes.append(text)
+    if not probes:
+        special = {t.content for t in tok.get_added_tokens_decoder().values()}
+        vocab = sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+        own = [i for t, i in vocab if t not in special]
+        probes.append(tok.decode(own[:200]))
+    return probes
+
+
 def _autotokenizer_problem(model_dir: Path, tok_path: Path) -> str | None:
     """Does `AutoTokenizer.from_pretrained(model_dir)` encode like the tokenizer we trained with?
 
@@ -539,7 +557,7 @@ def _autotokenizer_problem(model_dir: Path, tok_path: Path) -> str | None:
     try:
         ours = Tokenizer.from_file(str(tok_path))
         theirs = AutoTokenizer.from_pretrained(str(model_dir))
-        for text in _TOKENIZER_PROBES:
+        for text in _covered_probes(ours):
             if theirs(text, add_special_tokens=False)["input_ids"] != ours.encode(text, add_special_tokens=False).ids:
                 return (
                     f"AutoTokenizer ({type(theirs).__name__}) tokenizes differently from tokenizer.json; "

@@ -99,12 +99,13 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq = rope_inv_freq(self.cfg, device=self.inv_freq.device)
         return self
 
-    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 cos, sin [T, head_dim]; apply_rope casts them to the dtype of q/k."""
-        pos = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
+    def forward(self, seq_len: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 cos and sign-folded sin [T, head_dim] for positions offset..offset+T-1 (see apply_rope)."""
+        pos = torch.arange(offset, offset + seq_len, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.float())  # [T, head_dim/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # rotate_half layout: [T, head_dim]
-        return emb.cos(), emb.sin()
+        sin = freqs.sin()
+        return emb.cos(), torch.cat((-sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -112,10 +113,41 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D] (fp32, cast to x's dtype so bf16 compute stays bf16)."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos, sin_signed: [T, D] fp32, cast to x's dtype so bf16 compute stays bf16.
+
+    HF's `x * cos + rotate_half(x) * sin` with the sign of rotate_half folded into sin
+    (sin_signed = [-sin, sin]) and the halves swapped by one roll: bit for bit the same values and
+    gradients (negation is exact), with fewer ops per call (measurable on CPU for small models).
+    """
+    cos, sin_signed = cos.to(x.dtype), sin_signed.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding (inference only).
+
+    Preallocated [B, n_kv_heads, max_len, head_dim] per layer; keys are stored after RoPE, so a new
+    token only needs its own position. `pos` is how many positions are filled.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v [B, Hkv, T, D] at the current position; return every key/value so far."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {end} needed")
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class Attention(nn.Module):
@@ -131,12 +163,24 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
+        causal = True
+        if cache is not None:
+            kv, layer = cache
+            past = kv.pos
+            k, v = kv.update(layer, k, v)
+            if past:  # new queries see every cached position and the causal part of their own block
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         gqa = self.n_kv_heads != self.n_heads
         if gqa and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
             # SDPA's enable_gqa only has flash (CUDA half/bf16) and math kernels; elsewhere repeat the
@@ -144,7 +188,7 @@ class Attention(nn.Module):
             n_rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
             gqa = False
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [B, H, T, D]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # [B,H,T,D]
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -169,8 +213,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -228,19 +274,36 @@ class Transformer(nn.Module):
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final-normed hidden states [B, T, D] (before the vocabulary head)."""
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-normed hidden states [B, T, D] (before the vocabulary head).
+
+        With a cache, input_ids continue the cached positions and the cache is advanced past them.
+        """
         h = self.tok_embeddings(input_ids)
-        cos, sin = self.rope(input_ids.shape[1])
-        for layer in self.layers:
-            h = layer(h, cos, sin)
+        if cache is None:
+            cos, sin = self.rope(input_ids.shape[1])
+            for layer in self.layers:
+                h = layer(h, cos, sin)
+            return self.norm(h)
+        cos, sin = self.rope(input_ids.shape[1], offset=cache.pos)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, (cache, i))
+        cache.pos += input_ids.shape[1]
         return self.norm(h)
 
     def forward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, loss_chunk_tokens: int = 0
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        loss_chunk_tokens: int = 0,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """targets None -> logits [B, T, V]; else mean cross-entropy (fp32 scalar, ignore_index=-100)."""
-        h = self.hidden_states(input_ids)
+        """targets None -> logits [B, T, V]; else mean cross-entropy (fp32 scalar, ignore_index=-100).
+
+        `cache` (inference): attend to the cached positions too, then append these tokens to it.
+        """
+        h = self.hidden_states(input_ids, cache)
         if targets is None:
             return self._head(h)
         if loss_chunk_tokens > 0:

@@ -197,6 +197,7 @@ class Trainer:
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if resume is None and cfg.model.init_from:
             from mltrain.model.hf import load_hf_weights
 
@@ -270,8 +271,8 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train
         set_lr(self.optimizer, lr_at(self.step + 1, tc))
-        total = torch.zeros((), device=self.info.device)
         accum = self.grad_accum_steps
+        total: torch.Tensor | None = None
         for micro in range(accum):
             x, y = self.loader.next_batch()
             x = x.to(self.info.device, non_blocking=True)
@@ -282,18 +283,21 @@ class Trainer:
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
             with ctx, self._autocast():
-                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens) / accum
+                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens)
+            if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
+                loss = loss / accum
             loss.backward()
-            total += loss.detach()
+            total = loss.detach() if total is None else total + loss.detach()
         if tc.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
         else:
-            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         if hasattr(gnorm, "full_tensor"):
             gnorm = gnorm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        assert total is not None
         return total, gnorm
 
     @torch.no_grad()

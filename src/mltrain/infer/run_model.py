@@ -1,0 +1,68 @@
+"""A run's checkpointed model and tokenizer, loaded for inference (eval, sample) in one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mltrain.config import RunConfig
+from mltrain.errors import CheckpointError, DataError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from mltrain.model.transformer import Transformer
+
+
+@dataclass
+class RunModel:
+    cfg: RunConfig
+    model: Transformer
+    tokenizer: Tokenizer
+    eos_id: int
+    step: int
+    checkpoint: Path
+    device: torch.device
+
+
+def pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
+    """The newest committed checkpoint, or the one of `step`; the error lists the steps there are."""
+    from mltrain.train.checkpoint import find_checkpoints
+
+    ckpts = find_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint (train the run first)")
+    if step is None:
+        return ckpts[-1]
+    found = dict(ckpts)
+    if step not in found:
+        raise CheckpointError(
+            f"{run_dir}/checkpoints: no committed checkpoint for step {step}; have {', '.join(map(str, found))}"
+        )
+    return step, found[step]
+
+
+def load_run_model(run_dir: Path, step: int | None = None, device: str = "auto") -> RunModel:
+    """Config, weights (fp32, eval mode) and the data dir's tokenizer of a run, on `device`."""
+    from mltrain.config import load_run_config
+    from mltrain.data.manifest import load_manifest
+    from mltrain.data.tokenizer import load_tokenizer
+    from mltrain.model.transformer import Transformer
+    from mltrain.train.checkpoint import load_model_state_dict
+    from mltrain.train.distributed import pick_device
+
+    cfg = load_run_config(Path(run_dir) / "config.yaml")
+    step, ckpt = pick_checkpoint(Path(run_dir), step)
+    data_dir = Path(cfg.data.dir)
+    tok = load_tokenizer(data_dir)
+    manifest = load_manifest(data_dir)
+    if tok.get_vocab_size(with_added_tokens=True) > cfg.model.vocab_size:
+        raise DataError(f"{data_dir}/tokenizer.json: more tokens than model.vocab_size {cfg.model.vocab_size}")
+    model = Transformer(cfg.model)
+    load_model_state_dict(ckpt, model)
+    dev = pick_device(device, 0)
+    model = model.to(dev).eval()
+    return RunModel(cfg, model, tok, manifest.eos_id, step, ckpt, dev)
