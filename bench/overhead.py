@@ -63,7 +63,9 @@ def make_config(work: Path, text: str | None, chars: int, seq_len: int | None, b
     raw = yaml.safe_load(CONFIG.read_text())
     raw["base_dir"] = str(work / "base")
     raw["data"].update(sources=[str(work / "train.txt")], val_sources=[str(work / "val.txt")], dir=str(work / "data"))
-    raw["train"].update(device="cpu", eval_every=0, tensorboard=False, max_steps=100_000)
+    raw["train"].update(
+        device="cpu", eval_every=0, tensorboard=False, max_steps=100_000, warmup_steps=1
+    )  # max_steps moves per block below
     if seq_len:
         raw["train"]["seq_len"] = seq_len
         raw["model"]["max_seq_len"] = max(raw["model"]["max_seq_len"], seq_len)
