@@ -223,6 +223,25 @@ def cluster_validate(
     raise typer.Exit(validate_command(pcluster_yaml, console=console))
 
 
+# --------------------------------------------------------------------------- operate (doctor, health, bench)
+# Pre-flight and node checks (src/mltrain/ops/). Kept in one block so other commands' diffs stay apart.
+
+bench_app = typer.Typer(help="Measure the interconnect and devices.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@app.command()
+def doctor(
+    config: Annotated[Optional[Path], typer.Option(help="run config YAML (base_dir, S3 sources)")] = None,
+    bucket: Annotated[Optional[str], typer.Option(help="s3://bucket to check with the configured credentials")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Pre-flight: versions, GPUs, EFA, run dir, S3, Slurm/Pyxis, harmful env. Exit 1 on any FAIL."""
+    from mltrain.ops.doctor import doctor_command
+
+    raise typer.Exit(doctor_command(config, bucket, json_out, console))
+
+
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:
