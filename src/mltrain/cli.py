@@ -242,6 +242,41 @@ def doctor(
     raise typer.Exit(doctor_command(config, bucket, json_out, console))
 
 
+@bench_app.command("collectives")
+def bench_collectives(
+    nproc: Annotated[int, typer.Option(help="processes on this machine; >1 launches torchrun")] = 1,
+    ops: Annotated[str, typer.Option(help="comma-separated: all_reduce,all_gather,reduce_scatter")] = (
+        "all_reduce,all_gather,reduce_scatter"
+    ),
+    max_bytes: Annotated[
+        Optional[str], typer.Option(help="largest message, e.g. 64M, 4G; default 4G GPU, 8M CPU")
+    ] = None,
+    iters: Annotated[Optional[int], typer.Option(help="timed calls per size; default 20 GPU, 3 CPU")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="untimed calls per size; default 5 GPU, 1 CPU")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    instance_type: Annotated[Optional[str], typer.Option(help="reference to compare with, e.g. p5.48xlarge")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="also write the JSON result here")] = None,
+) -> None:
+    """All-reduce / all-gather / reduce-scatter time, algbw and busbw (nccl-tests' definitions), 1 MB doubling."""
+    from mltrain.ops.collectives import collectives_command
+
+    raise typer.Exit(
+        collectives_command(
+            nproc=nproc,
+            ops=ops,
+            max_bytes=max_bytes,
+            iters=iters,
+            warmup=warmup,
+            device=device,
+            instance_type=instance_type,
+            json_out=json_out,
+            out=out,
+            console=console,
+        )
+    )
+
+
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:
