@@ -277,6 +277,42 @@ def bench_collectives(
     )
 
 
+@app.command()
+def health(
+    burn_in_s: Annotated[float, typer.Option(help="seconds of matmul burn-in on every GPU; 0 skips it")] = 10.0,
+    tolerance: Annotated[float, typer.Option(help="fail a GPU this fraction below the node median")] = 0.10,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    slurm_prolog: Annotated[
+        bool, typer.Option("--slurm-prolog", help="one line per node (prolog / HealthCheckProgram)")
+    ] = False,
+    record: Annotated[Optional[str], typer.Option(help="append the verdict as a JSON line to this file")] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="on FAIL, drain this node with scontrol")] = False,
+    failed_hosts: Annotated[
+        Optional[str], typer.Option(help="print the FAIL hosts of a --record file, comma-separated")
+    ] = None,
+    job: Annotated[Optional[str], typer.Option(help="with --failed-hosts: only this Slurm job's records")] = None,
+) -> None:
+    """GPU health through NVML (ECC, remapped rows, XIDs, throttling) and a burn-in vs the node median. Exit 1 on FAIL."""
+    if failed_hosts is not None:
+        from mltrain.ops.health import failed_hosts as read_failed
+
+        print(",".join(read_failed(failed_hosts, job)))
+        raise typer.Exit(0)
+    from mltrain.ops.health import health_command
+
+    raise typer.Exit(
+        health_command(
+            burn_in_s=burn_in_s,
+            tolerance=tolerance,
+            json_out=json_out,
+            slurm_prolog=slurm_prolog,
+            record=record,
+            drain=drain,
+            console=console,
+        )
+    )
+
+
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:
