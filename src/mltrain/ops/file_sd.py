@@ -1,6 +1,8 @@
 """Prometheus file-based service discovery (file_sd) targets for a run's nodes.
 
-Prometheus (configs/prometheus/prometheus.yml) watches `<base>/runs/*/prometheus/targets/*.json`.
+Prometheus (configs/prometheus/prometheus.yml) watches `<base>/prometheus/targets/*.json` (file_sd allows
+a wildcard only in the last path element, so all runs under one base share the directory; files are
+named after the run).
 Two writers, same format: each node's exporter registers itself when it starts serving
 (`write_self_target`), and the Slurm batch script can write the whole job at once from its node list
 (`write_job_targets`, before srun), so nodes are scraped from the first second.
@@ -17,7 +19,8 @@ TARGETS_DIR = "prometheus/targets"
 
 
 def targets_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / TARGETS_DIR
+    """`<base>/prometheus/targets` for a run dir `<base>/runs/<name>`."""
+    return Path(run_dir).parent.parent / TARGETS_DIR
 
 
 def _doc(hosts: list[str], port: int, labels: dict[str, str]) -> str:
@@ -27,13 +30,13 @@ def _doc(hosts: list[str], port: int, labels: dict[str, str]) -> str:
 def write_job_targets(run_dir: Path, run_name: str, hosts: list[str], port: int, job_id: str | None = None) -> Path:
     """One file for a Slurm job: every node's rank 0 on `port` (the launcher calls this)."""
     labels = {"run": run_name, **({"slurm_job_id": str(job_id)} if job_id else {})}
-    name = f"job-{job_id}.json" if job_id else "job.json"
+    name = f"{run_name}--job-{job_id}.json" if job_id else f"{run_name}--job.json"
     return atomic_write(targets_dir(run_dir) / name, _doc(hosts, port, labels))
 
 
 def write_self_target(run_dir: Path, run_name: str, host: str, port: int) -> Path:
     """One file per serving node (written by the exporter once its port is known)."""
-    return atomic_write(targets_dir(run_dir) / f"{host}-{port}.json", _doc([host], port, {"run": run_name}))
+    return atomic_write(targets_dir(run_dir) / f"{run_name}--{host}-{port}.json", _doc([host], port, {"run": run_name}))
 
 
 def slurm_hosts(nodelist: str) -> list[str]:

@@ -2,8 +2,9 @@
 
 Every node's local rank 0 serves /metrics. The global rank 0 also exports the trainer's records
 (it receives every record through MetricsWriter, see mltrain.ops.sinks). GPU gauges use
-dcgm-exporter's names, units and labels (gpu, UUID, device, modelName, Hostname) so dashboards built
-for DCGM keep working; they are read from NVML at scrape time, when NVML is present.
+dcgm-exporter's names and units so dashboards built for DCGM keep working; labels are gpu, UUID and
+device as dcgm-exporter's, plus model_name and hostname (dcgm-exporter spells those modelName and
+Hostname, which `promtool check metrics` rejects as camelCase). Read from NVML at scrape time.
 
 Metric names (dashboards/training.json is built on exactly these):
   mltrain_step, mltrain_loss, mltrain_val_loss, mltrain_tokens_per_second, mltrain_mfu_ratio,
@@ -80,7 +81,7 @@ class NvmlCollector:
 
         gpus = read_gpus(self.nv)
         for name, (help_text, attr) in DCGM_FIELDS.items():
-            fam = GaugeMetricFamily(name, help_text, labels=["gpu", "UUID", "device", "modelName", "Hostname"])
+            fam = GaugeMetricFamily(name, help_text, labels=["gpu", "UUID", "device", "model_name", "hostname"])
             for g in gpus:
                 value = getattr(g, attr)
                 if value is not None:
