@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class WandbSink:
 
         w = cfg.log.wandb
         id_file = cfg.run_dir / self.ID_FILE
-        run_id = _stored_id(id_file) or wandb.util.generate_id()
+        run_id = _stored_id(id_file) or uuid.uuid4().hex[:12]  # W&B ids: [a-z0-9]
         atomic_write(id_file, run_id + "\n")
         self.run = wandb.init(
             project=w.project,
