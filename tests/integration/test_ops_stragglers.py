@@ -1,5 +1,6 @@
 """Straggler detection on 2 gloo processes under real torchrun: rank 1 is made slow
-(MLTRAIN_SLOW_RANK, a test hook that sleeps inside its forward) and is logged with host and GPU."""
+(MLTRAIN_SLOW_RANK, a test hook that sleeps inside its forward) and is logged with host and GPU.
+Prometheus is on too: its rank-0-only start-up once called a collective and hung both ranks."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ pytestmark = pytest.mark.slow
 
 def test_slow_rank_is_logged_as_straggler(tmp_path, tiny_data_dir):
     cfg = tiny_run_config(tmp_path, tiny_data_dir, "strag", parallel="ddp", max_steps=6)
-    cfg["log"] = {"stragglers": {"every_steps": 2, "threshold": 0.2}}
+    cfg["log"] = {
+        "stragglers": {"every_steps": 2, "threshold": 0.2},
+        # with 2 ranks, only rank 0 serves metrics: nothing it does at start-up may be a collective
+        "prometheus": {"enabled": True, "port": 0, "addr": "127.0.0.1"},
+    }
     path = write_config(tmp_path / "strag.yaml", cfg)
     env = {**os.environ, "MLTRAIN_SLOW_RANK": "1:0.1"}
     r = subprocess.run(
-        mltrain_cmd("train", str(path), "--nproc", "2"), env=env, capture_output=True, text=True, timeout=240
+        mltrain_cmd("train", str(path), "--nproc", "2"), env=env, capture_output=True, text=True, timeout=90
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     recs = [x for x in read_metrics(tmp_path / "runs" / "strag") if x["kind"] == "straggler"]

@@ -80,9 +80,12 @@ def instrument(trainer: Any, writer: Any, cfg: Any) -> None:
     """Attach timing wrappers, the straggler monitor and the sinks (call on every rank)."""
     info = trainer.info
     exporter = open_sinks(cfg, info, writer)
-    latest = trainer.ckpt.latest() if exporter is not None else None
-    if latest is not None:
-        exporter.set_last_checkpoint(latest[1].stat().st_mtime)
+    if exporter is not None:  # from the files, not CheckpointManager.latest(): that one is a collective
+        from mltrain.rundir import CHECKPOINTS_DIR
+
+        committed = [p.stat().st_mtime for p in (cfg.run_dir / CHECKPOINTS_DIR).glob("step_*/COMMITTED")]
+        if committed:
+            exporter.set_last_checkpoint(max(committed))
 
     loader = TimedLoader(trainer.loader)
     trainer.loader = loader
