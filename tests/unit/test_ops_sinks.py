@@ -62,3 +62,49 @@ def test_restarts_follow_the_contract(tmp_path):
 def test_tracker_metric_names():
     assert numeric_fields({"kind": "train", "step": 3, "time": 1.0, "loss": 2.0, "mfu": None}) == {"loss": 2.0}
     assert numeric_fields({"kind": "checkpoint", "step": 3, "ok": True, "stall_s": 0.5}) == {"checkpoint_stall_s": 0.5}
+
+
+def _cfg(tmp_path, **prom):
+    from mltrain.config import RunConfig
+
+    log = {"prometheus": {"enabled": True, "port": 0, "addr": "127.0.0.1", "gpu_metrics": False, **prom}}
+    return RunConfig.model_validate({"name": "u", "base_dir": str(tmp_path), "model": {"preset": "tiny"}, "log": log})
+
+
+def test_exporter_serves_the_records(tmp_path):
+    import urllib.request
+
+    from mltrain.ops.prometheus import PrometheusExporter
+
+    cfg = _cfg(tmp_path)
+    exp = PrometheusExporter(cfg.log.prometheus, cfg.run_dir, cfg.name, training=True)
+    try:
+        exp.write({"kind": "train", "step": 7, "loss": 2.5, "tokens_per_s": 1000.0, "mfu": None, "data_wait_s": 0.01})
+        exp.write({"kind": "checkpoint", "step": 7, "ok": True, "stall_s": 0.5, "save_s": 0.5, "time": 1234.0})
+        exp.write({"kind": "straggler", "step": 7, "slowdown": 0.4})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/metrics", timeout=10).read().decode()
+    finally:
+        exp.close()
+    for line in ("mltrain_step 7.0", "mltrain_loss 2.5", "mltrain_tokens_per_second 1000.0",
+                 "mltrain_data_wait_seconds 0.01", "mltrain_checkpoint_stall_seconds 0.5",
+                 "mltrain_last_checkpoint_timestamp_seconds 1234.0", "mltrain_stragglers_total 1.0",
+                 "mltrain_straggler_slowdown_ratio 0.4", "mltrain_restarts 0.0"):  # fmt: skip
+        assert line in text, line
+    assert not exp.target_file.exists()  # removed on close
+
+
+def test_taken_port_is_a_warning_not_a_crash(tmp_path, capsys):
+    import socket
+    from types import SimpleNamespace
+
+    from mltrain.ops.instrument import open_sinks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        cfg = _cfg(tmp_path, port=s.getsockname()[1])
+        info = SimpleNamespace(local_rank=0, is_main=True)
+        writer = MetricsWriter(tmp_path, tensorboard=False)
+        assert open_sinks(cfg, info, writer) is None
+        writer.close()
+    assert "WARNING: log.prometheus: cannot serve on 127.0.0.1:" in capsys.readouterr().out
