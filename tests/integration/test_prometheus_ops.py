@@ -87,12 +87,12 @@ def test_training_run_scraped_and_dashboard_returns_data(tmp_path, tiny_data_dir
     try:
         cfg = tiny_run_config(tmp_path, tiny_data_dir, "prom", max_steps=16, log_every=2, eval_every=8)
         cfg["checkpoint"] = {"every_steps": 4, "keep_last": 2}
-        cfg["log"] = {"prometheus": {"enabled": True, "port": 0, "addr": "127.0.0.1", "linger_s": 3.0}}
+        cfg["log"] = {"prometheus": {"enabled": True, "port": 0, "addr": "127.0.0.1", "linger_s": 6.0}}
         path = write_config(tmp_path / "prom.yaml", cfg)
         env = {**os.environ, "PYTHONPATH": FAKE_NVML + os.pathsep + os.environ.get("PYTHONPATH", "")}
         t_start = time.time()
         train = subprocess.Popen(mltrain_cmd("train", str(path)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        deadline = time.time() + 120
+        deadline = time.time() + 240
         while not list(targets.glob("prom--*.json")) and train.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         files = list(targets.glob("prom--*.json"))
@@ -103,8 +103,15 @@ def test_training_run_scraped_and_dashboard_returns_data(tmp_path, tiny_data_dir
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
         assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
         assert b"DCGM_FI_DEV_GPU_UTIL{" in text and b"mltrain_loss" in text
+        # linger_s keeps the endpoint up after the last step: wait until Prometheus has scraped the final step
+        final_scraped = False
+        while train.poll() is None and time.time() < deadline:
+            last = query_range(url, 'mltrain_step{run="prom"}', t_start, time.time())
+            final_scraped = final_scraped or any(float(v[1]) == 16 for x in last for v in x["values"])
+            time.sleep(0.5)
         out, _ = train.communicate(timeout=240)
         assert train.returncode == 0, out[-3000:]
+        assert final_scraped, "Prometheus never scraped the final step within linger_s"
         assert not files[0].exists()  # the finished run removed its target
         t_end = time.time()
 
