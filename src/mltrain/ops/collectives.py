@@ -302,6 +302,9 @@ def collectives_command(
     if limit is not None:
         message_sizes(limit)  # fail here, once, before starting workers
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from mltrain.launch.local import _fit_to_gpus
+
+        nproc = _fit_to_gpus(nproc, device)  # one process per GPU, as `mltrain train --nproc`
         args = ["--ops", ",".join(op_list), "--device", device]
         for flag, val in (
             ("--max-bytes", max_bytes),

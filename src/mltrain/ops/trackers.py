@@ -87,9 +87,13 @@ class MlflowSink:
             return
         ts = int(record.get("time", 0) * 1000)
         metrics = [self._metric(k, v, ts, int(record["step"])) for k, v in values.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        # Asynchronous: the step loop never waits on the tracking server (flushed in close()).
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
 
     def close(self) -> None:
+        import mlflow
+
+        mlflow.flush_async_logging()
         if self.cfg.log.mlflow.log_model and self.finished_ok:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "model"
