@@ -61,8 +61,11 @@ def test_training_run_logs_to_mlflow_and_wandb_offline(tmp_path, tiny_data_dir, 
     }
     path = write_config(tmp_path / "tracked.yaml", cfg)
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
-    r = subprocess.run(mltrain_cmd("train", str(path)), env=env, capture_output=True, text=True, timeout=300)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    r = subprocess.run(mltrain_cmd("train", str(path)), env=env, cwd=work, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(work.iterdir()) == []  # nothing in the working dir (MLflow's fluent API would open ./mlflow.db)
     assert "WARNING" not in r.stdout, r.stdout[-3000:]
     run_dir = tmp_path / "runs" / "tracked"
 

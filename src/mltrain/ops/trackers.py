@@ -77,6 +77,7 @@ class MlflowSink:
         self.run_id = run_id
         self._metric = mlflow.entities.Metric
         self.finished_ok = False
+        self._pending: list[Any] = []
 
     def write(self, record: dict[str, Any]) -> None:
         if record.get("kind") == "exit":
@@ -87,13 +88,15 @@ class MlflowSink:
             return
         ts = int(record.get("time", 0) * 1000)
         metrics = [self._metric(k, v, ts, int(record["step"])) for k, v in values.items()]
-        # Asynchronous: the step loop never waits on the tracking server (flushed in close()).
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+        # Asynchronous: the step loop never waits on the tracking server (awaited in close()).
+        op = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+        if op is not None:
+            self._pending.append(op)
 
     def close(self) -> None:
-        import mlflow
-
-        mlflow.flush_async_logging()
+        for op in self._pending:  # (not mlflow.flush_async_logging: the fluent API opens ./mlflow.db)
+            op.wait()
+        self._pending = []
         if self.cfg.log.mlflow.log_model and self.finished_ok:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "model"
