@@ -707,6 +707,94 @@ def storage_init(
 
 
 # --------------------------------------------------------------------------- end of data on S3
+# --------------------------------------------------------------------------- operate (doctor, health, bench)
+# Pre-flight and node checks (src/mltrain/ops/). Kept in one block so other commands' diffs stay apart.
+
+bench_app = typer.Typer(help="Measure the interconnect and devices.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@app.command()
+def doctor(
+    config: Annotated[Optional[Path], typer.Option(help="run config YAML (base_dir, S3 sources)")] = None,
+    bucket: Annotated[Optional[str], typer.Option(help="s3://bucket to check with the configured credentials")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Pre-flight: versions, GPUs, EFA, run dir, S3, Slurm/Pyxis, harmful env. Exit 1 on any FAIL."""
+    from mltrain.ops.doctor import doctor_command
+
+    raise typer.Exit(doctor_command(config, bucket, json_out, console))
+
+
+@bench_app.command("collectives")
+def bench_collectives(
+    nproc: Annotated[int, typer.Option(help="processes on this machine; >1 launches torchrun")] = 1,
+    ops: Annotated[str, typer.Option(help="comma-separated: all_reduce,all_gather,reduce_scatter")] = (
+        "all_reduce,all_gather,reduce_scatter"
+    ),
+    max_bytes: Annotated[
+        Optional[str], typer.Option(help="largest message, e.g. 64M, 4G; default 4G GPU, 8M CPU")
+    ] = None,
+    iters: Annotated[Optional[int], typer.Option(help="timed calls per size; default 20 GPU, 3 CPU")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="untimed calls per size; default 5 GPU, 1 CPU")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    instance_type: Annotated[Optional[str], typer.Option(help="reference to compare with, e.g. p5.48xlarge")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="also write the JSON result here")] = None,
+) -> None:
+    """All-reduce / all-gather / reduce-scatter time, algbw and busbw (nccl-tests' definitions), 1 MB doubling."""
+    from mltrain.ops.collectives import collectives_command
+
+    raise typer.Exit(
+        collectives_command(
+            nproc=nproc,
+            ops=ops,
+            max_bytes=max_bytes,
+            iters=iters,
+            warmup=warmup,
+            device=device,
+            instance_type=instance_type,
+            json_out=json_out,
+            out=out,
+            console=console,
+        )
+    )
+
+
+@app.command()
+def health(
+    burn_in_s: Annotated[float, typer.Option(help="seconds of matmul burn-in on every GPU; 0 skips it")] = 10.0,
+    tolerance: Annotated[float, typer.Option(help="fail a GPU this fraction below the node median")] = 0.10,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    slurm_prolog: Annotated[
+        bool, typer.Option("--slurm-prolog", help="one line per node (prolog / HealthCheckProgram)")
+    ] = False,
+    record: Annotated[Optional[str], typer.Option(help="append the verdict as a JSON line to this file")] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="on FAIL, drain this node with scontrol")] = False,
+    failed_hosts: Annotated[
+        Optional[str], typer.Option(help="print the FAIL hosts of a --record file, comma-separated")
+    ] = None,
+    job: Annotated[Optional[str], typer.Option(help="with --failed-hosts: only this Slurm job's records")] = None,
+) -> None:
+    """GPU health through NVML (ECC, remapped rows, XIDs, throttling) and a burn-in vs the node median. Exit 1 on FAIL."""
+    if failed_hosts is not None:
+        from mltrain.ops.health import failed_hosts as read_failed
+
+        print(",".join(read_failed(failed_hosts, job)))
+        raise typer.Exit(0)
+    from mltrain.ops.health import health_command
+
+    raise typer.Exit(
+        health_command(
+            burn_in_s=burn_in_s,
+            tolerance=tolerance,
+            json_out=json_out,
+            slurm_prolog=slurm_prolog,
+            record=record,
+            drain=drain,
+            console=console,
+        )
+    )
 
 
 def main() -> None:

@@ -249,6 +249,50 @@ class LaunchConfig(StrictModel):
     requeue_grace_s: int = Field(default=120, gt=0, description="USR1 this long before the time limit")
 
 
+class PrometheusLogConfig(StrictModel):
+    """Each node's rank 0 serves /metrics (needs the `prometheus` extra); see docs/operate.md."""
+
+    enabled: bool = False
+    port: int = Field(default=9410, ge=0, le=65535, description="0 = any free port (the targets file says which)")
+    addr: str = Field(default="0.0.0.0", description="listen address")
+    gpu_metrics: bool = Field(default=True, description="per-GPU DCGM_FI_DEV_* gauges through NVML, when present")
+    linger_s: float = Field(default=0.0, ge=0, description="keep serving this long after training, for a last scrape")
+
+
+class MlflowLogConfig(StrictModel):
+    """MLflow tracking (the `mlflow` extra): params = the resolved config, metrics = the trainer's records."""
+
+    uri: str | None = Field(default=None, description="tracking URI, e.g. http://mlflow:5000; none disables")
+    experiment: str = "mltrain"
+    log_model: bool = Field(default=False, description="at the end, export the model (HF format) as an artifact")
+
+
+class WandbLogConfig(StrictModel):
+    """Weights & Biases (the `wandb` extra); offline mode writes run files under <run>/wandb."""
+
+    enabled: bool = False
+    project: str = "mltrain"
+    mode: Literal["offline", "online"] = "offline"
+    entity: str | None = None
+
+
+class StragglerConfig(StrictModel):
+    """Every `every_steps` steps, ranks' compute times are gathered; a rank slower than the median by more
+    than `threshold` (a fraction) is logged as a `straggler` record in metrics.jsonl."""
+
+    every_steps: int = Field(default=50, ge=0, description="0 disables")
+    threshold: float = Field(default=0.2, gt=0)
+
+
+class LogConfig(StrictModel):
+    """Where metrics go besides metrics.jsonl and TensorBoard, and straggler detection."""
+
+    prometheus: PrometheusLogConfig = Field(default_factory=PrometheusLogConfig)
+    mlflow: MlflowLogConfig = Field(default_factory=MlflowLogConfig)
+    wandb: WandbLogConfig = Field(default_factory=WandbLogConfig)
+    stragglers: StragglerConfig = Field(default_factory=StragglerConfig)
+
+
 class RunConfig(StrictModel):
     """One training run: everything `mltrain train` needs."""
 
@@ -260,6 +304,7 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
     def _tokenizer_from_init_dir(self) -> RunConfig:

@@ -1,4 +1,4 @@
-"""Training FLOPs, MFU and the metrics sinks (metrics.jsonl + TensorBoard).
+"""Training FLOPs, MFU and the metrics sinks (metrics.jsonl + TensorBoard + pluggable ones).
 
 FLOPs per token (forward + backward), the PaLM / torchtitan convention:
     6 * N  +  12 * L * H * Q * T
@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mltrain.config import ModelConfig
 
@@ -75,14 +77,27 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak_flops: float | None, n_d
     return tokens_per_s * flops_per_tok / (peak_flops * n_devices)
 
 
-class MetricsWriter:
-    """Appends JSON lines to <run>/metrics.jsonl (flushed per line) and mirrors scalars to TensorBoard."""
+class Sink(Protocol):
+    """Somewhere records go besides metrics.jsonl: Prometheus, MLflow, W&B (mltrain.ops.sinks)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsWriter:
+    """Appends JSON lines to <run>/metrics.jsonl (flushed per line), mirrors scalars to TensorBoard and
+    hands every record to the pluggable sinks. metrics.jsonl is the source of truth: a sink that raises
+    is reported once and dropped, never allowed to stop training."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, sinks: list[Sink] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115  (lives as long as the run)
         self._tb = None
+        self._sinks: list[Sink] = list(sinks or [])
+        self._enrichers: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+        self._recent: deque[dict[str, Any]] = deque(maxlen=64)  # replayed to a sink added late
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -91,14 +106,36 @@ class MetricsWriter:
             except Exception:  # tensorboard missing or broken: metrics.jsonl is the source of truth
                 self._tb = None
 
+    def add_sink(self, sink: Sink) -> None:
+        """Attach a sink; it first receives the records written so far in this process (e.g. `start`)."""
+        for rec in self._recent:
+            self._to_sink(sink, rec)
+        self._sinks.append(sink)
+
+    def add_enricher(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """`fn(record)` returns extra fields merged into every record before it is written."""
+        self._enrichers.append(fn)
+
+    def _to_sink(self, sink: Sink, record: dict[str, Any]) -> bool:
+        try:
+            sink.write(record)
+            return True
+        except Exception as e:
+            print(f"[mltrain] WARNING: metrics sink {type(sink).__name__} failed ({e}); disabled", flush=True)
+            return False
+
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 3), **record}
+        for fn in self._enrichers:
+            record.update(fn(record))
         self._fh.write(json.dumps(record) + "\n")
         if self._tb is not None and "step" in record:
             kind = record.get("kind", "train")
             for k, v in record.items():
                 if k not in ("step", "time", "kind") and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(f"{kind}/{k}", v, record["step"])
+        self._recent.append(record)
+        self._sinks = [s for s in self._sinks if self._to_sink(s, record)]
 
     def close(self) -> None:
         self._fh.flush()
@@ -106,6 +143,12 @@ class MetricsWriter:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception as e:
+                print(f"[mltrain] WARNING: closing metrics sink {type(sink).__name__} failed: {e}", flush=True)
+        self._sinks = []
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

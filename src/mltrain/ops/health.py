@@ -1,0 +1,222 @@
+"""`mltrain health`: is every GPU of this node fit to train? For a Slurm prolog / HealthCheckProgram.
+
+NVML (nvidia-ml-py): ECC errors, retired pages and remapped rows, temperature, clocks, throttle reasons,
+XID events (NVML's live events, plus the kernel log when it is readable); then a short bf16 matmul
+burn-in on every GPU at once, each GPU's TFLOP/s judged against the node median (a GPU clearly below
+its siblings has a thermal, power or hardware problem even when NVML reports nothing).
+
+Exit codes (what a prolog needs): 0 = healthy (PASS, WARN or SKIP), 1 = FAIL (drain / exclude this
+node). No NVML (a CPU node, no driver) prints one SKIP line and exits 0. `--slurm-prolog` prints one
+line `mltrain-health <host> <STATUS> <reasons>`; `--record FILE` appends the verdict as a JSON line so
+the batch script can exclude failed hosts on the next attempt (`mltrain health --failed-hosts FILE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from typing import Any
+
+from mltrain.ops.checks import FAIL, PASS, SKIP, WARN, Check, worst
+from mltrain.ops.nvml import HW_THROTTLE, GpuReading, NvmlUnavailable, nvml, read_gpus, xid_events
+
+DEFAULT_TOLERANCE = 0.10  # a GPU more than 10% below the node median fails the burn-in
+HOT_C = 85.0  # warn at this temperature when the GPU has no slowdown threshold of its own
+# XIDs that mean the GPU or its memory/links are broken (NVIDIA's XID catalogue); others are often the
+# application's own fault (13, 31, 43, 45) and only warn.
+CRITICAL_XIDS = {48, 61, 62, 63, 64, 69, 74, 79, 92, 94, 95, 119, 120, 140}
+FAKE_TFLOPS_ENV = "MLTRAIN_HEALTH_FAKE_TFLOPS"  # tests only: "100,101,40" replaces the measured burn-in
+
+
+def gpu_checks(r: GpuReading) -> list[Check]:
+    """The NVML rows of one GPU."""
+    g = f"gpu{r.index}"
+    rows: list[Check] = []
+    if r.ecc_uncorrected:
+        rows.append(Check(f"{g} ecc", FAIL, f"{r.ecc_uncorrected} uncorrected ECC errors", "drain; reset the GPU"))
+    if r.retired_pending:
+        rows.append(Check(f"{g} retired pages", FAIL, "page retirement pending", "drain and reboot the node"))
+    if r.remap_failure:
+        rows.append(Check(f"{g} row remap", FAIL, "row remapping failed", "drain; the GPU needs replacing (RMA)"))
+    elif r.remap_pending:
+        rows.append(Check(f"{g} row remap", WARN, "row remap pending", "reset the GPU when the node is idle"))
+    hw = sorted(set(r.throttle) & HW_THROTTLE)
+    if hw:
+        rows.append(Check(f"{g} throttle", FAIL, f"hardware throttling: {', '.join(hw)}", "check cooling and power"))
+    elif {"sw_thermal_slowdown", "sw_power_cap"} & set(r.throttle):
+        rows.append(Check(f"{g} throttle", WARN, f"throttled: {', '.join(r.throttle)}", "check cooling/power cap"))
+    hot = r.slowdown_temp_c - 5 if r.slowdown_temp_c else HOT_C
+    if r.temperature_c is not None and r.temperature_c >= hot:
+        rows.append(Check(f"{g} temperature", WARN, f"{r.temperature_c:.0f} C (slowdown near)", "check cooling"))
+    if not any(c.status != PASS for c in rows):
+        clock = f", SM {r.sm_clock_mhz}/{r.sm_clock_max_mhz} MHz" if r.sm_clock_mhz is not None else ""
+        temp = f"{r.temperature_c:.0f} C" if r.temperature_c is not None else "temp n/a"
+        ecc = f"ecc corrected {r.ecc_corrected}" if r.ecc_corrected is not None else "ecc n/a"
+        rows.append(Check(g, PASS, f"{r.name}, {temp}{clock}, {ecc}"))
+    return rows
+
+
+def kernel_xids() -> list[tuple[str, int]]:
+    """(pci id, XID) from the kernel log of this boot, when it is readable (often root only)."""
+    try:
+        p = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"NVRM: Xid \(PCI:([^)]+)\): (\d+)", p.stdout)]
+
+
+def xid_checks(live: list[tuple[int, int]], logged: list[tuple[str, int]]) -> list[Check]:
+    rows = []
+    for where, xid in [(f"gpu{i}", x) for i, x in live] + [(f"PCI {p}", x) for p, x in logged]:
+        status = FAIL if xid in CRITICAL_XIDS else WARN
+        rows.append(Check(f"xid {xid}", status, f"XID {xid} on {where}", "drain; see NVIDIA's XID catalogue"))
+    return rows
+
+
+# --------------------------------------------------------------------------- burn-in
+
+
+def burn_in(seconds: float, n: int = 8192) -> dict[int, float]:
+    """bf16 matmul TFLOP/s of every visible GPU, all at once (one thread each: same power/thermal load)."""
+    import torch
+
+    results: dict[int, float] = {}
+
+    def run(dev: int) -> None:
+        d = torch.device("cuda", dev)
+        a = torch.randn(n, n, device=d, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=d, dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize(d)
+        iters, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(10):
+                a @ b
+            torch.cuda.synchronize(d)
+            iters += 10
+        results[dev] = 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(torch.cuda.device_count())]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def judge_burnin(tflops: dict[int, float], tolerance: float = DEFAULT_TOLERANCE) -> list[Check]:
+    """FAIL every GPU slower than the node median by more than `tolerance` (a fraction)."""
+    if not tflops:
+        return [Check("burn-in", SKIP, "no GPU to burn in", "")]
+    median = statistics.median(tflops.values())
+    rows = []
+    for idx, value in sorted(tflops.items()):
+        slow = value < median * (1 - tolerance)
+        detail = f"{value:.1f} TFLOP/s (node median {median:.1f})"
+        if slow:
+            rows.append(
+                Check(
+                    f"gpu{idx} burn-in",
+                    FAIL,
+                    f"{detail}: {100 * (1 - value / median):.0f}% slower than the median",
+                    "drain; check clocks, cooling, power and PCIe/NVLink",
+                )
+            )
+        else:
+            rows.append(Check(f"gpu{idx} burn-in", PASS, detail))
+    return rows
+
+
+def _fake_tflops() -> dict[int, float] | None:
+    raw = os.environ.get(FAKE_TFLOPS_ENV)
+    if not raw:
+        return None
+    return {i: float(x) for i, x in enumerate(raw.split(","))}
+
+
+# --------------------------------------------------------------------------- command
+
+
+def run_health(burn_in_s: float, tolerance: float) -> tuple[list[Check], str | None]:
+    """(rows, skip reason). The skip reason is set when there is no NVML at all."""
+    fake = _fake_tflops()
+    try:
+        nv = nvml()
+    except NvmlUnavailable as e:
+        if fake is None:
+            return [Check("nvml", SKIP, str(e), "no GPU health checks on this node")], str(e)
+        nv = None  # tests: judge the faked burn-in without NVML
+    rows: list[Check] = []
+    if nv is not None:
+        for r in read_gpus(nv):
+            rows += gpu_checks(r)
+        rows += xid_checks(xid_events(nv), kernel_xids())
+    if fake is not None:
+        rows += judge_burnin(fake, tolerance)
+    elif burn_in_s > 0:
+        import torch
+
+        if torch.cuda.is_available():
+            rows += judge_burnin(burn_in(burn_in_s), tolerance)
+        else:
+            rows.append(Check("burn-in", SKIP, "torch sees no CUDA device", "install a CUDA torch build"))
+    return rows, None
+
+
+def failed_hosts(record_path: str, job_id: str | None = None) -> list[str]:
+    """Hosts whose newest health record (for `job_id`, when given) is FAIL: the next attempt's --exclude."""
+    from mltrain.fsutil import read_jsonl
+
+    newest: dict[str, str] = {}
+    for rec in read_jsonl(record_path):
+        if job_id is None or str(rec.get("job_id")) == str(job_id):
+            newest[rec["host"]] = rec["status"]
+    return sorted(h for h, s in newest.items() if s == FAIL)
+
+
+def health_command(
+    *,
+    burn_in_s: float,
+    tolerance: float,
+    json_out: bool,
+    slurm_prolog: bool,
+    record: str | None,
+    drain: bool,
+    console: Any,
+) -> int:
+    host = socket.gethostname().split(".")[0]
+    rows, skipped = run_health(burn_in_s, tolerance)
+    status = worst(rows) if not skipped else SKIP
+    failures = [f"{c.name}: {c.detail}" for c in rows if c.status == FAIL]
+    doc = {
+        "time": round(time.time(), 3),
+        "host": host,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "status": status,
+        "failures": failures,
+        "checks": [c.as_dict() for c in rows],
+    }
+    if record:
+        from mltrain.fsutil import append_jsonl
+
+        append_jsonl(record, doc)
+    if drain and status == FAIL:
+        reason = ("mltrain health: " + "; ".join(failures))[:200]
+        subprocess.run(["scontrol", "update", f"NodeName={host}", "State=DRAIN", f"Reason={reason}"], check=False)
+    if json_out:
+        print(json.dumps(doc, indent=2))
+    elif slurm_prolog or skipped:
+        why = "; ".join(failures) if failures else (skipped or f"{len(rows)} checks")
+        print(f"mltrain-health {host} {status} {why}", flush=True)
+    else:
+        from mltrain.ops.checks import print_table
+
+        print_table(rows, f"mltrain health on {host}: {status}", console)
+    return 1 if status == FAIL else 0

@@ -1,0 +1,110 @@
+"""MetricsWriter's pluggable sinks, the file_sd target files and the trackers' record mapping."""
+
+from __future__ import annotations
+
+import json
+
+from mltrain.ops.file_sd import targets_dir, write_job_targets, write_self_target
+from mltrain.ops.prometheus import restarts_in
+from mltrain.ops.trackers import numeric_fields
+from mltrain.train.metrics import MetricsWriter, read_metrics
+
+
+class Collect:
+    def __init__(self):
+        self.records, self.closed = [], False
+
+    def write(self, record):
+        self.records.append(record)
+
+    def close(self):
+        self.closed = True
+
+
+class Broken(Collect):
+    def write(self, record):
+        raise ConnectionError("server down")
+
+
+def test_sinks_get_every_record_and_a_broken_sink_is_dropped(tmp_path, capsys):
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    w.write({"kind": "start", "step": 0})
+    late, broken = Collect(), Broken()
+    w.add_sink(late)  # replays `start`
+    w.add_sink(broken)
+    w.add_enricher(lambda r: {"extra": 1} if r["kind"] == "train" else {})
+    w.write({"kind": "train", "step": 1, "loss": 2.0})
+    w.write({"kind": "train", "step": 2, "loss": 1.5})
+    w.close()
+    assert [r["kind"] for r in late.records] == ["start", "train", "train"] and late.closed
+    assert late.records[1]["extra"] == 1
+    assert "sink Broken failed (server down); disabled" in capsys.readouterr().out
+    assert [r.get("extra") for r in read_metrics(tmp_path)] == [None, 1, 1]  # the file has every record
+
+
+def test_file_sd_targets(tmp_path):
+    run_dir = tmp_path / "runs" / "r1"
+    p = write_job_targets(run_dir, "r1", ["p5-1", "p5-2"], 9410, "77")
+    assert p.parent == targets_dir(run_dir) == tmp_path / "prometheus" / "targets"
+    assert json.loads(p.read_text()) == [
+        {"targets": ["p5-1:9410", "p5-2:9410"], "labels": {"run": "r1", "slurm_job_id": "77"}}
+    ]
+    q = write_self_target(run_dir, "r1", "p5-1", 9411)
+    assert q.name == "r1--p5-1-9411.json"
+
+
+def test_restarts_follow_the_contract(tmp_path):
+    lines = [{"action": "requeue"}, {"action": "none"}, {"action": "restart_in_place"}, {"action": "give_up"}]
+    (tmp_path / "restarts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert restarts_in(tmp_path) == 2
+
+
+def test_tracker_metric_names():
+    assert numeric_fields({"kind": "train", "step": 3, "time": 1.0, "loss": 2.0, "mfu": None}) == {"loss": 2.0}
+    assert numeric_fields({"kind": "checkpoint", "step": 3, "ok": True, "stall_s": 0.5}) == {"checkpoint_stall_s": 0.5}
+
+
+def _cfg(tmp_path, **prom):
+    from mltrain.config import RunConfig
+
+    log = {"prometheus": {"enabled": True, "port": 0, "addr": "127.0.0.1", "gpu_metrics": False, **prom}}
+    return RunConfig.model_validate({"name": "u", "base_dir": str(tmp_path), "model": {"preset": "tiny"}, "log": log})
+
+
+def test_exporter_serves_the_records(tmp_path):
+    import urllib.request
+
+    from mltrain.ops.prometheus import PrometheusExporter
+
+    cfg = _cfg(tmp_path)
+    exp = PrometheusExporter(cfg.log.prometheus, cfg.run_dir, cfg.name, training=True)
+    try:
+        exp.write({"kind": "train", "step": 7, "loss": 2.5, "tokens_per_s": 1000.0, "mfu": None, "data_wait_s": 0.01})
+        exp.write({"kind": "checkpoint", "step": 7, "ok": True, "stall_s": 0.5, "save_s": 0.5, "time": 1234.0})
+        exp.write({"kind": "straggler", "step": 7, "slowdown": 0.4})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/metrics", timeout=10).read().decode()
+    finally:
+        exp.close()
+    for line in ("mltrain_step 7.0", "mltrain_loss 2.5", "mltrain_tokens_per_second 1000.0",
+                 "mltrain_data_wait_seconds 0.01", "mltrain_checkpoint_stall_seconds 0.5",
+                 "mltrain_last_checkpoint_timestamp_seconds 1234.0", "mltrain_stragglers_total 1.0",
+                 "mltrain_straggler_slowdown_ratio 0.4", "mltrain_restarts 0.0"):  # fmt: skip
+        assert line in text, line
+    assert not exp.target_file.exists()  # removed on close
+
+
+def test_taken_port_is_a_warning_not_a_crash(tmp_path, capsys):
+    import socket
+    from types import SimpleNamespace
+
+    from mltrain.ops.instrument import open_sinks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        cfg = _cfg(tmp_path, port=s.getsockname()[1])
+        info = SimpleNamespace(local_rank=0, is_main=True)
+        writer = MetricsWriter(tmp_path, tensorboard=False)
+        assert open_sinks(cfg, info, writer) is None
+        writer.close()
+    assert "WARNING: log.prometheus: cannot serve on 127.0.0.1:" in capsys.readouterr().out
