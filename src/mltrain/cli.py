@@ -98,7 +98,9 @@ def data_prepare(run_yaml: RunYaml, set_: SetOpt = None) -> None:
     """Tokenize the sources, pack fixed-size token shards and write manifest.json."""
     from mltrain.data.prepare import prepare_data
 
-    prepare_data(_run_config(run_yaml, set_), console=console)
+    cfg = _run_config(run_yaml, set_)
+    _builtin_only(cfg, "mltrain data prepare", run_yaml)
+    prepare_data(cfg, console=console)
 
 
 @data_app.command("validate")
@@ -113,6 +115,7 @@ def data_validate(
     vocab_size = None
     if target.suffix in (".yaml", ".yml"):
         cfg = _run_config(target, set_)
+        _builtin_only(cfg, "mltrain data validate", target)
         data_dir, vocab_size = Path(cfg.data.dir), cfg.model.vocab_size
     ok = validate_data_dir(data_dir, model_vocab_size=vocab_size, console=console)
     raise typer.Exit(0 if ok else 1)
@@ -157,6 +160,7 @@ def export(
     from mltrain.model.hf import export_run
     from mltrain.rundir import resolve_run
 
+    _builtin_only(resolve_run(run) / "config.yaml", "mltrain export")
     out = export_run(resolve_run(run), hf, step=step, dtype=dtype, overwrite=force, max_shard_gb=max_shard_gb)
     console.print(f"exported to {out}")
 
@@ -176,6 +180,7 @@ def submit(
     """Render the sbatch script into the run dir and submit it to Slurm."""
     from mltrain.launch.slurm import submit_run
 
+    _builtin_only(run_yaml, "mltrain submit (Slurm; script runs: coming, use mltrain train --nproc N for now)", set_)
     submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
 
 
@@ -279,6 +284,7 @@ def k8s_render(
     """Render the run as a PyTorchJob, or a TrainJob with its TrainingRuntime."""
     from mltrain.launch.k8s.client import render_command
 
+    _builtin_only(run_yaml, "mltrain k8s render", set_)
     render_command(run_yaml, cluster, kind, out, set_ or [], console=console)
 
 
@@ -287,6 +293,7 @@ def k8s_submit(run_yaml: RunYaml, cluster: EksOpt, kind: KindOpt = "pytorchjob",
     """Create the job in the cluster's namespace (kubeconfig or in-cluster credentials)."""
     from mltrain.launch.k8s.client import submit
 
+    _builtin_only(run_yaml, "mltrain k8s submit", set_)
     submit(run_yaml, cluster, kind, set_ or [], console=console)
 
 
@@ -423,6 +430,32 @@ def cluster_delete(
 def cluster_status(cluster_yaml: ClusterYaml, dry_run: DryRunOpt = False) -> None:
     """`pcluster describe-cluster`: status, stack, compute fleet, head node address, failures."""
     _cluster_action("status", cluster_yaml, None, dry_run)
+
+
+# --------------------------------------------------------------------------- bring your own script (issue 12)
+
+
+@config_app.command("from-deepspeed")
+def config_from_deepspeed(
+    ds_config: Annotated[Path, typer.Argument(help="DeepSpeed config JSON, e.g. ds_config.json", show_default=False)],
+) -> None:
+    """Print the mltrain train: settings equivalent to a DeepSpeed config, and what cannot be mapped."""
+    from mltrain.integrations.from_deepspeed import from_deepspeed_command
+
+    console.print(from_deepspeed_command(ds_config), end="", highlight=False, markup=False, soft_wrap=True)
+
+
+def _builtin_only(cfg_or_yaml, what: str, source_or_overrides=None) -> None:
+    """Commands of the built-in trainer refuse a script run (script: in the run config) with one line."""
+    from mltrain.config import RunConfig, load_run_config, require_builtin
+
+    if isinstance(cfg_or_yaml, RunConfig):
+        require_builtin(cfg_or_yaml, what, source_or_overrides or "")
+        return
+    require_builtin(load_run_config(cfg_or_yaml, list(source_or_overrides or [])), what, cfg_or_yaml)
+
+
+# --------------------------------------------------------------------------- end bring your own script
 
 
 def main() -> None:
