@@ -174,7 +174,7 @@ def outcome(run_dir: Path, returncode: int, world_size: int) -> Outcome:
             exit_codes.CONFIG_ERROR,
             exit_codes.REASON_CONFIG_ERROR,
             f"config error: rank {r} exited {exit_codes.CONFIG_ERROR}{': ' + err if err else ''} "
-            "(not a preemption: the run is not restarted)",
+            "(a config or usage error: the run is not restarted)",
         )
     missing = [r for r in range(world_size) if r not in codes]
     if returncode == 0 and not missing and all(c == 0 for c in codes.values()):
@@ -206,7 +206,7 @@ def record_outcome(run_dir: Path, out: Outcome) -> None:
     (run_dir / rundir.CONTROL_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / rundir.EXIT_REASON_FILE, out.reason + "\n")
     if out.reason not in (exit_codes.REASON_DONE, exit_codes.REASON_PREEMPTED):
-        atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, out.message + "\n")
+        atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, out.message.removeprefix("config error: ") + "\n")
 
 
 # --------------------------------------------------------------------------- local launcher
