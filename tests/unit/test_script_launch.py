@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,17 +76,50 @@ def test_worker_args_env_and_resume_arg(tmp_path):
     path, workdir = S.resolve_script(cfg, p)
     assert path == tmp_path / "train.py" and workdir == tmp_path
     run_dir = cfg.run_dir
-    args = S.worker_args(cfg, path, run_dir)
-    assert args == ["-m", "mltrain.launch.script", str(path), "--lr", "1e-3"]  # nothing to resume from yet
-    cmd = S.local_command(cfg, path, run_dir, 2)
+    args = S.worker_args(cfg, path)
+    assert args == ["-m", "mltrain.launch.script", str(path), "--lr", "1e-3"]
+    cmd = S.local_command(cfg, path, 2)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] and cmd[5:] == args
-    ck = run_dir / "checkpoints" / "checkpoint-7"
+    env = S.script_env(cfg, run_dir)
+    assert env[runtime.ENV_RUN_DIR] == str(run_dir.resolve()) and env[S.ENV_RESUME_ARG] == "--resume_from_checkpoint"
+    assert env[runtime.ENV_CHECKPOINT_DIR] == str(run_dir.resolve() / "checkpoints")
+
+
+WRAPPED = """\
+import json, os, sys
+json.dump({"argv": sys.argv[1:], "resume": os.environ.get("MLTRAIN_RESUME_FROM"), "name": __name__},
+          open(os.environ["OUT"], "w"))
+sys.exit(int(os.environ.get("CODE", "0")))
+"""
+
+
+def _wrap(tmp_path: Path, env: dict[str, str], code: int = 0) -> tuple[int, dict]:
+    (tmp_path / "w.py").write_text(WRAPPED)
+    out = tmp_path / "out.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "mltrain.launch.script", str(tmp_path / "w.py"), "--a", "1"],
+        env={**os.environ, **env, "OUT": str(out), "CODE": str(code), "RANK": "0"},
+        capture_output=True,
+        text=True,
+    )
+    return r.returncode, json.loads(out.read_text())
+
+
+def test_wrapper_finds_the_resume_point_at_each_start(tmp_path):
+    """The wrapper (what torchrun runs on every node) appends resume_arg + the newest complete checkpoint."""
+    run_dir = tmp_path / "runs" / "r"
+    ck_dir = run_dir / "checkpoints"
+    env = {runtime.ENV_RUN_DIR: str(run_dir), runtime.ENV_CHECKPOINT_DIR: str(ck_dir), S.ENV_RESUME_ARG: "--resume"}
+    rc, seen = _wrap(tmp_path, env)
+    assert rc == 0 and seen == {"argv": ["--a", "1"], "resume": None, "name": "__main__"}
+    ck = ck_dir / "checkpoint-7"
     ck.mkdir(parents=True)
     (ck / runtime.CHECKPOINT_COMPLETE).write_text("7\n")
-    assert S.worker_args(cfg, path, run_dir)[-2:] == ["--resume_from_checkpoint", str(ck)]
-    env = S.script_env(cfg, run_dir)
-    assert env[runtime.ENV_RUN_DIR] == str(run_dir.resolve()) and env[runtime.ENV_RESUME_FROM] == str(ck)
-    assert env[runtime.ENV_CHECKPOINT_DIR] == str(run_dir.resolve() / "checkpoints")
+    (ck_dir / "checkpoint-9").mkdir()  # incomplete: skipped
+    rc, seen = _wrap(tmp_path, env, code=75)
+    assert rc == 75 and seen["argv"] == ["--a", "1", "--resume", str(ck)] and seen["resume"] == str(ck)
+    assert json.loads((run_dir / S.RANKS_DIR / "0.json").read_text())["code"] == 75
+    assert rundir.read_exit_reason(run_dir) == "preempted"
 
 
 def test_missing_script_is_one_line(tmp_path):

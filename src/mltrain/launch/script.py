@@ -29,6 +29,7 @@ from mltrain.config import RunConfig, ScriptConfig
 from mltrain.errors import ConfigError
 from mltrain.fsutil import atomic_write
 
+ENV_RESUME_ARG = "MLTRAIN_RESUME_ARG"  # script.resume_arg: the wrapper appends it + the newest complete checkpoint
 RANKS_DIR = "control/ranks"  # one <rank>.json per worker that ended on its own: {"rank", "code", "error"}
 WORKER_MODULE = "mltrain.launch.script"
 # Which exit reason wins when ranks disagree (a config error on one rank explains the others' failures).
@@ -64,38 +65,29 @@ def checkpoint_dir(cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def script_env(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
-    """Environment for every rank (mltrain.runtime reads it). The Slurm template exports the same."""
+    """Environment for every rank (mltrain.runtime and the wrapper read it). Static for the whole run, so
+    the Slurm batch script can export it once at render time: the resume point is found by the wrapper
+    at each start (MLTRAIN_RESUME_FROM, and `resume_arg PATH` appended to the script's arguments)."""
     from mltrain import runtime
 
     run_dir = run_dir.resolve()
-    ckpt_dir = checkpoint_dir(cfg, run_dir)
     env = {
         runtime.ENV_RUN_DIR: str(run_dir),
         runtime.ENV_RUN_NAME: cfg.name,
-        runtime.ENV_CHECKPOINT_DIR: str(ckpt_dir),
+        runtime.ENV_CHECKPOINT_DIR: str(checkpoint_dir(cfg, run_dir)),
         "PYTHONUNBUFFERED": "1",  # rank output reaches the log line by line
     }
-    resume = runtime.latest_checkpoint(ckpt_dir)
-    if resume:
-        env[runtime.ENV_RESUME_FROM] = resume
+    if _script(cfg).resume_arg:
+        env[ENV_RESUME_ARG] = str(_script(cfg).resume_arg)
     return env
 
 
-def worker_args(cfg: RunConfig, script_path: Path, run_dir: Path) -> list[str]:
-    """Everything after `torchrun <flags>`: the wrapper module, the script and its arguments (plus
-    `resume_arg <newest complete checkpoint>` when the config names a resume argument and one exists)."""
-    from mltrain import runtime
-
-    sc = _script(cfg)
-    args = ["-m", WORKER_MODULE, str(script_path), *sc.args]
-    if sc.resume_arg:
-        resume = runtime.latest_checkpoint(checkpoint_dir(cfg, run_dir.resolve()))
-        if resume:
-            args += [sc.resume_arg, resume]
-    return args
+def worker_args(cfg: RunConfig, script_path: Path) -> list[str]:
+    """Everything after `torchrun <flags>`: the wrapper module, the script and its arguments."""
+    return ["-m", WORKER_MODULE, str(script_path), *_script(cfg).args]
 
 
-def local_command(cfg: RunConfig, script_path: Path, run_dir: Path, nproc: int) -> list[str]:
+def local_command(cfg: RunConfig, script_path: Path, nproc: int) -> list[str]:
     """torchrun on this machine: `python -m torch.distributed.run --standalone --nproc-per-node N ...`."""
     return [
         sys.executable,
@@ -103,7 +95,7 @@ def local_command(cfg: RunConfig, script_path: Path, run_dir: Path, nproc: int) 
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc}",
-        *worker_args(cfg, script_path, run_dir),
+        *worker_args(cfg, script_path),
     ]
 
 
@@ -219,11 +211,14 @@ def run_script_local(cfg: RunConfig, run_yaml: str | os.PathLike[str], nproc: in
     run_dir = cfg.run_dir.resolve()
     prepare_run_dir(cfg, run_dir)
     env = dict(os.environ)
-    env.pop("MLTRAIN_RESUME_FROM", None)  # a stale one inherited from a parent run
+    for stale in ("MLTRAIN_RESUME_FROM", ENV_RESUME_ARG):  # inherited from a parent run
+        env.pop(stale, None)
     env.update(script_env(cfg, run_dir))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = local_command(cfg, script_path, run_dir, nproc)
-    resume = env.get("MLTRAIN_RESUME_FROM")
+    cmd = local_command(cfg, script_path, nproc)
+    from mltrain import runtime
+
+    resume = runtime.latest_checkpoint(checkpoint_dir(cfg, run_dir))
     print(
         f"[mltrain] run {cfg.name}: {nproc} x {script_path.name} under torchrun, run dir {run_dir}"
         + (f", newest checkpoint {resume}" if resume else ""),
@@ -293,8 +288,18 @@ def worker_main(argv: list[str]) -> NoReturn:
     if not argv:
         print(f"usage: python -m {WORKER_MODULE} SCRIPT [ARGS...]", file=sys.stderr)
         os._exit(exit_codes.CONFIG_ERROR)
+    from mltrain import runtime
+
     path = str(Path(argv[0]).resolve())
     sys.argv = [path, *argv[1:]]
+    ckpt_dir = os.environ.get(runtime.ENV_CHECKPOINT_DIR)
+    resume = runtime.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+    if resume:
+        os.environ[runtime.ENV_RESUME_FROM] = resume
+        if os.environ.get(ENV_RESUME_ARG):
+            sys.argv += [os.environ[ENV_RESUME_ARG], resume]
+    else:
+        os.environ.pop(runtime.ENV_RESUME_FROM, None)
     sys.path[0] = str(Path(path).parent)
     code, error = 0, None
     try:
