@@ -257,12 +257,12 @@ class RunConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     base_dir: str = "."
     seed: int = 1234
-    script: ScriptConfig | None = None  # set: run this script instead of the built-in trainer
     model: ModelConfig | None = None  # required unless `script` is set
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    script: ScriptConfig | None = None  # set: run this script instead of the built-in trainer (launch/script.py)
 
     @model_validator(mode="after")
     def _model_or_script(self) -> RunConfig:
@@ -416,4 +416,11 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 
 
 def dump_yaml(model: BaseModel) -> str:
-    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
+    data = model.model_dump(mode="json")
+    if isinstance(model, RunConfig) and model.script is None:
+        data.pop("script", None)  # built-in trainer runs dump as before script: existed
+    elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)
+        for key in ("model", "data", "train", "checkpoint"):
+            if key not in model.model_fields_set:
+                data.pop(key, None)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -100,15 +100,10 @@ def local_command(cfg: RunConfig, script_path: Path, nproc: int) -> list[str]:
 
 
 def script_config_yaml(cfg: RunConfig) -> str:
-    """config.yaml for a script run: the sections that mean something for it (the built-in trainer's
-    defaults for model/data/train/checkpoint would mislead `status`, e.g. train.max_steps)."""
-    import yaml
+    """config.yaml for a script run: only the sections that mean something for it (config.dump_yaml)."""
+    from mltrain.config import dump_yaml
 
-    data = cfg.model_dump(mode="json")
-    for key in ("model", "data", "train", "checkpoint"):
-        if key not in cfg.model_fields_set:
-            data.pop(key, None)
-    return yaml.safe_dump(data, sort_keys=False)
+    return dump_yaml(cfg)
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
