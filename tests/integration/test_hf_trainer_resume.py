@@ -102,6 +102,9 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     cells = dict(zip(header, row, strict=False))
     assert cells["state"] == "done" and cells["step"].startswith("14") and cells["rst"] == "1", st.stdout
     assert 0 < float(cells["loss"]) < 6, st.stdout
+    rep = subprocess.run([sys.executable, "-m", "mltrain", "report", str(run_dir)], capture_output=True, text=True)
+    assert rep.returncode == 0 and (run_dir / "report.png").is_file(), rep.stderr
+    assert "restarts" in rep.stdout and "goodput" in rep.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (optional)")

@@ -164,7 +164,7 @@ def outcome(run_dir: Path, returncode: int, world_size: int) -> Outcome:
             "(a config or usage error: the run is not restarted)",
         )
     missing = [r for r in range(world_size) if r not in codes]
-    if returncode == 0 and not missing and all(c == 0 for c in codes.values()):
+    if returncode == 0 and all(c == 0 for c in codes.values()):  # torchrun saw every worker exit 0
         return Outcome(exit_codes.DONE, exit_codes.REASON_DONE, "the script finished")
     bad = sorted(r for r, c in codes.items() if c not in (0, exit_codes.REQUEUE))
     if not missing and not bad and exit_codes.REQUEUE in codes.values():
