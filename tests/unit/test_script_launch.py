@@ -122,6 +122,14 @@ def test_wrapper_finds_the_resume_point_at_each_start(tmp_path):
     assert rundir.read_exit_reason(run_dir) == "preempted"
 
 
+def test_slurm_context_is_static_and_shell_quoted(tmp_path):
+    cfg, p = _cfg(tmp_path, SCRIPT_RUN.replace("'1e-3'", "'a b'"))
+    ctx = S.slurm_context(cfg, p, cfg.run_dir)
+    assert ctx["workdir"] == str(tmp_path) and ctx["env"][runtime.ENV_RUN_DIR] == str(cfg.run_dir.resolve())
+    assert ctx["worker_args_shell"].endswith("train.py --lr 'a b'")
+    assert ctx["worker_args_shell"].startswith("-m mltrain.launch.script ")
+
+
 def test_missing_script_is_one_line(tmp_path):
     cfg, p = _cfg(tmp_path, SCRIPT_RUN.replace("train.py", "nope.py"))
     with pytest.raises(ConfigError, match="script.path: .*nope.py is not a file"):

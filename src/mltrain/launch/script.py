@@ -99,6 +99,21 @@ def local_command(cfg: RunConfig, script_path: Path, nproc: int) -> list[str]:
     ]
 
 
+def slurm_context(cfg: RunConfig, run_yaml: str | os.PathLike[str], run_dir: Path) -> dict[str, Any]:
+    """What the sbatch template needs for a script run (follow-up of the Slurm launcher): per node,
+    `cd {{ workdir }}`, export {{ env }}, then `torchrun <nodes/rendezvous flags> {{ worker_args_shell }}`."""
+    import shlex
+
+    script_path, workdir = resolve_script(cfg, run_yaml)
+    args = worker_args(cfg, script_path)
+    return {
+        "workdir": str(workdir),
+        "env": script_env(cfg, run_dir),
+        "worker_args": args,
+        "worker_args_shell": shlex.join(args),
+    }
+
+
 def script_config_yaml(cfg: RunConfig) -> str:
     """config.yaml for a script run: only the sections that mean something for it (config.dump_yaml)."""
     from mltrain.config import dump_yaml
