@@ -73,10 +73,53 @@ PlanSetOpt = Annotated[
 RunRef = Annotated[str, typer.Argument(help="run name (under ./runs or $MLTRAIN_BASE_DIR/runs) or run dir")]
 
 
-def _run_config(path: Path, overrides: list[str] | None):
+def _run_config(path: Path, overrides: list[str] | None, script_ok: bool = False):
+    """The run config; commands of the built-in trainer refuse a script run (script:) with one line."""
     from mltrain.config import load_run_config
 
-    return load_run_config(path, overrides or [])
+    cfg = load_run_config(path, overrides or [])
+    if not script_ok:
+        _builtin_only(cfg, "this command", path)
+    return cfg
+
+
+# --------------------------------------------------------------------------- bring your own script (issue 12)
+
+
+@config_app.command("from-deepspeed")
+def config_from_deepspeed(
+    ds_config: Annotated[Path, typer.Argument(help="DeepSpeed config JSON, e.g. ds_config.json", show_default=False)],
+) -> None:
+    """Print the mltrain train: settings equivalent to a DeepSpeed config, and what cannot be mapped."""
+    from mltrain.integrations.from_deepspeed import from_deepspeed_command
+
+    console.print(from_deepspeed_command(ds_config), end="", highlight=False, markup=False, soft_wrap=True)
+
+
+def _builtin_only(cfg_or_yaml, what: str, source_or_overrides=None) -> None:
+    """Commands of the built-in trainer refuse a script run (script: in the run config) with one line."""
+    from mltrain.config import RunConfig, load_run_config, require_builtin
+
+    if isinstance(cfg_or_yaml, RunConfig):
+        require_builtin(cfg_or_yaml, what, source_or_overrides or "")
+        return
+    require_builtin(load_run_config(cfg_or_yaml, list(source_or_overrides or [])), what, cfg_or_yaml)
+
+
+def _train_script(run_yaml: Path, overrides: list[str], nproc: int) -> int | None:
+    """`mltrain train` of a script run: the user's script under torchrun (launch/script.py); None otherwise."""
+    from mltrain.config import check_nproc, load_run_config
+
+    cfg = load_run_config(run_yaml, overrides)
+    if cfg.script is None:
+        return None
+    from mltrain.launch.script import run_script_local
+
+    check_nproc(cfg, nproc, run_yaml)
+    return run_script_local(cfg, run_yaml, nproc)
+
+
+# --------------------------------------------------------------------------- end bring your own script
 
 
 # --------------------------------------------------------------------------- config
@@ -87,7 +130,7 @@ def config_show(run_yaml: RunYaml, set_: SetOpt = None) -> None:
     """Print the resolved run config (presets expanded, overrides applied, defaults filled)."""
     from mltrain.config import dump_yaml
 
-    console.print(dump_yaml(_run_config(run_yaml, set_)), end="", highlight=False, markup=False)
+    console.print(dump_yaml(_run_config(run_yaml, set_, script_ok=True)), end="", highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -98,9 +141,7 @@ def data_prepare(run_yaml: RunYaml, set_: SetOpt = None) -> None:
     """Tokenize the sources, pack fixed-size token shards and write manifest.json."""
     from mltrain.data.prepare import prepare_data
 
-    cfg = _run_config(run_yaml, set_)
-    _builtin_only(cfg, "mltrain data prepare", run_yaml)
-    prepare_data(cfg, console=console)
+    prepare_data(_run_config(run_yaml, set_), console=console)
 
 
 @data_app.command("validate")
@@ -115,7 +156,6 @@ def data_validate(
     vocab_size = None
     if target.suffix in (".yaml", ".yml"):
         cfg = _run_config(target, set_)
-        _builtin_only(cfg, "mltrain data validate", target)
         data_dir, vocab_size = Path(cfg.data.dir), cfg.model.vocab_size
     ok = validate_data_dir(data_dir, model_vocab_size=vocab_size, console=console)
     raise typer.Exit(0 if ok else 1)
@@ -133,7 +173,8 @@ def train(
     """Train (or resume) a run on this machine: one process, or torchrun with --nproc N."""
     from mltrain.launch.local import train_local
 
-    raise typer.Exit(train_local(run_yaml, set_ or [], nproc=nproc))
+    script_rc = _train_script(run_yaml, set_ or [], nproc)
+    raise typer.Exit(train_local(run_yaml, set_ or [], nproc=nproc) if script_rc is None else script_rc)
 
 
 @app.command()
@@ -430,32 +471,6 @@ def cluster_delete(
 def cluster_status(cluster_yaml: ClusterYaml, dry_run: DryRunOpt = False) -> None:
     """`pcluster describe-cluster`: status, stack, compute fleet, head node address, failures."""
     _cluster_action("status", cluster_yaml, None, dry_run)
-
-
-# --------------------------------------------------------------------------- bring your own script (issue 12)
-
-
-@config_app.command("from-deepspeed")
-def config_from_deepspeed(
-    ds_config: Annotated[Path, typer.Argument(help="DeepSpeed config JSON, e.g. ds_config.json", show_default=False)],
-) -> None:
-    """Print the mltrain train: settings equivalent to a DeepSpeed config, and what cannot be mapped."""
-    from mltrain.integrations.from_deepspeed import from_deepspeed_command
-
-    console.print(from_deepspeed_command(ds_config), end="", highlight=False, markup=False, soft_wrap=True)
-
-
-def _builtin_only(cfg_or_yaml, what: str, source_or_overrides=None) -> None:
-    """Commands of the built-in trainer refuse a script run (script: in the run config) with one line."""
-    from mltrain.config import RunConfig, load_run_config, require_builtin
-
-    if isinstance(cfg_or_yaml, RunConfig):
-        require_builtin(cfg_or_yaml, what, source_or_overrides or "")
-        return
-    require_builtin(load_run_config(cfg_or_yaml, list(source_or_overrides or [])), what, cfg_or_yaml)
-
-
-# --------------------------------------------------------------------------- end bring your own script
 
 
 def main() -> None:

@@ -57,7 +57,9 @@ def test_builtin_commands_refuse_a_script_run_with_one_line(tmp_path):
     r = _mltrain("data", "prepare", str(p), cwd=tmp_path)
     assert r.returncode == exit_codes.CONFIG_ERROR, r.stderr
     err = " ".join(r.stderr.split())
-    assert "mltrain data prepare works on runs of the built-in trainer" in err and "Traceback" not in r.stderr
+    assert "this command works on runs of the built-in trainer" in err and "Traceback" not in r.stderr
+    r = _mltrain("data", "validate", str(p), cwd=tmp_path)
+    assert r.returncode == exit_codes.CONFIG_ERROR and "Traceback" not in r.stderr, r.stderr
     # export of a script run's dir (config.yaml written by the launcher)
     run_dir = tmp_path / "runs" / "byos"
     S.prepare_run_dir(load_run_config(p), run_dir)

@@ -54,10 +54,6 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     """Train on this machine. Returns the exit code (exit_codes: 0 done, 75 stopped for requeue)."""
     cfg = load_run_config(run_yaml, overrides)
     check_nproc(cfg, nproc, run_yaml)
-    if cfg.script is not None:  # the user's own script under torchrun (launch/script.py)
-        from mltrain.launch.script import run_script_local
-
-        return run_script_local(cfg, run_yaml, nproc)
     nproc = _fit_to_gpus(nproc, cfg.train.device)
     is_worker = "LOCAL_RANK" in os.environ  # started by torchrun (here or by srun on a cluster)
     if nproc > 1 and not is_worker:
