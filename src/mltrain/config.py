@@ -22,6 +22,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ScriptConfig(StrictModel):
+    """The user's own torchrun script, run instead of the built-in trainer (launch/script.py).
+
+    `path` and the script's working directory are relative to the run config file's directory.
+    """
+
+    path: str = Field(min_length=1, description="the training script, e.g. train.py")
+    args: list[str] = Field(default_factory=list, description="passed to the script verbatim")
+    resume_arg: str | None = Field(
+        default=None,
+        description="e.g. --resume_from_checkpoint: appended with the newest complete checkpoint on a restart",
+    )
+    checkpoint_dir: str = Field(default="checkpoints", description="where the script saves, relative to the run dir")
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -236,21 +251,6 @@ class LaunchConfig(StrictModel):
     requeue_grace_s: int = Field(default=120, gt=0, description="USR1 this long before the time limit")
 
 
-class ScriptConfig(StrictModel):
-    """The user's own torchrun script, run instead of the built-in trainer (launch/script.py).
-
-    `path` and the script's working directory are relative to the run config file's directory.
-    """
-
-    path: str = Field(min_length=1, description="the training script, e.g. train.py")
-    args: list[str] = Field(default_factory=list, description="passed to the script verbatim")
-    resume_arg: str | None = Field(
-        default=None,
-        description="e.g. --resume_from_checkpoint: appended with the newest complete checkpoint on a restart",
-    )
-    checkpoint_dir: str = Field(default="checkpoints", description="where the script saves, relative to the run dir")
-
-
 class RunConfig(StrictModel):
     """One training run: everything `mltrain train` needs."""
 
@@ -258,23 +258,11 @@ class RunConfig(StrictModel):
     base_dir: str = "."
     seed: int = 1234
     model: ModelConfig | None = None  # required unless `script` is set
+    script: ScriptConfig | None = None  # set: run this script instead of the built-in trainer (launch/script.py)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
-    script: ScriptConfig | None = None  # set: run this script instead of the built-in trainer (launch/script.py)
-
-    @model_validator(mode="after")
-    def _model_or_script(self) -> RunConfig:
-        """The built-in trainer needs a model; a script run brings its own (and then model: is a mistake)."""
-        if self.script is None and self.model is None:
-            raise ValueError("model: required key is missing (or name your own training script under script:)")
-        if self.script is not None and self.model is not None:
-            raise ValueError(
-                "script: and model: are both set: a script run builds its own model; drop model: "
-                "(or drop script: to use the built-in trainer)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _tokenizer_from_init_dir(self) -> RunConfig:
@@ -289,6 +277,18 @@ class RunConfig(StrictModel):
     def _check_lengths(self) -> RunConfig:
         if self.model is not None and self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        return self
+
+    @model_validator(mode="after")
+    def _model_or_script(self) -> RunConfig:
+        """The built-in trainer needs a model; a script run brings its own (and then model: is a mistake)."""
+        if self.script is None and self.model is None:
+            raise ValueError("model: required key is missing (or name your own training script under script:)")
+        if self.script is not None and self.model is not None:
+            raise ValueError(
+                "script: and model: are both set: a script run builds its own model; drop model: "
+                "(or drop script: to use the built-in trainer)"
+            )
         return self
 
     @property

@@ -219,7 +219,26 @@ def run_script_local(cfg: RunConfig, run_yaml: str | os.PathLike[str], nproc: in
     request (control/stop, as the Slurm batch script does): a cooperating script checkpoints and exits 75."""
     script_path, workdir = resolve_script(cfg, run_yaml)
     run_dir = cfg.run_dir.resolve()
-    prepare_run_dir(cfg, run_dir)
+    held = _take_lease(run_dir)
+    try:
+        prepare_run_dir(cfg, run_dir)
+        return _run_local(cfg, script_path, workdir, run_dir, nproc)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _take_lease(run_dir: Path) -> Any:
+    """The run dir's lease (mltrain.lease, CONTRACTS item 4), so two launches cannot share a run dir and
+    `mltrain stop RUN` finds the holder; None where the lease module is not there yet."""
+    try:
+        from mltrain import lease
+    except ImportError:
+        return None
+    return lease.acquire_lease(run_dir, job_id=os.environ.get("SLURM_JOB_ID"))
+
+
+def _run_local(cfg: RunConfig, script_path: Path, workdir: Path, run_dir: Path, nproc: int) -> int:
     env = dict(os.environ)
     for stale in ("MLTRAIN_RESUME_FROM", ENV_RESUME_ARG):  # inherited from a parent run
         env.pop(stale, None)
