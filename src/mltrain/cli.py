@@ -73,10 +73,53 @@ PlanSetOpt = Annotated[
 RunRef = Annotated[str, typer.Argument(help="run name (under ./runs or $MLTRAIN_BASE_DIR/runs) or run dir")]
 
 
-def _run_config(path: Path, overrides: list[str] | None):
+def _run_config(path: Path, overrides: list[str] | None, script_ok: bool = False):
+    """The run config; commands of the built-in trainer refuse a script run (script:) with one line."""
     from mltrain.config import load_run_config
 
-    return load_run_config(path, overrides or [])
+    cfg = load_run_config(path, overrides or [])
+    if not script_ok:
+        _builtin_only(cfg, "this command", path)
+    return cfg
+
+
+# --------------------------------------------------------------------------- bring your own script (issue 12)
+
+
+@config_app.command("from-deepspeed")
+def config_from_deepspeed(
+    ds_config: Annotated[Path, typer.Argument(help="DeepSpeed config JSON, e.g. ds_config.json", show_default=False)],
+) -> None:
+    """Print the mltrain train: settings equivalent to a DeepSpeed config, and what cannot be mapped."""
+    from mltrain.integrations.from_deepspeed import from_deepspeed_command
+
+    console.print(from_deepspeed_command(ds_config), end="", highlight=False, markup=False, soft_wrap=True)
+
+
+def _builtin_only(cfg_or_yaml, what: str, source_or_overrides=None) -> None:
+    """Commands of the built-in trainer refuse a script run (script: in the run config) with one line."""
+    from mltrain.config import RunConfig, load_run_config, require_builtin
+
+    if isinstance(cfg_or_yaml, RunConfig):
+        require_builtin(cfg_or_yaml, what, source_or_overrides or "")
+        return
+    require_builtin(load_run_config(cfg_or_yaml, list(source_or_overrides or [])), what, cfg_or_yaml)
+
+
+def _train_script(run_yaml: Path, overrides: list[str], nproc: int) -> int | None:
+    """`mltrain train` of a script run: the user's script under torchrun (launch/script.py); None otherwise."""
+    from mltrain.config import check_nproc, load_run_config
+
+    cfg = load_run_config(run_yaml, overrides)
+    if cfg.script is None:
+        return None
+    from mltrain.launch.script import run_script_local
+
+    check_nproc(cfg, nproc, run_yaml)
+    return run_script_local(cfg, run_yaml, nproc)
+
+
+# --------------------------------------------------------------------------- end bring your own script
 
 
 # --------------------------------------------------------------------------- config
@@ -87,7 +130,7 @@ def config_show(run_yaml: RunYaml, set_: SetOpt = None) -> None:
     """Print the resolved run config (presets expanded, overrides applied, defaults filled)."""
     from mltrain.config import dump_yaml
 
-    console.print(dump_yaml(_run_config(run_yaml, set_)), end="", highlight=False, markup=False)
+    console.print(dump_yaml(_run_config(run_yaml, set_, script_ok=True)), end="", highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -136,7 +179,8 @@ def train(
     """Train (or resume) a run on this machine: one process, or torchrun with --nproc N."""
     from mltrain.launch.local import train_local
 
-    raise typer.Exit(train_local(run_yaml, set_ or [], nproc=nproc))
+    script_rc = _train_script(run_yaml, set_ or [], nproc)
+    raise typer.Exit(train_local(run_yaml, set_ or [], nproc=nproc) if script_rc is None else script_rc)
 
 
 @app.command()
@@ -163,6 +207,7 @@ def export(
     from mltrain.model.hf import export_run
     from mltrain.rundir import resolve_run
 
+    _builtin_only(resolve_run(run) / "config.yaml", "mltrain export")
     out = export_run(resolve_run(run), hf, step=step, dtype=dtype, overwrite=force, max_shard_gb=max_shard_gb)
     console.print(f"exported to {out}")
 
@@ -259,6 +304,7 @@ def submit(
     """Render the sbatch script into the run dir and submit it to Slurm."""
     from mltrain.launch.slurm import submit_run
 
+    _builtin_only(run_yaml, "mltrain submit (Slurm; script runs: coming, use mltrain train --nproc N for now)", set_)
     submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
 
 
@@ -373,6 +419,7 @@ def k8s_render(
     """Render the run as a PyTorchJob, or a TrainJob with its TrainingRuntime."""
     from mltrain.launch.k8s.client import render_command
 
+    _builtin_only(run_yaml, "mltrain k8s render", set_)
     render_command(run_yaml, cluster, kind, out, set_ or [], console=console)
 
 
@@ -381,6 +428,7 @@ def k8s_submit(run_yaml: RunYaml, cluster: EksOpt, kind: KindOpt = "pytorchjob",
     """Create the job in the cluster's namespace (kubeconfig or in-cluster credentials)."""
     from mltrain.launch.k8s.client import submit
 
+    _builtin_only(run_yaml, "mltrain k8s submit", set_)
     submit(run_yaml, cluster, kind, set_ or [], console=console)
 
 

@@ -22,6 +22,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ScriptConfig(StrictModel):
+    """The user's own torchrun script, run instead of the built-in trainer (launch/script.py).
+
+    `path` and the script's working directory are relative to the run config file's directory.
+    """
+
+    path: str = Field(min_length=1, description="the training script, e.g. train.py")
+    args: list[str] = Field(default_factory=list, description="passed to the script verbatim")
+    resume_arg: str | None = Field(
+        default=None,
+        description="e.g. --resume_from_checkpoint: appended with the newest complete checkpoint on a restart",
+    )
+    checkpoint_dir: str = Field(default="checkpoints", description="where the script saves, relative to the run dir")
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -299,7 +314,8 @@ class RunConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     base_dir: str = "."
     seed: int = 1234
-    model: ModelConfig
+    model: ModelConfig | None = None  # required unless `script` is set
+    script: ScriptConfig | None = None  # set: run this script instead of the built-in trainer (launch/script.py)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -309,7 +325,7 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _tokenizer_from_init_dir(self) -> RunConfig:
         """Starting from a published checkpoint means using its tokenizer, unless told otherwise."""
-        if self.model.init_from and self.data.tokenizer is None:
+        if self.model is not None and self.model.init_from and self.data.tokenizer is None:
             candidate = Path(self.model.init_from) / "tokenizer.json"
             if candidate.is_file():
                 self.data.tokenizer = str(candidate)
@@ -317,8 +333,20 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_lengths(self) -> RunConfig:
-        if self.train.seq_len > self.model.max_seq_len:
+        if self.model is not None and self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        return self
+
+    @model_validator(mode="after")
+    def _model_or_script(self) -> RunConfig:
+        """The built-in trainer needs a model; a script run brings its own (and then model: is a mistake)."""
+        if self.script is None and self.model is None:
+            raise ValueError("model: required key is missing (or name your own training script under script:)")
+        if self.script is not None and self.model is not None:
+            raise ValueError(
+                "script: and model: are both set: a script run builds its own model; drop model: "
+                "(or drop script: to use the built-in trainer)"
+            )
         return self
 
     @property
@@ -326,6 +354,16 @@ class RunConfig(StrictModel):
         from mltrain.rundir import run_path
 
         return run_path(self.base_dir, self.name)
+
+
+def require_builtin(cfg: RunConfig, what: str, source: str | Path = "") -> None:
+    """Commands that only make sense for the built-in trainer refuse a script run with one line."""
+    if cfg.script is not None:
+        where = f"{source}: " if source else ""
+        raise ConfigError(
+            f"{where}{what} works on runs of the built-in trainer; this run config runs its own script "
+            f"({cfg.script.path}) under script:"
+        )
 
 
 def check_nproc(cfg: RunConfig, nproc: int, path: str | Path | None = None) -> None:
@@ -337,7 +375,7 @@ def check_nproc(cfg: RunConfig, nproc: int, path: str | Path | None = None) -> N
     source = f"{path}: --nproc" if path else "--nproc"
     if nproc < 1:
         raise ConfigError(f"{source} {nproc}: must be at least 1")
-    if nproc > 1 and cfg.train.parallel == "none":
+    if nproc > 1 and cfg.train.parallel == "none" and cfg.script is None:
         raise ConfigError(
             f"{source} {nproc} with train.parallel: none would train {nproc} unsynchronised copies; "
             "use --set train.parallel=ddp (or fsdp), or --nproc 1"
@@ -436,4 +474,11 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 
 
 def dump_yaml(model: BaseModel) -> str:
-    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
+    data = model.model_dump(mode="json")
+    if isinstance(model, RunConfig) and model.script is None:
+        data.pop("script", None)  # built-in trainer runs dump as before script: existed
+    elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)
+        for key in ("model", "data", "train", "checkpoint"):
+            if key not in model.model_fields_set:
+                data.pop(key, None)
+    return yaml.safe_dump(data, sort_keys=False)

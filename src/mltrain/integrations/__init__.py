@@ -1,0 +1,1 @@
+"""Integrations of mltrain with other training libraries (imported on demand, never by `import mltrain`)."""
