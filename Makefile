@@ -25,8 +25,11 @@ demo: venv
 	$(VENV)/bin/mltrain train configs/demo.yaml --nproc 2
 	$(VENV)/bin/mltrain report demo
 
+# Two workers (pytest-xdist); the real-Slurm tests share one worker (tests/conftest.py). The Debian
+# packages the tests start (Slurm, Prometheus, shellcheck) are installed first, once.
 test: venv
-	$(VENV)/bin/python -m pytest -q
+	bash scripts/test-deps.sh
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
