@@ -214,8 +214,21 @@ def eta_seconds(step: int | None, total_steps: int | None, step_time_s: float | 
     return max(0, total_steps - step) * step_time_s
 
 
-def last_checkpoint(run_dir: Path) -> tuple[int, float] | None:
-    """(step, mtime) of the newest committed checkpoint dir, or None."""
+def last_checkpoint(run_dir: Path, script_checkpoint_dir: str | None = None) -> tuple[int, float] | None:
+    """(step, mtime) of the newest committed checkpoint dir, or None. A script run (run config `script:`)
+    keeps its own checkpoints (e.g. HF Trainer's checkpoint-N) in `script_checkpoint_dir`: the newest one
+    `mltrain.runtime` would resume from counts there."""
+    if script_checkpoint_dir is not None:
+        from mltrain.runtime import checkpoint_step, latest_checkpoint
+
+        found = latest_checkpoint(run_dir / script_checkpoint_dir)
+        if found is None:
+            return None
+        p = Path(found)
+        try:
+            return checkpoint_step(p) or 0, p.stat().st_mtime
+        except OSError:
+            return None
     best: tuple[int, float] | None = None
     try:
         entries = list((run_dir / rundir.CHECKPOINTS_DIR).iterdir())

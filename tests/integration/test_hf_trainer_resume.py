@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mltrain import rundir, runtime
+from mltrain.launch import status
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -76,6 +77,10 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     assert runtime.latest_checkpoint(run_dir / "checkpoints") == str(ckpt)
     assert rundir.read_exit_reason(run_dir) == "preempted"
     assert not (run_dir / rundir.STOP_FILE).exists()  # honoured, so the restart is not stopped at once
+    # Before: status showed "N/?" and "mltrain train from step 0" for a script run (it knew only step_N dirs).
+    stopped = status.run_status(run_dir)
+    assert stopped.total_steps == 14 and stopped.ckpt_step == stop_step, stopped
+    assert f"from step {stop_step}" in stopped.explanation, stopped.explanation
 
     proc = _train(run_yaml)
     out, _ = proc.communicate(timeout=TIMEOUT_S)
@@ -100,7 +105,7 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     row = next(line.split() for line in st.stdout.splitlines() if line.startswith("hf "))
     header = next(line.split() for line in st.stdout.splitlines() if line.startswith("run "))
     cells = dict(zip(header, row, strict=False))
-    assert cells["state"] == "done" and cells["step"].startswith("14") and cells["rst"] == "1", st.stdout
+    assert cells["state"] == "done" and cells["step"] == "14/14" and cells["rst"] == "1", st.stdout
     assert 0 < float(cells["loss"]) < 6, st.stdout
     rep = subprocess.run([sys.executable, "-m", "mltrain", "report", str(run_dir)], capture_output=True, text=True)
     assert rep.returncode == 0 and (run_dir / "report.png").is_file(), rep.stderr

@@ -85,13 +85,27 @@ class RunStatus:
     notes: list[str] = field(default_factory=list)
 
 
-def _total_steps(run_dir: Path) -> int | None:
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved run config (config.yaml, else the copy the Slurm launcher keeps), {} when unreadable."""
     for p in (run_dir / rundir.CONFIG_FILE, run_dir / rundir.SLURM_DIR / RUN_CONFIG_NAME):
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-            return int(data["train"]["max_steps"])
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError):
             continue
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def _total_steps(config: dict[str, Any], metrics: list[dict[str, Any]]) -> int | None:
+    """train.max_steps, else (a script run) the max_steps its newest start record announced."""
+    try:
+        return int(config["train"]["max_steps"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    for rec in reversed(metrics):
+        if rec.get("kind") == "start" and isinstance(rec.get("max_steps"), int):
+            return int(rec["max_steps"])
     return None
 
 
@@ -151,7 +165,8 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     trains = [r for r in metrics if r.get("kind") == "train"]
     cur = runstats.current_trains(metrics)
     last_rec = metrics[-1] if metrics else None
-    st.total_steps = _total_steps(run_dir)
+    config = _run_config(run_dir)
+    st.total_steps = _total_steps(config, metrics)
     if trains:
         st.step = trains[-1].get("step")
         st.mfu = runstats.smoothed(trains, "mfu")
@@ -162,7 +177,10 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         st.step = exits[-1].get("step")
     st.restarts = runstats.restarts_of(metrics, restarts)
     st.preemptions = runstats.count_preemptions(restarts)
-    ck = runstats.last_checkpoint(run_dir)
+    script = config.get("script")
+    ck = runstats.last_checkpoint(
+        run_dir, script.get("checkpoint_dir", rundir.CHECKPOINTS_DIR) if isinstance(script, dict) else None
+    )
     if ck:
         st.ckpt_step, st.ckpt_age_s = ck[0], max(0.0, now - ck[1])
 
