@@ -53,7 +53,7 @@ class Allocation:
 
 
 def count_restarts(restarts: list[dict[str, Any]]) -> int:
-    """Restarts = launcher decisions that started the run again (CONTRACTS item 1)."""
+    """Restarts = launcher decisions that started the run again (the definition in the module docstring)."""
     return sum(1 for r in restarts if r.get("action") in RESTART_ACTIONS)
 
 

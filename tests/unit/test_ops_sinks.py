@@ -53,7 +53,7 @@ def test_file_sd_targets(tmp_path):
     assert q.name == "r1--p5-1-9411.json"
 
 
-def test_restarts_follow_the_contract(tmp_path):
+def test_restarts_follow_the_one_definition(tmp_path):
     lines = [{"action": "requeue"}, {"action": "none"}, {"action": "restart_in_place"}, {"action": "give_up"}]
     (tmp_path / "restarts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert restarts_in(tmp_path) == 2

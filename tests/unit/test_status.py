@@ -1,4 +1,4 @@
-"""`status` on Slurm cases (hand-written restarts.jsonl / allocations.jsonl records per CONTRACTS.md, a fake
+"""`status` on Slurm cases (hand-written restarts.jsonl / allocations.jsonl records in the launcher format, a fake
 Slurm client for the scheduler's view: no slurmctld runs in unit tests), the runstats definitions, and
 tables that fit 80 columns. The same figures on a real trainer's output: tests/integration/
 test_status_report_real.py.

@@ -123,7 +123,7 @@ def script_config_yaml(cfg: RunConfig) -> str:
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """Create the run dir, write config.yaml, and clear the previous start's verdict files. A stop file
-    left from before this start is stale (CONTRACTS item 5): removed, and said so."""
+    left from before this start is stale: removed, and said so."""
     (run_dir / rundir.CONTROL_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / rundir.CONFIG_FILE, script_config_yaml(cfg))
     for name in (rundir.EXIT_REASON_FILE, rundir.EXIT_MESSAGE_FILE):
@@ -229,7 +229,7 @@ def run_script_local(cfg: RunConfig, run_yaml: str | os.PathLike[str], nproc: in
 
 
 def _take_lease(run_dir: Path) -> Any:
-    """The run dir's lease (mltrain.lease, CONTRACTS item 4), so two launches cannot share a run dir and
+    """The run dir's lease (mltrain.lease), so two launches cannot share a run dir and
     `mltrain stop RUN` finds the holder; None where the lease module is not there yet."""
     try:
         from mltrain import lease

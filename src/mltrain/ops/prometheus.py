@@ -58,11 +58,11 @@ DCGM_FIELDS = {
 
 
 def restarts_in(run_dir: Path) -> int:
-    """CONTRACTS.md #1: restarts = lines of restarts.jsonl whose action is requeue or restart_in_place."""
-    from mltrain.fsutil import read_jsonl
-    from mltrain.rundir import RESTARTS_FILE
+    """The restart count `status` and `report` show (mltrain.runstats has the one definition)."""
+    from mltrain import runstats
 
-    return sum(1 for r in read_jsonl(run_dir / RESTARTS_FILE) if r.get("action") in ("requeue", "restart_in_place"))
+    metrics, restarts, _ = runstats.read_run_files(run_dir)
+    return runstats.restarts_of(metrics, restarts)
 
 
 class NvmlCollector:
