@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mltrain.config import RunConfig
-from mltrain.errors import CheckpointError, DataError
+from mltrain.errors import DataError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -29,20 +30,10 @@ class RunModel:
 
 
 def pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
-    """The newest committed checkpoint, or the one of `step`; the error lists the steps there are."""
-    from mltrain.train.checkpoint import find_checkpoints
+    """The newest checkpoint that passes every check, or the one of `step`; skipped ones are named."""
+    from mltrain.train.checkpoint import require_checkpoint
 
-    ckpts = find_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint (train the run first)")
-    if step is None:
-        return ckpts[-1]
-    found = dict(ckpts)
-    if step not in found:
-        raise CheckpointError(
-            f"{run_dir}/checkpoints: no committed checkpoint for step {step}; have {', '.join(map(str, found))}"
-        )
-    return step, found[step]
+    return require_checkpoint(run_dir, lambda m: print(f"warning: {m}", file=sys.stderr), step)
 
 
 def load_run_model(run_dir: Path, step: int | None = None, device: str = "auto") -> RunModel:

@@ -734,23 +734,16 @@ def export_run(
     from rich.markup import escape
 
     from mltrain.config import load_run_config
-    from mltrain.train.checkpoint import find_checkpoints, load_model_state_dict, pick_checkpoint
+    from mltrain.train.checkpoint import load_model_state_dict, require_checkpoint
 
     run_dir = Path(run_dir)
     tdtype = _parse_dtype(dtype)
     _check_out_dir(Path(out_dir), overwrite)
     cfg = load_run_config(run_dir / "config.yaml")
     console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
-    picked = pick_checkpoint(
+    picked = require_checkpoint(
         run_dir, lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False), step
     )
-    if picked is None:
-        if step is None:
-            raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint to export")
-        have = [str(s) for s, _ in find_checkpoints(run_dir, deep=False)]
-        raise CheckpointError(
-            f"{run_dir}/checkpoints: no committed checkpoint for step {step}; have {', '.join(have) or 'none'}"
-        )
     ckpt = picked[1]
     why = "as requested" if step is not None else "the newest valid checkpoint"
     console.print(escape(f"exporting step {picked[0]} ({why}) from {ckpt}"), highlight=False)

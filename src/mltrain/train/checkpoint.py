@@ -183,6 +183,19 @@ def pick_checkpoint(run_dir: Path, warn: Warn, step: int | None = None) -> tuple
     return None
 
 
+def require_checkpoint(run_dir: Path, warn: Warn, step: int | None = None) -> tuple[int, Path]:
+    """`pick_checkpoint`, or a CheckpointError that says which steps there are (export, eval, sample)."""
+    picked = pick_checkpoint(run_dir, warn, step)
+    if picked is not None:
+        return picked
+    if step is None:
+        raise CheckpointError(f"{run_dir}/checkpoints: no committed checkpoint (train the run first)")
+    have = [str(s) for s, _ in find_checkpoints(run_dir, deep=False)]
+    raise CheckpointError(
+        f"{run_dir}/checkpoints: no committed checkpoint for step {step}; have {', '.join(have) or 'none'}"
+    )
+
+
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
     try:
         return json.loads((ckpt / TRAINER_STATE).read_text())
