@@ -142,7 +142,9 @@ def test_failing_node_is_excluded_then_gives_up_after_max_restarts(env: Env) -> 
     assert allocs[1]["nodes"] == ["node1", "node3"]
     assert "giving up after 1 restarts" in _out(run, job)
     s1 = starts(run)[1]
-    t_fail = max(r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] < s1["time"])
+    t_fail = max(
+        r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] < s1["time"]
+    )
     FIGURES["rank_failure_requeue_to_first_step_s"] = round(first_step_after(run, s1["time"]) - t_fail, 1)
 
 
