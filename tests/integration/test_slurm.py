@@ -72,10 +72,11 @@ def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: 
         (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {tmp_path}")
     )
     sub = prepare_submission(GOLDEN_RUN, spec)
-    a, b = sub.script.index("  torchrun --nnodes"), sub.script.index("  2> >(tee")
+    end = ' -m mltrain train "$CONFIG" &\n'
+    a, b = sub.script.index("    bash -c 'exec"), sub.script.index(end) + len(end)
     stand_in = (
-        '  bash -c \'if [ $SLURM_PROCID = 0 ]; then echo done > "$0"; else trap "" TERM; sleep 300; fi\' '
-        f"{sub.run_dir}/control/exit_reason \\\n"
+        '    bash -c \'if [ $SLURM_PROCID = 0 ]; then echo done > "$0"; else trap "" TERM; sleep 300; fi\' '
+        f"{sub.run_dir}/control/exit_reason &\n"
     )
     script = sub.script[:a] + stand_in + sub.script[b:]
     (sub.run_dir / "slurm").mkdir(parents=True)

@@ -171,3 +171,32 @@ def test_time_limit_during_slow_stop_checkpoint_requeues(env: Env) -> None:
     assert "released the requeue hold" in out
     assert starts(run)[1]["step"] == rec["step"] and rec["step"] >= 10
     assert not list((run / "checkpoints").glob("*.tmp"))  # the killed stop checkpoint left nothing half-written
+
+
+def test_no_spare_continues_on_min_nodes(env: Env) -> None:
+    """A 3-node job (no spare in the 3-node partition) with launch.min_nodes=2: the rank on node2 is killed,
+    node2 is excluded anyway and the job is requeued on the 2 usable nodes (the real ExcNodeList and
+    NumNodes/NumTasks). The kill comes before the first checkpoint, so the run restarts from step 0 on
+    world size 2; resuming a checkpoint on another world size is the trainer's part (branch i9-ckpt)."""
+    spec = env.root / "local3.yaml"
+    spec.write_text(env.cluster.read_text().replace("nodes: 2", "nodes: 3"))
+    out = env.mltrain(
+        *env.submit_args("shrink", "launch.min_nodes=2", "launch.max_in_place_restarts=0", "train.max_steps=30"),
+        "--cluster",
+        str(spec),
+        env={"MLTRAIN_FAULT": "kill:5:@node2", **PACE},
+    )
+    job = out.split("submitted job ", 1)[1].split(":", 1)[0]
+    run = env.root / "runs" / "shrink"
+    deadline = time.monotonic() + 150
+    while len([a for a in records(run / "slurm" / "allocations.jsonl") if a["event"] == "start"]) < 2:
+        assert time.monotonic() < deadline, _out(run, job)
+        time.sleep(0.3)
+    assert job_field(job, "ExcNodeList") == "node2" and job_field(job, "NumNodes") == "2"
+    assert wait_job(job, 240) == "COMPLETED"
+    first = records(run / "restarts.jsonl")[0]
+    assert (first["cause"], first["node"], first["action"]) == ("rank_failure", "node2", "requeue")
+    allocs = [a for a in records(run / "slurm" / "allocations.jsonl") if a["event"] == "start"]
+    assert allocs[0]["nodes"] == ["node1", "node2", "node3"] and allocs[1]["nodes"] == ["node1", "node3"]
+    assert "continuing on 2 nodes (launch.min_nodes=2)" in (run / "slurm" / f"{job}.err").read_text()
+    assert [s["world_size"] for s in starts(run)] == [3, 2]
