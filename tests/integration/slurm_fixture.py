@@ -50,8 +50,10 @@ FINAL_STATES = {
 
 
 def _alive(pidfile: Path) -> bool:
+    """The daemon whose pid is in `pidfile` runs; for users/<pid> files, the name is the pid."""
     try:
-        os.kill(int(pidfile.read_text().strip()), 0)
+        pid = int(pidfile.name) if pidfile.name.isdigit() else int(pidfile.read_text().strip())
+        os.kill(pid, 0)
         return True
     except (OSError, ValueError):
         return False
@@ -74,8 +76,19 @@ def local_slurm() -> Iterator[Path]:
     conf = SLURM_DIR / "etc" / "slurm.conf"
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
+    # sessions using this cluster (pytest-xdist workers, a second pytest): the last one out stops it
+    users = SLURM_DIR / "users"
+    users.mkdir(exist_ok=True)
+    started_by_tests = SLURM_DIR / "started-by-tests"
+    if started_here:
+        started_by_tests.touch()
+    me = users / str(os.getpid())
+    me.touch()
     yield conf
-    if started_here and os.environ.get("MLTRAIN_SLURM_KEEP") != "1":
+    me.unlink(missing_ok=True)
+    others = [u for u in users.iterdir() if _alive(u)]
+    if not others and started_by_tests.exists() and os.environ.get("MLTRAIN_SLURM_KEEP") != "1":
+        started_by_tests.unlink(missing_ok=True)
         subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, timeout=120)
     if old is None:
         os.environ.pop("SLURM_CONF", None)
@@ -215,3 +228,13 @@ def make_env(tmp_path_factory: pytest.TempPathFactory, name: str) -> Env:
     e = Env(tmp_path_factory.mktemp(name))
     e.mltrain("data", "prepare", str(e.run_yaml))
     return e
+
+
+def write_figures(figures: dict[str, float]) -> None:
+    """Merge recovery-time figures into $MLTRAIN_SLURM_BENCH_JSON (several test files add to it)."""
+    out = os.environ.get("MLTRAIN_SLURM_BENCH_JSON")
+    if not out or not figures:
+        return
+    path = Path(out)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **figures}, indent=1, sort_keys=True) + "\n")
