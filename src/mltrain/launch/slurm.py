@@ -360,7 +360,7 @@ def submit_run(
     if p.returncode != 0:
         msg = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
         if "configuration source" in msg:
-            msg += " (is SLURM_CONF set? for the local test cluster: source /tmp/mltrain-slurm/env.sh)"
+            msg += " (is SLURM_CONF set? for the local test cluster: source <its state dir>/env.sh, see scripts/local-slurm/common.sh)"
         raise LaunchError(f"sbatch {sub.script_path}: {msg}")
     job_id = p.stdout.strip().split(";")[0]
     if not job_id.isdigit():
