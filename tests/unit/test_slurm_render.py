@@ -315,3 +315,32 @@ def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
     (run / "control" / "cancelled").write_text("7\n")
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
     assert rc == 0 and "requeue" not in log
+
+
+def test_unclosed_allocation_is_closed_by_the_next_attempt(tmp_path: Path) -> None:
+    """The script was SIGKILLed before it wrote its "end" line: the next attempt closes it at the time of the
+    last write to the job's .err (so the pending time in between is not counted as allocated)."""
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}\n"
+        "slurm: {hyperpod: false}\n"
+    )
+    sub = prepare_submission(RUN_YAML, spec)
+    run = sub.run_dir
+    (run / "slurm").mkdir(parents=True)
+    (run / "slurm" / "allocations.jsonl").write_text(
+        '{"event": "start", "job_id": "7", "time": 100.0, "attempt": 0, "nodes": ["nodeA","nodeB"], "time_limit_s": 86400}\n'
+    )
+    err = run / "slurm" / "7.err"
+    err.write_text(
+        "[mltrain] attempt 0 of job 7 starts\n"
+        "slurmstepd: error: *** JOB 7 ON nodeA CANCELLED AT 2026-11-30T12:00:00 DUE TO NODE FAILURE ***\n"
+    )
+    os.utime(err, (200, 200))
+    rc, _ = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="done")
+    events = [json.loads(x) for x in (run / "slurm" / "allocations.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["attempt"]) for e in events] == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert events[1]["time"] == 200 and events[1]["recovered"] is True
+    # the previous attempt's requeue was Slurm's own (node failure): recorded now, so the count agrees with Slurm
+    (rec,) = _records(run)
+    assert (rec["cause"], rec["action"], rec["attempt"]) == ("node_failure", "requeue", 0)
