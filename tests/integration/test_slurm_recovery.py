@@ -136,7 +136,7 @@ def test_failing_node_is_excluded_then_gives_up_after_max_restarts(env: Env) -> 
     assert second["slurm_restart_count"] == 1 and second["attempt"] == 1
     allocs = [a for a in records(run / "slurm" / "allocations.jsonl") if a["event"] == "start"]
     assert allocs[1]["nodes"] == ["node1", "node3"]
-    assert "giving up after 1 restarts" in _out(run, job)
+    assert "giving up after 1 restarts" in _out(run, job) and "released the requeue hold" in _out(run, job)
     s1 = starts(run)[1]
     t_fail = max(
         r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] < s1["time"]
