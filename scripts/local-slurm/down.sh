@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stop the daemons started by up.sh, by PID file only (never by name).
 #   --keep-munge  leave munged running      --purge  also delete Slurm state and logs
-# Env: MLTRAIN_SLURM_DIR (default /tmp/mltrain-slurm), as for up.sh.
-D=${MLTRAIN_SLURM_DIR:-/tmp/mltrain-slurm}
+# Env: MLTRAIN_SLURM_DIR (default per checkout, see common.sh), as for up.sh.
+# shellcheck source=common.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 keep_munge=0; purge=0
 for a in "$@"; do case $a in --keep-munge) keep_munge=1;; --purge) purge=1;; esac; done
 

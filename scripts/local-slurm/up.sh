@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a real Slurm 22.05 "cluster" on localhost for mltrain's tests (as root, Debian/Ubuntu).
 #
-#   munged (own key + socket) + slurmctld + 2 slurmd "nodes" (node1, node2) on 127.0.0.1,
+#   munged (own key + socket) + slurmctld + 3 slurmd "nodes" (node1..node3) on 127.0.0.1,
 #   each claiming 192 CPUs / 2 TB / 8 fake GPUs (SlurmdParameters=config_overrides + mknod'ed
 #   char devices in gres.conf), so the p5/p5e/g5 sbatch scripts mltrain renders schedule here.
 #   Partitions: local (default), gpu, g5 -- one per partition used in configs/clusters/*.yaml.
@@ -10,23 +10,21 @@
 # Slurm daemons. Stop with down.sh (by PID file).
 #
 # Env knobs:
-#   MLTRAIN_SLURM_DIR  state dir (default /tmp/mltrain-slurm); holds etc/, state/, log/, run/, dev/
-#   NNODES (2)  GPUS_PER_NODE (8)  CPUS_PER_NODE (192)  MEM_PER_NODE_MB (2000000)
-#   CTLD_PORT (16917)  NODE_PORT_BASE (17100: node i listens on base+i)
+#   MLTRAIN_SLURM_DIR  state dir (default per checkout, see common.sh); holds etc/, state/, log/, run/, dev/
+#   NNODES (3: jobs use 2, so a spare exists)  GPUS_PER_NODE (8)  CPUS_PER_NODE (192)  MEM_PER_NODE_MB (2000000)
+#   CTLD_PORT, NODE_PORT_BASE (node i listens on base+i): per checkout, see common.sh
 #   PARTITIONS ("local gpu g5"; the first is the default)   FRESH=1 wipes Slurm state first
 # Afterwards:  export SLURM_CONF=$MLTRAIN_SLURM_DIR/etc/slurm.conf   (or: source $MLTRAIN_SLURM_DIR/env.sh)
 set -euo pipefail
 
-D=${MLTRAIN_SLURM_DIR:-/tmp/mltrain-slurm}
-NNODES=${NNODES:-2}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"   # D, CTLD_PORT, NODE_PORT_BASE, NNODES (per checkout)
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_NODE=${CPUS_PER_NODE:-192}
 MEM_PER_NODE_MB=${MEM_PER_NODE_MB:-2000000}
-CTLD_PORT=${CTLD_PORT:-16917}
-NODE_PORT_BASE=${NODE_PORT_BASE:-17100}
 PARTITIONS=${PARTITIONS:-local gpu g5}
 FRESH=${FRESH:-0}
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CONF=$D/etc/slurm.conf
 MUNGE_SOCK=$D/munge/munge.socket.2
@@ -117,7 +115,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 MpiDefault=none
-ReturnToService=2
+ReturnToService=1
 SlurmdParameters=config_overrides
 EnforcePartLimits=ALL
 SlurmctldTimeout=30

@@ -260,8 +260,27 @@ class CheckpointConfig(StrictModel):
 class LaunchConfig(StrictModel):
     """Recovery policy used by the Slurm and Kubernetes launchers."""
 
-    max_restarts: int = Field(default=3, ge=0)
-    requeue_grace_s: int = Field(default=120, gt=0, description="USR1 this long before the time limit")
+    max_restarts: int = Field(default=3, ge=0, description="failures (rank, node, hang) recovered before giving up")
+    requeue_grace_s: int = Field(
+        default=120, gt=0, description="USR1 this long before the time limit; must be shorter than the limit"
+    )
+    max_in_place_restarts: int = Field(
+        default=2,
+        ge=0,
+        description="after a rank failure on healthy nodes, restart torchrun in the same allocation this many "
+        "times (each counted against max_restarts) before requeueing",
+    )
+    max_preemptions: int = Field(
+        default=3,
+        ge=1,
+        description="give up after this many preemption/time-limit requeues in a row without a new checkpoint",
+    )
+    min_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="when a failed node is excluded and no spare exists, continue on fewer nodes down to this "
+        "(the trainer resumes on the new world size); none = never shrink",
+    )
 
 
 class PrometheusLogConfig(StrictModel):

@@ -1,15 +1,21 @@
-"""A real Slurm 22.05 on localhost for the tests: scripts/local-slurm/up.sh (2 fake-GPU nodes).
+"""A real Slurm 22.05 on localhost for the tests: scripts/local-slurm/up.sh (3 fake-GPU nodes; jobs
+use 2, so a spare exists for node exclusion).
 
 `local_slurm` (session fixture, registered in conftest.py) brings the cluster up once, exports
-SLURM_CONF, and stops it at the end only if this session started it. Skips, with the reason,
-only when the tests cannot run as root or Slurm is missing and apt-get is not available.
+SLURM_CONF, and stops it at the end only if this session started it. The state dir and the ports
+are per checkout (scripts/local-slurm/common.sh hashes the repo path), so two checkouts testing at
+once run two clusters. Skips, with the reason, only when the tests cannot run as root or Slurm is
+missing and apt-get is not available.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +25,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UP = ROOT / "scripts" / "local-slurm" / "up.sh"
 DOWN = ROOT / "scripts" / "local-slurm" / "down.sh"
-SLURM_DIR = Path(os.environ.get("MLTRAIN_SLURM_DIR", "/tmp/mltrain-slurm"))
+COMMON = ROOT / "scripts" / "local-slurm" / "common.sh"
+
+
+def _checkout_settings() -> dict[str, str]:
+    """MLTRAIN_SLURM_DIR, CTLD_PORT, NODE_PORT_BASE, NNODES for this checkout (env overrides win)."""
+    out = subprocess.run(["bash", str(COMMON)], capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+SETTINGS = _checkout_settings()
+SLURM_DIR = Path(SETTINGS["MLTRAIN_SLURM_DIR"])
 FINAL_STATES = {
     "COMPLETED",
     "FAILED",
@@ -34,8 +50,10 @@ FINAL_STATES = {
 
 
 def _alive(pidfile: Path) -> bool:
+    """The daemon whose pid is in `pidfile` runs; for users/<pid> files, the name is the pid."""
     try:
-        os.kill(int(pidfile.read_text().strip()), 0)
+        pid = int(pidfile.name) if pidfile.name.isdigit() else int(pidfile.read_text().strip())
+        os.kill(pid, 0)
         return True
     except (OSError, ValueError):
         return False
@@ -49,7 +67,7 @@ def local_slurm() -> Iterator[Path]:
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("Slurm is not installed and apt-get is not available to install it")
     started_here = not _alive(SLURM_DIR / "run" / "slurmctld.pid")
-    env = {**os.environ, "MLTRAIN_SLURM_DIR": str(SLURM_DIR)}
+    env = {**os.environ, **SETTINGS}
     t0 = time.monotonic()
     p = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
@@ -58,8 +76,19 @@ def local_slurm() -> Iterator[Path]:
     conf = SLURM_DIR / "etc" / "slurm.conf"
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
+    # sessions using this cluster (pytest-xdist workers, a second pytest): the last one out stops it
+    users = SLURM_DIR / "users"
+    users.mkdir(exist_ok=True)
+    started_by_tests = SLURM_DIR / "started-by-tests"
+    if started_here:
+        started_by_tests.touch()
+    me = users / str(os.getpid())
+    me.touch()
     yield conf
-    if started_here and os.environ.get("MLTRAIN_SLURM_KEEP") != "1":
+    me.unlink(missing_ok=True)
+    others = [u for u in users.iterdir() if _alive(u)]
+    if not others and started_by_tests.exists() and os.environ.get("MLTRAIN_SLURM_KEEP") != "1":
+        started_by_tests.unlink(missing_ok=True)
         subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, timeout=120)
     if old is None:
         os.environ.pop("SLURM_CONF", None)
@@ -80,18 +109,132 @@ def job_field(job_id: str, key: str) -> str:
     return kv.get(key, "")
 
 
-def wait_job(job_id: str, timeout_s: float = 180.0, release_requeued: bool = True) -> str:
-    """Wait for the job's final state. A requeued job waits ~2 min in PENDING(BeginTime) in Slurm 22.05;
-    release it like an operator would: 1.5 s later (sooner is "Job credential revoked"), StartTime=now."""
+def wait_job(job_id: str, timeout_s: float = 180.0) -> str:
+    """Wait for the job's final state. The batch script releases its own requeue hold (BeginTime) once
+    the old allocation has finished; nothing here releases it, so a test sees the real recovery time."""
     deadline = time.monotonic() + timeout_s
-    last_release = 0.0
     while time.monotonic() < deadline:
-        state, reason = job_state(job_id)
+        state, _ = job_state(job_id)
         if state in FINAL_STATES:
             return state
-        if release_requeued and state == "PENDING" and reason == "BeginTime" and time.monotonic() - last_release > 5:
-            time.sleep(1.5)
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
-            last_release = time.monotonic()
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} not finished after {timeout_s} s (state {job_state(job_id)})")
+
+
+def wait_state(job_id: str, want: set[str], timeout_s: float = 60.0) -> str:
+    """Wait until the job's JobState is one of `want` (e.g. RUNNING after a requeue)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state, _ = job_state(job_id)
+        if state in want:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not in {want} after {timeout_s} s (state {job_state(job_id)})")
+
+
+# ------------------------------------------------------------------ end-to-end helpers (test_slurm*.py)
+
+TRAINER_READY = all(importlib.util.find_spec(m) is not None for m in ("mltrain.train.trainer", "mltrain.data.prepare"))
+
+RUN_TEMPLATE = """
+name: ref
+base_dir: .
+seed: 7
+model: {{preset: tiny, n_layers: 2, hidden_size: 64, n_heads: 4, n_kv_heads: 2, ffn_hidden_size: 128,
+        vocab_size: 1024}}
+data: {{sources: ["builtin:python-stdlib"], dir: {data}, max_source_bytes: 300000, shard_tokens: 65536}}
+train: {{parallel: ddp, device: cpu, seq_len: 32, micro_batch_size: 4, max_steps: 120, warmup_steps: 2,
+        eval_every: 0, log_every: 1, tensorboard: false}}
+checkpoint: {{every_steps: 10, keep_last: 3}}
+launch: {{max_restarts: 2, requeue_grace_s: 60}}
+"""
+
+
+class Env:
+    """A work dir with prepared data, a run config and a local cluster spec whose runs live in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.run_yaml = root / "run.yaml"
+        self.run_yaml.write_text(RUN_TEMPLATE.format(data=root / "data"))
+        spec = (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {root}")
+        self.cluster = root / "local.yaml"
+        self.cluster.write_text(spec)
+
+    def mltrain(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+        p = self.run_mltrain(*args, env=env)
+        if check:
+            assert p.returncode == 0, f"mltrain {' '.join(args)}: {p.stdout}\n{p.stderr}"
+        return p.stdout + p.stderr
+
+    def run_mltrain(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mltrain", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+            timeout=300,
+        )
+
+    def submit_args(self, name: str, *sets: str) -> list[str]:
+        args = ["submit", str(self.run_yaml), "--cluster", str(self.cluster), "--set", f"name={name}"]
+        for s in sets:
+            args += ["--set", s]
+        return args
+
+    def submit(
+        self, name: str, *sets: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> tuple[str, Path]:
+        out = self.mltrain(*self.submit_args(name, *sets), *args, env=env)
+        job_id = out.split("submitted job ", 1)[1].split(":", 1)[0]
+        return job_id, self.root / "runs" / name
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def losses_by_step(run: Path) -> dict[int, float]:
+    """The loss of every step in the run's final history: a resumed attempt overwrites the steps it redid."""
+    out: dict[int, float] = {}
+    for r in records(run / "metrics.jsonl"):
+        if r.get("kind") == "train":
+            out[int(r["step"])] = r["loss"]
+    return out
+
+
+def starts(run: Path) -> list[dict]:
+    return [r for r in records(run / "metrics.jsonl") if r.get("kind") == "start"]
+
+
+def wait_step(run: Path, step: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(r.get("kind") == "train" and r["step"] >= step for r in records(run / "metrics.jsonl")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{run}: step {step} not reached in {timeout_s} s")
+
+
+def first_step_after(run: Path, t: float) -> float:
+    """Time of the first train record written after `t` (the first step after a resume)."""
+    return min(r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] > t)
+
+
+def make_env(tmp_path_factory: pytest.TempPathFactory, name: str) -> Env:
+    if not TRAINER_READY:
+        pytest.skip("waits for the integrator's trainer (mltrain.train.trainer, mltrain.data.prepare)")
+    e = Env(tmp_path_factory.mktemp(name))
+    e.mltrain("data", "prepare", str(e.run_yaml))
+    return e
+
+
+def write_figures(figures: dict[str, float]) -> None:
+    """Merge recovery-time figures into $MLTRAIN_SLURM_BENCH_JSON (several test files add to it)."""
+    out = os.environ.get("MLTRAIN_SLURM_BENCH_JSON")
+    if not out or not figures:
+        return
+    path = Path(out)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **figures}, indent=1, sort_keys=True) + "\n")

@@ -74,7 +74,11 @@ def test_script_shape(spec: Path) -> None:
     for line in ("#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300"):
         assert line + "\n" in s
     assert "srun --kill-on-bad-exit=1" in s
-    assert '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID"' in s
+    assert (
+        '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID-$ATTEMPT-$RUN_NO"'
+        in s
+    )
+    assert "MASTER_PORT=$((29500 + SLURM_JOB_ID % 2000))" in s  # no spec pins it: derived from the job id
     assert 'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))' in s
     nproc = c.gpus_per_node or 1
     assert f"--nproc-per-node={nproc}" in s
@@ -172,19 +176,23 @@ def test_dry_run_prints_exact_script_and_writes_nothing(tmp_path: Path, capsys: 
 
 
 # ------------------------------------------------------------------ the batch script's recovery logic, fake Slurm
+# (fast and exhaustive over the decision table; tests/integration/test_slurm*.py run the same script on a real Slurm)
 
 
 FAKE_BIN = {
-    # srun: write the exit reason the test wants, print a failure line like real srun, exit with its code
+    # srun: the health probe (`srun ... true`) passes; the training step writes the exit reason the test wants,
+    # and the failing node's torchrun report (like real torchrun: "exitcode  : -9") into its per-node log
     "srun": """#!/bin/bash
 echo "srun $*" >> "$FAKE_LOG"
+[ "${@: -1}" = true ] && exit 0
 [ -n "$FAKE_REASON" ] && echo "$FAKE_REASON" > "$RUN_DIR_FOR_FAKE/control/exit_reason"
-[ -n "$FAKE_FAIL_NODE" ] && echo "srun: error: $FAKE_FAIL_NODE: task 1: Killed" >&2
+[ -n "$FAKE_FAIL_NODE" ] && echo "  exitcode  : -9 (pid: 1)" > "$MLTRAIN_TORCHRUN_LOG.$FAKE_FAIL_NODE.log"
 exit "${FAKE_RC:-0}"
 """,
     "scontrol": """#!/bin/bash
 if [ "$1" = show ] && [ "$2" = hostnames ]; then echo nodeA; echo nodeB; exit 0; fi
-if [ "$1" = show ] && [ "$2" = job ]; then echo "JobId=7 ExcNodeList=(null)"; exit 0; fi
+if [ "$1" = -o ] && [ "$3" = job ]; then echo "JobId=7 JobState=RUNNING Reason=None ExcNodeList=(null) Restarts=0"; exit 0; fi
+if [ "$1" = -o ] && [ "$3" = node ]; then echo "NodeName=$4 State=IDLE"; exit 0; fi
 if [ $# = 0 ]; then while read -r l; do echo "stdin $l" >> "$FAKE_LOG"; done; exit 0; fi
 echo "scontrol $*" >> "$FAKE_LOG"; exit 0
 """,
@@ -216,9 +224,10 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
         "SLURM_JOB_NODELIST": "nodeA,nodeB",
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_PARTITION": "gpu",
-        "SLURM_RESTART_COUNT": str(attempt),
+        **({"SLURM_RESTART_COUNT": str(attempt)} if attempt else {}),
         **fake,
     }
+    env.pop("SLURM_RESTART_COUNT", None) if not attempt else None
     p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     return p.returncode, log.read_text()
 
@@ -234,7 +243,11 @@ def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
         f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}\n"
         "container: {image: /x.sqsh}\nslurm: {hyperpod: false}\n"
     )
-    sub = prepare_submission(RUN_YAML, spec, overrides=["launch.max_restarts=2"])
+    sub = prepare_submission(
+        RUN_YAML,
+        spec,
+        overrides=["launch.max_restarts=3", "launch.max_in_place_restarts=1", "launch.max_preemptions=2"],
+    )
     run = sub.run_dir
     (run / "checkpoints" / "step_00000020").mkdir(parents=True)
     (run / "checkpoints" / "step_00000020" / "COMMITTED").write_text("{}")
@@ -243,32 +256,91 @@ def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="done")
     assert rc == 0 and "requeue" not in log and _records(run) == []
     assert "--container-image=/x.sqsh" in log and "torchrun" in log
+    allocs = [json.loads(x) for x in (run / "slurm" / "allocations.jsonl").read_text().splitlines()]
+    assert [a["event"] for a in allocs] == ["start", "end"] and allocs[0]["nodes"] == ["nodeA", "nodeB"]
+    assert allocs[0]["time_limit_s"] == 24 * 3600
 
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="config_error", FAKE_RC="1")
     assert rc == 2 and "requeue" not in log
     assert _records(run)[-1]["cause"] == "config_error" and _records(run)[-1]["action"] == "none"
 
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
-    assert "scontrol requeue 7" in log
+    assert "stdin requeue 7" in log
     rec = _records(run)[-1]
-    assert (rec["cause"], rec["action"], rec["counted"], rec["resume_step"]) == ("preempted", "requeue", False, 20)
+    assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == ("preempted", "requeue", False, 20)
+    assert rec["slurm_restart_count"] is None
 
-    # a SIGKILLed rank: no exit reason; node from srun's error line, excluded (a spare nodeC exists)
-    rc, log = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="", FAKE_RC="137", FAKE_FAIL_NODE="nodeB")
-    assert "stdin requeue 7" in log and "stdin update jobid=7 ExcNodeList=nodeB" in log
+    # preempted again without a new checkpoint: counted as a failure; the next one in a row gives up
+    rc, log = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="preempted", FAKE_RC="1")
     rec = _records(run)[-1]
-    assert (rec["cause"], rec["node"], rec["action"], rec["failures"]) == ("lost_rank", "nodeB", "requeue", 1)
+    assert (rec["cause"], rec["action"], rec["counted"], rec["slurm_restart_count"]) == (
+        "preempted",
+        "requeue",
+        True,
+        1,
+    )
+    rc, log = _run_fake(tmp_path, sub.script, run, 2, FAKE_REASON="preempted", FAKE_RC="1")
+    assert rc == 1 and "requeue 7" not in log and _records(run)[-1]["action"] == "give_up"
 
-    rc, log = _run_fake(tmp_path, sub.script, run, 2, FAKE_REASON="hang", FAKE_RC="1")
-    assert _records(run)[-1]["failures"] == 2 and "requeue" in log
+    # a SIGKILLed rank on nodeB (its own torchrun says so): restart in place once, then requeue excluding nodeB
+    (run / "checkpoints" / "step_00000040").mkdir()
+    (run / "checkpoints" / "step_00000040" / "COMMITTED").write_text("{}")
+    (run / "restarts.jsonl").unlink()
+    rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="", FAKE_RC="137", FAKE_FAIL_NODE="nodeB")
+    first, second = _records(run)
+    assert (first["cause"], first["node"], first["action"], first["counted"]) == (
+        "rank_failure",
+        "nodeB",
+        "restart_in_place",
+        True,
+    )
+    assert (second["action"], second["node"], second["failures"], second["step"]) == ("requeue", "nodeB", 2, 40)
+    assert "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 true" in log  # the health probe ran
+    assert (
+        log.count("--rdzv-backend") == 2
+        and "stdin requeue 7" in log
+        and "stdin update jobid=7 ExcNodeList=nodeB" in log
+    )
 
-    # max_restarts=2 used up (preemption not counted): give up, no requeue
-    rc, log = _run_fake(tmp_path, sub.script, run, 3, FAKE_REASON="failed", FAKE_RC="1")
-    assert rc == 1 and "requeue" not in log
+    rc, log = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="hang", FAKE_RC="1")
     rec = _records(run)[-1]
-    assert (rec["cause"], rec["action"]) == ("failed", "give_up")
+    assert (rec["cause"], rec["action"], rec["failures"]) == ("hang", "requeue", 3) and log.count("--rdzv-backend") == 1
+
+    # max_restarts=3 used up: give up, no requeue
+    rc, log = _run_fake(tmp_path, sub.script, run, 2, FAKE_REASON="failed", FAKE_RC="1")
+    assert rc == 1 and "requeue 7" not in log
+    assert (_records(run)[-1]["cause"], _records(run)[-1]["action"]) == ("rank_failure", "give_up")
 
     # `mltrain cancel` marker: never requeued
     (run / "control" / "cancelled").write_text("7\n")
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
     assert rc == 0 and "requeue" not in log
+
+
+def test_unclosed_allocation_is_closed_by_the_next_attempt(tmp_path: Path) -> None:
+    """The script was SIGKILLed before it wrote its "end" line: the next attempt closes it at the time of the
+    last write to the job's .err (so the pending time in between is not counted as allocated)."""
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}\n"
+        "slurm: {hyperpod: false}\n"
+    )
+    sub = prepare_submission(RUN_YAML, spec)
+    run = sub.run_dir
+    (run / "slurm").mkdir(parents=True)
+    (run / "slurm" / "allocations.jsonl").write_text(
+        '{"event": "start", "job_id": "7", "time": 100.0, "attempt": 0, "nodes": ["nodeA","nodeB"], "time_limit_s": 86400}\n'
+    )
+    err = run / "slurm" / "7.err"
+    err.write_text(
+        "[mltrain] attempt 0 of job 7 starts\n"
+        "slurmstepd: error: *** JOB 7 ON nodeA CANCELLED AT 2026-11-30T12:00:00 DUE TO NODE FAILURE ***\n"
+    )
+    os.utime(err, (200, 200))
+    rc, _ = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="done")
+    events = [json.loads(x) for x in (run / "slurm" / "allocations.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["attempt"]) for e in events] == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert events[1]["time"] == 200 and events[1]["recovered"] is True
+    # the previous attempt's requeue was Slurm's own (node failure): recorded now, so the count agrees with Slurm
+    (rec,) = _records(run)
+    assert (rec["cause"], rec["action"], rec["attempt"]) == ("node_failure", "requeue", 0)

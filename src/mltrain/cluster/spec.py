@@ -35,7 +35,12 @@ class SlurmSpec(StrictModel):
     nproc_per_node: int | None = Field(
         default=None, gt=0, description="torchrun processes per node; none = gpus_per_node, or 1 without GPUs"
     )
-    rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first node")
+    rdzv_port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="c10d rendezvous port on the first node; none = 29500 + job id % 2000, so jobs sharing a node differ",
+    )
     exit_grace_s: int = Field(
         default=60, gt=0, description="after the trainer wrote its exit reason, kill ranks still running this long"
     )

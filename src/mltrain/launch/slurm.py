@@ -111,6 +111,27 @@ def _python_env() -> tuple[str | None, str]:
     return None, str(Path(sys.executable).parent)
 
 
+def time_limit_s(time: str) -> int:
+    """Seconds of a Slurm time limit written HH:MM:SS or D-HH:MM:SS."""
+    days, _, hms = time.rpartition("-")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def check_instance_type(cluster: ClusterSpec) -> None:
+    """The same check plan and `cluster render` make: an unknown instance type (a typo such as p5.96xlarge)
+    would otherwise render without its EFA settings. `local` is the CPU test cluster."""
+    if cluster.instance_type == "local":
+        return
+    from mltrain.cluster.catalog import get_instance
+    from mltrain.errors import ClusterError
+
+    try:
+        get_instance(cluster.instance_type)
+    except ClusterError as e:
+        raise ConfigError(f"cluster {cluster.name}: {e}") from None
+
+
 def render_sbatch(
     cfg: RunConfig,
     cluster: ClusterSpec,
@@ -121,12 +142,24 @@ def render_sbatch(
     hyperpod: bool | None = None,
 ) -> str:
     """The batch script text. Deterministic for a given config, spec and run dir (golden-tested)."""
+    if nodes is not None and nodes < 1:
+        raise LaunchError(f"--nodes {nodes}: must be at least 1")
     nodes = nodes or cluster.nodes
     if nodes > cluster.nodes:
         raise LaunchError(f"--nodes {nodes}: cluster {cluster.name} has only {cluster.nodes} nodes")
+    check_instance_type(cluster)
     time = time or cluster.slurm.time
     if not TIME_RE.match(time):
         raise ConfigError(f"--time {time!r}: expected HH:MM:SS or D-HH:MM:SS")
+    limit_s = time_limit_s(time)
+    lc = cfg.launch
+    if lc.requeue_grace_s >= limit_s:
+        raise ConfigError(
+            f"launch.requeue_grace_s={lc.requeue_grace_s}: must be shorter than the time limit {time} "
+            f"({limit_s} s), else every allocation is asked to stop before it trains"
+        )
+    if lc.min_nodes is not None and lc.min_nodes > nodes:
+        raise ConfigError(f"launch.min_nodes={lc.min_nodes}: larger than the job's {nodes} nodes")
     if re.search(r"\s", str(run_dir)):
         raise LaunchError(f"run dir {run_dir}: #SBATCH paths cannot contain whitespace")
     if hyperpod is None:
@@ -154,11 +187,15 @@ def render_sbatch(
         account=cluster.slurm.account,
         qos=cluster.slurm.qos,
         time=time,
-        grace_s=cfg.launch.requeue_grace_s,
+        grace_s=lc.requeue_grace_s,
+        time_limit_s=limit_s,
         extra_sbatch=cluster.slurm.extra_sbatch,
         run_dir=str(run_dir),
         config_path=str(run_dir / SLURM_DIR / RUN_CONFIG_NAME),
-        max_restarts=cfg.launch.max_restarts,
+        max_restarts=lc.max_restarts,
+        max_in_place=lc.max_in_place_restarts,
+        max_preemptions=lc.max_preemptions,
+        min_nodes=lc.min_nodes or nodes,
         exclude_failed_nodes=cluster.slurm.exclude_failed_nodes,
         env=env,
         container=cluster.container,
@@ -310,6 +347,7 @@ def submit_run(
             raise LaunchError(
                 f"run {sub.cfg.name} already has job {prev} ({info['state']}); `mltrain cancel {sub.run_dir}` first"
             )
+    precheck_submission(sub)
     try:
         atomic_write(sub.config_path, dump_yaml(sub.cfg))
         atomic_write(sub.script_path, sub.script, mode=0o755)
@@ -322,7 +360,7 @@ def submit_run(
     if p.returncode != 0:
         msg = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1]
         if "configuration source" in msg:
-            msg += " (is SLURM_CONF set? for the local test cluster: source /tmp/mltrain-slurm/env.sh)"
+            msg += " (is SLURM_CONF set? for the local test cluster: source <its state dir>/env.sh, see scripts/local-slurm/common.sh)"
         raise LaunchError(f"sbatch {sub.script_path}: {msg}")
     job_id = p.stdout.strip().split(";")[0]
     if not job_id.isdigit():
@@ -351,6 +389,22 @@ def submit_run(
         soft_wrap=True,
     )
     return job_id
+
+
+def precheck_submission(sub: Submission) -> None:
+    """What would make the job fail seconds after it starts, refused before sbatch: the trainer's own prechecks
+    (data manifest, tokenizer vocab, init_from, run-dir compatibility) and a live run-dir lease."""
+    from mltrain.train.trainer import precheck
+
+    precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
+    try:
+        from mltrain.lease import lease_holder  # type: ignore[import-not-found]  (branch i9-lease)
+    except ImportError:
+        return
+    holder = lease_holder(sub.run_dir)
+    if holder:
+        who = ", ".join(f"{k} {v}" for k, v in holder.items() if k in ("host", "pid", "job_id") and v)
+        raise RunDirError(f"{sub.run_dir}: in use by a running trainer ({who or holder}); stop it first")
 
 
 def log_files(run_dir: Path, job_id: str | None = None) -> list[Path]:

@@ -11,7 +11,11 @@
 - Fault injection for tests: MLTRAIN_FAULT=<hang|kill|stop|wait>:<step>:<rank>, only on a job's first
   attempt (`stop` sends the rank SIGUSR1, the same path as a Slurm preemption warning; `wait` pauses the
   rank before that step until a stop request arrives, so a test can signal a run mid-training without
-  sleeps that depend on the machine's speed).
+  sleeps that depend on the machine's speed); a trailing `:always` fires on every attempt, and a rank of
+  `@node2,node3` means the first process on those Slurm nodes. MLTRAIN_FAULT_STEP_S=<s> makes every step
+  take at least that long (all attempts), so tests that act "at step N" do not race a fast machine;
+  MLTRAIN_FAULT_SLOW_STOP_S=<s> (first attempt only) holds the trainer that long once a stop was
+  requested, like a stop checkpoint slower than the grace/KillWait.
 """
 
 from __future__ import annotations
@@ -69,7 +73,10 @@ class StopRequest:
         self.signalled = name
 
     def requested(self, check_file: bool) -> bool:
-        return self.signalled is not None or (check_file and self.stop_file.exists())
+        hit = self.signalled is not None or (check_file and self.stop_file.exists())
+        if hit:
+            _slow_stop_fault()
+        return hit
 
     def why(self) -> str:
         """The signal's name, else the stop file's first line (SIGINT when a launcher's Ctrl-C wrote it)."""
@@ -87,6 +94,18 @@ class StopRequest:
         """Remove the stop file once the stop it asked for is done, so the next start trains."""
         with contextlib.suppress(OSError):
             self.stop_file.unlink()
+
+
+_SLOW_STOP_DONE: list[bool] = []
+
+
+def _slow_stop_fault() -> None:
+    """Test hook MLTRAIN_FAULT_SLOW_STOP_S: the first stop seen on a job's first attempt takes that long."""
+    delay = float(os.environ.get("MLTRAIN_FAULT_SLOW_STOP_S", "0") or 0)
+    if delay and not _SLOW_STOP_DONE and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+        _SLOW_STOP_DONE.append(True)
+        print(f"[mltrain] injected fault: stop handling delayed {delay:.0f} s", flush=True)
+        time.sleep(delay)
 
 
 def remove_stale_stop(run_dir: Path, started: float) -> float | None:
@@ -160,7 +179,8 @@ class Watchdog:
 class FaultInjector:
     """Test hook: MLTRAIN_FAULT=hang:5:1 makes rank 1 stop stepping before step 5; kill:5:1 SIGKILLs it;
     stop:5:1 sends it SIGUSR1 (a preemption warning); wait:5:1 pauses it before step 5 until a stop
-    request (signal or stop file) arrives, at most WAIT_MAX_S."""
+    request (signal or stop file) arrives, at most WAIT_MAX_S; a trailing `:always` fires on every attempt;
+    a rank of `@node2,node3` means the first process on Slurm node node2 or node3."""
 
     WAIT_MAX_S = 300.0
 
@@ -171,10 +191,18 @@ class FaultInjector:
         self.marker = run_dir / rundir.CONTROL_DIR / "fault_done"
         spec = os.environ.get("MLTRAIN_FAULT", "")
         first_attempt = os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")
-        if not spec or not first_attempt or self.marker.exists():
+        self.step_s = float(os.environ.get("MLTRAIN_FAULT_STEP_S", "0") or 0)
+        self._t_last = time.monotonic()
+        always = spec.endswith(":always")  # every attempt, every in-place restart (tests of giving up)
+        spec = spec.removesuffix(":always")
+        if not spec or not (always or (first_attempt and not self.marker.exists())):
             return
         try:
             kind, step, fault_rank = spec.split(":")
+            if fault_rank.startswith("@"):  # @node2[,node3]: local rank 0 on those Slurm nodes (ranks map freely)
+                node = os.environ.get("SLURMD_NODENAME", "")
+                here = node in fault_rank[1:].split(",") and os.environ.get("LOCAL_RANK", "0") == "0"
+                fault_rank = str(rank if here else -1)
             if int(fault_rank) == rank and kind in ("hang", "kill", "stop", "wait"):
                 self.kind, self.step = kind, int(step)
         except ValueError:
@@ -183,6 +211,9 @@ class FaultInjector:
             )
 
     def maybe_fire(self, step: int) -> None:
+        if self.step_s:  # pace the previous step to at least step_s
+            time.sleep(max(0.0, self.step_s - (time.monotonic() - self._t_last)))
+            self._t_last = time.monotonic()
         if self.kind is None or step != self.step:
             return
         self.marker.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,109 @@
+"""`mltrain submit` refuses what can only fail, with one line and before sbatch runs: bad --nodes, an unknown
+instance type (plan and `cluster render` refuse it too), a requeue grace as long as the time limit,
+launch.min_nodes above the job's nodes, a run whose trainer prechecks fail (no prepared data), a run dir
+held by a live trainer (the lease of branch i9-lease; faked here until it exists). Also: the rendezvous
+port is derived from the job id unless the spec pins it, and min_nodes reaches the script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from mltrain.errors import ConfigError, LaunchError, RunDirError
+from mltrain.launch.slurm import prepare_submission, submit_run
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_YAML = ROOT / "tests" / "golden" / "sbatch" / "run.yaml"
+P5 = ROOT / "configs" / "clusters" / "p5-16.yaml"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mltrain", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("nodes", ["0", "-3"])
+def test_nonpositive_nodes_refused_with_one_line(nodes: str) -> None:
+    p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--nodes", nodes, "--dry-run")
+    assert p.returncode != 0 and "#SBATCH" not in p.stdout
+    assert f"--nodes {nodes}: must be at least 1" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_typo_instance_type_refused_like_plan(tmp_path: Path) -> None:
+    spec = tmp_path / "c.yaml"
+    spec.write_text(P5.read_text().replace("p5.48xlarge", "p5.96xlarge"))
+    p = _cli("submit", str(RUN_YAML), "--cluster", str(spec), "--dry-run")
+    assert p.returncode != 0 and "#SBATCH" not in p.stdout and "Traceback" not in p.stderr
+    assert "unknown instance type 'p5.96xlarge'" in p.stderr and "p5.48xlarge" in p.stderr  # with a suggestion
+
+
+def test_grace_not_shorter_than_time_limit_refused() -> None:
+    with pytest.raises(ConfigError, match=r"launch.requeue_grace_s=120: must be shorter than the time limit 00:01:00"):
+        prepare_submission(RUN_YAML, P5, overrides=["launch.requeue_grace_s=120"], time="00:01:00")
+    sub = prepare_submission(RUN_YAML, P5, overrides=["launch.requeue_grace_s=59"], time="00:01:00", hyperpod=False)
+    assert "#SBATCH --signal=B:USR1@59\n" in sub.script and "TIME_LIMIT_S=60\n" in sub.script
+
+
+def test_min_nodes_rendered_and_checked() -> None:
+    sub = prepare_submission(RUN_YAML, P5, overrides=["launch.min_nodes=12"], hyperpod=False)
+    assert "MIN_NODES=12\n" in sub.script and "MAX_PREEMPTIONS=3\n" in sub.script
+    assert "MIN_NODES=16\n" in prepare_submission(RUN_YAML, P5, hyperpod=False).script  # default: never shrink
+    with pytest.raises(ConfigError, match="launch.min_nodes=9: larger than the job's 8 nodes"):
+        prepare_submission(RUN_YAML, P5, overrides=["launch.min_nodes=9"], nodes=8)
+
+
+def test_pinned_rendezvous_port(tmp_path: Path) -> None:
+    spec = tmp_path / "c.yaml"
+    spec.write_text(P5.read_text().replace("slurm:\n", "slurm:\n  rdzv_port: 29777\n", 1))
+    sub = prepare_submission(RUN_YAML, spec, hyperpod=False)
+    assert "MASTER_PORT=29777" in sub.script and "SLURM_JOB_ID % 2000" not in sub.script
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An sbatch that records that it was called (these tests must refuse before it runs)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch.calls"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 123\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    return calls
+
+
+def _local_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "local.yaml"
+    spec.write_text(
+        (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {tmp_path}")
+    )
+    return spec
+
+
+def test_submit_runs_trainer_prechecks_before_sbatch(tmp_path: Path, fake_sbatch: Path) -> None:
+    with pytest.raises(Exception, match="no prepared data") as e:
+        submit_run(RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tmp_path / 'nodata'}"])
+    assert "Traceback" not in str(e.value) and not fake_sbatch.exists()
+    assert not (tmp_path / "runs" / "golden" / "slurm" / "jobs.jsonl").exists()
+
+
+def test_submit_refuses_a_run_dir_held_by_a_live_trainer(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, tiny_data_dir: Path
+) -> None:
+    """mltrain.lease comes from branch i9-lease; a stand-in module with the agreed lease_holder() signature."""
+    fake = types.ModuleType("mltrain.lease")
+    fake.lease_holder = lambda run_dir: {"host": "node7", "pid": 4242, "job_id": "99"}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mltrain.lease", fake)
+    with pytest.raises(RunDirError, match="in use by a running trainer \\(host node7, pid 4242, job_id 99\\)"):
+        submit_run(RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tiny_data_dir}", "model.vocab_size=1024"])
+    assert not fake_sbatch.exists()
+    fake.lease_holder = lambda run_dir: None  # type: ignore[attr-defined]
+    job = submit_run(RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tiny_data_dir}", "model.vocab_size=1024"])
+    assert job == "123" and fake_sbatch.exists()
+
+
+def test_launch_errors_are_mltrain_errors() -> None:
+    with pytest.raises(LaunchError, match="must be at least 1"):
+        prepare_submission(RUN_YAML, P5, nodes=-3)
