@@ -25,11 +25,12 @@ demo: venv
 	$(VENV)/bin/mltrain train configs/demo.yaml --nproc 2
 	$(VENV)/bin/mltrain report demo
 
-# Two workers (pytest-xdist); the real-Slurm tests share one worker (tests/conftest.py). The Debian
-# packages the tests start (Slurm, Prometheus, shellcheck) are installed first, once.
+# The real-Slurm tests (one at a time, one local cluster) run alongside the rest (two pytest-xdist
+# workers): scripts/run-tests.sh. The Debian packages the tests start (Slurm, Prometheus, shellcheck)
+# are installed first, once.
 test: venv
 	bash scripts/test-deps.sh
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
+	bash scripts/run-tests.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

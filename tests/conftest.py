@@ -20,14 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """`make test` runs with pytest-xdist (`-n 2 --dist loadgroup`): every test that uses the one local
-    Slurm cluster goes to the same worker, in file order, so two workers never drive it at once."""
-    for item in items:
-        if item.get_closest_marker("slurm") is not None:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-
-
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """~300 KB of the standard library, tokenized with a 1k BPE; shared by every end-to-end test."""
