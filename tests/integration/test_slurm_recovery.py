@@ -29,6 +29,8 @@ from slurm_fixture import (
     write_figures,
 )
 
+from mltrain.launch.status import run_status
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
@@ -60,6 +62,8 @@ def test_admin_requeue_is_recorded_counted_and_released(env: Env) -> None:
     assert (rec["cause"], rec["action"], rec["counted"], rec["node"]) == ("admin_requeue", "requeue", False, None)
     assert job_field(job, "Restarts") == "1" == str(len([r for r in [rec] if r["action"] == "requeue"]))
     assert starts(run)[-1]["restart_count"] == 1
+    st = run_status(run)  # before: status said 0 restarts while Slurm said Restarts=1
+    assert st.restarts == 1 and st.state == "done", st
     allocs = records(run / "slurm" / "allocations.jsonl")
     assert [a["event"] for a in allocs] == ["start", "end", "start", "end"]
     assert [a["attempt"] for a in allocs] == [0, 0, 1, 1]
@@ -82,6 +86,8 @@ def test_node_failure_is_recorded_with_its_node(env: Env) -> None:
     (rec,) = records(run / "restarts.jsonl")
     assert (rec["cause"], rec["node"], rec["action"], rec["counted"]) == ("node_failure", "node2", "requeue", True)
     assert job_field(job, "Restarts") == "1"
+    st = run_status(run)  # before: "stopped for preemption", 0 restarts
+    assert st.restarts == 1 and st.state == "done", st
     allocs = [a for a in records(run / "slurm" / "allocations.jsonl") if a["event"] == "start"]
     assert allocs[0]["nodes"] == ["node1", "node2"] and "node2" not in allocs[1]["nodes"]
 
