@@ -27,19 +27,15 @@ from mltrain.train.faults import remove_stale_stop, write_exit_reason, write_sto
 LOGS_DIR = "logs"  # <run>/logs/local-<YYYYmmdd-HHMMSS>.log: every local start's console output
 
 
+def standalone_torchrun(nproc: int) -> list[str]:
+    """torchrun on this machine alone (its own rendezvous), from this interpreter: the prefix every local
+    multi-process launch uses (training, users' scripts, the collective bench)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
 def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[str]:
     """The exact torchrun invocation for a single-node multi-process run."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "mltrain",
-        "train",
-        str(run_yaml),
-    ]
+    cmd = [*standalone_torchrun(nproc), "-m", "mltrain", "train", str(run_yaml)]
     for o in overrides:
         cmd += ["--set", o]
     return cmd

@@ -89,14 +89,9 @@ def worker_args(cfg: RunConfig, script_path: Path) -> list[str]:
 
 def local_command(cfg: RunConfig, script_path: Path, nproc: int) -> list[str]:
     """torchrun on this machine: `python -m torch.distributed.run --standalone --nproc-per-node N ...`."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        *worker_args(cfg, script_path),
-    ]
+    from mltrain.launch.local import standalone_torchrun
+
+    return [*standalone_torchrun(nproc), *worker_args(cfg, script_path)]
 
 
 def slurm_context(cfg: RunConfig, run_yaml: str | os.PathLike[str], run_dir: Path) -> dict[str, Any]:

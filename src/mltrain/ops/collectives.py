@@ -264,18 +264,9 @@ def print_report(doc: dict[str, Any], console: Any) -> None:
 
 def torchrun_bench_command(args: list[str], nproc: int) -> list[str]:
     """torchrun for one machine, as launch/local.py's torchrun_command does for training."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "mltrain",
-        "bench",
-        "collectives",
-        *args,
-    ]
+    from mltrain.launch.local import standalone_torchrun
+
+    return [*standalone_torchrun(nproc), "-m", "mltrain", "bench", "collectives", *args]
 
 
 def collectives_command(
