@@ -24,6 +24,7 @@ demo: venv
 	$(VENV)/bin/mltrain data prepare configs/demo.yaml
 	$(VENV)/bin/mltrain train configs/demo.yaml --nproc 2
 	$(VENV)/bin/mltrain report demo
+	$(VENV)/bin/mltrain sample demo --prompt "def " --max-new-tokens 60 --seed 0
 
 # The real-Slurm tests (one at a time, one local cluster) run alongside the rest (two pytest-xdist
 # workers): scripts/run-tests.sh. The Debian packages the tests start (Slurm, Prometheus, shellcheck)
