@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -209,8 +210,12 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
     fb = tmp_path / "fakebin"
     fb.mkdir(exist_ok=True)
     for name, body in FAKE_BIN.items():
-        (fb / name).write_text(body)
-        (fb / name).chmod(0o755)
+        # replace, never rewrite in place: the script's detached hold-release helper of an earlier call
+        # may still be running this fake (writing it would fail with "Text file busy")
+        tmp = fb / f".{name}.tmp"
+        tmp.write_text(body)
+        tmp.chmod(0o755)
+        os.replace(tmp, fb / name)
     log = tmp_path / "fake.log"
     log.write_text("")
     # the requeue helper sleeps 60 s waiting to be killed by Slurm; here nobody kills it
@@ -229,7 +234,22 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
     }
     env.pop("SLURM_RESTART_COUNT", None) if not attempt else None
     p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    _stop_detached_helpers(log)
     return p.returncode, log.read_text()
+
+
+def _stop_detached_helpers(log: Path) -> None:
+    """The script's hold-release helper (setsid, its own session) would poll the fake scontrol for up to
+    5 minutes after the script exits; nothing here waits for it, so end it (found by its FAKE_LOG)."""
+    mark = f"FAKE_LOG={log}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _records(run_dir: Path) -> list[dict]:
