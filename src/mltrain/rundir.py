@@ -17,6 +17,7 @@ Layout (same on a laptop, on FSx Lustre, mirrored to S3):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mltrain.errors import RunDirError
@@ -33,6 +34,8 @@ RESTARTS_FILE = "restarts.jsonl"
 HANGS_DIR = "hangs"
 SLURM_DIR = "slurm"
 REPORT_FILE = "report.png"
+CHECKPOINT_MARKER = "COMMITTED"  # written last into checkpoints/step_NNNNNNNN/: the checkpoint is complete
+STEP_DIR_RE = re.compile(r"^step_(\d{8})$")
 
 
 def default_base(base_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -67,3 +70,18 @@ def read_exit_reason(run_dir: Path) -> str | None:
         return (run_dir / EXIT_REASON_FILE).read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+def committed_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of the checkpoints that carry their commit marker, oldest first. A light look at the
+    names only (status, metrics, launchers); train/checkpoint.py verifies the contents before a resume."""
+    try:
+        entries = list((Path(run_dir) / CHECKPOINTS_DIR).iterdir())
+    except OSError:
+        return []
+    found = []
+    for p in entries:
+        m = STEP_DIR_RE.match(p.name)
+        if m and (p / CHECKPOINT_MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)

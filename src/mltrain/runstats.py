@@ -24,7 +24,6 @@ loss, tok/s  means over the last SMOOTH_STEPS logged records (one record is itse
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,6 @@ RESTART_ACTIONS = ("requeue", "restart_in_place")
 PREEMPT_CAUSES = ("preempted", "time_limit")
 ALLOCATIONS_FILE = "slurm/allocations.jsonl"
 REPORT_HEAD_TAIL = 10  # report: "first"/"last" train loss = mean over this many logged records
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_COMMITTED = "COMMITTED"
 
 
 @dataclass
@@ -229,22 +226,12 @@ def last_checkpoint(run_dir: Path, script_checkpoint_dir: str | None = None) -> 
             return checkpoint_step(p) or 0, p.stat().st_mtime
         except OSError:
             return None
-    best: tuple[int, float] | None = None
-    try:
-        entries = list((run_dir / rundir.CHECKPOINTS_DIR).iterdir())
-    except OSError:
-        return None
-    for p in entries:
-        m = _STEP_DIR.match(p.name)
-        if not m or not (p / _COMMITTED).is_file():
+    for step, p in reversed(rundir.committed_checkpoints(run_dir)):
+        try:
+            return step, (p / rundir.CHECKPOINT_MARKER).stat().st_mtime
+        except OSError:
             continue
-        step = int(m.group(1))
-        if best is None or step > best[0]:
-            try:
-                best = (step, (p / _COMMITTED).stat().st_mtime)
-            except OSError:
-                continue
-    return best
+    return None
 
 
 def loss_change(trains: list[dict[str, Any]], n: int = REPORT_HEAD_TAIL) -> tuple[float, float, int] | None:

@@ -81,11 +81,11 @@ def instrument(trainer: Any, writer: Any, cfg: Any) -> None:
     info = trainer.info
     exporter = open_sinks(cfg, info, writer)
     if exporter is not None:  # from the files, not CheckpointManager.latest(): that one is a collective
-        from mltrain.rundir import CHECKPOINTS_DIR
+        from mltrain.runstats import last_checkpoint
 
-        committed = [p.stat().st_mtime for p in (cfg.run_dir / CHECKPOINTS_DIR).glob("step_*/COMMITTED")]
-        if committed:
-            exporter.set_last_checkpoint(max(committed))
+        newest = last_checkpoint(cfg.run_dir)
+        if newest is not None:
+            exporter.set_last_checkpoint(newest[1])
 
     loader = TimedLoader(trainer.loader)
     trainer.loader = loader

@@ -12,7 +12,6 @@ checkpoint is off the cluster. `keep_last` is applied to the remote copies too.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -20,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mltrain import rundir
 from mltrain.errors import CheckpointError
 from mltrain.storage.url import S3Url, StorageError, parse_s3_url
 
-MARKER = "COMMITTED"  # the same name as train/checkpoint.py's marker (kept literal: no torch import here)
+MARKER = rundir.CHECKPOINT_MARKER
 STAGING_DIR = ".mirror-staging"
-_STEP_RE = re.compile(r"^step_(\d{8})$")
+_STEP_RE = rundir.STEP_DIR_RE
 
 Log = Callable[[str], None]
 

@@ -27,15 +27,16 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from mltrain import rundir
 from mltrain.errors import CheckpointError
 from mltrain.fsutil import atomic_write, file_sha256
 from mltrain.rundir import CHECKPOINTS_DIR
 from mltrain.train.distributed import any_rank
 
-MARKER = "COMMITTED"
+MARKER = rundir.CHECKPOINT_MARKER
 TRAINER_STATE = "trainer_state.json"
 HASH = "xxh3_128"
-_STEP_RE = re.compile(r"^step_(\d{8})$")
+_STEP_RE = rundir.STEP_DIR_RE
 # One process without a process group is a supported DCP mode, not a mistake worth a warning.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 

@@ -83,12 +83,8 @@ def failed_nodes(run_dir: Path | None) -> list[str]:
 
 def latest_checkpoint_step(run_dir: Path) -> int | None:
     """The newest committed checkpoint step (the step the next attempt resumes from)."""
-    best = None
-    for d in (run_dir / rundir.CHECKPOINTS_DIR).glob("step_*"):
-        s = d.name[len("step_") :]
-        if s.isdigit() and (d / "COMMITTED").is_file():
-            best = max(best or 0, int(s))
-    return best
+    committed = rundir.committed_checkpoints(run_dir)
+    return committed[-1][0] if committed else None
 
 
 def restart_record(
