@@ -76,6 +76,45 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
+class JsonlTail:
+    """The records of a growing .jsonl file, read incrementally: each `new()` parses only what was appended
+    since the last call (whole lines only; a torn last line waits for its newline). A file that shrank or
+    was replaced is read again from the start (`reset` tells the caller to drop what it counted)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.ident: tuple[int, int] | None = None
+        self.reset = False
+
+    def new(self) -> list[dict[str, Any]]:
+        self.reset = False
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                ident = (st.st_dev, st.st_ino)
+                if ident != self.ident or st.st_size < self.offset:
+                    self.reset = self.ident is not None
+                    self.ident, self.offset = ident, 0
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            self.reset = self.ident is not None
+            self.ident, self.offset = None, 0
+            return []
+        cut = data.rfind(b"\n") + 1
+        self.offset += cut
+        out = []
+        for line in data[:cut].splitlines():
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one record and fsync: event logs (jobs, restarts) must survive the node that wrote them."""
     path = Path(path)

@@ -108,3 +108,30 @@ def test_taken_port_is_a_warning_not_a_crash(tmp_path, capsys):
         assert open_sinks(cfg, info, writer) is None
         writer.close()
     assert "WARNING: log.prometheus: cannot serve on 127.0.0.1:" in capsys.readouterr().out
+
+
+def test_restart_gauge_reads_only_what_was_appended(tmp_path):
+    from mltrain.ops.prometheus import RestartCount
+
+    count = RestartCount(tmp_path)
+    assert count() == 0
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write(json.dumps({"kind": "start", "step": 0}) + "\n" + json.dumps({"kind": "train", "step": 1}) + "\n")
+    assert count() == 0
+    with metrics.open("a") as f:
+        f.write(json.dumps({"kind": "start", "step": 1}) + "\n" + '{"kind": "sta')  # a torn last line waits
+    assert count() == 1 == restarts_in(tmp_path)
+    with metrics.open("a") as f:
+        f.write('rt", "step": 2}\n')
+    assert count() == 2 == restarts_in(tmp_path)
+    # launcher records win from then on (the one definition in runstats)
+    (tmp_path / "restarts.jsonl").write_text(json.dumps({"action": "requeue"}) + "\n")
+    assert count() == 1 == restarts_in(tmp_path)
+    with (tmp_path / "restarts.jsonl").open("a") as f:
+        f.write(json.dumps({"action": "none"}) + "\n" + json.dumps({"action": "restart_in_place"}) + "\n")
+    assert count() == 2 == restarts_in(tmp_path)
+    # a replaced file (a new run under the same name) is read again from the start
+    (tmp_path / "restarts.jsonl").unlink()
+    (tmp_path / "restarts.jsonl").write_text(json.dumps({"action": "requeue"}) + "\n")
+    assert count() == 1 == restarts_in(tmp_path)

@@ -65,6 +65,38 @@ def restarts_in(run_dir: Path) -> int:
     return runstats.restarts_of(metrics, restarts)
 
 
+class RestartCount:
+    """`restarts_in` for a scrape every few seconds over a whole run: reads only what restarts.jsonl and
+    metrics.jsonl gained since the last scrape, and metrics.jsonl only while there are no launcher records
+    (the same rule as runstats.restarts_of, without re-reading a file that grows with every step)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from mltrain import rundir
+        from mltrain.fsutil import JsonlTail
+
+        self.restarts = JsonlTail(run_dir / rundir.RESTARTS_FILE)
+        self.metrics = JsonlTail(run_dir / rundir.METRICS_FILE)
+        self.launcher = 0  # restart actions in restarts.jsonl
+        self.seen_records = False
+        self.starts = 0  # trainer "start" records in metrics.jsonl
+
+    def __call__(self) -> int:
+        from mltrain import runstats
+
+        new = self.restarts.new()
+        if self.restarts.reset:
+            self.launcher, self.seen_records = 0, False
+        self.launcher += runstats.count_restarts(new)
+        self.seen_records = self.seen_records or bool(new)
+        if self.seen_records:
+            return self.launcher
+        new_metrics = self.metrics.new()
+        if self.metrics.reset:
+            self.starts = 0
+        self.starts += sum(1 for r in new_metrics if r.get("kind") == "start")
+        return max(0, self.starts - 1)
+
+
 class NvmlCollector:
     """Per-GPU gauges read from NVML at scrape time (a custom prometheus-client collector)."""
 
@@ -106,7 +138,7 @@ class PrometheusExporter:
             for name, help_text in HELP.items():
                 self.gauges[name] = Gauge(name, help_text, registry=self.registry)
             self.stragglers = Counter("mltrain_stragglers", "straggler events logged", registry=self.registry)
-            self.gauges["mltrain_restarts"].set_function(lambda: restarts_in(run_dir))
+            self.gauges["mltrain_restarts"].set_function(RestartCount(run_dir))
         if cfg.gpu_metrics:
             from mltrain.ops.nvml import NvmlUnavailable
 
