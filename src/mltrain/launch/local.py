@@ -166,7 +166,7 @@ def _run_torchrun(cfg: Any, run_yaml: Path, overrides: list[str], nproc: int, st
         for t in pumps:
             t.join(timeout=10)
     if state["aborted"]:
-        write_exit_reason(cfg.run_dir, exit_codes.REASON_FAILED)
+        write_exit_reason(cfg.run_dir, exit_codes.REASON_INTERRUPTED)
         print(
             "aborted: second Ctrl-C, workers killed, not checkpointed (the next start resumes from the newest "
             "checkpoint)",

@@ -65,7 +65,7 @@ class StopRequest:
             if self.announce:
                 print("aborted: second Ctrl-C, not checkpointed (the next start resumes from the newest checkpoint)")
             sys.stdout.flush()
-            write_exit_reason(self.run_dir, exit_codes.REASON_FAILED)
+            write_exit_reason(self.run_dir, exit_codes.REASON_INTERRUPTED)
             os._exit(exit_codes.INTERRUPTED)
         if name == INTERRUPTED and self.announce:
             print("[mltrain] Ctrl-C: checkpointing at the next step boundary, then exiting (Ctrl-C again aborts)")
