@@ -16,4 +16,5 @@ REASON_PREEMPTED = "preempted"
 REASON_HANG = "hang"
 REASON_CONFIG_ERROR = "config_error"
 REASON_FAILED = "failed"
-REASON_INTERRUPTED = "interrupted"  # a second Ctrl-C: aborted by the user, not a crash (treated like a failure by launchers)
+# a second Ctrl-C: aborted by the user, not a crash (launchers treat it like a failure)
+REASON_INTERRUPTED = "interrupted"

@@ -169,9 +169,7 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, tiny_data_dir, nproc):
     assert "Traceback" not in text, text[-4000:]
     run_dir = tmp_path / "runs" / f"abort{nproc}"
     assert (run_dir / "control" / "exit_reason").read_text().strip() == "interrupted"  # was "failed": "crashed"
-    shown = subprocess.run(
-        mltrain_cmd("status", str(run_dir)), capture_output=True, text=True, timeout=60
-    )
+    shown = subprocess.run(mltrain_cmd("status", str(run_dir)), capture_output=True, text=True, timeout=60)
     assert "interrupted" in shown.stdout and "crashed" not in shown.stdout, shown.stdout + shown.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
