@@ -291,6 +291,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         elif reason == "preempted" and not st.job_id:
             words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes.split(' ', 1)[1]}"
         elif reason != "done" and last_decision is not None and last_decision.get("cause") == reason:
+            words += _on_node(last_decision)
             action = last_decision.get("action")
             if action == "requeue":
                 step = last_decision.get("resume_step", last_decision.get("step"))
