@@ -311,11 +311,12 @@ def submit(
 @app.command()
 def status(
     runs: Annotated[Optional[list[str]], typer.Argument(help="run names or dirs; default all runs")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """State and progress of runs: step, loss, ETA, goodput, restarts, checkpoint, nodes, why it stopped."""
+    """State and progress of runs: step, loss, ETA, goodput, restarts, checkpoint, nodes, stragglers, why it stopped."""
     from mltrain.launch.status import show_status
 
-    show_status(runs or None, console=console)
+    show_status(runs or None, console=console, json_out=json_out)
 
 
 @app.command()
@@ -823,12 +824,19 @@ def health(
         Optional[str], typer.Option(help="print the FAIL hosts of a --record file, comma-separated")
     ] = None,
     job: Annotated[Optional[str], typer.Option(help="with --failed-hosts: only this Slurm job's records")] = None,
+    attempt: Annotated[
+        Optional[int], typer.Option(help="with --failed-hosts: only this attempt's records (SLURM_RESTART_COUNT)")
+    ] = None,
+    expect_hosts: Annotated[
+        Optional[str], typer.Option(help="with --failed-hosts: comma-separated hosts; one without a record fails")
+    ] = None,
 ) -> None:
     """GPU health through NVML (ECC, remapped rows, XIDs, throttling) and a burn-in vs the node median. Exit 1 on FAIL."""
     if failed_hosts is not None:
         from mltrain.ops.health import failed_hosts as read_failed
 
-        print(",".join(read_failed(failed_hosts, job)))
+        expected = [h for h in (expect_hosts or "").split(",") if h]
+        print(",".join(read_failed(failed_hosts, job, attempt, expected)))
         raise typer.Exit(0)
     from mltrain.ops.health import health_command
 

@@ -281,6 +281,14 @@ class LaunchConfig(StrictModel):
         description="when a failed node is excluded and no spare exists, continue on fewer nodes down to this "
         "(the trainer resumes on the new world size); none = never shrink",
     )
+    health_check: bool = Field(
+        default=False,
+        description="Slurm: run `mltrain health` on every node of each allocation before training; failing "
+        "nodes are excluded and the job requeued without them (a bad GPU costs one requeue, not a crashed run)",
+    )
+    health_burn_in_s: float = Field(
+        default=10.0, ge=0, description="seconds of matmul burn-in per GPU in that check; 0 = NVML checks only"
+    )
 
 
 class PrometheusLogConfig(StrictModel):

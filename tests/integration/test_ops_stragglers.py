@@ -38,3 +38,10 @@ def test_slow_rank_is_logged_as_straggler(tmp_path, tiny_data_dir):
     assert all(x["data_wait_s"] >= 0 for x in train)  # the instrumented loader's field
     ckpts = [x for x in read_metrics(tmp_path / "runs" / "strag") if x["kind"] == "checkpoint"]
     assert [c["step"] for c in ckpts] == [3, 6] and all(c["ok"] and c["save_s"] > 0 for c in ckpts)
+    # `mltrain status` shows them (the line and the --json field come from the same RunStatus)
+    from mltrain.launch.status import run_status, status_json, straggler_line
+
+    st = run_status(tmp_path / "runs" / "strag")
+    line = straggler_line(st)
+    assert line is not None and line.startswith("stragglers: 2 (last at step 4: rank 1 on "), line
+    assert line.endswith("x the median)") and status_json(st)["stragglers"]["last"]["step"] == 4

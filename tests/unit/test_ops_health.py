@@ -74,3 +74,49 @@ def test_nvml_rows_with_fake_driver():
     assert bad.returncode == 1
     failing = {c["name"] for c in json.loads(bad.stdout)["checks"] if c["status"] == "FAIL"}
     assert failing == {"gpu1 ecc", "gpu1 throttle"}
+
+
+def test_fake_fail_host_fails_only_that_node_and_records_the_attempt(tmp_path):
+    """The tests-only MLTRAIN_HEALTH_FAKE_FAIL_HOSTS (the Slurm test has no GPU to break): the host is the
+    Slurm node name (SLURMD_NODENAME, what ExcNodeList takes), the record carries the job's attempt."""
+    record = tmp_path / "health.jsonl"
+    fake = {"MLTRAIN_HEALTH_FAKE_FAIL_HOSTS": "n2,n9", "SLURM_JOB_ID": "42"}
+    ok = _health(
+        "--slurm-prolog", "--burn-in-s", "0", "--record", str(record), env_extra={**fake, "SLURMD_NODENAME": "n1"}
+    )
+    assert ok.returncode == 0 and ok.stdout.startswith("mltrain-health n1 "), ok.stdout + ok.stderr
+    bad = _health(
+        "--slurm-prolog",
+        "--burn-in-s",
+        "0",
+        "--record",
+        str(record),
+        env_extra={**fake, "SLURMD_NODENAME": "n2", "SLURM_RESTART_COUNT": "1"},
+    )
+    assert bad.returncode == 1 and "mltrain-health n2 FAIL fake failure" in bad.stdout, bad.stdout
+    recs = [json.loads(x) for x in record.read_text().splitlines()]
+    assert [(r["host"], r["attempt"], r["status"]) for r in recs][1] == ("n2", 1, "FAIL")
+    assert recs[0]["host"] == "n1" and recs[0]["attempt"] == 0 and recs[0]["status"] != "FAIL"
+
+
+def test_failed_hosts_of_this_attempt_only_and_missing_hosts(tmp_path):
+    """A node that failed attempt 0 (and was excluded since) does not trip attempt 1; with expected hosts,
+    one that wrote no record (its check hung and was killed) counts as failed."""
+    record = tmp_path / "health.jsonl"
+    recs = [
+        {"host": "n1", "job_id": "5", "attempt": 0, "status": "PASS"},
+        {"host": "n2", "job_id": "5", "attempt": 0, "status": "FAIL"},
+        {"host": "n1", "job_id": "5", "attempt": 1, "status": "WARN"},
+        {"host": "n3", "job_id": "5", "attempt": 1, "status": "PASS"},
+        {"host": "n3", "job_id": "6", "attempt": 1, "status": "FAIL"},
+        {"host": "n4", "job_id": "5", "status": "FAIL"},  # written before records had an attempt: attempt 0
+    ]
+    record.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert failed_hosts(str(record), "5") == ["n2", "n4"]
+    assert failed_hosts(str(record), "5", attempt=0) == ["n2", "n4"]
+    assert failed_hosts(str(record), "5", attempt=1) == []
+    assert failed_hosts(str(record), "5", attempt=1, expected=["n1", "n3", "n5"]) == ["n5"]
+    r = _health("--failed-hosts", str(record), "--job", "5", "--attempt", "1", "--expect-hosts", "n1,n5")
+    assert r.returncode == 0 and r.stdout.strip() == "n5"
+    r = _health("--failed-hosts", str(record), "--job", "5", "--attempt", "1")
+    assert r.returncode == 0 and r.stdout.strip() == ""

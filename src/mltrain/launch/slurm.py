@@ -33,6 +33,8 @@ RUN_CONFIG_NAME = "run.yaml"  # the resolved config the workers train from (slur
 JOBS_FILE = "jobs.jsonl"
 CANCELLED_FILE = "control/cancelled"
 HYPERPOD_MARKER = Path("/opt/sagemaker_cluster")
+# launch.health_check: NVML reads, torch/CUDA start-up and the burn-in's allocations on every GPU, beyond the burn-in
+HEALTH_TIMEOUT_MARGIN_S = 300
 TIME_RE = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
 ACTIVE_STATES = {
     "PENDING",
@@ -204,6 +206,10 @@ def render_sbatch(
         rdzv_port=cluster.slurm.rdzv_port,
         exit_grace_s=cluster.slurm.exit_grace_s,
         hyperpod=hyperpod,
+        health_check=lc.health_check,
+        health_burn_in_s=f"{lc.health_burn_in_s:g}",
+        health_timeout_s=int(lc.health_burn_in_s) + HEALTH_TIMEOUT_MARGIN_S,
+        prometheus_port=cfg.log.prometheus.port if cfg.log.prometheus.enabled else None,
     )
 
 

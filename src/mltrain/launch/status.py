@@ -41,6 +41,7 @@ REASON_WORDS = {
     "lost_rank": "a rank or node was lost (no exit reason written)",
     "config_error": "stopped: config error, not requeued",
     "terminated": "terminated by Slurm (scancel, preemption), not self-requeued",
+    "health_check": "GPU health check failed (slurm/health.jsonl)",
 }
 SHORT_WORDS = {
     "done": "done",
@@ -51,6 +52,7 @@ SHORT_WORDS = {
     "lost_rank": "lost rank",
     "config_error": "config err",
     "terminated": "terminated",
+    "health_check": "unhealthy",
 }
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING"}
 LOCAL_STALE_S = 300.0  # a run dir without a lease file (older runs): silent this long = not running
@@ -85,6 +87,8 @@ class RunStatus:
     ckpt_age_s: float | None = None
     explanation: str = ""
     notes: list[str] = field(default_factory=list)
+    stragglers: int = 0  # straggler records in metrics.jsonl (mltrain.ops.stragglers)
+    last_straggler: dict[str, Any] | None = None
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -178,6 +182,8 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     if exits and (st.step is None or (exits[-1].get("step") or 0) > st.step):
         st.step = exits[-1].get("step")
     st.restarts = runstats.restarts_of(metrics, restarts)
+    slow = [r for r in metrics if r.get("kind") == "straggler"]
+    st.stragglers, st.last_straggler = len(slow), (slow[-1] if slow else None)
     st.preemptions = runstats.count_preemptions(restarts)
     script = config.get("script")
     ck = runstats.last_checkpoint(
@@ -256,14 +262,16 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     if st.running:
         st.state, st.explanation = "running", "running"
         if last_decision is not None and last_decision.get("action") in runstats.RESTART_ACTIONS and st.restarts:
-            st.explanation = f"running; resumed after {last_decision.get('cause')}"
+            st.explanation = f"running; resumed after {last_decision.get('cause')}{_on_node(last_decision)}"
     elif st.cancelled:
         st.state = "cancelled"
         st.explanation = f"cancelled; a new submit {resumes}"
     elif state in ACTIVE_STATES:
         if last_decision is not None and last_decision.get("action") == "requeue":
             st.state = "requeued"
-            st.explanation = f"requeued after {last_decision.get('cause')}, waiting to start; {resumes}"
+            st.explanation = (
+                f"requeued after {last_decision.get('cause')}{_on_node(last_decision)}, waiting to start; {resumes}"
+            )
         else:
             st.state, st.explanation = (
                 "pending",
@@ -285,6 +293,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         elif reason == "preempted" and not st.job_id:
             words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes.split(' ', 1)[1]}"
         elif reason != "done" and last_decision is not None and last_decision.get("cause") == reason:
+            words += _on_node(last_decision)
             action = last_decision.get("action")
             if action == "requeue":
                 step = last_decision.get("resume_step", last_decision.get("step"))
@@ -303,12 +312,53 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         st.state, st.explanation = "-", "no exit recorded" if st.job_id else "not started"
     if st.state == "done":
         st.eta_s = None
+    # the newest restart that named a node (a node failure, a failed health check): which node, once done
+    blamed = [r for r in restarts if r.get("action") in runstats.RESTART_ACTIONS and r.get("node")]
+    if blamed and not st.running and st.state not in ("requeued",):
+        st.notes.append(f"last restart: {blamed[-1].get('cause')}{_on_node(blamed[-1])}")
     if st.job_id and (run_dir / CANCELLED_FILE).exists():
         if st.cancelled:
             st.explanation = st.explanation.replace("cancelled;", "cancelled with mltrain cancel;", 1)
         else:
             st.notes.append("cancelled with mltrain cancel")
     return st
+
+
+def _on_node(decision: dict[str, Any]) -> str:
+    return f" on {decision['node']}" if decision.get("node") else ""
+
+
+def straggler_line(r: RunStatus) -> str | None:
+    """'stragglers: 3 (last at step 500: rank 13 on p5-7, NVIDIA H100, 1.42x the median)', None without any."""
+    last = r.last_straggler
+    if not r.stragglers or last is None:
+        return None
+    t, med = last.get("rank_time_s"), last.get("median_s")
+    if isinstance(t, (int, float)) and isinstance(med, (int, float)) and med > 0:
+        ratio: float | None = t / med
+    else:
+        ratio = 1 + last["slowdown"] if isinstance(last.get("slowdown"), (int, float)) else None
+    where = ", ".join(
+        str(x)
+        for x in (
+            f"rank {last.get('rank', '?')} on {last.get('host', '?')}",
+            last.get("gpu"),
+            f"{ratio:.2f}x the median" if ratio is not None else None,
+        )
+        if x
+    )
+    return f"stragglers: {r.stragglers} (last at step {last.get('step', '?')}: {where})"
+
+
+def status_json(r: RunStatus) -> dict[str, Any]:
+    """One run for `mltrain status --json` (the RunStatus fields; stragglers as {count, last})."""
+    from dataclasses import asdict
+
+    doc = asdict(r)
+    doc["run_dir"] = str(r.run_dir)
+    doc.pop("last_straggler")
+    doc["stragglers"] = {"count": r.stragglers, "last": r.last_straggler}
+    return doc
 
 
 def _fmt_eta(s: float | None) -> str:
@@ -380,8 +430,11 @@ def detail_line(r: RunStatus) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def show_status(runs: str | list[str] | None = None, console: Console | None = None) -> list[RunStatus]:
-    """`mltrain status [RUN...]`: a table that fits the console, then one detail line per run."""
+def show_status(
+    runs: str | list[str] | None = None, console: Console | None = None, json_out: bool = False
+) -> list[RunStatus]:
+    """`mltrain status [RUN...]`: a table that fits the console, then one detail line per run (and its
+    stragglers); `json_out`: a JSON list instead."""
     console = console or Console()
     if isinstance(runs, str):
         runs = [runs]
@@ -390,12 +443,17 @@ def show_status(runs: str | list[str] | None = None, console: Console | None = N
     else:
         base = rundir.default_base()
         dirs = _discover(base)
-        if not dirs:
+        if not dirs and not json_out:
             console.print(
                 f"no runs under {base / rundir.RUNS_DIR} (set MLTRAIN_BASE_DIR or pass a run dir)", highlight=False
             )
             return []
     rows = [run_status(d) for d in dirs]
+    if json_out:
+        import json
+
+        console.out(json.dumps([status_json(r) for r in rows], indent=2, default=str), highlight=False)
+        return rows
     cols = list(STATUS_COLUMNS)
     cells = [_cells(r) for r in rows]
     if not any(r.job_id for r in rows):  # no Slurm anywhere: no job column
@@ -406,6 +464,9 @@ def show_status(runs: str | list[str] | None = None, console: Console | None = N
     console.print(table)
     for r in rows:  # one line each, never cut (an error message can be long: the terminal wraps it)
         console.print(f"{escape(r.name)}: {escape(detail_line(r))}", highlight=False, soft_wrap=True)
+        slow = straggler_line(r)
+        if slow:
+            console.print(f"{escape(r.name)}: {escape(slow)}", highlight=False, soft_wrap=True)
     if dropped:
         console.print(f"[dim](narrow terminal: {', '.join(dropped)} not shown)[/]", highlight=False)
     return rows

@@ -48,13 +48,19 @@ def slurm_hosts(nodelist: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mltrain.ops.file_sd RUN_DIR RUN_NAME PORT` inside an allocation (batch script use)."""
+    """`python -m mltrain.ops.file_sd RUN_DIR RUN_NAME PORT [HOSTS]` inside an allocation (batch script use).
+
+    HOSTS (comma-separated) is the expanded node list; without it $SLURM_JOB_NODELIST is expanded with
+    scontrol (not available inside enroot containers, hence the argument)."""
     import os
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     run_dir, run_name, port = Path(args[0]), args[1], int(args[2])
-    hosts = slurm_hosts(os.environ["SLURM_JOB_NODELIST"])
+    if len(args) > 3 and args[3].strip(","):
+        hosts = [h for h in args[3].split(",") if h]
+    else:
+        hosts = slurm_hosts(os.environ["SLURM_JOB_NODELIST"])
     path = write_job_targets(run_dir, run_name, hosts, port, os.environ.get("SLURM_JOB_ID"))
     print(path)
     return 0

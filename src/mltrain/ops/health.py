@@ -32,6 +32,8 @@ HOT_C = 85.0  # warn at this temperature when the GPU has no slowdown threshold 
 # application's own fault (13, 31, 43, 45) and only warn.
 CRITICAL_XIDS = {48, 61, 62, 63, 64, 69, 74, 79, 92, 94, 95, 119, 120, 140}
 FAKE_TFLOPS_ENV = "MLTRAIN_HEALTH_FAKE_TFLOPS"  # tests only: "100,101,40" replaces the measured burn-in
+# tests only: "node2,node3" makes these hosts FAIL (the local Slurm cluster has no GPU to break)
+FAKE_FAIL_HOSTS_ENV = "MLTRAIN_HEALTH_FAKE_FAIL_HOSTS"
 
 
 def gpu_checks(r: GpuReading) -> list[Check]:
@@ -170,15 +172,37 @@ def run_health(burn_in_s: float, tolerance: float) -> tuple[list[Check], str | N
     return rows, None
 
 
-def failed_hosts(record_path: str, job_id: str | None = None) -> list[str]:
-    """Hosts whose newest health record (for `job_id`, when given) is FAIL: the next attempt's --exclude."""
+def this_host() -> str:
+    """The Slurm node name inside a job step (what ExcNodeList and `scontrol update NodeName=` take; it can
+    differ from the hostname), else the short hostname."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+def _fake_failure(host: str) -> Check | None:
+    hosts = {h.strip() for h in os.environ.get(FAKE_FAIL_HOSTS_ENV, "").split(",") if h.strip()}
+    if host not in hosts:
+        return None
+    return Check("fake failure", FAIL, f"{FAKE_FAIL_HOSTS_ENV} names {host} (tests only)", "unset it")
+
+
+def failed_hosts(
+    record_path: str, job_id: str | None = None, attempt: int | None = None, expected: list[str] | None = None
+) -> list[str]:
+    """Hosts whose newest health record (for `job_id` and its `attempt`, when given) is FAIL: the next
+    attempt's --exclude. With `attempt`, a node that failed an earlier attempt (and was excluded since)
+    does not count again. `expected`: hosts that must have a record; one without is counted as failed
+    (its check hung or never ran)."""
     from mltrain.fsutil import read_jsonl
 
     newest: dict[str, str] = {}
     for rec in read_jsonl(record_path):
-        if job_id is None or str(rec.get("job_id")) == str(job_id):
-            newest[rec["host"]] = rec["status"]
-    return sorted(h for h, s in newest.items() if s == FAIL)
+        if job_id is not None and str(rec.get("job_id")) != str(job_id):
+            continue
+        if attempt is not None and rec.get("attempt", 0) != attempt:
+            continue
+        newest[rec["host"]] = rec["status"]
+    missing = {h for h in expected or [] if h not in newest}
+    return sorted({h for h, s in newest.items() if s == FAIL} | missing)
 
 
 def health_command(
@@ -191,14 +215,19 @@ def health_command(
     drain: bool,
     console: Any,
 ) -> int:
-    host = socket.gethostname().split(".")[0]
+    host = this_host()
     rows, skipped = run_health(burn_in_s, tolerance)
+    fake = _fake_failure(host)
+    if fake is not None:
+        rows, skipped = [*rows, fake], None
     status = worst(rows) if not skipped else SKIP
     failures = [f"{c.name}: {c.detail}" for c in rows if c.status == FAIL]
     doc = {
         "time": round(time.time(), 3),
         "host": host,
         "job_id": os.environ.get("SLURM_JOB_ID"),
+        # the job's attempt (Slurm leaves SLURM_RESTART_COUNT unset before the first requeue)
+        "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         "status": status,
         "failures": failures,
         "checks": [c.as_dict() for c in rows],
