@@ -301,10 +301,9 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script, submit nothing")] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Render the sbatch script into the run dir and submit it to Slurm."""
+    """Render the sbatch script into the run dir and submit it to Slurm (the built-in trainer or the run's script:)."""
     from mltrain.launch.slurm import submit_run
 
-    _builtin_only(run_yaml, "mltrain submit (Slurm; script runs: coming, use mltrain train --nproc N for now)", set_)
     submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
 
 
