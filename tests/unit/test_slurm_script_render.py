@@ -217,3 +217,23 @@ def test_bash_checkpoint_rule_agrees_with_runtime(tmp_path: Path) -> None:
     _hf(c / "global_step120", 120, "pytorch_model.bin")
     check()
     assert steps == [None, 10, 10, 30, 30, 30, 30, 70, 80, 90, 90, 120]
+
+
+def test_submit_script_option_generates_the_run_config(tmp_path: Path) -> None:
+    """`mltrain submit --script train.py --cluster C -- ARGS`: run name = the script's stem, ARGS verbatim, the
+    current directory as the script's working directory; the generated config is not left behind."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my_train.py").write_text("print('hi')\n")
+    cmd = [sys.executable, "-m", "mltrain", "submit", "--script", "my_train.py", "--cluster", str(_spec(tmp_path))]
+    p = subprocess.run(
+        [*cmd, "--dry-run", "--", "--max_steps", "5", "--lr", "0.1"], cwd=work, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert "#SBATCH --job-name=my_train\n" in p.stdout and f"export MLTRAIN_SCRIPT_WORKDIR={work}\n" in p.stdout
+    assert f"-m mltrain.launch.script {work / 'my_train.py'} --max_steps 5 --lr 0.1 &\n" in p.stdout
+    assert sorted(x.name for x in work.iterdir()) == ["my_train.py"]
+    p = subprocess.run(
+        [*cmd[:-4], "--cluster", str(_spec(tmp_path)), "--dry-run"], cwd=work, capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "give one RUN_YAML" in p.stderr and "Traceback" not in p.stderr, p.stderr

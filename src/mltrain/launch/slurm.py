@@ -9,16 +9,20 @@ launch.max_restarts; config_error and done -> never requeued. See docs/slurm.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time as _time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
@@ -261,6 +265,28 @@ def prepare_submission(
     return Submission(
         cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script, nodes or cluster.nodes, warnings
     )
+
+
+@contextlib.contextmanager
+def generated_script_run(script: str | os.PathLike[str], args: list[str]) -> Iterator[Path]:
+    """`mltrain submit --script train.py -- ARGS`: a run config `{name: <script stem>, script: {path, args}}`,
+    written (hidden) in the current directory for the submit only: that directory is the script's working
+    directory on the nodes, as for `python train.py ARGS` (the submitted copies carry absolute paths)."""
+    path = Path(script).resolve()
+    if not path.is_file():
+        raise ConfigError(f"--script {script}: not a file")
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "script"
+    data = {"name": name, "script": {"path": str(path), "args": [str(a) for a in args]}}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mltrain-submit-", suffix=".yaml", dir=os.getcwd())
+        with os.fdopen(fd, "w") as fh:
+            fh.write(yaml.safe_dump(data, sort_keys=False))
+    except OSError as e:
+        raise LaunchError(f"--script {script}: cannot write a run config in {os.getcwd()}: {e.strerror or e}") from None
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- scheduler queries
