@@ -292,20 +292,33 @@ def sample(
 # --------------------------------------------------------------------------- launch
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
-    run_yaml: RunYaml,
-    cluster: Annotated[Path, typer.Option(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")],
+    ctx: typer.Context,
+    run_yaml: Annotated[
+        Optional[Path], typer.Argument(help="run config YAML, e.g. configs/demo.yaml", show_default=False)
+    ] = None,
+    cluster: Annotated[Path, typer.Option(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")] = ...,
     nodes: Annotated[Optional[int], typer.Option(help="nodes for this job; default all of the cluster's")] = None,
     time: Annotated[Optional[str], typer.Option(help="time limit HH:MM:SS; default the cluster's")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script, submit nothing")] = False,
     set_: SetOpt = None,
+    script: Annotated[
+        Optional[Path],
+        typer.Option(help="your training script instead of RUN_YAML: submit --script train.py --cluster C -- ARGS"),
+    ] = None,
 ) -> None:
-    """Render the sbatch script into the run dir and submit it to Slurm."""
-    from mltrain.launch.slurm import submit_run
+    """Render the sbatch script into the run dir and submit it to Slurm (the built-in trainer or the run's script:)."""
+    from mltrain.launch.slurm import generated_script_run, submit_run
 
-    _builtin_only(run_yaml, "mltrain submit (Slurm; script runs: coming, use mltrain train --nproc N for now)", set_)
-    submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
+    if script is None:
+        if run_yaml is None or ctx.args:
+            raise typer.BadParameter("give one RUN_YAML (or --script train.py -- ARGS)")
+        submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
+        return
+    # with --script every argument after `--` is the script's (click hands the first one over as RUN_YAML)
+    with generated_script_run(script, [*([str(run_yaml)] if run_yaml else []), *ctx.args]) as gen:
+        submit_run(gen, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
 
 
 @app.command()

@@ -9,16 +9,20 @@ launch.max_restarts; config_error and done -> never requeued. See docs/slurm.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time as _time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
@@ -142,8 +146,12 @@ def render_sbatch(
     nodes: int | None = None,
     time: str | None = None,
     hyperpod: bool | None = None,
+    run_yaml: str | os.PathLike[str] | None = None,
 ) -> str:
-    """The batch script text. Deterministic for a given config, spec and run dir (golden-tested)."""
+    """The batch script text. Deterministic for a given config, spec and run dir (golden-tested).
+
+    A script run (`script:`) needs `run_yaml`, the run config file it came from: its script path and working
+    directory are relative to that file's directory."""
     if nodes is not None and nodes < 1:
         raise LaunchError(f"--nodes {nodes}: must be at least 1")
     nodes = nodes or cluster.nodes
@@ -178,6 +186,7 @@ def render_sbatch(
             activate, bin_dir = _python_env()
     return _template().render(
         run_name=cfg.name,
+        script_run=_script_context(cfg, run_yaml, run_dir),
         job_name=cfg.name,
         cluster_name=cluster.name,
         instance_type=cluster.instance_type,
@@ -213,6 +222,18 @@ def render_sbatch(
     )
 
 
+def _script_context(cfg: RunConfig, run_yaml: str | os.PathLike[str] | None, run_dir: Path) -> dict | None:
+    """What the template needs for a script run (absolute script path and working directory, the ranks'
+    environment, the checkpoint dir); None for the built-in trainer."""
+    if cfg.script is None:
+        return None
+    if run_yaml is None:
+        raise LaunchError(f"run {cfg.name}: a script run needs its run config file (script.path is relative to it)")
+    from mltrain.launch import script as script_launch
+
+    return script_launch.slurm_context(cfg, run_yaml, run_dir)
+
+
 def prepare_submission(
     run_yaml: str | Path,
     cluster_yaml: str | Path,
@@ -227,7 +248,13 @@ def prepare_submission(
     run_dir = run_dir_for(cfg, cluster)
     # the workers run `mltrain train <run>/slurm/run.yaml`: same config, base_dir = the shared base
     cfg = cfg.model_copy(update={"base_dir": str(run_dir.parent.parent)})
-    script = render_sbatch(cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod)
+    script = render_sbatch(cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod, run_yaml=run_yaml)
+    if cfg.script is not None:
+        # slurm/run.yaml lives elsewhere: its script path must not depend on the original file's directory
+        from mltrain.launch.script import resolve_script
+
+        script_path, workdir = resolve_script(cfg, run_yaml)  # checked (one line) by render_sbatch already
+        cfg = cfg.model_copy(update={"script": cfg.script.model_copy(update={"path": str(script_path)})})
     warnings = [
         f"cluster env sets a known-bad variable: {w}"
         for w in nccl_env.known_bad_in([nccl_env.EnvVar(k, v, "") for k, v in cluster.env.items()])
@@ -236,12 +263,36 @@ def prepare_submission(
         dsts = [m.split(":")[1] if ":" in m else m for m in cluster.container.mounts]
         if not any(str(run_dir).startswith(d.rstrip("/") + "/") for d in dsts):
             warnings.append(f"run dir {run_dir} is not under any container mount ({', '.join(dsts)})")
+        if cfg.script is not None and not any(str(workdir).startswith(d.rstrip("/") + "/") for d in dsts):
+            warnings.append(f"script dir {workdir} is not under any container mount ({', '.join(dsts)})")
     world = (nodes or cluster.nodes) * nproc_per_node(cluster)
-    if world > 1 and cfg.train.parallel == "none":
+    if world > 1 and cfg.script is None and cfg.train.parallel == "none":
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
     return Submission(
         cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script, nodes or cluster.nodes, warnings
     )
+
+
+@contextlib.contextmanager
+def generated_script_run(script: str | os.PathLike[str], args: list[str]) -> Iterator[Path]:
+    """`mltrain submit --script train.py -- ARGS`: a run config `{name: <script stem>, script: {path, args}}`,
+    written (hidden) in the current directory for the submit only: that directory is the script's working
+    directory on the nodes, as for `python train.py ARGS` (the submitted copies carry absolute paths)."""
+    path = Path(script).resolve()
+    if not path.is_file():
+        raise ConfigError(f"--script {script}: not a file")
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "script"
+    data = {"name": name, "script": {"path": str(path), "args": [str(a) for a in args]}}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mltrain-submit-", suffix=".yaml", dir=os.getcwd())
+        with os.fdopen(fd, "w") as fh:
+            fh.write(yaml.safe_dump(data, sort_keys=False))
+    except OSError as e:
+        raise LaunchError(f"--script {script}: cannot write a run config in {os.getcwd()}: {e.strerror or e}") from None
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- scheduler queries
@@ -357,6 +408,11 @@ def submit_run(
     try:
         atomic_write(sub.config_path, dump_yaml(sub.cfg))
         atomic_write(sub.script_path, sub.script, mode=0o755)
+        if sub.cfg.script is not None:  # no trainer writes it on the nodes: status and `mltrain report` read it
+            from mltrain.launch.script import script_config_yaml
+            from mltrain.rundir import CONFIG_FILE
+
+            atomic_write(sub.run_dir / CONFIG_FILE, script_config_yaml(sub.cfg))
         (sub.run_dir / CANCELLED_FILE).unlink(missing_ok=True)
     except OSError as e:
         raise LaunchError(f"{sub.run_dir}: cannot write the job files: {e.strerror or e}") from None
@@ -400,9 +456,10 @@ def submit_run(
 def precheck_submission(sub: Submission) -> None:
     """What would make the job fail seconds after it starts, refused before sbatch: the trainer's own prechecks
     (data manifest, tokenizer vocab, init_from, run-dir compatibility) and a live run-dir lease."""
-    from mltrain.train.trainer import precheck
+    if sub.cfg.script is None:  # a script run: its script was resolved by prepare_submission; the rest is its own
+        from mltrain.train.trainer import precheck
 
-    precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
+        precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
     try:
         from mltrain.lease import lease_holder  # type: ignore[import-not-found]  (branch i9-lease)
     except ImportError:
