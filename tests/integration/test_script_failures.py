@@ -76,3 +76,75 @@ def test_exit_code_2_is_a_config_error_not_a_preemption(tmp_path):
     assert rundir.read_exit_reason(run_dir) == "config_error"
     row = _status_row(run_dir)
     assert "config err" in row and "config error, not requeued: rank 0 exited 2" in row and "preempt" not in row
+
+
+COOPERATIVE = """\
+import os, sys, time
+from mltrain import runtime
+runtime.install_stop_handler()
+open(f"pid{runtime.rank()}", "w").write(str(os.getpid()))
+for step in range(600):
+    time.sleep(0.1)
+    runtime.log(step, loss=1.0)
+    if runtime.stop_requested():
+        if sys.argv[1] == "checkpoint":
+            print(f"saved at step {step}", flush=True)
+            runtime.exit_for_requeue()
+"""
+
+
+def _ctrl_c_launch(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
+    """`mltrain train` in its own session, as a shell runs a foreground job: Ctrl-C hits the whole group."""
+    (tmp_path / "coop.py").write_text(COOPERATIVE)
+    (tmp_path / "run.yaml").write_text(f"name: coop\nbase_dir: {tmp_path}\nscript: {{path: coop.py, args: [{mode}]}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mltrain", "train", "run.yaml", "--nproc", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.1)
+    return proc, tmp_path / "runs" / "coop"
+
+
+def test_ctrl_c_on_a_script_run_is_a_stop_request_not_a_crash(tmp_path):
+    """Was: torchrun's SignalException traceback, then "rank failure: rank 0 exited 1: KeyboardInterrupt"."""
+    proc, run_dir = _ctrl_c_launch(tmp_path, "checkpoint")
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-3000:]
+    assert "Ctrl-C: checkpointing at the next step boundary" in out and "saved at step" in out, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert rundir.read_exit_reason(run_dir) == "preempted"
+    assert not (run_dir / rundir.STOP_FILE).exists()
+    logs = sorted((run_dir / "logs").glob("local-*.log"))
+    assert logs and "saved at step" in logs[-1].read_text()
+
+
+def test_second_ctrl_c_on_a_script_run_aborts(tmp_path):
+    proc, run_dir = _ctrl_c_launch(tmp_path, "ignore")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "aborted: second Ctrl-C" in out and "Traceback" not in out, out[-3000:]
+    assert rundir.read_exit_reason(run_dir) == "interrupted"
+    row = _status_row(run_dir)
+    assert "interrupted" in row and "crash" not in row, row
+    for r in (0, 1):
+        pid = int((tmp_path / f"pid{r}").read_text())
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"rank {r} (pid {pid}) still alive after the abort")

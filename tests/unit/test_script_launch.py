@@ -119,9 +119,20 @@ def test_wrapper_finds_the_resume_point_at_each_start(tmp_path):
     (ck / runtime.CHECKPOINT_COMPLETE).write_text("7\n")
     (ck_dir / "checkpoint-9").mkdir()  # incomplete: skipped
     rc, seen = _wrap(tmp_path, env, code=75)
-    assert rc == 75 and seen["argv"] == ["--a", "1", "--resume", str(ck)] and seen["resume"] == str(ck)
+    # 75 is recorded in control/ranks/; torchrun gets 0 (it would print a ChildFailedError traceback for 75)
+    assert rc == 0 and seen["argv"] == ["--a", "1", "--resume", str(ck)] and seen["resume"] == str(ck)
     assert json.loads((run_dir / S.RANKS_DIR / "0.json").read_text())["code"] == 75
     assert rundir.read_exit_reason(run_dir) == "preempted"
+    outside = subprocess.run(  # no run dir to record into: the exit code itself must carry the 75
+        [sys.executable, "-m", "mltrain.launch.script", str(tmp_path / "w.py")],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MLTRAIN_")},
+            "OUT": str(tmp_path / "o.json"),
+            "CODE": "75",
+        },
+        capture_output=True,
+    )
+    assert outside.returncode == 75
 
 
 def test_slurm_context_is_static_and_shell_quoted(tmp_path):

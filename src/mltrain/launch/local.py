@@ -75,9 +75,8 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     precheck(cfg)  # fail once, with one line, before anything is written or N workers start
     held = lease.acquire_lease(cfg.run_dir, job_id=os.environ.get("SLURM_JOB_ID"), data_dir=cfg.data.dir, say=_say)
     os.environ[lease.TOKEN_ENV] = held.token  # our workers (and run_training below) use this lease
-    log_path = cfg.run_dir / LOGS_DIR / f"local-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
-        with _Tee(log_path) as tee:
+        with run_log(cfg.run_dir) as tee:
             stale = remove_stale_stop(cfg.run_dir, started)
             if stale is not None:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stale))
@@ -127,14 +126,43 @@ def _say(msg: str) -> None:
 
 
 def _run_torchrun(cfg: Any, run_yaml: Path, overrides: list[str], nproc: int, started: float, tee: _Tee) -> int:
-    """torchrun in its own session, so a terminal's Ctrl-C reaches only us: the first one becomes a
-    stop request (control/stop, checkpoint at the next step boundary, exit 75), a second one kills the
-    workers at once. torchrun's own SIGINT handling (tear down every worker with a traceback) never runs."""
+    """torchrun for the built-in trainer under `supervise` (Ctrl-C = checkpoint and exit 75; twice = abort)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    rc, aborted = supervise(torchrun_command(run_yaml, overrides, nproc), env, cfg.run_dir, tee)
+    if aborted:
+        write_exit_reason(cfg.run_dir, exit_codes.REASON_INTERRUPTED)
+        print(ABORTED_LINE, file=sys.stderr, flush=True)
+        return exit_codes.INTERRUPTED
+    reason = _reason_since(cfg.run_dir, started)
+    if reason == exit_codes.REASON_PREEMPTED:
+        with contextlib.suppress(OSError):  # consumed (rank 0 removes it too; a race may leave ours)
+            (cfg.run_dir / rundir.STOP_FILE).unlink()
+        return exit_codes.REQUEUE
+    if reason == exit_codes.REASON_DONE and rc == 0:
+        return exit_codes.DONE
+    if reason == exit_codes.REASON_CONFIG_ERROR:
+        return exit_codes.CONFIG_ERROR
+    return rc or 1
+
+
+ABORTED_LINE = (
+    "aborted: second Ctrl-C, workers killed, not checkpointed (the next start resumes from the newest checkpoint)"
+)
+
+
+def supervise(
+    cmd: list[str], env: dict[str, str], run_dir: Path, tee: _Tee, cwd: Path | None = None
+) -> tuple[int, bool]:
+    """Run torchrun in its own session, its output teed into the run's log, so a terminal's Ctrl-C reaches
+    only us: the first Ctrl-C (or SIGTERM/SIGUSR1) becomes a stop request (control/stop: the workers
+    checkpoint at the next step boundary and exit 75), a second Ctrl-C kills the workers at once.
+    torchrun's own SIGINT handling (tear down every worker with a traceback) never runs.
+    Returns (torchrun's exit code, aborted by a second Ctrl-C)."""
     proc = subprocess.Popen(
-        torchrun_command(run_yaml, overrides, nproc),
+        cmd,
         env=env,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -152,38 +180,20 @@ def _run_torchrun(cfg: Any, run_yaml: Path, overrides: list[str], nproc: int, st
                 state["aborted"] = True
                 _kill_tree(proc.pid)
             return
-        if not (cfg.run_dir / rundir.STOP_FILE).exists():
-            write_stop_request(cfg.run_dir, name)
+        if not (run_dir / rundir.STOP_FILE).exists():
+            write_stop_request(run_dir, name)
             what = "Ctrl-C" if name == "SIGINT" else name
             _say(f"{what}: checkpointing at the next step boundary, then exiting (Ctrl-C again aborts)")
 
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        proc.wait()
+        rc = proc.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         for t in pumps:
             t.join(timeout=10)
-    if state["aborted"]:
-        write_exit_reason(cfg.run_dir, exit_codes.REASON_INTERRUPTED)
-        print(
-            "aborted: second Ctrl-C, workers killed, not checkpointed (the next start resumes from the newest "
-            "checkpoint)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return exit_codes.INTERRUPTED
-    reason = _reason_since(cfg.run_dir, started)
-    if reason == exit_codes.REASON_PREEMPTED:
-        with contextlib.suppress(OSError):  # consumed (rank 0 removes it too; a race may leave ours)
-            (cfg.run_dir / rundir.STOP_FILE).unlink()
-        return exit_codes.REQUEUE
-    if reason == exit_codes.REASON_DONE and proc.returncode == 0:
-        return exit_codes.DONE
-    if reason == exit_codes.REASON_CONFIG_ERROR:
-        return exit_codes.CONFIG_ERROR
-    return proc.returncode or 1
+    return rc, state["aborted"]
 
 
 def _reason_since(run_dir: Path, started: float) -> str | None:
@@ -232,6 +242,11 @@ def _descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+def run_log(run_dir: Path) -> _Tee:
+    """The tee of this start's output into `<run>/logs/local-<time>.log` (use as a context manager)."""
+    return _Tee(run_dir / LOGS_DIR / f"local-{time.strftime('%Y%m%d-%H%M%S')}.log")
 
 
 class _Tee:

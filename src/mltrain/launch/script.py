@@ -1,6 +1,6 @@
 """Launch the user's own training script (`script:` in the run config) under torchrun, and say why it ended.
 
-Pieces, shared by `mltrain train RUN.yaml --nproc N` (here) and the Slurm batch script (follow-up):
+Pieces, shared by `mltrain train RUN.yaml --nproc N` (here) and the Slurm batch script (launch/slurm.py):
 - `script_env`     the environment every rank gets: the run dir, the checkpoint dir, the resume point;
 - `worker_args`    what follows `torchrun <rendezvous flags>`: `-m mltrain.launch.script /abs/train.py ARGS`;
                    that wrapper runs the script as __main__ and records each rank's exit code under
@@ -16,8 +16,6 @@ import atexit
 import json
 import os
 import runpy
-import signal
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -202,7 +200,7 @@ def record_outcome(run_dir: Path, out: Outcome) -> None:
     """control/exit_reason (+ exit_message for failures), as `status` and the Slurm script read them."""
     (run_dir / rundir.CONTROL_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / rundir.EXIT_REASON_FILE, out.reason + "\n")
-    if out.reason not in (exit_codes.REASON_DONE, exit_codes.REASON_PREEMPTED):
+    if out.reason not in (exit_codes.REASON_DONE, exit_codes.REASON_PREEMPTED, exit_codes.REASON_INTERRUPTED):
         atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, out.message.removeprefix("config error: ") + "\n")
 
 
@@ -210,8 +208,8 @@ def record_outcome(run_dir: Path, out: Outcome) -> None:
 
 
 def run_script_local(cfg: RunConfig, run_yaml: str | os.PathLike[str], nproc: int) -> int:
-    """`mltrain train RUN.yaml --nproc N` for a script run. SIGUSR1/SIGTERM to this process become a stop
-    request (control/stop, as the Slurm batch script does): a cooperating script checkpoints and exits 75."""
+    """`mltrain train RUN.yaml --nproc N` for a script run. Ctrl-C, SIGUSR1 or SIGTERM to this process become a
+    stop request (control/stop, as the Slurm batch script does): a cooperating script checkpoints and exits 75."""
     script_path, workdir = resolve_script(cfg, run_yaml)
     run_dir = cfg.run_dir.resolve()
     held = _take_lease(run_dir)
@@ -234,37 +232,37 @@ def _take_lease(run_dir: Path) -> Any:
 
 
 def _run_local(cfg: RunConfig, script_path: Path, workdir: Path, run_dir: Path, nproc: int) -> int:
+    """torchrun under launch.local.supervise: output teed into <run>/logs/local-*.log; Ctrl-C, SIGTERM or
+    SIGUSR1 become a stop request (a cooperating script checkpoints and exits 75), a second Ctrl-C kills
+    the ranks (exit 130, reason `interrupted`)."""
+    from mltrain import runtime
+    from mltrain.launch.local import ABORTED_LINE, run_log, supervise
+
     env = dict(os.environ)
     for stale in ("MLTRAIN_RESUME_FROM", ENV_RESUME_ARG):  # inherited from a parent run
         env.pop(stale, None)
     env.update(script_env(cfg, run_dir))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = local_command(cfg, script_path, nproc)
-    from mltrain import runtime
-
     resume = runtime.latest_checkpoint(checkpoint_dir(cfg, run_dir))
-    print(
-        f"[mltrain] run {cfg.name}: {nproc} x {script_path.name} under torchrun, run dir {run_dir}"
-        + (f", newest checkpoint {resume}" if resume else ""),
-        flush=True,
-    )
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        atomic_write(run_dir / rundir.STOP_FILE, f"{signal.Signals(signum).name}\n")
-        print(f"[mltrain] {signal.Signals(signum).name}: stop requested (control/stop)", flush=True)
-
-    old = {s: signal.signal(s, request_stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    try:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env)
-        rc = proc.wait()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    out = outcome(run_dir, rc, nproc)
-    record_outcome(run_dir, out)
-    print(
-        f"[mltrain] {out.message}; exit {out.exit_code}", file=sys.stderr if out.exit_code else sys.stdout, flush=True
-    )
+    with run_log(run_dir) as tee:
+        print(
+            f"[mltrain] run {cfg.name}: {nproc} x {script_path.name} under torchrun, run dir {run_dir}"
+            + (f", newest checkpoint {resume}" if resume else ""),
+            flush=True,
+        )
+        rc, aborted = supervise(local_command(cfg, script_path, nproc), env, run_dir, tee, cwd=workdir)
+        if aborted:
+            out = Outcome(exit_codes.INTERRUPTED, exit_codes.REASON_INTERRUPTED, ABORTED_LINE)
+        else:
+            out = outcome(run_dir, rc, nproc)
+        record_outcome(run_dir, out)
+        if out.reason == exit_codes.REASON_PREEMPTED:
+            (run_dir / rundir.STOP_FILE).unlink(missing_ok=True)  # consumed
+        print(
+            f"[mltrain] {out.message}; exit {out.exit_code}",
+            file=sys.stderr if out.exit_code else sys.stdout,
+            flush=True,
+        )
     return out.exit_code
 
 
@@ -280,13 +278,14 @@ def _code_of(code: Any) -> int:
     return 1
 
 
-def _record_rank(code: int, error: str | None) -> None:
-    """This rank's exit code, and the run's exit reason if it outranks the one already written."""
+def _record_rank(code: int, error: str | None) -> bool:
+    """This rank's exit code, and the run's exit reason if it outranks the one already written.
+    False when there is no run dir to record into (the script was run outside mltrain)."""
     from mltrain import runtime
 
     d = os.environ.get(runtime.ENV_RUN_DIR)
     if not d:
-        return
+        return False
     run_dir = Path(d)
     rank = int(os.environ.get("RANK", "0") or 0)
     (run_dir / RANKS_DIR).mkdir(parents=True, exist_ok=True)
@@ -297,12 +296,13 @@ def _record_rank(code: int, error: str | None) -> None:
         exit_codes.CONFIG_ERROR: exit_codes.REASON_CONFIG_ERROR,
     }.get(code, exit_codes.REASON_FAILED)
     if reason == exit_codes.REASON_DONE and rank != 0:
-        return
+        return True
     current = rundir.read_exit_reason(run_dir)
     if current is None or _PRECEDENCE.get(reason, 0) > _PRECEDENCE.get(current, 0):
         atomic_write(run_dir / rundir.EXIT_REASON_FILE, reason + "\n")
         if error and reason in (exit_codes.REASON_CONFIG_ERROR, exit_codes.REASON_FAILED):
             atomic_write(run_dir / rundir.EXIT_MESSAGE_FILE, f"rank {rank}: {error}\n")
+    return True
 
 
 def worker_main(argv: list[str]) -> NoReturn:
@@ -333,8 +333,12 @@ def worker_main(argv: list[str]) -> NoReturn:
     except BaseException as e:
         traceback.print_exc()
         code, error = 1, f"{type(e).__name__}: {e}".splitlines()[0]
+    exit_code = code
     try:
-        _record_rank(code, error)
+        if _record_rank(code, error) and code == exit_codes.REQUEUE:
+            # recorded: torchrun would print a ChildFailedError traceback for a non-zero worker (and collapse
+            # the code to 1); the launcher reads 75 from control/ranks/ instead
+            exit_code = 0
     except OSError as e:  # the verdict is lost, not the exit code
         print(f"[mltrain] cannot record rank exit: {e}", file=sys.stderr)
     try:
@@ -343,7 +347,7 @@ def worker_main(argv: list[str]) -> NoReturn:
         traceback.print_exc()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(exit_code)
 
 
 if __name__ == "__main__":
