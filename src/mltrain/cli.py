@@ -312,7 +312,14 @@ def submit(
     from mltrain.launch.slurm import generated_script_run, submit_run
 
     if script is None:
-        if run_yaml is None or ctx.args:
+        import click
+
+        unknown = [a for a in ctx.args if a.startswith("-") and a != "--"]
+        if unknown:  # unknown options are let through for --script's ARGS; without --script they are typos
+            raise click.NoSuchOption(unknown[0], ctx=ctx)
+        if ctx.args:
+            raise click.UsageError(f"unexpected extra argument(s): {' '.join(ctx.args)}", ctx=ctx)
+        if run_yaml is None:
             raise typer.BadParameter("give one RUN_YAML (or --script train.py -- ARGS)")
         submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
         return

@@ -237,3 +237,16 @@ def test_submit_script_option_generates_the_run_config(tmp_path: Path) -> None:
         [*cmd[:-4], "--cluster", str(_spec(tmp_path)), "--dry-run"], cwd=work, capture_output=True, text=True
     )
     assert p.returncode != 0 and "give one RUN_YAML" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_submit_without_script_still_rejects_typos(tmp_path: Path) -> None:
+    """Unknown options are let through for --script's ARGS; without --script a typo used to read
+    "give one RUN_YAML" instead of naming the option."""
+    run = tmp_path / "run.yaml"
+    run.write_text("name: r\nscript: {path: t.py}\n")
+    (tmp_path / "t.py").write_text("")
+    base = [sys.executable, "-m", "mltrain", "submit", str(run), "--cluster", str(_spec(tmp_path))]
+    p = subprocess.run([*base, "--dry-rn"], capture_output=True, text=True)
+    assert p.returncode == 2 and "No such option '--dry-rn'" in p.stderr, p.stderr
+    p = subprocess.run([*base, "extra"], capture_output=True, text=True)
+    assert p.returncode == 2 and "unexpected extra argument(s): extra" in p.stderr, p.stderr
