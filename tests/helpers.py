@@ -48,3 +48,18 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 def mltrain_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mltrain", *args]
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """True once process `pid` no longer exists (within timeout_s)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

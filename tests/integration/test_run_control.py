@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import mltrain_cmd, tiny_run_config, write_config
+from tests.helpers import mltrain_cmd, tiny_run_config, wait_gone, write_config
 
 from mltrain.train.metrics import read_metrics
 
@@ -171,15 +171,7 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, tiny_data_dir, nproc):
     assert (run_dir / "control" / "exit_reason").read_text().strip() == "interrupted"  # was "failed": "crashed"
     shown = subprocess.run(mltrain_cmd("status", str(run_dir)), capture_output=True, text=True, timeout=60)
     assert "interrupted" in shown.stdout and "crashed" not in shown.stdout, shown.stdout + shown.stderr
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(worker_pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"rank 0 (pid {worker_pid}) still alive after the abort")
+    assert wait_gone(worker_pid, 30), f"rank 0 (pid {worker_pid}) still alive after the abort"
 
 
 def test_stale_stop_file_is_removed_at_start(tmp_path, tiny_data_dir):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.helpers import wait_gone
 
 from mltrain import rundir
 
@@ -27,10 +28,12 @@ time.sleep(120)
 """
 
 
-def _launch(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
-    (tmp_path / "plain.py").write_text(PLAIN)
+def _launch(tmp_path: Path, mode: str, script: str = PLAIN, name: str = "plain") -> tuple[subprocess.Popen, Path]:
+    """`mltrain train run.yaml --nproc 2` of `script` in its own session (as a shell runs a foreground job, so a
+    Ctrl-C can hit the whole group)."""
+    (tmp_path / f"{name}.py").write_text(script)
     (tmp_path / "run.yaml").write_text(
-        f"name: plain\nbase_dir: {tmp_path}\nscript: {{path: plain.py, args: [{mode}]}}\n"
+        f"name: {name}\nbase_dir: {tmp_path}\nscript: {{path: {name}.py, args: [{mode}]}}\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "mltrain", "train", "run.yaml", "--nproc", "2"],
@@ -38,8 +41,9 @@ def _launch(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
-    return proc, tmp_path / "runs" / "plain"
+    return proc, tmp_path / "runs" / name
 
 
 def _status_row(run_dir: Path) -> str:
@@ -94,22 +98,13 @@ for step in range(600):
 
 
 def _ctrl_c_launch(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
-    """`mltrain train` in its own session, as a shell runs a foreground job: Ctrl-C hits the whole group."""
-    (tmp_path / "coop.py").write_text(COOPERATIVE)
-    (tmp_path / "run.yaml").write_text(f"name: coop\nbase_dir: {tmp_path}\nscript: {{path: coop.py, args: [{mode}]}}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mltrain", "train", "run.yaml", "--nproc", "2"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    """The cooperative script under `mltrain train`, once both ranks run."""
+    proc, run_dir = _launch(tmp_path, mode, COOPERATIVE, "coop")
     deadline = time.time() + 120
     while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[0][-2000:]
         time.sleep(0.1)
-    return proc, tmp_path / "runs" / "coop"
+    return proc, run_dir
 
 
 def test_ctrl_c_on_a_script_run_is_a_stop_request_not_a_crash(tmp_path):
@@ -139,12 +134,4 @@ def test_second_ctrl_c_on_a_script_run_aborts(tmp_path):
     assert "interrupted" in row and "crash" not in row, row
     for r in (0, 1):
         pid = int((tmp_path / f"pid{r}").read_text())
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"rank {r} (pid {pid}) still alive after the abort")
+        assert wait_gone(pid, 30), f"rank {r} (pid {pid}) still alive after the abort"
