@@ -55,7 +55,6 @@ def plain_main(spec_path: Path) -> None:
     """The plain GPT training loop, in the style of the public baseline's train.py (CPU, no compile)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from overhead import GPT
 
     s = json.loads(spec_path.read_text())
@@ -189,7 +188,9 @@ def setup(work: Path, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     import torch
     from overhead import GPT
 
-    gpt_params = sum(p.numel() for p in GPT(m.vocab_size, m.hidden_size, m.n_layers, m.n_heads, tc.seq_len).parameters())
+    gpt_params = sum(
+        p.numel() for p in GPT(m.vocab_size, m.hidden_size, m.n_layers, m.n_heads, tc.seq_len).parameters()
+    )
     recipe = {
         "config": str(CONFIG.relative_to(ROOT)),
         "mltrain_params": param_count(m),
