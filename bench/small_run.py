@@ -244,6 +244,7 @@ def run_side(side: str, work: Path, prepared: dict[str, Any], i: int, threads: i
         "side": side,
         "wall_s": wall,
         "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+        "minor_page_faults": r1.ru_minflt - r0.ru_minflt,
         "loadavg_1m_before": load,
         "final_val_loss": float(vals[-1]) if vals else None,
     }
