@@ -43,10 +43,49 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if x.dtype == w.dtype == torch.float32 and x.device.type == "cpu" and _plain(x) and _plain(w):
+            return _RMSNormFp32.apply(x, w, self.eps)  # same forward ops, one fused backward
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A dense tensor or Parameter (not a DTensor or other subclass that needs its own dispatch)."""
+    return type(t) in (torch.Tensor, nn.Parameter)
+
+
+class _RMSNormFp32(torch.autograd.Function):
+    """fp32 RMSNorm with a hand-written backward, for CPU where every elementwise pass counts.
+
+    The forward runs exactly the ops of RMSNorm.forward (bit-identical output). Autograd's own
+    backward of that graph takes ~12 elementwise passes over [B, T, D] (several with an inner-dim
+    broadcast, slow on CPU); the closed form below takes 4 plus two reductions:
+        xhat = x * rstd,  gxh = g * xhat,  dw = sum(gxh) over rows,  c = (gxh @ w) / D,
+        dx = rstd * (g * w - xhat * c).
+    It saves xhat and rstd (the same memory autograd kept). Numerically equal up to fp32 round-off.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, weight)
+        return weight * xhat
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
+        xhat, rstd, weight = ctx.saved_tensors
+        dim = g.shape[-1]
+        gxh = (g * xhat).reshape(-1, dim)
+        dw = gxh.sum(0) if ctx.needs_input_grad[1] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            c = torch.mv(gxh, weight).div_(dim).view(rstd.shape)  # mean(g * w * xhat) per row, one pass
+            dx = torch.addcmul(g * weight, xhat, c, value=-1).mul_(rstd)
+        return dx, dw, None
 
 
 def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:

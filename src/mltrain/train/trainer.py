@@ -28,6 +28,7 @@ from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
 from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
+from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize
 
@@ -164,6 +165,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
         self.cfg = cfg
         self.info = info
+        if info.device.type == "cpu":  # reuse freed activation buffers instead of page-faulting them in
+            keep_freed_memory()
         self.run_dir = cfg.run_dir
         tc = cfg.train
         self.bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and info.device.type == "cuda")
