@@ -18,6 +18,8 @@ ALLOWED_SKIPS: dict[str, str] = {
     r"a process group is already initialised in this process": "test order in one process, not the install",
     r"deepspeed is not installed \(optional\)": "DeepSpeed is the user's dependency, not mltrain's: CI installs "
     "only pyproject deps, so the ZeRO-2 run through `mltrain train` is checked where deepspeed is installed",
+    r"no glibc >= 2\.35 with transparent huge pages here": "a kernel/libc property of the CI host, not of the "
+    "install; the decision logic is unit-tested either way",
 }
 
 _SKIPS: list[tuple[str, str]] = []

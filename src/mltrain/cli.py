@@ -875,6 +875,10 @@ def health(
 
 def main() -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
+    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
+        from mltrain.train.host_alloc import reexec_for_hugepages
+
+        reexec_for_hugepages(sys.argv[1:])  # glibc reads its tunables only at process start
     try:
         rc = app(standalone_mode=False)  # click returns Exit codes instead of raising in this mode
         sys.exit(rc if isinstance(rc, int) else 0)
