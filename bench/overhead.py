@@ -29,6 +29,7 @@ import cProfile
 import importlib.util
 import io
 import pstats
+import re
 import statistics
 import tempfile
 import time
@@ -239,7 +240,9 @@ def timed(side: Bare | WithTrainer, steps: int, total: int, prof: cProfile.Profi
 def top_functions(prof: cProfile.Profile, n: int = 25) -> list[str]:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(n)
-    return [line for line in buf.getvalue().splitlines() if line.strip()][-n - 1 :]
+    lines = [line for line in buf.getvalue().splitlines() if line.strip()][-n - 1 :]
+    # results are committed: paths relative to the checkout / site-packages, not this machine's
+    return [re.sub(r"\S*/site-packages/", "site-packages/", line.replace(f"{ROOT}/", "")) for line in lines]
 
 
 def main() -> None:

@@ -201,7 +201,7 @@ def setup(work: Path, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
         "eval_every": tc.eval_every,
         "eval_batches": tc.eval_batches,
         "checkpoint_every": cfg.checkpoint.every_steps,
-        "text": a.text or f"generated stand-in, {a.chars} chars",
+        "text": Path(a.text).name if a.text else f"generated stand-in, {a.chars} chars",  # no machine paths
         "train_tokens": int((work / "train.bin").stat().st_size // 2),
         "torch_threads": a.threads,
     }
@@ -303,7 +303,8 @@ def main() -> None:
         "device": "cpu",
         "env": environment(torch.device("cpu")),
         "note": a.note,
-        "command": "python bench/small_run.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/small_run.py "
+        + " ".join(Path(x).name if a.text and x == a.text else x for x in sys.argv[1:]),
         "recipe": recipe,
         "loadavg_at_end": list(os.getloadavg()),
         "pairs": pairs,
