@@ -192,3 +192,14 @@ SMOKE_MODEL = dict(
     qkv_bias=True,
     tie_embeddings=True,
 )
+
+
+def stand_in_text(chars: int) -> str:
+    """The generated Tiny-Shakespeare stand-in of scripts/shakespeare_char_data.py (benches run without the text)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shakespeare_char_data", ROOT / "scripts/shakespeare_char_data.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.stand_in(chars)

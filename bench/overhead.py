@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import importlib.util
 import io
 import pstats
 import re
@@ -37,18 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, default_out, environment, write_json
+from _common import ROOT, default_out, environment, stand_in_text, write_json
 
 CONFIG = ROOT / "configs" / "shakespeare-char.yaml"
 TARGET_MAX_RATIO = 1.02
-
-
-def _stand_in_text(chars: int) -> str:
-    spec = importlib.util.spec_from_file_location("shakespeare_char_data", ROOT / "scripts/shakespeare_char_data.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.stand_in(chars)
 
 
 def make_config(work: Path, text: str | None, chars: int, seq_len: int | None, batch: int | None) -> Any:
@@ -57,7 +48,7 @@ def make_config(work: Path, text: str | None, chars: int, seq_len: int | None, b
     from mltrain.config import RunConfig
     from mltrain.data.prepare import prepare_data
 
-    body = Path(text).read_text(encoding="utf-8") if text else _stand_in_text(chars)
+    body = Path(text).read_text(encoding="utf-8") if text else stand_in_text(chars)
     cut = int(len(body) * 0.9)
     (work / "train.txt").write_text(body[:cut], encoding="utf-8")
     (work / "val.txt").write_text(body[cut:], encoding="utf-8")

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, default_out, environment, write_json
+from _common import ROOT, default_out, environment, stand_in_text, write_json
 
 CONFIG = ROOT / "configs" / "shakespeare-char.yaml"
 TARGET_MAX_RATIO = 1.0
@@ -122,16 +122,6 @@ def plain_main(spec_path: Path) -> None:
 # --------------------------------------------------------------------------- setup (parent)
 
 
-def _stand_in(chars: int) -> str:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("shakespeare_char_data", ROOT / "scripts/shakespeare_char_data.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.stand_in(chars)
-
-
 def setup(work: Path, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prepared data (mltrain's prepare, once, untimed), the run config A trains and the spec B reads."""
     import numpy as np
@@ -143,7 +133,7 @@ def setup(work: Path, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     from mltrain.data.shards import open_shard
     from mltrain.train.metrics import param_count
 
-    body = Path(a.text).read_text(encoding="utf-8") if a.text else _stand_in(a.chars)
+    body = Path(a.text).read_text(encoding="utf-8") if a.text else stand_in_text(a.chars)
     cut = int(len(body) * 0.9)  # the baseline's split: first 90% trains, last 10% validates
     (work / "train.txt").write_text(body[:cut], encoding="utf-8")
     (work / "val.txt").write_text(body[cut:], encoding="utf-8")

@@ -5,30 +5,17 @@ against autograd through the reference formula."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from tests.helpers import run_bench_smoke
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_small_run_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "small.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench/small_run.py"), "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = run_bench_smoke("small_run.py", tmp_path / "small.json")
     assert data["benchmark"] == "small_run" and data["mode"] == "smoke"
     rec = data["recipe"]
     assert 0.7e6 < rec["mltrain_params"] < 0.9e6 and abs(rec["plain_gpt_params"] / rec["mltrain_params"] - 1) < 0.02
