@@ -93,6 +93,19 @@ def _template():
     return env.get_template("job.sbatch.j2")
 
 
+def container_args(cluster: ClusterSpec) -> list[str]:
+    """The Pyxis flags of every srun that runs python (training, the health check, mltrain's helpers), shell-quoted."""
+    c = cluster.container
+    if c is None:
+        return []
+    args = [f"--container-image={shlex.quote(c.image)}"]
+    if c.mounts:
+        args.append(f"--container-mounts={shlex.quote(','.join(c.mounts))}")
+    if c.workdir:
+        args.append(f"--container-workdir={shlex.quote(c.workdir)}")
+    return [*args, "--no-container-mount-home"]
+
+
 def detect_hyperpod(cluster: ClusterSpec) -> bool:
     """SageMaker HyperPod: the spec says so, or (when unset) this login node has its marker dir."""
     if cluster.slurm.hyperpod is not None:
@@ -210,6 +223,7 @@ def render_sbatch(
         exclude_failed_nodes=cluster.slurm.exclude_failed_nodes,
         env=env,
         container=cluster.container,
+        container_args=container_args(cluster),
         activate=activate,
         bin_dir=bin_dir,
         rdzv_port=cluster.slurm.rdzv_port,
@@ -261,10 +275,10 @@ def prepare_submission(
     ]
     if cluster.container is not None and cluster.container.mounts:
         dsts = [m.split(":")[1] if ":" in m else m for m in cluster.container.mounts]
-        if not any(str(run_dir).startswith(d.rstrip("/") + "/") for d in dsts):
-            warnings.append(f"run dir {run_dir} is not under any container mount ({', '.join(dsts)})")
-        if cfg.script is not None and not any(str(workdir).startswith(d.rstrip("/") + "/") for d in dsts):
-            warnings.append(f"script dir {workdir} is not under any container mount ({', '.join(dsts)})")
+        seen = {"run dir": run_dir, **({"script dir": workdir} if cfg.script is not None else {})}
+        for what, path in seen.items():
+            if not any(str(path).startswith(d.rstrip("/") + "/") for d in dsts):
+                warnings.append(f"{what} {path} is not under any container mount ({', '.join(dsts)})")
     world = (nodes or cluster.nodes) * nproc_per_node(cluster)
     if world > 1 and cfg.script is None and cfg.train.parallel == "none":
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
