@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,13 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     )
     prepare_data(cfg)
     return d
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """StopRequest installs SIGINT/SIGTERM/SIGUSR1 handlers: give pytest its own back."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    saved = {s: signal.getsignal(s) for s in sigs}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)

@@ -82,3 +82,19 @@ def run_bench_smoke(script: str, out: Path) -> dict:
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads(out.read_text())
+
+
+def mltrain_status(run_dir: Path, *args: str) -> str:
+    """`mltrain status RUN_DIR [ARGS]` in a 160-column terminal; its stdout (the command must succeed)."""
+    import os
+    import subprocess
+
+    st = subprocess.run(
+        mltrain_cmd("status", str(run_dir), *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert st.returncode == 0, st.stderr
+    return st.stdout

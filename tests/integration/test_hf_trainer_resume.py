@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.helpers import mltrain_status
 
 from mltrain import rundir, runtime
 from mltrain.launch import status
@@ -95,18 +96,12 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     assert [r["reason"] for r in recs if r["kind"] == "exit"] == ["preempted", "done"]
     assert any(r["kind"] == "eval" and r["val_loss"] > 0 for r in recs)
 
-    st = subprocess.run(
-        [sys.executable, "-m", "mltrain", "status", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert st.returncode == 0, st.stderr
-    row = next(line.split() for line in st.stdout.splitlines() if line.startswith("hf "))
-    header = next(line.split() for line in st.stdout.splitlines() if line.startswith("run "))
+    shown = mltrain_status(run_dir)
+    row = next(line.split() for line in shown.splitlines() if line.startswith("hf "))
+    header = next(line.split() for line in shown.splitlines() if line.startswith("run "))
     cells = dict(zip(header, row, strict=False))
-    assert cells["state"] == "done" and cells["step"] == "14/14" and cells["rst"] == "1", st.stdout
-    assert 0 < float(cells["loss"]) < 6, st.stdout
+    assert cells["state"] == "done" and cells["step"] == "14/14" and cells["rst"] == "1", shown
+    assert 0 < float(cells["loss"]) < 6, shown
     rep = subprocess.run([sys.executable, "-m", "mltrain", "report", str(run_dir)], capture_output=True, text=True)
     assert rep.returncode == 0 and (run_dir / "report.png").is_file(), rep.stderr
     assert "restarts" in rep.stdout and "goodput" in rep.stdout

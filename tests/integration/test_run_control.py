@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import mltrain_cmd, tiny_run_config, wait_gone, write_config
+from tests.helpers import mltrain_cmd, mltrain_status, tiny_run_config, wait_gone, write_config
 
 from mltrain.train.metrics import read_metrics
 
@@ -169,8 +169,8 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, tiny_data_dir, nproc):
     assert "Traceback" not in text, text[-4000:]
     run_dir = tmp_path / "runs" / f"abort{nproc}"
     assert (run_dir / "control" / "exit_reason").read_text().strip() == "interrupted"  # was "failed": "crashed"
-    shown = subprocess.run(mltrain_cmd("status", str(run_dir)), capture_output=True, text=True, timeout=60)
-    assert "interrupted" in shown.stdout and "crashed" not in shown.stdout, shown.stdout + shown.stderr
+    shown = mltrain_status(run_dir)
+    assert "interrupted" in shown and "crashed" not in shown, shown
     assert wait_gone(worker_pid, 30), f"rank 0 (pid {worker_pid}) still alive after the abort"
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import wait_gone
+from tests.helpers import mltrain_status, wait_gone
 
 from mltrain import rundir
 
@@ -47,14 +47,7 @@ def _launch(tmp_path: Path, mode: str, script: str = PLAIN, name: str = "plain")
 
 
 def _status_row(run_dir: Path) -> str:
-    st = subprocess.run(
-        [sys.executable, "-m", "mltrain", "status", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert st.returncode == 0, st.stderr
-    return " ".join(st.stdout.split())
+    return " ".join(mltrain_status(run_dir).split())
 
 
 def test_sigkill_of_one_rank_is_a_rank_failure(tmp_path):

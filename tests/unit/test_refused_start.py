@@ -3,8 +3,6 @@ byte-identical and keeps a finished run's recorded outcome; a new run records co
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 from tests.helpers import tiny_run_config
 
@@ -12,14 +10,7 @@ from mltrain.config import RunConfig
 from mltrain.errors import CheckpointError
 from mltrain.train import trainer as T
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    saved = {s: signal.getsignal(s) for s in sigs}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")  # conftest.py: the trainer installs handlers
 
 
 def refusing_trainer(cfg, info):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
-
-import pytest
 
 from mltrain.train.faults import StopRequest, remove_stale_stop, write_stop_request
 
@@ -20,16 +17,6 @@ def test_stale_stop_removed_fresh_kept(tmp_path):
     write_stop_request(tmp_path, "SIGINT")
     assert remove_stale_stop(tmp_path, started=time.time() - 30) is None  # written after the start
     assert path.exists()
-
-
-@pytest.fixture
-def keep_signal_handlers():
-    """StopRequest installs SIGINT/SIGTERM/SIGUSR1 handlers: give pytest its own back."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    saved = {s: signal.getsignal(s) for s in sigs}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_why_names_the_requester_and_consume_removes_the_file(tmp_path, keep_signal_handlers):
