@@ -21,17 +21,19 @@ def summarize(
     allocations: list[runstats.Allocation] | None = None,
 ) -> dict[str, Any]:
     """Figures a person asks first: did the loss fall, how fast, how far, how many restarts, how much
-    of the time paid for was training (restarts and goodput as defined in mltrain.runstats)."""
-    train = [r for r in records if r.get("kind") == "train"]
+    of the time paid for was training (steps, losses, restarts and goodput as defined in mltrain.runstats,
+    the same figures `status` and the trainer's end-of-run line show)."""
+    train = runstats.surviving_trains(records)
     evals = [r for r in records if r.get("kind") == "eval"]
-    lc = runstats.loss_change(train)
+    lc = runstats.loss_change(records)
     if not train or lc is None:
         return {}
     out: dict[str, Any] = {
-        "steps": train[-1]["step"],
+        "steps": runstats.steps_reached(records),
         "first_loss": lc[0],
         "last_loss": lc[1],
-        "loss_window": lc[2],
+        "loss_window": lc[3],
+        "first_loss_window": lc[2],
         "tokens_per_s": statistics.median_high(r["tokens_per_s"] for r in train),
         "restarts": runstats.restarts_of(records, restarts or []),
         "goodput": runstats.goodput(records, allocations),
@@ -52,7 +54,7 @@ def plot(records: list[dict[str, Any]], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if r.get("kind") == "train"]
+    train = runstats.surviving_trains(records)
     evals = [r for r in records if r.get("kind") == "eval"]
     restarts = [r["step"] for r in records if r.get("kind") == "start" and r.get("step", 0) > 0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -91,9 +93,9 @@ def write_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     table.add_row("steps", str(summary["steps"]))
-    n = summary["loss_window"]
     table.add_row(
-        f"train loss (mean of first / last {n} logged)", f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}"
+        f"train loss ({runstats.loss_label(summary['first_loss_window'], summary['loss_window'])})",
+        f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}",
     )
     if "last_val_loss" in summary:
         table.add_row(

@@ -15,11 +15,19 @@ goodput    productive step time / allocated time of the run's own allocations:
                         (local runs), from its "start" record to its "exit" record or last record.
            Time pending in the queue, between a cancel and a resubmit, or between two manual local
            runs is not allocated time.
+steps      the step the run has reached: the newest step of its latest attempt (its "start" record's
+           step, then each "train" and "exit" record after it); an attempt that resumed from an older
+           checkpoint rewinds it. A stop between two logged steps (a preemption at 317 with log_every 10)
+           counts: the "exit" record says 317 while the last "train" record says 310.
+surviving  the train records of the run's final history: records of an earlier attempt past the step a
+           later attempt resumed from were redone and are dropped.
+loss       the last train loss = mean over the last SMOOTH_STEPS surviving logged records (one record is
+           itself a mean over train.log_every steps); the first = the same over the first records. Status,
+           report and the trainer's end-of-run line all show this one figure.
 ETA        only while the run is running: remaining steps x mean step_time_s of the last
            SMOOTH_STEPS logged windows of the current attempt; dead, failed, cancelled or finished
            runs have none.
-loss, tok/s  means over the last SMOOTH_STEPS logged records (one record is itself a mean over
-           train.log_every steps).
+tok/s, MFU  means over the last SMOOTH_STEPS surviving logged records.
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ SMOOTH_STEPS = 10  # logged records averaged for loss, tokens/s and step time
 RESTART_ACTIONS = ("requeue", "restart_in_place")
 PREEMPT_CAUSES = ("preempted", "time_limit")
 ALLOCATIONS_FILE = "slurm/allocations.jsonl"
-REPORT_HEAD_TAIL = 10  # report: "first"/"last" train loss = mean over this many logged records
 
 
 @dataclass
@@ -234,13 +241,59 @@ def last_checkpoint(run_dir: Path, script_checkpoint_dir: str | None = None) -> 
     return None
 
 
-def loss_change(trains: list[dict[str, Any]], n: int = REPORT_HEAD_TAIL) -> tuple[float, float, int] | None:
-    """(mean loss of the first n logged records, of the last n, n used): the report's labelled figure."""
-    losses = [v for v in (_num(r.get("loss")) for r in trains) if v is not None]
+def surviving_trains(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The train records of the run's final history (module docstring): a start at step s drops the
+    earlier records past s, which that attempt redoes."""
+    out: list[dict[str, Any]] = []
+    for rec in metrics:
+        kind = rec.get("kind")
+        if kind == "start":
+            s = _num(rec.get("step"))
+            if s is not None:
+                out = [r for r in out if (_num(r.get("step")) or 0) <= s]
+        elif kind == "train" and _num(rec.get("step")) is not None:
+            out.append(rec)
+    return out
+
+
+def steps_reached(metrics: list[dict[str, Any]]) -> int | None:
+    """The step the run has reached (module docstring); None before any record with a step."""
+    reached: int | None = None
+    for rec in metrics:
+        s = _num(rec.get("step"))
+        if s is None:
+            continue
+        kind = rec.get("kind")
+        if kind == "start":
+            reached = int(s)
+        elif kind in ("train", "exit"):
+            reached = int(s) if reached is None else max(reached, int(s))
+    return reached
+
+
+def last_loss(metrics: list[dict[str, Any]], n: int = SMOOTH_STEPS) -> tuple[float, int] | None:
+    """(the last train loss, records averaged): mean over the last n surviving logged records."""
+    losses = [v for v in (_num(r.get("loss")) for r in surviving_trains(metrics)) if v is not None][-n:]
+    return (sum(losses) / len(losses), len(losses)) if losses else None
+
+
+def loss_change(metrics: list[dict[str, Any]], n: int = SMOOTH_STEPS) -> tuple[float, float, int, int] | None:
+    """(first train loss, last train loss, records in each): the report's labelled change. The last is
+    `last_loss`, the figure status and the trainer console show; the first is the mean of as many of the
+    first surviving records, at most half of them, so a short run still shows a change."""
+    losses = [v for v in (_num(r.get("loss")) for r in surviving_trains(metrics)) if v is not None]
     if not losses:
         return None
-    k = max(1, min(n, len(losses) // 2 or 1))
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k, k
+    k_last = min(n, len(losses))
+    k_first = min(n, max(1, len(losses) // 2))
+    return sum(losses[:k_first]) / k_first, sum(losses[-k_last:]) / k_last, k_first, k_last
+
+
+def loss_label(k_first: int, k_last: int) -> str:
+    """How the first/last train loss were taken, in the words every command prints."""
+    if k_first == k_last:
+        return f"mean of first/last {k_last} logged"
+    return f"mean of first {k_first} / last {k_last} logged"
 
 
 def fmt_duration(s: float | None) -> str:
@@ -266,11 +319,11 @@ def console_progress(step: int, total_steps: int, started_at: float, now: float,
 
 def summary_line(metrics: list[dict[str, Any]], restarts: list[dict[str, Any]] | None = None) -> str:
     """The end-of-run line for the trainer console: steps, labelled loss change, restarts, goodput."""
-    trains = [r for r in metrics if r.get("kind") == "train"]
-    parts = [f"{trains[-1]['step']} steps" if trains else "no steps"]
-    lc = loss_change(trains)
+    reached = steps_reached(metrics)
+    parts = [f"{reached} steps" if reached else "no steps"]
+    lc = loss_change(metrics)
     if lc:
-        parts.append(f"train loss {lc[0]:.3f} -> {lc[1]:.3f} (mean of first/last {lc[2]} logged)")
+        parts.append(f"train loss {lc[0]:.3f} -> {lc[1]:.3f} ({loss_label(lc[2], lc[3])})")
     parts.append(f"restarts {restarts_of(metrics, restarts or [])}")
     g = goodput(metrics)
     if g is not None:
@@ -302,7 +355,11 @@ __all__ = [
     "smoothed",
     "eta_seconds",
     "last_checkpoint",
+    "surviving_trains",
+    "steps_reached",
+    "last_loss",
     "loss_change",
+    "loss_label",
     "fmt_duration",
     "console_progress",
     "summary_line",

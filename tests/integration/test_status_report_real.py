@@ -48,7 +48,14 @@ def killed_then_resumed(tmp_path_factory, tiny_data_dir) -> dict:
     time.sleep(IDLE_GAP_S)
     r2 = _train(path)
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-3000:]
-    return {"path": path, "run_dir": run_dir, "killed": killed, "killed_later": killed_later, "now": killed_now}
+    return {
+        "path": path,
+        "run_dir": run_dir,
+        "killed": killed,
+        "killed_later": killed_later,
+        "now": killed_now,
+        "console": r2.stdout,
+    }
 
 
 def test_trainer_records_carry_what_status_reads(killed_then_resumed):
@@ -83,7 +90,13 @@ def test_finished_run_status_and_report_agree(killed_then_resumed):
     summary = write_report(run_dir, console=c)
     assert summary["restarts"] == st.restarts == 1  # one definition (runstats.restarts_of)
     assert summary["goodput"] == pytest.approx(st.goodput)
-    assert "train loss (mean of first / last" in c.export_text()
+    assert "train loss (mean of first" in c.export_text()
+    # one figure each: the step reached and the last train loss read the same in status, report and the
+    # trainer's end-of-run line (before: the console's mean of its own last steps, the report's of the
+    # first/last half, status's of the last 10 records, redone steps included)
+    assert summary["steps"] == st.step == 8
+    assert summary["last_loss"] == pytest.approx(st.loss)
+    assert f"train loss {st.loss:.3f} (mean of last 8 logged)" in killed_then_resumed["console"]
 
     # goodput: the SIGKILLed attempt's steps 4..6 were redone, the idle gap between the runs is not the run's
     second = [i for i, r in enumerate(recs) if r["kind"] == "start"][1]

@@ -87,7 +87,9 @@ def test_config_error_explained_and_sacct_failure_tolerated(tmp_path: Path, monk
     assert st.restarts == 0 and "unknown to Slurm" in (st.scheduler or "")
     console = Console(width=60, record=True)
     status.show_status(str(run), console=console)
-    assert "not requeued: data/x/manifest.json: no prepared data" in console.export_text()
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 60 for line in lines)  # wrapped at the console's width, nothing cut
+    assert "not requeued: data/x/manifest.json: no prepared data" in " ".join(x.strip() for x in lines)
 
 
 def test_restart_history_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

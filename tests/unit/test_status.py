@@ -122,7 +122,8 @@ def test_smoothing_eta_and_durations() -> None:
     assert runstats.console_progress(40, 100, started_at=0.0, now=185.0, step_times=[0.5] * 12) == (
         "elapsed 3m05s, ETA 30s"
     )
-    assert runstats.loss_change([{"loss": x} for x in (8.0, 6.0, 4.0, 2.0)], n=10) == (7.0, 3.0, 2)
+    trains = [{"kind": "train", "step": i, "loss": x} for i, x in enumerate((8.0, 6.0, 4.0, 2.0), 1)]
+    assert runstats.loss_change(trains, n=10) == (7.0, 5.0, 2, 4)  # the last is status's last_loss
 
 
 # --------------------------------------------------------------------------- status on Slurm cases

@@ -10,6 +10,7 @@ wrapping a row or splitting a run name.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,14 +70,14 @@ class RunStatus:
     scheduler_state: str | None = None  # e.g. "RUNNING"; None = unknown
     step: int | None = None
     total_steps: int | None = None
-    loss: float | None = None  # mean of the last runstats.SMOOTH_STEPS logged records
+    loss: float | None = None  # runstats.last_loss: mean of the last SMOOTH_STEPS surviving logged records
     tokens_per_s: float | None = None  # idem
     mfu: float | None = None
     eta_s: float | None = None  # only while running
     restarts: int = 0
     preemptions: int = 0
     goodput: float | None = None
-    exit_reason: str | None = None
+    exit_reason: str | None = None  # why the latest attempt ended; None while it runs or when not recorded
     running: bool = False
     cancelled: bool = False
     state: str = "-"  # one word for the table: running, pending, requeued, done, cancelled, failed, ...
@@ -173,14 +174,16 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     last_rec = metrics[-1] if metrics else None
     config = _run_config(run_dir)
     st.total_steps = _total_steps(config, metrics)
+    kept = runstats.surviving_trains(metrics)
     if trains:
-        st.step = trains[-1].get("step")
-        st.mfu = runstats.smoothed(trains, "mfu")
-        st.loss = runstats.smoothed(trains, "loss")
-        st.tokens_per_s = runstats.smoothed(trains, "tokens_per_s")
+        st.step = runstats.steps_reached(metrics)
+        st.mfu = runstats.smoothed(kept, "mfu")
+        last = runstats.last_loss(metrics)
+        st.loss = last[0] if last else None
+        st.tokens_per_s = runstats.smoothed(kept, "tokens_per_s")
     exits = [r for r in metrics if r.get("kind") == "exit"]
-    if exits and (st.step is None or (exits[-1].get("step") or 0) > st.step):
-        st.step = exits[-1].get("step")
+    if exits and st.step is None:
+        st.step = runstats.steps_reached(metrics)
     st.restarts = runstats.restarts_of(metrics, restarts)
     slow = [r for r in metrics if r.get("kind") == "straggler"]
     st.stragglers, st.last_straggler = len(slow), (slow[-1] if slow else None)
@@ -231,9 +234,9 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
 
     # ---- where and how long: nodes and the current allocation
     if st.running and info is not None and info.get("nodes"):
-        st.nodes = info["nodes"]
+        st.nodes = info["nodes"] if "[" in info["nodes"] else compress_nodes(info["nodes"].split(","))
     elif allocs and allocs[-1].nodes:
-        st.nodes = ",".join(allocs[-1].nodes)
+        st.nodes = compress_nodes(allocs[-1].nodes)
     elif holder is not None and holder.get("host"):
         st.nodes = str(holder["host"])
     if st.running and allocs and allocs[-1].end is None and (st.job_id is None or allocs[-1].job_id == st.job_id):
@@ -251,8 +254,9 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         or (st.job_id is not None and (run_dir / CANCELLED_FILE).exists())
         or (bool(restarts) and restarts[-1].get("cause") == "cancelled")
     )
-    st.exit_reason = rundir.read_exit_reason(run_dir)
-    reason = st.exit_reason if _exit_reason_is_current(run_dir, metrics) else None
+    reason = rundir.read_exit_reason(run_dir) if _exit_reason_is_current(run_dir, metrics) else None
+    # an exit reason left by an earlier attempt says nothing about the one running now
+    st.exit_reason = None if st.running else reason
     last_decision = restarts[-1] if restarts else None
     if reason is None and last_decision is not None and state not in RUNNING_STATES and state is not None:
         reason = last_decision.get("cause")
@@ -312,10 +316,10 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         st.state, st.explanation = "-", "no exit recorded" if st.job_id else "not started"
     if st.state == "done":
         st.eta_s = None
-    # the newest restart that named a node (a node failure, a failed health check): which node, once done
-    blamed = [r for r in restarts if r.get("action") in runstats.RESTART_ACTIONS and r.get("node")]
-    if blamed and not st.running and st.state not in ("requeued",):
-        st.notes.append(f"last restart: {blamed[-1].get('cause')}{_on_node(blamed[-1])}")
+    # why it last restarted (and on which node, when one was named), once it no longer runs
+    restarted = [r for r in restarts if r.get("action") in runstats.RESTART_ACTIONS]
+    if restarted and not st.running and st.state not in ("requeued",):
+        st.notes.append(f"last restart: {restarted[-1].get('cause')}{_on_node(restarted[-1])}")
     if st.job_id and (run_dir / CANCELLED_FILE).exists():
         if st.cancelled:
             st.explanation = st.explanation.replace("cancelled;", "cancelled with mltrain cancel;", 1)
@@ -325,7 +329,74 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
 
 
 def _on_node(decision: dict[str, Any]) -> str:
-    return f" on {decision['node']}" if decision.get("node") else ""
+    node = decision.get("node")
+    return f" on {compress_nodes(str(node).split(','))}" if node else ""
+
+
+def compress_nodes(nodes: list[str]) -> str:
+    """Slurm's short form of a node list: node1,node2,node3,gpu7 -> node[1-3],gpu7 (zero padding kept;
+    first-seen order of the prefixes)."""
+    groups: dict[str, list[str]] = {}
+    order: list[str] = []
+    for n in nodes:
+        m = re.fullmatch(r"(.*?)(\d+)", n)
+        key = m.group(1) if m else n
+        if key not in groups:
+            groups[key], _ = [], order.append(key)
+        if m:
+            groups[key].append(m.group(2))
+    out: list[str] = []
+    for key in order:
+        nums = groups[key]
+        if not nums:
+            out.append(key)
+            continue
+        if len(nums) == 1:
+            out.append(key + nums[0])
+            continue
+        ranges: list[str] = []
+        vals = sorted(set(nums), key=lambda x: (int(x), x))
+        start = prev = vals[0]
+        for v in [*vals[1:], None]:
+            if v is not None and int(v) == int(prev) + 1 and (len(v) == len(prev) or not _padded(prev + v)):
+                prev = v
+                continue
+            ranges.append(start if start == prev else f"{start}-{prev}")
+            if v is not None:
+                start = prev = v
+        out.append(f"{key}[{','.join(ranges)}]")
+    return ",".join(out)
+
+
+def _padded(digits: str) -> bool:
+    return digits.startswith("0") and len(digits) > 1
+
+
+def wrap_line(prefix: str, text: str, width: int) -> list[str]:
+    """`prefix` + `text` in lines of at most `width` columns, continuation lines indented two spaces: whole
+    "; "-separated parts where they fit, else broken at spaces, inside a word (a long path) only when a
+    word alone is wider than the line. Nothing is cut."""
+    import textwrap
+
+    width = max(20, width)
+    lines: list[str] = []
+    cur = prefix
+    for i, part in enumerate(text.split("; ")):
+        piece = part + (";" if i < text.count("; ") else "")
+        sep = "" if cur in (prefix, "  ") else " "
+        if len(cur) + len(sep) + len(piece) <= width:
+            cur += sep + piece
+            continue
+        if cur.strip() and cur != prefix:
+            lines.append(cur)
+            cur = "  "
+        wrapped = textwrap.wrap(
+            cur + piece, width=width, subsequent_indent="  ", break_on_hyphens=False, break_long_words=True
+        )
+        lines.extend(wrapped[:-1])
+        cur = wrapped[-1] if wrapped else cur
+    lines.append(cur)
+    return [line.rstrip() for line in lines if line.strip()]
 
 
 def straggler_line(r: RunStatus) -> str | None:
@@ -462,11 +533,12 @@ def show_status(
         cells = [c[:idx] + c[idx + 1 :] for c in cells]
     table, dropped = fit_table(cols, cells, console.width)
     console.print(table)
-    for r in rows:  # one line each, never cut (an error message can be long: the terminal wraps it)
-        console.print(f"{escape(r.name)}: {escape(detail_line(r))}", highlight=False, soft_wrap=True)
-        slow = straggler_line(r)
-        if slow:
-            console.print(f"{escape(r.name)}: {escape(slow)}", highlight=False, soft_wrap=True)
+    # the detail lines: nothing cut, nothing wider than the console (wrapped here, at "; " where possible)
+    for r in rows:
+        for text in (detail_line(r), straggler_line(r)):
+            for line in wrap_line(f"{r.name}: ", text, console.width) if text else []:
+                console.print(escape(line), highlight=False, soft_wrap=True)
     if dropped:
-        console.print(f"[dim](narrow terminal: {', '.join(dropped)} not shown)[/]", highlight=False)
+        for line in wrap_line("", f"(narrow terminal: {', '.join(dropped)} not shown)", console.width):
+            console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
     return rows

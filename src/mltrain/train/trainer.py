@@ -365,9 +365,17 @@ class LoopStats:
         if steps > 0 and self.train_time_s > 0:
             head += f", {_fmt_rate(steps * trainer.tokens_per_step / self.train_time_s)} tok/s"
         losses = []
-        recent = self.recent_loss()
-        if recent is not None:
-            losses.append(f"train loss {recent[0]:.4f} (mean of last {recent[1]} steps)")
+        # the run's last train loss as status and report define it (runstats.last_loss, from metrics.jsonl,
+        # which the exit record has just joined); this start's own windows only without a metrics file
+        from mltrain import runstats
+        from mltrain.fsutil import read_jsonl
+
+        metrics = read_jsonl(trainer.run_dir / rundir.METRICS_FILE) if trainer.info.is_main else []
+        last = runstats.last_loss(metrics)
+        if last is not None:
+            losses.append(f"train loss {last[0]:.3f} (mean of last {last[1]} logged)")
+        elif (recent := self.recent_loss()) is not None:
+            losses.append(f"train loss {recent[0]:.3f} (mean of last {recent[1]} steps)")
         if self.val_loss is not None:
             losses.append(f"val loss {self.val_loss:.4f}")
         used = f"resumed step {self.start_step}" if self.start_step else "fresh start"
