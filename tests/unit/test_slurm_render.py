@@ -79,7 +79,7 @@ def test_script_shape(spec: Path) -> None:
         '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID-$ATTEMPT-$RUN_NO"'
         in s
     )
-    assert "MASTER_PORT=$((29500 + SLURM_JOB_ID % 2000))" in s  # no spec pins it: derived from the job id
+    assert "  MASTER_PORT=$(rdzv_port)\n" in s  # no spec pins it: a free port asked of the first node's OS
     assert 'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))' in s
     nproc = c.gpus_per_node or 1
     assert f"--nproc-per-node={nproc}" in s
@@ -188,6 +188,17 @@ echo "srun $*" >> "$FAKE_LOG"
 [ "${@: -1}" = true ] && exit 0
 [ -n "$FAKE_REASON" ] && echo "$FAKE_REASON" > "$RUN_DIR_FOR_FAKE/control/exit_reason"
 [ -n "$FAKE_FAIL_NODE" ] && echo "  exitcode  : -9 (pid: 1)" > "$MLTRAIN_TORCHRUN_LOG.$FAKE_FAIL_NODE.log"
+# rank 0's words when a stop ended training (stdout: the job's .out)
+[ -n "$FAKE_STOP_WHY" ] && echo "[mltrain] stop requested ($FAKE_STOP_WHY) at step 33: checkpointing, then exiting"
+# the watchdog's stack dumps (rank:file content) and each node's torchrun failure report naming its rank
+if [ -n "$FAKE_HANG_DUMPS" ]; then
+  mkdir -p "$RUN_DIR_FOR_FAKE/hangs"
+  for d in $FAKE_HANG_DUMPS; do
+    cp "${d#*:}" "$RUN_DIR_FOR_FAKE/hangs/rank${d%%:*}-$(date +%s).txt"
+  done
+  printf '  host      : nodeA\n  rank      : 0 (local_rank: 0)\n  exitcode  : 3\n' > "$MLTRAIN_TORCHRUN_LOG.nodeA.log"
+  printf '  host      : nodeB\n  rank      : 1 (local_rank: 0)\n  exitcode  : 3\n' > "$MLTRAIN_TORCHRUN_LOG.nodeB.log"
+fi
 exit "${FAKE_RC:-0}"
 """,
     "scontrol": """#!/bin/bash
@@ -233,7 +244,10 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
         **fake,
     }
     env.pop("SLURM_RESTART_COUNT", None) if not attempt else None
-    p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    # stdout and stderr go where Slurm puts them (--output/--error): the script reads its own .out and .err
+    (run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "slurm" / "7.out", "a") as out, open(run_dir / "slurm" / "7.err", "a") as err:
+        p = subprocess.run(["bash", "-c", script], env=env, stdout=out, stderr=err, timeout=60)
     _stop_detached_helpers(log)
     return p.returncode, log.read_text()
 
@@ -364,3 +378,90 @@ def test_unclosed_allocation_is_closed_by_the_next_attempt(tmp_path: Path) -> No
     # the previous attempt's requeue was Slurm's own (node failure): recorded now, so the count agrees with Slurm
     (rec,) = _records(run)
     assert (rec["cause"], rec["action"], rec["attempt"]) == ("node_failure", "requeue", 0)
+
+
+# faulthandler's dumps (all threads; the watchdog thread is the current one): the stuck rank's main thread is in
+# its own code, a peer's waits in torch's autograd / collectives
+STUCK_DUMP = """mltrain watchdog: rank 1 finished no step for 6s (hang_timeout_s=5.0); stacks of all threads:
+
+Current thread 0x00007f0000000002 (most recent call first):
+  File "/x/mltrain/train/faults.py", line 163 in _fire
+  File "/usr/lib/python3.11/threading.py", line 1038 in _bootstrap
+
+Thread 0x00007f0000000001 (most recent call first):
+  File "/x/mltrain/train/faults.py", line 233 in maybe_fire
+  File "/x/mltrain/train/trainer.py", line 390 in train_loop
+  File "/x/mltrain/__main__.py", line 3 in <module>
+"""
+WAITING_DUMP = STUCK_DUMP.replace("rank 1", "rank 0").replace(
+    '  File "/x/mltrain/train/faults.py", line 233 in maybe_fire\n',
+    '  File "/v/torch/autograd/graph.py", line 829 in _engine_run_backward\n',
+)
+
+
+def _fake_run_dir(tmp_path: Path, **overrides: str):
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        f"name: c\ninstance_type: p5.48xlarge\nnodes: 2\ngpus_per_node: 8\nrun_base_dir: {tmp_path}\n"
+        "container: {image: /x.sqsh}\nslurm: {hyperpod: false}\n"
+    )
+    sub = prepare_submission(RUN_YAML, spec, overrides=[f"{k}={v}" for k, v in overrides.items()])
+    (sub.run_dir / "checkpoints" / "step_00000030").mkdir(parents=True)
+    (sub.run_dir / "checkpoints" / "step_00000030" / "COMMITTED").write_text("{}")
+    return sub
+
+
+@pytest.mark.parametrize(
+    "why, counted, cause",
+    [
+        ("SIGTERM", True, "rank_failure"),  # torchrun's agent tearing its workers down: nobody asked
+        ("a signal to another rank", True, "rank_failure"),
+        ("SIGUSR1", False, "preempted"),  # scancel --signal=USR1 to the ranks: asked
+        ("mltrain stop", False, "preempted"),  # the stop file: a user asked
+        ("", False, "preempted"),  # no words from the trainer (a script run): as before
+    ],
+)
+def test_a_stop_is_a_preemption_only_when_asked_for(tmp_path: Path, why: str, counted: bool, cause: str) -> None:
+    """Before: any rank that stopped on SIGTERM was recorded `preempted`, not counted, though the batch script
+    got no signal (a port collision's torchrun teardown read as `1 (1p)` in status)."""
+    sub = _fake_run_dir(tmp_path, **{"launch.max_in_place_restarts": "0"})
+    rc, log = _run_fake(tmp_path, sub.script, sub.run_dir, 0, FAKE_REASON="preempted", FAKE_RC="1", FAKE_STOP_WHY=why)
+    (rec,) = _records(sub.run_dir)
+    assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == (cause, "requeue", counted, 30)
+    assert "stdin requeue 7" in log
+    out = (sub.run_dir / "slurm" / "7.out").read_text()
+    assert ("which neither Slurm nor a user sent" in out) == counted
+
+
+def test_usr1_to_the_batch_script_is_a_preemption_whatever_the_trainer_saw(tmp_path: Path) -> None:
+    """Slurm's own preemption warning (USR1 to this script, e.g. the time limit): a preemption."""
+    sub = _fake_run_dir(tmp_path)
+    script = sub.script.replace("  SRUN_PID=$!\n", "  SRUN_PID=$!\n  kill -USR1 $$\n", 1)
+    rc, _ = _run_fake(tmp_path, script, sub.run_dir, 0, FAKE_REASON="preempted", FAKE_RC="1", FAKE_STOP_WHY="SIGTERM")
+    (rec,) = _records(sub.run_dir)
+    assert (rec["cause"], rec["counted"]) == ("preempted", False)
+
+
+@pytest.mark.parametrize(
+    "dumps, node",
+    [
+        ("0:WAIT 1:STUCK", "nodeB"),  # rank 1 on nodeB is the one not waiting for its peers
+        ("1:STUCK", "nodeB"),
+        ("0:WAIT", "nodeA"),  # the only dump
+        ("0:STUCK 1:STUCK", None),  # two candidates: no guess
+    ],
+)
+def test_hang_records_the_stuck_ranks_node(tmp_path: Path, dumps: str, node: str | None) -> None:
+    """Before: a hang restart recorded no node though the stack dumps name the stuck rank."""
+    files = {"STUCK": tmp_path / "stuck.txt", "WAIT": tmp_path / "wait.txt"}
+    files["STUCK"].write_text(STUCK_DUMP)
+    files["WAIT"].write_text(WAITING_DUMP)
+    spec = " ".join(f"{d.split(':')[0]}:{files[d.split(':')[1]]}" for d in dumps.split())
+    sub = _fake_run_dir(tmp_path)
+    # an older attempt's dump is not this run's
+    (sub.run_dir / "hangs").mkdir()
+    (sub.run_dir / "hangs" / "rank0-1000.txt").write_text(STUCK_DUMP)
+    rc, log = _run_fake(tmp_path, sub.script, sub.run_dir, 0, FAKE_REASON="hang", FAKE_RC="1", FAKE_HANG_DUMPS=spec)
+    (rec,) = _records(sub.run_dir)
+    assert (rec["cause"], rec["action"], rec["node"]) == ("hang", "requeue", node)
+    assert "ExcNodeList" not in log  # a hang's node is recorded, not excluded

@@ -60,6 +60,43 @@ def test_pinned_rendezvous_port(tmp_path: Path) -> None:
     spec.write_text(P5.read_text().replace("slurm:\n", "slurm:\n  rdzv_port: 29777\n", 1))
     sub = prepare_submission(RUN_YAML, spec, hyperpod=False)
     assert "MASTER_PORT=29777" in sub.script and "SLURM_JOB_ID % 2000" not in sub.script
+    assert "rdzv_port()" not in sub.script and "MASTER_PORT=$(rdzv_port)" not in sub.script
+
+
+def _rdzv_port_function(script: str) -> str:
+    start = script.index("rdzv_port() {")
+    return script[start : script.index("\n}\n", start) + 3]
+
+
+def test_rendezvous_port_is_a_free_port_of_the_first_node() -> None:
+    """Before: 29500 + job id % 2000, which job 4015 shared with job 2015 on one node (its agents joined the
+    other job's c10d store). Now the batch script (on the allocation's first node, where the store listens)
+    asks its OS for a free port below the ephemeral range before each torchrun start; --dry-run shows it."""
+    import socket
+
+    p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert "# rendezvous port: asked of this node's OS before each torchrun start" in p.stdout
+    assert "  MASTER_PORT=$(rdzv_port)\n" in p.stdout and '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"' in p.stdout
+    fn = _rdzv_port_function(p.stdout)
+    lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    # the job-id rule's port for job 4015 (29515) is held by another process: never handed out
+    with socket.socket() as held:
+        held.bind(("", 29515))
+        held.listen()
+        ports = set()
+        for _ in range(5):
+            r = subprocess.run(
+                ["bash", "-c", fn + "rdzv_port"], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "4015"}, **_TXT
+            )
+            ports.add(int(r.stdout))
+    assert 29515 not in ports and all(20000 <= port < max(lo, 20001) for port in ports), ports
+    for port in ports:  # free when handed out
+        with socket.socket() as s:
+            s.bind(("", port))
+
+
+_TXT = {"capture_output": True, "text": True, "check": True, "timeout": 30}
 
 
 @pytest.fixture
@@ -107,3 +144,53 @@ def test_submit_refuses_a_run_dir_held_by_a_live_trainer(
 def test_launch_errors_are_mltrain_errors() -> None:
     with pytest.raises(LaunchError, match="must be at least 1"):
         prepare_submission(RUN_YAML, P5, nodes=-3)
+
+
+@pytest.mark.parametrize(
+    "given, normal, seconds",
+    [
+        ("2", "00:02:00", 120),
+        ("90", "01:30:00", 5400),
+        ("5:30", "00:05:30", 330),
+        ("12:00:00", "12:00:00", 43200),
+        ("1-0", "1-00:00:00", 86400),
+        ("2-12", "2-12:00:00", 216000),
+        ("1-2:30", "1-02:30:00", 95400),
+        ("3-04:05:06", "3-04:05:06", 273906),
+        ("100:00:00", "100:00:00", 360000),
+    ],
+)
+def test_time_takes_every_slurm_form(given: str, normal: str, seconds: int) -> None:
+    """Before: `--time 2` (two minutes to Slurm) was refused; only HH:MM:SS and D-HH:MM:SS were taken."""
+    from mltrain.launch.slurm import normalize_time
+
+    assert normalize_time(given) == (normal, seconds)
+    sub = prepare_submission(RUN_YAML, P5, time=given, overrides=["launch.requeue_grace_s=30"], hyperpod=False)
+    assert f"#SBATCH --time={normal}\n" in sub.script and f"TIME_LIMIT_S={seconds}\n" in sub.script
+
+
+@pytest.mark.parametrize("bad", [" ", "0", "two", "1:2:3:4", "1-", "-5", "5:75", "1-25", "UNLIMITED"])
+def test_time_refuses_what_slurm_refuses(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--time"):
+        prepare_submission(RUN_YAML, P5, time=bad, hyperpod=False)
+
+
+def test_cli_time_in_minutes_and_one_line_refusals() -> None:
+    p = _cli(
+        "submit", str(RUN_YAML), "--cluster", str(P5), "--time", "2", "--dry-run", "--set", "launch.requeue_grace_s=30"
+    )
+    assert p.returncode == 0, p.stderr
+    assert "#SBATCH --time=00:02:00\n" in p.stdout
+    p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--time", "2:xx", "--dry-run")
+    assert p.returncode == 2 and "--time '2:xx'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_submit_refusal_exits_2(tmp_path: Path, fake_sbatch: Path) -> None:
+    """Before: no prepared data (no manifest) exited 1 while the other refusals before sbatch exited 2."""
+    spec = _local_spec(tmp_path)
+    nodata = _cli("submit", str(RUN_YAML), "--cluster", str(spec), "--set", f"data.dir={tmp_path / 'nodata'}")
+    assert nodata.returncode == 2 and "no prepared data" in nodata.stderr, nodata.stderr
+    assert len(nodata.stderr.strip().splitlines()) == 1 and not fake_sbatch.exists()
+    for args in (["--nodes", "0"], ["--nodes", "99"], ["--set", "launch.requeue_grace_s=999999"]):
+        p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--dry-run", *args)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.config import RunConfig, dump_yaml, load_run_config
-from mltrain.errors import ConfigError, LaunchError, RunDirError
+from mltrain.errors import ConfigError, DataError, LaunchError, RunDirError
 from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, default_base, resolve_run, run_path
@@ -39,7 +39,6 @@ CANCELLED_FILE = "control/cancelled"
 HYPERPOD_MARKER = Path("/opt/sagemaker_cluster")
 # launch.health_check: NVML reads, torch/CUDA start-up and the burn-in's allocations on every GPU, beyond the burn-in
 HEALTH_TIMEOUT_MARGIN_S = 300
-TIME_RE = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
 ACTIVE_STATES = {
     "PENDING",
     "RUNNING",
@@ -54,6 +53,13 @@ ACTIVE_STATES = {
     "STAGE_OUT",
     "REQUEUE_FED",
 }
+
+
+class SubmitRefused(LaunchError):
+    """`submit` refuses the request before sbatch runs (bad --nodes, a run dir it cannot use): a usage error,
+    exit 2 like every other refusal of submit (config errors, failed trainer prechecks)."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -130,11 +136,43 @@ def _python_env() -> tuple[str | None, str]:
     return None, str(Path(sys.executable).parent)
 
 
+TIME_FORMS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+
+
+def normalize_time(time: str) -> tuple[str, int]:
+    """A Slurm time limit in any of the forms sbatch takes (TIME_FORMS) as (HH:MM:SS or D-HH:MM:SS, seconds).
+
+    The first field may be any size (90 minutes, 100:00:00); the later ones must be under 60 (hours under 24
+    after a day count), so a typo is refused here and not read differently by Slurm."""
+    bad = ConfigError(f"--time {time!r}: expected a Slurm time limit ({TIME_FORMS}), longer than 0")
+    t = time.strip()
+    days: int | None = None
+    if "-" in t:
+        d, _, t = t.partition("-")
+        if not d.isdigit() or not t:
+            raise bad
+        days = int(d)
+    fields = t.split(":")
+    if not all(f.isdigit() for f in fields) or not 1 <= len(fields) <= 3:
+        raise bad
+    v = [int(f) for f in fields]
+    if days is None:  # minutes | MM:SS | HH:MM:SS
+        h, m, sec = (0, v[0], 0) if len(v) == 1 else (0, v[0], v[1]) if len(v) == 2 else (v[0], v[1], v[2])
+        limits_ok = all(x < 60 for x in v[1:])
+    else:  # D-HH | D-HH:MM | D-HH:MM:SS
+        h, m, sec = (v + [0, 0])[:3]
+        limits_ok = h < 24 and m < 60 and sec < 60
+    total = (days or 0) * 86400 + h * 3600 + m * 60 + sec
+    if not limits_ok or total <= 0:
+        raise bad
+    h, rest = divmod(total - (days or 0) * 86400, 3600)
+    hms = f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return (f"{days}-{hms}" if days else hms), total
+
+
 def time_limit_s(time: str) -> int:
-    """Seconds of a Slurm time limit written HH:MM:SS or D-HH:MM:SS."""
-    days, _, hms = time.rpartition("-")
-    h, m, sec = (int(x) for x in hms.split(":"))
-    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
+    """Seconds of a Slurm time limit (any form normalize_time takes)."""
+    return normalize_time(time)[1]
 
 
 def check_instance_type(cluster: ClusterSpec) -> None:
@@ -166,15 +204,12 @@ def render_sbatch(
     A script run (`script:`) needs `run_yaml`, the run config file it came from: its script path and working
     directory are relative to that file's directory."""
     if nodes is not None and nodes < 1:
-        raise LaunchError(f"--nodes {nodes}: must be at least 1")
+        raise SubmitRefused(f"--nodes {nodes}: must be at least 1")
     nodes = nodes or cluster.nodes
     if nodes > cluster.nodes:
-        raise LaunchError(f"--nodes {nodes}: cluster {cluster.name} has only {cluster.nodes} nodes")
+        raise SubmitRefused(f"--nodes {nodes}: cluster {cluster.name} has only {cluster.nodes} nodes")
     check_instance_type(cluster)
-    time = time or cluster.slurm.time
-    if not TIME_RE.match(time):
-        raise ConfigError(f"--time {time!r}: expected HH:MM:SS or D-HH:MM:SS")
-    limit_s = time_limit_s(time)
+    time, limit_s = normalize_time(time or cluster.slurm.time)
     lc = cfg.launch
     if lc.requeue_grace_s >= limit_s:
         raise ConfigError(
@@ -184,7 +219,7 @@ def render_sbatch(
     if lc.min_nodes is not None and lc.min_nodes > nodes:
         raise ConfigError(f"launch.min_nodes={lc.min_nodes}: larger than the job's {nodes} nodes")
     if re.search(r"\s", str(run_dir)):
-        raise LaunchError(f"run dir {run_dir}: #SBATCH paths cannot contain whitespace")
+        raise SubmitRefused(f"run dir {run_dir}: #SBATCH paths cannot contain whitespace")
     if hyperpod is None:
         hyperpod = detect_hyperpod(cluster)
     try:
@@ -415,7 +450,7 @@ def submit_run(
     if prev is not None:
         info = query_job(prev)
         if info is not None and info["state"] in ACTIVE_STATES:
-            raise LaunchError(
+            raise SubmitRefused(
                 f"run {sub.cfg.name} already has job {prev} ({info['state']}); `mltrain cancel {sub.run_dir}` first"
             )
     precheck_submission(sub)
@@ -473,7 +508,11 @@ def precheck_submission(sub: Submission) -> None:
     if sub.cfg.script is None:  # a script run: its script was resolved by prepare_submission; the rest is its own
         from mltrain.train.trainer import precheck
 
-        precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
+        try:
+            precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
+        except DataError as e:  # e.g. no prepared data: refused like the config errors beside it
+            e.exit_code = 2
+            raise
     try:
         from mltrain.lease import lease_holder  # type: ignore[import-not-found]  (branch i9-lease)
     except ImportError:
@@ -558,6 +597,8 @@ def cancel_run(run: str, console: Console | None = None) -> None:
 
 __all__ = [
     "Submission",
+    "SubmitRefused",
+    "normalize_time",
     "cancel_run",
     "find_run",
     "latest_job_id",
