@@ -7,6 +7,7 @@ Failures, node loss, Slurm's own requeues and time limits: test_slurm_recovery.p
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -167,6 +168,11 @@ def test_hang_dumps_stacks_and_requeues(env: Env, reference: dict[int, float]) -
     (rec,) = records(run / "restarts.jsonl")
     assert (rec["cause"], rec["action"], rec["counted"]) == ("hang", "requeue", True)
     assert starts(run)[-1]["step"] == rec["step"] == 20
+    # the stuck rank (1: the one whose stack is not waiting for its peers) and its node, from torchrun's report
+    # of that node (before: no node recorded)
+    logs = {p.name.rsplit(".", 2)[-2]: p.read_text() for p in (run / "slurm").glob(f"torchrun-{job}-0-0.*.log")}
+    stuck = [n for n, text in logs.items() if re.search(r"rank *: 1 \(local_rank", text)]
+    assert rec["node"] is not None and [rec["node"]] == stuck, (rec, list(logs))
     assert job_field(job, "Restarts") == "1"
     assert losses_by_step(run) == reference
 
@@ -212,6 +218,17 @@ def test_cancel_is_not_requeued(env: Env) -> None:
     time.sleep(1)
     assert job_state(job)[0] == "CANCELLED" and job_field(job, "Restarts") == "0"
     assert [r["event"] for r in records(run / "slurm" / "jobs.jsonl")] == ["submit", "cancel"]
+    deadline = time.monotonic() + 30  # written once the ranks' stop checkpoint is committed
+    while not records(run / "restarts.jsonl") and time.monotonic() < deadline:
+        time.sleep(0.2)
     (rec,) = records(run / "restarts.jsonl")
     assert (rec["cause"], rec["action"], rec["counted"]) == ("cancelled", "none", False)
     assert "SIGTERM: cancelled; action: none" in (run / "slurm" / f"{job}.out").read_text()
+    from mltrain.launch.status import run_status
+
+    # the step committed by the trainer's SIGTERM checkpoint, the step status shows (before: the checkpoint
+    # before it, or null, while status said the later step)
+    st = run_status(run)
+    exit_rec = [r for r in records(run / "metrics.jsonl") if r.get("kind") == "exit"][-1]
+    assert rec["step"] == rec["resume_step"] == st.ckpt_step == st.step == exit_rec["step"], (rec, st)
+    assert st.explanation == f"cancelled with mltrain cancel; a new submit resumes from step {rec['step']}"

@@ -62,6 +62,9 @@ def test_admin_requeue_is_recorded_counted_and_released(env: Env) -> None:
     assert (rec["cause"], rec["action"], rec["counted"], rec["node"]) == ("admin_requeue", "requeue", False, None)
     assert job_field(job, "Restarts") == "1" == str(len([r for r in [rec] if r["action"] == "requeue"]))
     assert starts(run)[-1]["restart_count"] == 1
+    # the record waits for the trainer's SIGTERM checkpoint: it names the step the next attempt resumed from
+    # (before: the checkpoint before it, e.g. 100 while the run resumed from 101)
+    assert rec["step"] == rec["resume_step"] == starts(run)[1]["step"] > 12, (rec, starts(run))
     st = run_status(run)  # before: status said 0 restarts while Slurm said Restarts=1
     assert st.restarts == 1 and st.state == "done", st
     allocs = records(run / "slurm" / "allocations.jsonl")

@@ -177,3 +177,61 @@ def test_cli_status_fits_columns_80(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     r = subprocess.run(mltrain_cmd("status"), capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert run.name in r.stdout and all(len(line) <= 80 for line in r.stdout.splitlines()), r.stdout
+
+
+@pytest.mark.parametrize(
+    "reason, state, words",
+    [
+        ("done", "done", "finished"),
+        ("hang", "hang", "hang: the watchdog dumped stacks to hangs/ and stopped the job"),
+        ("failed", "failed", "crashed (exception in the trainer)"),
+        ("lost_rank", "lost rank", "a rank or node was lost (no exit reason written)"),
+        ("terminated", "terminated", "terminated by Slurm (scancel, preemption), not self-requeued"),
+        ("health_check", "unhealthy", "GPU health check failed (slurm/health.jsonl)"),
+        ("preempted", "stopped", "stopped for preemption / time limit (checkpointed)"),
+    ],
+)
+def test_exit_reason_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str, state: str, words: str
+) -> None:
+    _fake_slurm(tmp_path, monkeypatch, scontrol="JobId=7 JobState=COMPLETED Reason=None NodeList=(null)")
+    run = _run(tmp_path)
+    _jsonl(run / "metrics.jsonl", _trains(0.0, 1, 25))
+    (run / "control" / "exit_reason").write_text(reason + "\n")
+    st = status.run_status(run)
+    assert (st.state, st.explanation, st.running, st.exit_reason) == (state, words, False, reason)
+
+
+def test_local_stop_on_request_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    run = tmp_path / "runs" / "loc"
+    (run / "control").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: loc\ntrain:\n  max_steps: 100\n")
+    d = run / "checkpoints" / "step_00000030"
+    d.mkdir(parents=True)
+    (d / "COMMITTED").write_text("")
+    recs = _trains(0.0, 1, 30)
+    recs[0]["job_id"] = None
+    recs.append({"kind": "exit", "time": 40.0, "step": 30, "reason": "preempted"})
+    _jsonl(run / "metrics.jsonl", recs)
+    (run / "control" / "exit_reason").write_text("preempted\n")
+    st = status.run_status(run, now=time.time())
+    assert st.explanation == "stopped on request at step 30 (checkpointed); mltrain train resumes from step 30"
+    assert (st.state, st.step, st.ckpt_step) == ("stopped", 30, 30)
+
+
+def test_pending_job_says_why_and_running_job_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_slurm(tmp_path, monkeypatch, squeue="PENDING|Resources|")
+    run = _run(tmp_path, ckpt=None)
+    st = status.run_status(run)
+    assert (st.state, st.explanation, st.step) == ("pending", "pending (Resources)", None)
+    assert status.detail_line(st) == "job 7 PENDING; pending (Resources)"
+    _fake_slurm(tmp_path, monkeypatch, squeue="RUNNING|None|node[1-2]")
+    _jsonl(run / "metrics.jsonl", _trains(time.time() - 30, 1, 25))
+    _jsonl(run / "restarts.jsonl", [{"cause": "admin_requeue", "action": "requeue", "step": 20}])
+    st = status.run_status(run)
+    assert st.explanation == "running; resumed after admin_requeue" and st.restarts == 1 and st.preemptions == 0
+    assert status._cells(st)[6] == "1"
+    _jsonl(run / "restarts.jsonl", [{"cause": "preempted", "action": "requeue", "step": 20}])
+    st = status.run_status(run)
+    assert (st.restarts, st.preemptions, status._cells(st)[6]) == (1, 1, "1 (1p)")

@@ -295,7 +295,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
             else:
                 words += " (see the job's .err log)" if st.job_id else f" (see mltrain logs {run_dir.name})"
         elif reason == "preempted" and not st.job_id:
-            words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes.split(' ', 1)[1]}"
+            words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes}"
         elif reason != "done" and last_decision is not None and last_decision.get("cause") == reason:
             words += _on_node(last_decision)
             action = last_decision.get("action")
