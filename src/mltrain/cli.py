@@ -300,7 +300,12 @@ def submit(
     ] = None,
     cluster: Annotated[Path, typer.Option(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")] = ...,
     nodes: Annotated[Optional[int], typer.Option(help="nodes for this job; default all of the cluster's")] = None,
-    time: Annotated[Optional[str], typer.Option(help="time limit HH:MM:SS; default the cluster's")] = None,
+    time: Annotated[
+        Optional[str],
+        typer.Option(
+            help="time limit in any Slurm form: minutes (90), MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; default the cluster's"
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script, submit nothing")] = False,
     set_: SetOpt = None,
     script: Annotated[
