@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,13 @@ echo "srun $*" >> "$FAKE_LOG"
 [ "${@: -1}" = true ] && exit 0
 [ -n "$FAKE_REASON" ] && echo "$FAKE_REASON" > "$RUN_DIR_FOR_FAKE/control/exit_reason"
 [ -n "$FAKE_FAIL_NODE" ] && echo "  exitcode  : -9 (pid: 1)" > "$MLTRAIN_TORCHRUN_LOG.$FAKE_FAIL_NODE.log"
+# Slurm's SIGTERM reaches the ranks too: they write their stop checkpoint (step FAKE_TERM_CKPT), then exit
+if [ -n "$FAKE_TERM_CKPT" ]; then
+  trap 'd="$RUN_DIR_FOR_FAKE/checkpoints/step_$(printf %08d "$FAKE_TERM_CKPT")"; sleep 0.5; mkdir -p "$d";
+        echo "{}" > "$d/COMMITTED"; exit 1' TERM
+  echo "training" >> "$FAKE_LOG"
+  sleep 30 & wait; exit 1
+fi
 # rank 0's words when a stop ended training (stdout: the job's .out)
 [ -n "$FAKE_STOP_WHY" ] && echo "[mltrain] stop requested ($FAKE_STOP_WHY) at step 33: checkpointing, then exiting"
 # the watchdog's stack dumps (rank:file content) and each node's torchrun failure report naming its rank
@@ -465,3 +473,45 @@ def test_hang_records_the_stuck_ranks_node(tmp_path: Path, dumps: str, node: str
     (rec,) = _records(sub.run_dir)
     assert (rec["cause"], rec["action"], rec["node"]) == ("hang", "requeue", node)
     assert "ExcNodeList" not in log  # a hang's node is recorded, not excluded
+
+
+def test_sigterm_record_names_the_checkpoint_the_ranks_commit_on_the_way_out(tmp_path: Path) -> None:
+    """`scontrol requeue` mid-run: the batch script and the ranks get SIGTERM together; the ranks' stop checkpoint
+    (step 50) commits after that. Before: the record was written at once and named the older step 30."""
+    sub = _fake_run_dir(tmp_path)
+    run = sub.run_dir
+    fb = tmp_path / "fakebin"
+    _run_fake(tmp_path, "true", run, 0)  # writes the fake Slurm commands
+    log = tmp_path / "fake.log"
+    log.write_text("")
+    env = {
+        **os.environ,
+        "PATH": f"{fb}:{os.environ['PATH']}",
+        "FAKE_LOG": str(log),
+        "RUN_DIR_FOR_FAKE": str(run),
+        "SLURM_JOB_ID": "7",
+        "SLURM_JOB_NODELIST": "nodeA,nodeB",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_PARTITION": "gpu",
+        "FAKE_TERM_CKPT": "50",
+    }
+    env.pop("SLURM_RESTART_COUNT", None)
+    err = run / "slurm" / "7.err"
+    with open(run / "slurm" / "7.out", "a") as out, open(err, "a") as errf:
+        p = subprocess.Popen(["bash", "-c", sub.script], env=env, stdout=out, stderr=errf, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while "training" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with open(err, "a") as f:  # slurmstepd's words, written before it signals
+                f.write(
+                    "slurmstepd: error: *** JOB 7 ON nodeA CANCELLED AT 2026-01-01T00:00:00 DUE TO JOB REQUEUE ***\n"
+                )
+            os.killpg(p.pid, signal.SIGTERM)
+            assert p.wait(timeout=30) == 0
+        finally:
+            _stop_detached_helpers(log)
+    (rec,) = _records(run)
+    assert (rec["cause"], rec["action"], rec["counted"]) == ("admin_requeue", "requeue", False)
+    assert rec["step"] == rec["resume_step"] == 50
+    assert "SIGTERM: recorded admin_requeue, resumes from step 50" in (run / "slurm" / "7.out").read_text()
