@@ -130,6 +130,8 @@ def test_finished_run_always_says_why_it_last_restarted(
         (["p5-001", "p5-002", "p5-004", "p5-005", "gpu7"], "p5-[001-002,004-005],gpu7"),
         (["login"], "login"),
         (["a9", "a10", "a11"], "a[9-11]"),
+        (["node", "node1", "node2", "node2"], "node,node[1-2]"),
+        (["n09", "n10", "n08"], "n[08-10]"),
     ],
 )
 def test_compress_nodes_like_slurm(nodes: list[str], short: str) -> None:

@@ -335,30 +335,27 @@ def _on_node(decision: dict[str, Any]) -> str:
 
 def compress_nodes(nodes: list[str]) -> str:
     """Slurm's short form of a node list: node1,node2,node3,gpu7 -> node[1-3],gpu7 (zero padding kept;
-    first-seen order of the prefixes)."""
-    groups: dict[str, list[str]] = {}
-    order: list[str] = []
+    first-seen order of the prefixes; a name without a trailing number stays as it is)."""
+    groups: dict[str, list[str]] = {}  # prefix -> its numbers; a bare name is its own group ("\0" + name)
     for n in nodes:
         m = re.fullmatch(r"(.*?)(\d+)", n)
-        key = m.group(1) if m else n
-        if key not in groups:
-            groups[key], _ = [], order.append(key)
-        if m:
-            groups[key].append(m.group(2))
+        if m is None:
+            groups.setdefault("\0" + n, [])
+        else:
+            groups.setdefault(m.group(1), []).append(m.group(2))
     out: list[str] = []
-    for key in order:
-        nums = groups[key]
-        if not nums:
-            out.append(key)
+    for key, nums in groups.items():
+        if key.startswith("\0"):
+            out.append(key[1:])
             continue
-        if len(nums) == 1:
-            out.append(key + nums[0])
+        vals = sorted(set(nums), key=lambda x: (int(x), x))
+        if len(vals) == 1:
+            out.append(key + vals[0])
             continue
         ranges: list[str] = []
-        vals = sorted(set(nums), key=lambda x: (int(x), x))
         start = prev = vals[0]
         for v in [*vals[1:], None]:
-            if v is not None and int(v) == int(prev) + 1 and (len(v) == len(prev) or not _padded(prev + v)):
+            if v is not None and int(v) == int(prev) + 1 and (len(v) == len(prev) or not (_padded(prev) or _padded(v))):
                 prev = v
                 continue
             ranges.append(start if start == prev else f"{start}-{prev}")
