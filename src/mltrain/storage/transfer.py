@@ -617,10 +617,13 @@ def sync(
     yes: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    unlisted: bool = False,
 ) -> TransferSummary:
-    """Either direction, chosen by which side is an s3:// URL."""
+    """Either direction, chosen by which side is an s3:// URL (`unlisted`: see `download`)."""
     if is_s3(src) == is_s3(dst):
         raise StorageError(f"{src} -> {dst}: exactly one side must be an s3:// URL")
+    if unlisted and not is_s3(src):
+        raise StorageError("--unlisted applies to downloads (s3:// source): an upload sends every local file")
     client = make_client(opts, validate_responses=not is_s3(src))  # downloads are hashed against the manifest
     if is_s3(dst):
         local = Path(src).expanduser()
@@ -638,6 +641,7 @@ def sync(
         yes=yes,
         console=console,
         progress=progress,
+        unlisted=unlisted,
     )
 
 
