@@ -42,3 +42,31 @@ def test_mirrored_checkpoint_restores_with_its_marker_and_leaves_no_restore_dirs
     assert sorted(p.name for p in ck.iterdir()) == sorted([*files, MARKER])
     assert all((ck / rel).read_bytes() == data for rel, data in files.items())
     assert sorted(p.name for p in (new_run / "checkpoints").iterdir()) == ["step_00000005"]
+
+
+def _attach(run_dir: Path, mirror: str) -> None:
+    """The trainer's call on rank 0 of a one-process run (no process group), with the attributes it reads."""
+    from types import SimpleNamespace
+
+    from mltrain.storage.mirror import attach_checkpoint_mirror
+
+    manager = SimpleNamespace(
+        rank=0, root=run_dir / "checkpoints", keep_last=2, warn=lambda m: None, info=lambda m: None, on_commit=None
+    )
+    attach_checkpoint_mirror(manager, SimpleNamespace(mirror=mirror, resume=True))
+
+
+def test_a_mirror_with_a_bad_endpoint_or_bucket_stops_the_run_with_one_line(tmp_path, s3_env, monkeypatch):
+    import pytest
+
+    from mltrain.errors import CheckpointError
+
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"^checkpoint.mirror: cannot .*'Bad_Bucket!' is not a valid bucket name"):
+        _attach(run, "s3://Bad_Bucket!/x")
+    committed_checkpoint(run, 1, {"a": b"a"})  # a local checkpoint: nothing to restore, the mirror still checked
+    with pytest.raises(CheckpointError, match=r"'Bad_Bucket!' is not a valid bucket name"):
+        _attach(run, "s3://Bad_Bucket!/x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "notaurl")
+    with pytest.raises(CheckpointError, match=r"'notaurl' is not an endpoint URL"):
+        _attach(tmp_path / "empty", "s3://some-bucket/x")

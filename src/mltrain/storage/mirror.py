@@ -250,12 +250,13 @@ def attach_checkpoint_mirror(ckpt_manager: Any, ckpt_cfg: Any) -> None:
     run_dir = ckpt_manager.root.parent
     verdict: list[Any] = [None]
     if ckpt_manager.rank == 0:
-        try:
+        try:  # a bad URL must reach the other ranks as the verdict too, not leave them waiting for it
+            mirror = CheckpointMirror(mirror_url, run_dir, ckpt_manager.keep_last, warn, info)
             if ckpt_cfg.resume and not find_checkpoints(run_dir, deep=False):
                 restore_latest(mirror_url, run_dir, warn, info)
+            ckpt_manager.on_commit = mirror.committed
         except (StorageError, CheckpointError) as e:
             verdict = [f"checkpoint.mirror: cannot restore from {mirror_url}: {e}"]
-        ckpt_manager.on_commit = CheckpointMirror(mirror_url, run_dir, ckpt_manager.keep_last, warn, info).committed
     if dist.is_initialized():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
