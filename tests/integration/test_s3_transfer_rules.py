@@ -263,3 +263,25 @@ def test_single_object_download_follows_the_same_rule(tmp_path, client, s3, buck
     with pytest.raises(StorageError, match=r"one/x\.bin: not in the manifest .*--unlisted"):
         download(url.child("x.bin"), dst, client, SHA, progress=False)
     assert sorted(os.listdir(dst)) == ["a.bin"]
+
+
+def test_download_of_a_prefix_whose_manifest_lists_none_of_its_objects(tmp_path, client, s3, bucket):
+    (tmp_path / "empty").mkdir()
+    url = parse_s3_url(f"s3://{bucket}/e")
+    assert upload(tmp_path / "empty", url, client, SHA, progress=False).files == 0
+    assert manifest_of(s3, bucket, "e") == {}
+    s3.put_object(Bucket=bucket, Key="e/x.bin", Body=b"x")
+    with pytest.raises(
+        StorageError, match=rf"^s3://{bucket}/e: none of its 1 object\(s\) is in its manifest; --unlisted"
+    ):
+        download(url, tmp_path / "dst", client, SHA, progress=False)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_download_into_a_file_is_refused(tmp_path, client, bucket):
+    url = parse_s3_url(f"s3://{bucket}/f")
+    upload(tree(tmp_path / "src", {"a.bin": b"a"}), url, client, SHA, progress=False)
+    (tmp_path / "plain").write_text("keep me")
+    with pytest.raises(StorageError, match=r"plain: exists and is not a directory"):
+        download(url, tmp_path / "plain", client, SHA, progress=False)
+    assert (tmp_path / "plain").read_text() == "keep me"

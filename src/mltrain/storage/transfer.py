@@ -407,6 +407,41 @@ def whole_object_checksum(h: dict) -> str | None:
     return None if "-" in got or "-" in str(h.get("ETag", "")) else got
 
 
+def _select(
+    src: S3Url, remote: dict[str, int], manifest: Manifest | None, unlisted: bool | Collection[str], single: str | None
+) -> tuple[list[str], list[str]]:
+    """(objects to download, objects skipped because the manifest does not list them), both sorted.
+
+    StorageError instead when the manifest lists files S3 lacks (the data set is incomplete), or when
+    nothing would be downloaded because nothing is listed (say how to get it, rather than do nothing)."""
+    listed = manifest.files if manifest is not None else {}
+
+    def asked_for(rel: str) -> bool:
+        return unlisted is True or (not isinstance(unlisted, bool) and rel in unlisted)
+
+    skipped = sorted(r for r in remote if r not in listed and not asked_for(r))
+    if single is None and manifest is not None:
+        missing = sorted(set(listed) - set(remote))
+        if missing:
+            raise StorageError(
+                f"{src}: {len(missing)} file(s) the manifest lists are not on S3: {_names(missing)} "
+                f"(`mltrain data verify {src}` lists every problem); nothing downloaded"
+            )
+    if remote and len(skipped) == len(remote):
+        how = "checked against the checksum S3 stores (by size where it stores none)"
+        if manifest is None:
+            raise StorageError(
+                f"{src}: no {MANIFEST_NAME}, so nothing under it can be checked against an upload's hashes; "
+                f"rerun with --unlisted to download its {len(remote)} object(s), {how}"
+            )
+        if single is not None:
+            raise StorageError(f"{src.child(single)}: not in the manifest of {src}; --unlisted downloads it, {how}")
+        raise StorageError(
+            f"{src}: none of its {len(remote)} object(s) is in its manifest; --unlisted downloads them, {how}"
+        )
+    return sorted(r for r in remote if r not in skipped), skipped
+
+
 def download(
     src: S3Url,
     local: Path,
@@ -449,31 +484,7 @@ def download(
     if local_root.exists() and not local_root.is_dir():
         raise StorageError(f"{local_root}: exists and is not a directory")
     listed = manifest.files if manifest is not None else {}
-
-    def asked_for(rel: str) -> bool:
-        return unlisted is True or (not isinstance(unlisted, bool) and rel in unlisted)
-
-    skipped_unlisted = sorted(r for r in remote if r not in listed and not asked_for(r))
-    if single is None and manifest is not None:
-        missing = sorted(set(listed) - set(remote))
-        if missing:
-            raise StorageError(
-                f"{src}: {len(missing)} file(s) the manifest lists are not on S3: {_names(missing)} "
-                f"(`mltrain data verify {src}` lists every problem); nothing downloaded"
-            )
-    if remote and len(skipped_unlisted) == len(remote):  # nothing to download: say why instead
-        how = "checked against the checksum S3 stores (by size where it stores none)"
-        if manifest is None:
-            raise StorageError(
-                f"{src}: no {MANIFEST_NAME}, so nothing under it can be checked against an upload's hashes; "
-                f"rerun with --unlisted to download its {len(remote)} object(s), {how}"
-            )
-        if single is not None:
-            raise StorageError(f"{src.child(single)}: not in the manifest of {src}; --unlisted downloads it, {how}")
-        raise StorageError(
-            f"{src}: none of its {len(remote)} object(s) is in its manifest; --unlisted downloads them, {how}"
-        )
-    rels = sorted(r for r in remote if r not in skipped_unlisted)
+    rels, skipped_unlisted = _select(src, remote, manifest, unlisted, single)
     summary = TransferSummary("download", str(src), str(local), files=len(rels), unlisted=skipped_unlisted)
     summary.bytes_total = sum(remote[r] for r in rels)
     victims = []
