@@ -189,45 +189,69 @@ def test_download_temp_name_fits_the_file_name_limit_with_s3transfer_suffix(tmp_
 # --------------------------------------------------------------------------- download: only what the manifest lists
 
 
-def test_download_skips_and_names_objects_the_manifest_does_not_list(tmp_path, client, s3, bucket):
+def no_checksum_put(s3_env, bucket: str, key: str, body: bytes) -> None:
+    """PutObject without an additional checksum (boto3 adds CRC32 by default): S3 then stores none."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(request_checksum_calculation="when_required")
+    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], config=cfg).put_object(
+        Bucket=bucket, Key=key, Body=body
+    )
+
+
+def test_download_skips_and_names_objects_the_manifest_does_not_list(tmp_path, s3_env, client, s3, bucket):
     data = {"a.bin": b"a" * 500, "d/b.bin": b"b" * 600}
     url = parse_s3_url(f"s3://{bucket}/u")
     upload(tree(tmp_path / "src", data), url, client, SHA, progress=False)
-    s3.put_object(Bucket=bucket, Key="u/d/extra.bin", Body=b"not listed")
+    s3.put_object(Bucket=bucket, Key="u/d/extra.bin", Body=b"not listed")  # boto3's default: CRC32
     s3.put_object(Bucket=bucket, Key="u/z.bin", Body=b"z" * 5, ChecksumAlgorithm="SHA256")
+    no_checksum_put(s3_env, bucket, "u/n.bin", b"no checksum")
     dst = tmp_path / "dst"
 
     s = download(url, dst, client, SHA, progress=False)
-    assert (s.files, s.transferred, s.skipped, s.unlisted) == (2, 2, 0, ["d/extra.bin", "z.bin"])
-    assert s.bytes_total == 1100 and s.bytes_transferred == 1100 and s.unchecked == []
-    assert not (dst / "d/extra.bin").exists() and not (dst / "z.bin").exists()
+    assert (s.files, s.transferred, s.skipped, s.unlisted) == (2, 2, 0, ["d/extra.bin", "n.bin", "z.bin"])
+    assert s.bytes_total == 1100 and s.bytes_transferred == 1100 and s.unchecked == [] and s.verified
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == sorted(data)
 
     # into a directory that already holds good copies: still nothing outside the manifest
     s = download(url, dst, client, SHA, progress=False)
-    assert (s.transferred, s.skipped, s.unlisted) == (0, 2, ["d/extra.bin", "z.bin"])
+    assert (s.transferred, s.skipped, s.unlisted) == (0, 2, ["d/extra.bin", "n.bin", "z.bin"])
     assert not (dst / "d/extra.bin").exists()
 
-    # asked for: fetched, and the one S3 holds no whole-object checksum for is said to be checked by size only
+    # asked for: fetched, checked against S3's CRC32 and SHA256; the one with no checksum is said to be
+    # checked by size only
     s = download(url, dst, client, SHA, progress=False, unlisted=True)
-    assert (s.files, s.transferred, s.skipped, s.unlisted) == (4, 2, 2, [])
+    assert (s.files, s.transferred, s.skipped, s.unlisted) == (5, 3, 2, [])
+    assert (s.unchecked, s.verified) == (["n.bin"], False)
     assert (dst / "d/extra.bin").read_bytes() == b"not listed" and (dst / "z.bin").read_bytes() == b"z" * 5
-    stored = s3.head_object(Bucket=bucket, Key="u/d/extra.bin", ChecksumMode="ENABLED")
-    has_checksum = any(k.startswith("Checksum") and k != "ChecksumType" for k in stored)
-    assert s.unchecked == ([] if has_checksum else ["d/extra.bin"])
+    assert (dst / "n.bin").read_bytes() == b"no checksum"
+    # and then they count as already there: the checksummed ones by their checksum, the other again
+    s = download(url, dst, client, SHA, progress=False, unlisted=True)
+    assert (s.transferred, s.skipped, s.unchecked) == (1, 4, ["n.bin"])
+    # only the names given
+    s = download(url, tmp_path / "dst2", client, SHA, progress=False, unlisted={"z.bin"})
+    assert (s.files, s.unlisted) == (3, ["d/extra.bin", "n.bin"])
+    assert (tmp_path / "dst2" / "z.bin").is_file() and not (tmp_path / "dst2" / "n.bin").exists()
 
 
-def test_download_of_an_unlisted_object_checks_s3s_whole_object_checksum(tmp_path, client, s3, bucket):
+@pytest.mark.parametrize("algo", ["SHA256", "CRC32"])
+def test_download_of_an_unlisted_object_checks_s3s_whole_object_checksum(tmp_path, client, s3, bucket, algo):
     """moto stores whatever checksum a client claims: a wrong one must stop the download."""
+    import base64
+    import zlib
+
     url = parse_s3_url(f"s3://{bucket}/w")
     upload(tree(tmp_path / "src", {"a.bin": b"a"}), url, client, SHA, progress=False)
-    import base64
-
-    forged = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
-    s3.put_object(Bucket=bucket, Key="w/x.bin", Body=b"x" * 9, ChecksumAlgorithm="SHA256", ChecksumSHA256=forged)
+    forged = {
+        "SHA256": base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
+        "CRC32": base64.b64encode(zlib.crc32(b"other").to_bytes(4, "big")).decode(),
+    }[algo]
+    s3.put_object(Bucket=bucket, Key="w/x.bin", Body=b"x" * 9, ChecksumAlgorithm=algo, **{f"Checksum{algo}": forged})
     dst = tmp_path / "dst"
-    with pytest.raises(StorageError, match=r"x\.bin \(sha256 differs from S3's checksum\)"):
+    with pytest.raises(StorageError, match=rf"x\.bin \({algo.lower()} differs from S3's checksum\)"):
         download(url, dst, client, SHA, progress=False, unlisted=True)
-    assert not (dst / "x.bin").exists() and not [p for p in dst.rglob("*") if p.is_file()]
+    assert not [p for p in dst.rglob("*") if p.is_file()]
 
 
 def test_download_without_a_manifest_downloads_nothing_unless_asked(tmp_path, client, s3, bucket):
@@ -255,7 +279,7 @@ def test_download_refuses_when_objects_the_manifest_lists_are_missing(tmp_path, 
 
 def test_single_object_download_follows_the_same_rule(tmp_path, client, s3, bucket):
     url = parse_s3_url(f"s3://{bucket}/one")
-    upload(tree(tmp_path / "src", {"a.bin": b"a" * 10}), url, client, SHA, progress=False)
+    upload(tree(tmp_path / "src", {"a.bin": b"a" * 10, "b.bin": b"b"}), url, client, SHA, progress=False)
     s3.put_object(Bucket=bucket, Key="one/x.bin", Body=b"x")
     dst = tmp_path / "dst"
     dst.mkdir()
