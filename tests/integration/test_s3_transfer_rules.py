@@ -152,8 +152,8 @@ def test_upload_never_sends_our_temp_files(tmp_path, client, s3, bucket):
 
 
 def test_download_keeps_complete_verified_temps_and_removes_every_other_temp(tmp_path, client, s3, bucket):
-    """What a `kill -9` leaves: temps s3transfer finished (ours, no suffix) and its partial ones (with
-    its random suffix). The rerun keeps the complete ones that match the manifest and removes the rest."""
+    """What a `kill -9` leaves: temps s3transfer finished (ours, no suffix) and its own ones (with its
+    random suffix), mostly partial. The rerun keeps those whose bytes match the manifest, removes the rest."""
     data = {"a.bin": b"a" * 3000, "b.bin": b"b" * 3000, "sub/c.bin": b"c" * 3000, "d.bin": b"d" * 3000}
     url = parse_s3_url(f"s3://{bucket}/k")
     upload(tree(tmp_path / "src", data), url, client, SHA, progress=False)
@@ -163,13 +163,14 @@ def test_download_keeps_complete_verified_temps_and_removes_every_other_temp(tmp
             ".a.bin.4242.mltrain-tmp": data["a.bin"],  # complete and right: kept
             ".b.bin.4242.mltrain-tmp": b"B" * 3000,  # complete size, wrong bytes: removed, downloaded again
             ".b.bin.4242.mltrain-tmp.b5AD9462": b"b" * 100,  # partial: removed
+            ".d.bin.77.mltrain-tmp.ABCDEF12": data["d.bin"],  # s3transfer's, every byte in: kept
             "sub/.c.bin.4242.mltrain-tmp.0A1b2C3d": b"c" * 10,  # partial: removed
             ".gone.bin.4242.mltrain-tmp": b"x",  # an object that is no longer there: removed
         },
     )
     s = download(url, dst, client, SHA, progress=False)
-    assert (s.recovered, s.transferred, s.skipped) == (1, 3, 0)
-    assert s.bytes_transferred == 9000
+    assert (s.recovered, s.transferred, s.skipped) == (2, 2, 0)
+    assert s.bytes_transferred == 6000
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == sorted(data)
     for rel, want in data.items():
         assert (dst / rel).read_bytes() == want, rel

@@ -45,7 +45,7 @@ TMP_SUFFIX = ".mltrain-tmp"
 MiB = 1 << 20
 # `.<name>.<pid>.mltrain-tmp`, and the `.<8 hex digits>` s3transfer appends to the file it writes first
 # (it renames that to our name once every byte is in)
-_TMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)\.mltrain-tmp(?P<partial>\.[0-9A-Fa-f]{8})?$")
+_TMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)\.mltrain-tmp(?:\.[0-9A-Fa-f]{8})?$")
 _LONG_NAME = 200  # longer target names are shortened in temp names: s3transfer's suffix must still fit 255
 
 
@@ -511,22 +511,22 @@ def download(
         want = stored_whole(rel)
         return want is not None and local_checksum(p, want.split(":", 1)[0]) == want
 
-    # temps a killed run left: the complete ones (no s3transfer suffix) may hold verified bytes
+    # temps a killed run left (ours, or s3transfer's inside ours): one whose bytes hash right is kept
     temps = _our_temps(local_root, targets[single] if single is not None else None)
     by_stem = {(targets[r].parent, _tmp_stem(targets[r].name)): r for r in rels}
-    complete: dict[str, list[Path]] = {}
+    candidates: dict[str, list[Path]] = {}
     for p in temps:
         m = _TMP_RE.match(p.name)
-        rel = by_stem.get((p.parent, m["stem"])) if m and not m["partial"] else None
+        rel = by_stem.get((p.parent, m["stem"])) if m else None
         if rel is not None:
-            complete.setdefault(rel, []).append(p)
+            candidates.setdefault(rel, []).append(p)
 
     def settle(rel: str) -> Path | None:
-        """The file that already holds `rel`'s bytes: its target, or a complete temp; None to download."""
+        """The file that already holds `rel`'s bytes: its target, or a temp; None to download."""
         t = targets[rel]
         if t.is_file() and right_bytes(t, rel):
             return t
-        return next((c for c in complete.get(rel, []) if right_bytes(c, rel)), None)
+        return next((c for c in candidates.get(rel, []) if right_bytes(c, rel)), None)
 
     try:
         have = dict(zip(rels, _parallel(settle, rels, settings.hash_workers), strict=True))
