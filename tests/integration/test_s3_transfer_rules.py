@@ -4,6 +4,7 @@ and never data, and what a download does with objects the manifest does not list
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -310,3 +311,64 @@ def test_download_into_a_file_is_refused(tmp_path, client, bucket):
     with pytest.raises(StorageError, match=r"plain: exists and is not a directory"):
         download(url, tmp_path / "plain", client, SHA, progress=False)
     assert (tmp_path / "plain").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- upload: whose checksum S3 stores
+
+
+def _hash_as_if_the_file_changed_after_hashing(monkeypatch) -> None:
+    """The digest upload computes says other bytes than the ones it then reads and sends: what a file
+    changed between hashing and sending looks like (moto stores the checksum a client claims)."""
+    import dataclasses
+
+    from mltrain.storage import transfer
+    from mltrain.storage.digest import digest_file
+
+    def other(path, part_size, algorithm="SHA256"):
+        d = digest_file(path, part_size, algorithm)
+        b = bytearray(base64.b64decode(d.s3_checksum.split(":", 1)[1].split("-")[0]))
+        b[0] ^= 0xFF
+        algo = d.s3_checksum.split(":", 1)[0]
+        return dataclasses.replace(d, s3_checksum=f"{algo}:{base64.b64encode(bytes(b)).decode()}")
+
+    monkeypatch.setattr(transfer, "digest_file", other)
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "crc64nvme"])
+def test_a_single_put_sends_the_checksum_computed_while_hashing(tmp_path, client, s3, bucket, monkeypatch, checksum):
+    """S3 refuses a PUT whose bytes do not match the checksum sent with it: so it must be ours, not one
+    botocore computes from the bytes it reads at send time."""
+    from mltrain.storage.digest import crt_available
+
+    if checksum == "crc64nvme" and not crt_available():
+        pytest.skip("CRC64NVME needs awscrt")  # the s3 extra installs it; sha256 covers the rule without it
+    _hash_as_if_the_file_changed_after_hashing(monkeypatch)
+    src = tree(tmp_path / "src", {"a.bin": b"a" * 1000})
+    url = parse_s3_url(f"s3://{bucket}/claim-{checksum}")
+    upload(src, url, client, TransferSettings(checksum=checksum), progress=False)
+    claimed = manifest_of(s3, bucket, f"claim-{checksum}")["a.bin"]["s3_checksum"]
+    h = s3.head_object(Bucket=bucket, Key=f"claim-{checksum}/a.bin", ChecksumMode="ENABLED")
+    assert f"{checksum.upper()}:{h[f'Checksum{checksum.upper()}']}" == claimed
+
+
+def test_a_sha256_multipart_upload_is_checked_after_it_lands(tmp_path, client, s3, bucket, monkeypatch):
+    """botocore computes SHA256 part checksums itself: upload compares the composite S3 stores with its own."""
+    _hash_as_if_the_file_changed_after_hashing(monkeypatch)
+    src = tree(tmp_path / "src", {"big.bin": os.urandom(6 * 1024 * 1024)})
+    url = parse_s3_url(f"s3://{bucket}/mp")
+    settings = TransferSettings(checksum="sha256", part_size=5 << 20, threshold=5 << 20)
+    with pytest.raises(StorageError, match=r"uploaded objects do not match the local files: big\.bin \(expected"):
+        upload(src, url, client, settings, progress=False)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"mp/{MANIFEST_NAME}")
+
+
+def test_upload_aborts_only_the_unfinished_multipart_uploads_of_keys_it_sends(tmp_path, client, s3, bucket):
+    """A killed run's upload of a key we send again is aborted; another writer's upload beside it is not."""
+    mine = s3.create_multipart_upload(Bucket=bucket, Key="ab/a.bin")["UploadId"]
+    other = s3.create_multipart_upload(Bucket=bucket, Key="ab/not-ours.bin")["UploadId"]
+    s = upload(
+        tree(tmp_path / "src", {"a.bin": b"a" * 10}), parse_s3_url(f"s3://{bucket}/ab"), client, SHA, progress=False
+    )
+    assert s.aborted_multipart_uploads == 1
+    left = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix="ab/").get("Uploads", [])}
+    assert other in left and mine not in left
