@@ -606,6 +606,16 @@ PartOpt = Annotated[int, typer.Option("--part-size-mib", min=5, help="multipart 
 ChecksumOpt = Annotated[str, typer.Option("--checksum", help="sha256 | crc64nvme | auto (crc64nvme with awscrt)")]
 
 
+UnlistedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unlisted",
+        help="also download objects the manifest does not list (checked against S3's stored checksum, "
+        "by size where it stores none); without it they are skipped and named",
+    ),
+]
+
+
 def _transfer(
     src: str,
     dst: str,
@@ -619,6 +629,7 @@ def _transfer(
     yes,
     json_out,
     to_s3=None,
+    unlisted=False,
 ):
     import json
 
@@ -633,23 +644,11 @@ def _transfer(
     opts = S3Options(endpoint_url, profile, region, max_pool_connections=max(10, concurrency + 4))
     mib = part_mib << 20
     settings = TransferSettings(concurrency=concurrency, part_size=mib, threshold=mib, checksum=checksum)
-    summary = sync(src, dst, opts, settings, delete=delete, yes=yes, console=err_console)
+    summary = sync(src, dst, opts, settings, delete=delete, yes=yes, console=err_console, unlisted=unlisted)
     if json_out:
         console.print(json.dumps(summary.as_dict()), highlight=False, markup=False, soft_wrap=True)
         return
-    d = summary.as_dict()
-    console.print(
-        f"{summary.direction}: {summary.transferred} file(s) sent, {summary.skipped} already there, "
-        f"{summary.bytes_transferred / 2**20:.1f} MiB in {summary.seconds:.1f}s "
-        f"({d['mib_per_s'] or 0:.1f} MiB/s), checksums verified"
-        + (f", {len(summary.deleted)} deleted" if summary.deleted else "")
-        + (
-            f", {summary.aborted_multipart_uploads} stale multipart upload(s) aborted"
-            if summary.aborted_multipart_uploads
-            else ""
-        ),
-        highlight=False,
-    )
+    console.print(summary.line(), highlight=False, markup=False, soft_wrap=True)
 
 
 @data_app.command("upload")
@@ -679,11 +678,24 @@ def data_download(
     region: RegionOpt = None,
     concurrency: ConcurrencyOpt = 16,
     part_size_mib: PartOpt = 16,
+    unlisted: UnlistedOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download from S3; every file is hashed against the manifest before it replaces anything."""
+    """Download what the manifest lists; every file is hashed against it before it replaces anything."""
     _transfer(
-        src, local, endpoint_url, profile, region, concurrency, part_size_mib, "auto", False, False, json_out, False
+        src,
+        local,
+        endpoint_url,
+        profile,
+        region,
+        concurrency,
+        part_size_mib,
+        "auto",
+        False,
+        False,
+        json_out,
+        False,
+        unlisted,
     )
 
 
@@ -701,10 +713,25 @@ def data_sync(
     concurrency: ConcurrencyOpt = 16,
     part_size_mib: PartOpt = 16,
     checksum: ChecksumOpt = "auto",
+    unlisted: UnlistedOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy only changed files (size + checksum) in either direction; --delete lists, --yes deletes."""
-    _transfer(src, dst, endpoint_url, profile, region, concurrency, part_size_mib, checksum, delete, yes, json_out)
+    _transfer(
+        src,
+        dst,
+        endpoint_url,
+        profile,
+        region,
+        concurrency,
+        part_size_mib,
+        checksum,
+        delete,
+        yes,
+        json_out,
+        None,
+        unlisted,
+    )
 
 
 @data_app.command("verify")

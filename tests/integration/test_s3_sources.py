@@ -44,3 +44,15 @@ def test_s3_source_errors_name_the_entry(tmp_path, s3_env, bucket):
         read_corpus(DataConfig(sources=[f"s3://{bucket}/nothing/*.jsonl"]))
     with pytest.raises(MltrainError, match="no-such-bucket-q.*does not exist"):
         read_corpus(DataConfig(sources=["s3://no-such-bucket-q/x/*.jsonl"]))
+
+
+def test_s3_source_bad_bucket_name_and_endpoint_are_one_line(tmp_path, s3_env, monkeypatch):
+    from mltrain.storage import source
+
+    with pytest.raises(MltrainError) as e:
+        read_corpus(DataConfig(sources=["s3://Bad_Bucket!/x/*.jsonl"]))
+    assert "'Bad_Bucket!' is not a valid bucket name" in str(e.value) and "regex" not in str(e.value)
+    monkeypatch.setattr(source._local, "client", None, raising=False)  # no client cached from another test
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "notaurl")
+    with pytest.raises(MltrainError, match="'notaurl' is not an endpoint URL"):
+        read_corpus(DataConfig(sources=["s3://some-bucket/x/*.jsonl"]))

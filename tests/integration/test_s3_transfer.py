@@ -234,3 +234,132 @@ def test_single_file_upload_and_single_object_download(tmp_path, s3_env, s3, buc
     assert r.returncode == 1 and "--delete needs a prefix" in r.stderr and (dst / "keep.txt").exists()
     r = cli(s3_env, "data", "sync", str(f), url, "--delete", "--yes")
     assert r.returncode == 1 and "--delete needs a directory" in r.stderr
+
+
+def test_download_into_good_copies_names_an_unlisted_object_and_leaves_it(tmp_path, s3_env, s3, bucket):
+    src = tmp_path / "src"
+    make_tree(src, n_small=3, small_bytes=1000, big_bytes=0)
+    url = f"s3://{bucket}/x"
+    summary(cli(s3_env, "data", "upload", str(src), url, "--json"))
+    dst = tmp_path / "dst"
+    summary(cli(s3_env, "data", "download", url, str(dst), "--json"))
+    s3.put_object(Bucket=bucket, Key="x/d9/extra.bin", Body=b"extra")  # what `verify` calls EXTRA
+
+    r = cli(s3_env, "data", "download", url, str(dst))
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("download: 0 file(s) downloaded, 3 already there; 0.0 MiB in "), line
+    assert (
+        "checksums verified; 1 object(s) not in the manifest skipped: d9/extra.bin (--unlisted downloads them)" in line
+    )
+    assert "sent" not in line and not (dst / "d9").exists()
+
+    got = summary(cli(s3_env, "data", "download", url, str(dst), "--unlisted", "--json"))
+    assert (got["transferred"], got["skipped"], got["unlisted"]) == (1, 3, [])
+    assert (dst / "d9" / "extra.bin").read_bytes() == b"extra"
+    r = cli(s3_env, "data", "upload", str(src), url, "--unlisted")
+    assert r.returncode == 2 and "--unlisted" in r.stderr  # an upload has no such option
+
+
+def test_sigkill_during_download_then_rerun_keeps_complete_files_and_removes_every_temp(tmp_path, s3_env, s3, bucket):
+    """A real `kill -9` while s3transfer writes the big file: the small ones sit complete in our temps
+    (renamed only once all are checked), the big one in s3transfer's own suffixed temp."""
+    src = tmp_path / "src"
+    total = make_tree(src, n_small=8, small_bytes=MiB, big_bytes=80 * MiB)
+    url = f"s3://{bucket}/kd"
+    summary(cli(s3_env, "data", "upload", str(src), url, "--json"))
+    dst = tmp_path / "dst"
+    args = ["data", "download", url, str(dst), "--json", "--concurrency", "1", "--part-size-mib", "5"]
+    proc = subprocess.Popen(mltrain_cmd(*args), env=s3_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, seen = time.monotonic() + 90, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen = [p.name for p in dst.rglob("*.mltrain-tmp*")] if dst.is_dir() else []
+        if any(n.startswith(".z_big.bin.") and not n.endswith(".mltrain-tmp") for n in seen) and any(
+            n.endswith(".mltrain-tmp") for n in seen
+        ):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the download finished before it could be killed midway ({seen})"
+    left = [p.name for p in dst.rglob("*") if p.is_file()]
+    assert left and all(".mltrain-tmp" in n for n in left), left  # nothing at a real path
+
+    rerun = summary(cli(s3_env, *args))
+    assert (
+        rerun["recovered"] >= 1
+        and rerun["transferred"] == rerun["files"] - rerun["recovered"] == 9 - rerun["recovered"]
+    )
+    assert rerun["bytes_transferred"] < total and rerun["verified"]
+    assert not [p for p in dst.rglob("*") if "mltrain-tmp" in p.name]
+    for rel in [p.relative_to(src) for p in src.rglob("*") if p.is_file()]:
+        assert filecmp.cmp(src / rel, dst / rel, shallow=False), rel
+
+
+def test_progress_bar_and_summary_give_one_rate_in_mib(tmp_path, s3_env, s3, bucket):
+    """The bar and the summary line print the same figure, bytes moved (not skipped) per second, in MiB/s."""
+    import re
+
+    src = tmp_path / "src"
+    make_tree(src, n_small=6, small_bytes=2 * MiB, big_bytes=0)
+    url = f"s3://{bucket}/rate"
+    env = {**s3_env, "COLUMNS": "250", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "0"}
+    summary(cli(env, "data", "upload", str(src / "d0"), f"{url}/d0", "--json"))  # these are skipped below
+    for args in (["upload", str(src), url], ["download", url, str(tmp_path / "dst")]):
+        r = cli(env, "data", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        line = r.stdout.strip().splitlines()[-1]
+        assert "MB/s" not in r.stderr + r.stdout and " sent" not in line, r.stderr + line
+        bar = re.findall(r"([\d.]+) MiB/s", r.stderr)
+        said = re.search(r"([\d.]+) MiB in ([\d.]+)s \(([\d.]+) MiB/s\)", line)
+        assert bar and said, r.stderr + line
+        assert bar[-1] == said.group(3), (bar, line)
+        moved = 8 * MiB + sum(range(2, 6)) if args[0] == "upload" else 12 * MiB + sum(range(6))
+        assert said.group(1) == f"{moved / MiB:.1f}"
+
+
+def test_bad_endpoint_url_and_bucket_name_are_one_line_everywhere(tmp_path, s3_env, bucket):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello")
+    dst = tmp_path / "dst"
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "c1",
+                "instance_type": "p5.48xlarge",
+                "nodes": 1,
+                "gpus_per_node": 8,
+                "aws": {"region": "us-east-1", "subnet_id": "subnet-1", "fsx": {"s3_import_path": "s3://ok-bucket/x"}},
+            }
+        )
+    )
+    good = f"s3://{bucket}/p"
+    commands = [
+        ["data", "upload", str(src), good],
+        ["data", "download", good, str(dst)],
+        ["data", "sync", good, str(dst)],
+        ["data", "verify", good],
+        ["storage", "init", str(spec)],
+    ]
+    for cmd in commands:
+        r = cli(s3_env, *cmd, "--endpoint-url", "notaurl")
+        _one_clear_line(r, "'notaurl' is not an endpoint URL")
+        r = cli({**s3_env, "AWS_ENDPOINT_URL": "notaurl"}, *cmd)
+        _one_clear_line(r, "'notaurl' is not an endpoint URL", "AWS_ENDPOINT_URL")
+
+    bad = "s3://Bad_Bucket!/p"
+    for cmd in (
+        ["data", "upload", str(src), bad],
+        ["data", "download", bad, str(dst)],
+        ["data", "sync", str(src), bad],
+        ["data", "verify", bad],
+    ):
+        r = cli(s3_env, *cmd)
+        _one_clear_line(r, "'Bad_Bucket!' is not a valid bucket name")
+        assert "regex" not in r.stderr and len(r.stderr) < 200, r.stderr
+    spec.write_text(spec.read_text().replace("s3://ok-bucket/x", bad))
+    r = cli(s3_env, "storage", "init", str(spec))
+    _one_clear_line(r, "'Bad_Bucket!' is not a valid bucket name")
+    assert not dst.exists()

@@ -32,10 +32,11 @@ def worst(checks: list[Check]) -> str:
 
 def print_table(checks: list[Check], title: str, console: Any) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     for col in ("check", "status", "detail", "remedy"):
         table.add_column(col, overflow="fold")
-    for c in checks:
-        table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail, c.remedy)
+    for c in checks:  # details quote error text (botocore's regexes hold "[/:]"): plain text, never markup
+        table.add_row(Text(c.name), Text(c.status, style=_STYLE[c.status]), Text(c.detail), Text(c.remedy))
     console.print(table)

@@ -135,19 +135,23 @@ def check_run_dir(base: Path) -> list[Check]:
 
 
 def check_s3(bucket: str | None) -> list[Check]:
+    """The bucket is reachable with boto3's credentials and endpoint: through the storage layer, so a bad
+    name, endpoint or credential is the same one line as in `mltrain data ...`."""
     if not bucket:
         return [Check("s3", SKIP, "no bucket configured", "")]
-    name = bucket.removeprefix("s3://").split("/", 1)[0]
     try:
-        import boto3
+        import boto3  # noqa: F401
     except ImportError:
         return [Check("s3", WARN, "boto3 not installed", "pip install 'mltrain[s3]'")]
+    from mltrain.storage.client import check_bucket, make_client
+    from mltrain.storage.url import StorageError, parse_s3_url
+
+    url = bucket if bucket.startswith("s3://") else f"s3://{bucket}"
     try:
-        boto3.client("s3").head_bucket(Bucket=name)
-    except Exception as e:
-        return [
-            Check("s3", FAIL, f"s3://{name}: {type(e).__name__}: {e}", "check credentials, region and bucket policy")
-        ]
+        name = parse_s3_url(url).bucket
+        check_bucket(make_client(), name)
+    except StorageError as e:
+        return [Check("s3", FAIL, str(e), "check the bucket name, credentials, region, endpoint and bucket policy")]
     return [Check("s3", PASS, f"s3://{name} reachable with the configured credentials")]
 
 

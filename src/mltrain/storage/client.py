@@ -53,6 +53,14 @@ def make_client(opts: S3Options | None = None, validate_responses: bool = True) 
         return session.client("s3", endpoint_url=opts.endpoint_url, config=config)
     except BotoCoreError as e:  # ProfileNotFound, bad region, ...
         raise StorageError(f"cannot set up the S3 client: {e}") from None
+    except ValueError as e:  # botocore's "Invalid endpoint: notaurl" (from --endpoint-url or AWS_ENDPOINT_URL)
+        endpoint = opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint" in str(e).lower():
+            raise StorageError(
+                f"{endpoint!r} is not an endpoint URL (expected e.g. https://s3.example.com:9000); "
+                "check --endpoint-url / AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3"
+            ) from None
+        raise StorageError(f"cannot set up the S3 client: {e}") from None
 
 
 _CODES = {
@@ -73,6 +81,7 @@ def describe(e: BaseException, where: str) -> str:
         ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
+        ParamValidationError,
         PartialCredentialsError,
     )
 
@@ -88,6 +97,10 @@ def describe(e: BaseException, where: str) -> str:
             f"{where}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
             "or run with an instance role)"
         )
+    if isinstance(e, ParamValidationError):  # botocore's report, with its regexes: the first clause only
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        first = lines[0].split(": ", 1)[0] if "regex" in lines[0] else lines[0]
+        return f"{where}: invalid request: {first[:160]}"
     return f"{where}: {type(e).__name__}: {e}"
 
 

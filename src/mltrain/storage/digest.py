@@ -123,3 +123,22 @@ def stored_checksum(head: dict) -> str | None:
         if value:
             return f"{algo}:{value}"
     return None
+
+
+def local_checksum(path: Path, algorithm: str) -> str | None:
+    """The whole-object checksum S3 stores under `algorithm` for the bytes of `path`, as "<ALGO>:<value>";
+    None for an algorithm computed here without a dependency we lack (CRC32C, SHA1, CRC64NVME without awscrt).
+    Used to check an object no manifest lists against the checksum S3 stores for it."""
+    if algorithm == SHA256:
+        return digest_file(path, 0).s3_checksum
+    if algorithm == CRC64NVME:
+        return digest_file(path, 0, CRC64NVME).s3_checksum if crt_available() else None
+    if algorithm == "CRC32":
+        import zlib
+
+        crc = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(_READ_BYTES):
+                crc = zlib.crc32(chunk, crc)
+        return f"CRC32:{base64.b64encode(crc.to_bytes(4, 'big')).decode()}"
+    return None

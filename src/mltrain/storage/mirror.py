@@ -25,6 +25,7 @@ from mltrain.storage.url import S3Url, StorageError, parse_s3_url
 
 MARKER = rundir.CHECKPOINT_MARKER
 STAGING_DIR = ".mirror-staging"
+RESTORE_SUFFIX = ".restore"  # checkpoints/step_N.restore: a download not yet checked
 _STEP_RE = rundir.STEP_DIR_RE
 
 Log = Callable[[str], None]
@@ -213,11 +214,14 @@ def restore_latest(url: str, run_dir: Path, warn: Log = print, info: Log = print
     step, name = remote[-1]
     root = Path(run_dir) / CHECKPOINTS_DIR
     final = root / name
-    tmp = root / f"{name}.restore"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root / f"{name}{RESTORE_SUFFIX}"
+    for stale in root.glob(f"step_*{RESTORE_SUFFIX}"):  # restores a killed start left, of any step
+        shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        s = download(s3url.child(name), tmp, client, progress=False)
+        # the marker is uploaded after the transfer manifest, so the manifest does not list it: it is
+        # checked against S3's checksum here, and lists (and checks) every other file below
+        s = download(s3url.child(name), tmp, client, progress=False, unlisted={MARKER})
         problem = check_checkpoint(tmp, deep=True)
         if problem:
             raise CheckpointError(f"checkpoint mirror: {s3url.child(name)} is not usable: {problem}")
@@ -246,12 +250,13 @@ def attach_checkpoint_mirror(ckpt_manager: Any, ckpt_cfg: Any) -> None:
     run_dir = ckpt_manager.root.parent
     verdict: list[Any] = [None]
     if ckpt_manager.rank == 0:
-        try:
+        try:  # a bad URL must reach the other ranks as the verdict too, not leave them waiting for it
+            mirror = CheckpointMirror(mirror_url, run_dir, ckpt_manager.keep_last, warn, info)
             if ckpt_cfg.resume and not find_checkpoints(run_dir, deep=False):
                 restore_latest(mirror_url, run_dir, warn, info)
+            ckpt_manager.on_commit = mirror.committed
         except (StorageError, CheckpointError) as e:
             verdict = [f"checkpoint.mirror: cannot restore from {mirror_url}: {e}"]
-        ckpt_manager.on_commit = CheckpointMirror(mirror_url, run_dir, ckpt_manager.keep_last, warn, info).committed
     if dist.is_initialized():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:

@@ -5,14 +5,19 @@ Resumability is per file: a rerun hashes the local files, asks S3 which objects 
 same bytes (size + stored checksum) and sends only the rest. Multipart uploads left behind by a
 killed run (SIGKILL gives s3transfer no chance to abort them) are aborted before anything is sent,
 so none is ever orphaned. Downloads land in a temp file beside the target, are hashed, and are
-renamed only when they match: nothing half-written is left at a real path.
+renamed only when they match: nothing half-written is left at a real path. A download writes only
+what the manifest lists (each file is hashed against it); other objects are named and skipped unless
+asked for. Our temp files are never data: an upload skips them, and a download removes every one a
+killed run left, keeping the complete ones that hash right instead of downloading them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,16 +32,32 @@ from mltrain.storage.digest import (
     FileDigest,
     choose_algorithm,
     digest_file,
+    local_checksum,
     part_size_for,
     same_checksum,
     stored_checksum,
 )
 from mltrain.storage.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
-from mltrain.storage.progress import ByteProgress, byte_progress
+from mltrain.storage.progress import ByteProgress, byte_progress, rate_text
 from mltrain.storage.url import S3Url, StorageError, is_s3, parse_s3_url
 
 TMP_SUFFIX = ".mltrain-tmp"
 MiB = 1 << 20
+# `.<name>.<pid>.mltrain-tmp`, and the `.<8 hex digits>` s3transfer appends to the file it writes first
+# (it renames that to our name once every byte is in)
+_TMP_RE = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)\.mltrain-tmp(?:\.[0-9A-Fa-f]{8})?$")
+_LONG_NAME = 200  # longer target names are shortened in temp names: s3transfer's suffix must still fit 255
+
+
+def is_our_temp(name: str) -> bool:
+    """True for a file name a download of ours writes before the bytes are checked: never data."""
+    return _TMP_RE.match(name) is not None
+
+
+def _tmp_stem(name: str) -> str:
+    if len(name) <= _LONG_NAME:
+        return name
+    return f"{name[:150]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -74,30 +95,72 @@ class TransferSummary:
     skipped: int = 0
     bytes_total: int = 0
     bytes_transferred: int = 0
+    recovered: int = 0  # complete temps of a killed download that hashed right and were kept
+    unlisted: list[str] = field(default_factory=list)  # objects the manifest does not list, not downloaded
+    unchecked: list[str] = field(default_factory=list)  # downloaded with no checksum to check (size only)
     deleted: list[str] = field(default_factory=list)
     aborted_multipart_uploads: int = 0
     checksum_algorithm: str = ""
     verified: bool = False
-    seconds: float = 0.0
+    transfer_seconds: float = 0.0  # the progress bar's interval: its rate and ours are the same figure
+    seconds: float = 0.0  # the whole command
+
+    @property
+    def mib_per_s(self) -> float | None:
+        return self.bytes_transferred / MiB / self.transfer_seconds if self.transfer_seconds > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["mib_per_s"] = round(self.bytes_transferred / MiB / self.seconds, 2) if self.seconds else None
+        rate = self.mib_per_s
+        d["mib_per_s"] = None if rate is None else round(rate, 2)
         return d
+
+    def line(self) -> str:
+        """The CLI's summary: what moved, at which rate, and exactly what was checked and what was not."""
+        verb = "uploaded" if self.direction == "upload" else "downloaded"
+        parts = [f"{self.direction}: {self.transferred} file(s) {verb}"]
+        if self.recovered:
+            parts.append(f"{self.recovered} kept from an interrupted download")
+        parts.append(f"{self.skipped} already there")
+        text = ", ".join(parts) + (
+            f"; {self.bytes_transferred / MiB:.1f} MiB in {self.transfer_seconds:.1f}s "
+            f"({rate_text(self.mib_per_s)}), {self.seconds:.1f}s in all"
+        )
+        if self.unchecked:
+            text += (
+                f"; checksums verified except {len(self.unchecked)} file(s) checked by size only "
+                f"(S3 stores no whole-object checksum for them): {_names(self.unchecked)}"
+            )
+        else:
+            text += "; checksums verified"
+        if self.unlisted:
+            text += (
+                f"; {len(self.unlisted)} object(s) not in the manifest skipped: {_names(self.unlisted)} "
+                "(--unlisted downloads them)"
+            )
+        if self.deleted:
+            text += f"; {len(self.deleted)} deleted"
+        if self.aborted_multipart_uploads:
+            text += f"; {self.aborted_multipart_uploads} stale multipart upload(s) aborted"
+        return text
+
+
+def _names(rels: list[str], limit: int = 10) -> str:
+    return ", ".join(rels[:limit]) + (f", ... ({len(rels) - limit} more)" if len(rels) > limit else "")
 
 
 # --------------------------------------------------------------------------- listing
 
 
 def local_files(root: Path) -> dict[str, Path]:
-    """Relative POSIX path -> file, for a file or a directory tree (temp files and manifests excluded)."""
+    """Relative POSIX path -> file, for a file or a directory tree (our temp files and manifests excluded)."""
     if root.is_file():
         return {root.name: root}
     if not root.is_dir():
         raise StorageError(f"{root}: no such file or directory")
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.endswith(TMP_SUFFIX) and p.name != MANIFEST_NAME:
+        if p.is_file() and not is_our_temp(p.name) and p.name != MANIFEST_NAME:
             out[p.relative_to(root).as_posix()] = p
     return out
 
@@ -231,7 +294,7 @@ def upload(
                     bar.add_total(d.size)
                     if same:
                         summary.skipped += 1
-                        bar.advance(d.size)
+                        bar.skip(d.size)
                         continue
                     todo.append(rel)
                     futures.append(
@@ -249,6 +312,7 @@ def upload(
             raise storage_error(e, str(dest)) from None
         except OSError as e:
             raise StorageError(f"{local}: cannot read during upload: {e.strerror or e}") from None
+    summary.transfer_seconds = bar.seconds
     summary.transferred = len(todo)
     summary.bytes_transferred = sum(digests[r].size for r in todo)
 
@@ -312,13 +376,70 @@ def _delete_objects(client: Any, url: S3Url, rels: list[str]) -> None:
 
 
 def _tmp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
+    return target.with_name(f".{_tmp_stem(target.name)}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def _clean_stale_tmp(root: Path) -> None:
-    if root.is_dir():
-        for p in root.rglob(f"*{TMP_SUFFIX}"):
-            p.unlink(missing_ok=True)
+def _our_temps(root: Path, target: Path | None = None) -> list[Path]:
+    """Every temp file of ours under `root` (recursively), or only the temps of `target` (beside it)."""
+    if target is not None:
+        stem = _tmp_stem(target.name)
+        if not target.parent.is_dir():
+            return []
+        return sorted(
+            p for p in target.parent.glob(f".*{TMP_SUFFIX}*") if (m := _TMP_RE.match(p.name)) and m["stem"] == stem
+        )
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob(f".*{TMP_SUFFIX}*") if p.is_file() and is_our_temp(p.name))
+
+
+def whole_object_checksum(h: dict) -> str | None:
+    """S3's stored checksum when it covers the object's bytes as one piece ("<ALGO>:<value>"), else None.
+
+    CRC64NVME is full-object even for multipart uploads; SHA256 and CRC32 of a multipart upload are
+    composites of part checksums (an ETag with "-N" says it was one, even where the store leaves "-N"
+    off the checksum), which only the manifest's part size can reproduce."""
+    got = stored_checksum(h)
+    if not got:
+        return None
+    if got.startswith(f"{CRC64NVME}:") or h.get("ChecksumType") == "FULL_OBJECT":
+        return got
+    return None if "-" in got or "-" in str(h.get("ETag", "")) else got
+
+
+def _select(
+    src: S3Url, remote: dict[str, int], manifest: Manifest | None, unlisted: bool | Collection[str], single: str | None
+) -> tuple[list[str], list[str]]:
+    """(objects to download, objects skipped because the manifest does not list them), both sorted.
+
+    StorageError instead when the manifest lists files S3 lacks (the data set is incomplete), or when
+    nothing would be downloaded because nothing is listed (say how to get it, rather than do nothing)."""
+    listed = manifest.files if manifest is not None else {}
+
+    def asked_for(rel: str) -> bool:
+        return unlisted is True or (not isinstance(unlisted, bool) and rel in unlisted)
+
+    skipped = sorted(r for r in remote if r not in listed and not asked_for(r))
+    if single is None and manifest is not None:
+        missing = sorted(set(listed) - set(remote))
+        if missing:
+            raise StorageError(
+                f"{src}: {len(missing)} file(s) the manifest lists are not on S3: {_names(missing)} "
+                f"(`mltrain data verify {src}` lists every problem); nothing downloaded"
+            )
+    if remote and len(skipped) == len(remote):
+        how = "checked against the checksum S3 stores (by size where it stores none)"
+        if manifest is None:
+            raise StorageError(
+                f"{src}: no {MANIFEST_NAME}, so nothing under it can be checked against an upload's hashes; "
+                f"rerun with --unlisted to download its {len(remote)} object(s), {how}"
+            )
+        if single is not None:
+            raise StorageError(f"{src.child(single)}: not in the manifest of {src}; --unlisted downloads it, {how}")
+        raise StorageError(
+            f"{src}: none of its {len(remote)} object(s) is in its manifest; --unlisted downloads them, {how}"
+        )
+    return sorted(r for r in remote if r not in skipped), skipped
 
 
 def download(
@@ -331,62 +452,115 @@ def download(
     yes: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    unlisted: bool | Collection[str] = False,
 ) -> TransferSummary:
-    """Make `local` hold the objects under `src`; every written file is hashed and checked first."""
+    """Make `local` hold the objects under `src` that its manifest lists; every written file is hashed
+    and checked first. `unlisted`: True also downloads objects the manifest does not list (checked
+    against S3's whole-object checksum, by size where it stores none), or the names given."""
     from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
     from s3transfer.manager import TransferManager
 
     t0 = time.perf_counter()
     local = Path(local)
     check_bucket(client, src.bucket)
-    manifest = read_manifest(client, src) or Manifest()
+    manifest = read_manifest(client, src)
     remote = list_objects(client, src)
-    if not remote and src.prefix:  # a single object
+    single: str | None = None  # the object's name when `src` names one object
+    if not remote and src.prefix:
         h = head(client, src.bucket, src.prefix)
         if h is None:
             raise StorageError(f"{src}: no such object or prefix")
-        parent, _, name = src.prefix.rpartition("/")
+        parent, _, single = src.prefix.rpartition("/")
         src = S3Url(src.bucket, parent)
-        remote = {name: int(h["ContentLength"])}
-        manifest = read_manifest(client, src) or Manifest()
+        remote = {single: int(h["ContentLength"])}
+        manifest = read_manifest(client, src)
         if delete:
-            raise StorageError(f"{src.child(name)}: --delete needs a prefix as the source, not one object")
+            raise StorageError(f"{src.child(single)}: --delete needs a prefix as the source, not one object")
         if local.is_dir():
-            local = local / name
-        local_root, targets = local.parent, {name: local}
+            local = local / single
+        local_root, targets = local.parent, {single: local}
     else:
         local_root, targets = local, {rel: local / rel for rel in remote}
     if local_root.exists() and not local_root.is_dir():
         raise StorageError(f"{local_root}: exists and is not a directory")
-    summary = TransferSummary("download", str(src), str(local), files=len(remote))
-    summary.bytes_total = sum(remote.values())
+    listed = manifest.files if manifest is not None else {}
+    rels, skipped_unlisted = _select(src, remote, manifest, unlisted, single)
+    summary = TransferSummary("download", str(src), str(local), files=len(rels), unlisted=skipped_unlisted)
+    summary.bytes_total = sum(remote[r] for r in rels)
     victims = []
     if delete and local_root.is_dir():
         victims = sorted(set(local_files(local_root)) - set(remote))
         if victims and not yes:
             raise _refuse_delete(victims, str(local_root))
-    _clean_stale_tmp(local_root)
 
-    def unchanged(rel: str) -> bool:
-        t, d = targets[rel], manifest.files.get(rel)
-        if not t.is_file() or t.stat().st_size != remote[rel]:
-            return False
-        if d is None:  # no manifest: compare with the stored checksum when it is a whole-object one
+    heads: dict[str, str | None] = {}
+
+    def stored_whole(rel: str) -> str | None:
+        if rel not in heads:
             h = head(client, src.bucket, src.key(rel))
-            got = stored_checksum(h) if h else None
-            if not got or not got.startswith("SHA256:") or "-" in got:
-                return False
-            return digest_file(t, 0).s3_checksum == got
-        return d.size == remote[rel] and digest_file(t, 0).sha256 == d.sha256
+            heads[rel] = whole_object_checksum(h) if h else None
+        return heads[rel]
 
-    rels = sorted(remote)
-    todo = [rel for rel, same in zip(rels, _parallel(unchanged, rels, settings.hash_workers), strict=True) if not same]
-    summary.skipped = len(rels) - len(todo)
-    tmps: list[Path] = []
+    def right_bytes(p: Path, rel: str) -> bool:
+        """`p` holds the bytes of object `rel`: the manifest's size and sha256, else S3's whole-object checksum."""
+        if p.stat().st_size != remote[rel]:
+            return False
+        d = listed.get(rel)
+        if d is not None:
+            return d.size == remote[rel] and digest_file(p, 0).sha256 == d.sha256
+        want = stored_whole(rel)
+        return want is not None and local_checksum(p, want.split(":", 1)[0]) == want
+
+    # temps a killed run left (ours, or s3transfer's inside ours): one whose bytes hash right is kept
+    temps = _our_temps(local_root, targets[single] if single is not None else None)
+    by_stem = {(targets[r].parent, _tmp_stem(targets[r].name)): r for r in rels}
+    candidates: dict[str, list[Path]] = {}
+    for p in temps:
+        m = _TMP_RE.match(p.name)
+        rel = by_stem.get((p.parent, m["stem"])) if m else None
+        if rel is not None:
+            candidates.setdefault(rel, []).append(p)
+
+    def settle(rel: str) -> Path | None:
+        """The file that already holds `rel`'s bytes: its target, or a temp; None to download."""
+        t = targets[rel]
+        if t.is_file() and right_bytes(t, rel):
+            return t
+        return next((c for c in candidates.get(rel, []) if right_bytes(c, rel)), None)
+
+    try:
+        have = dict(zip(rels, _parallel(settle, rels, settings.hash_workers), strict=True))
+    except (BotoCoreError, ClientError) as e:
+        raise storage_error(e, str(src)) from None
+    except OSError as e:
+        raise StorageError(f"{local}: cannot read: {e.strerror or e}") from None
+    kept = {rel: p for rel, p in have.items() if p is not None and p != targets[rel]}
+    for p in temps:
+        if p not in kept.values():
+            p.unlink(missing_ok=True)
+    todo = [rel for rel in rels if have[rel] is None]
+    summary.skipped = len(rels) - len(todo) - len(kept)
+    summary.recovered = len(kept)
+
+    def check(rel: str, tmp: Path) -> tuple[str | None, bool]:
+        """(problem, checked): the manifest's sha256, else S3's whole-object checksum, else size only."""
+        d = listed.get(rel)
+        if d is not None:
+            got = digest_file(tmp, 0)
+            ok = got.sha256 == d.sha256 and got.size == d.size
+            return (None if ok else f"{rel} (sha256 differs from the manifest)"), True
+        want = stored_whole(rel)
+        have_local = local_checksum(tmp, want.split(":", 1)[0]) if want else None
+        if have_local is None:  # s3transfer checked the size; nothing else can be
+            return None, False
+        algo = want.split(":", 1)[0].lower()
+        return (None if have_local == want else f"{rel} ({algo} differs from S3's checksum)"), True
+
+    tmps: list[Path] = list(kept.values())
     try:
         with byte_progress(f"download <- {src}", console, progress) as bar:
             bar.add_total(summary.bytes_total)
-            bar.advance(sum(remote[r] for r in rels if r not in set(todo)))
+            bar.skip(sum(remote[r] for r in rels if have[r] is not None))
             # each file is hashed as soon as it is down, while the rest are still downloading
             with (
                 ThreadPoolExecutor(max_workers=settings.hash_workers) as hashers,
@@ -403,18 +577,26 @@ def download(
                     )
                 bad: list[str] = []
                 checks = []
-                for job in jobs:
+                for rel, tmp, fut in jobs:
                     try:
-                        job[2].result()
+                        fut.result()
                     except FlexibleChecksumError:  # botocore hashed the body: not what S3 says it stores
-                        bad.append(f"{job[0]} (bytes differ from the checksum S3 stores)")
+                        bad.append(f"{rel} (bytes differ from the checksum S3 stores)")
                         continue
-                    checks.append(hashers.submit(_check_download, job, src, manifest, client))
-                bad += [b for b in (c.result() for c in checks) if b]
-            if bad:
-                raise StorageError(f"{src}: downloaded files do not match: {'; '.join(bad[:10])} (nothing replaced)")
-            for rel, tmp, _ in jobs:
-                os.replace(tmp, targets[rel])
+                    checks.append((rel, hashers.submit(check, rel, tmp)))
+                for rel, c in checks:
+                    problem, checked = c.result()
+                    if problem:
+                        bad.append(problem)
+                    elif not checked:
+                        summary.unchecked.append(rel)
+        summary.transfer_seconds = bar.seconds
+        if bad:
+            raise StorageError(f"{src}: downloaded files do not match: {'; '.join(bad[:10])} (nothing replaced)")
+        for rel, tmp, _ in jobs:
+            os.replace(tmp, targets[rel])
+        for rel, tmp in kept.items():
+            os.replace(tmp, targets[rel])
     except (BotoCoreError, ClientError) as e:
         raise storage_error(e, str(src)) from None
     except OSError as e:
@@ -427,23 +609,10 @@ def download(
     summary.deleted = victims
     summary.transferred = len(todo)
     summary.bytes_transferred = sum(remote[r] for r in todo)
-    summary.verified = True
+    summary.unchecked.sort()
+    summary.verified = not summary.unchecked
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _check_download(job: tuple[str, Path, Any], src: S3Url, manifest: Manifest, client: Any) -> str | None:
-    """None when the temp file holds the right bytes: the manifest's sha256, else S3's stored checksum."""
-    rel, tmp, _ = job
-    d = manifest.files.get(rel)
-    if d is not None:
-        got = digest_file(tmp, 0)
-        return None if got.sha256 == d.sha256 and got.size == d.size else f"{rel} (sha256 differs from the manifest)"
-    h = head(client, src.bucket, src.key(rel))
-    stored = stored_checksum(h) if h else None
-    if stored and stored.startswith("SHA256:") and "-" not in stored:
-        return None if digest_file(tmp, 0).s3_checksum == stored else f"{rel} (sha256 differs from S3's checksum)"
-    return None  # no manifest entry and no whole-object checksum: size was checked by s3transfer
 
 
 # --------------------------------------------------------------------------- entry points
@@ -459,10 +628,13 @@ def sync(
     yes: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    unlisted: bool = False,
 ) -> TransferSummary:
-    """Either direction, chosen by which side is an s3:// URL."""
+    """Either direction, chosen by which side is an s3:// URL (`unlisted`: see `download`)."""
     if is_s3(src) == is_s3(dst):
         raise StorageError(f"{src} -> {dst}: exactly one side must be an s3:// URL")
+    if unlisted and not is_s3(src):
+        raise StorageError("--unlisted applies to downloads (s3:// source): an upload sends every local file")
     client = make_client(opts, validate_responses=not is_s3(src))  # downloads are hashed against the manifest
     if is_s3(dst):
         local = Path(src).expanduser()
@@ -480,6 +652,7 @@ def sync(
         yes=yes,
         console=console,
         progress=progress,
+        unlisted=unlisted,
     )
 
 

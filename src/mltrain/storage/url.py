@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mltrain.errors import MltrainError
@@ -41,6 +42,18 @@ class S3Url:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
+# what botocore accepts before it sends anything (legacy us-east-1 names and S3-compatible stores allow more
+# than AWS's rule today); an access point ARN is passed on as is
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+BUCKET_RULE = "S3 bucket names are 3-63 characters: lowercase letters, digits, '.' and '-'"
+
+
+def check_bucket_name(bucket: str, where: str) -> None:
+    """StorageError (one line, naming `where`) for a name botocore would refuse with its regexes."""
+    if not (_BUCKET_RE.match(bucket) or bucket.startswith("arn:")):
+        raise StorageError(f"{where}: {bucket!r} is not a valid bucket name ({BUCKET_RULE})")
+
+
 def is_s3(text: str) -> bool:
     return str(text).startswith("s3://")
 
@@ -53,4 +66,5 @@ def parse_s3_url(text: str) -> S3Url:
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise StorageError(f"{text!r}: no bucket name (expected s3://bucket/prefix)")
+    check_bucket_name(bucket, text)
     return S3Url(bucket, prefix.strip("/"))
