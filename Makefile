@@ -7,6 +7,11 @@ PIP := $(PY) -m pip
 # The CPU build of torch on CPU-only machines; GPU machines that already have torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 PCLUSTER_SPEC ?= aws-parallelcluster==3.16.1
+# DeepSpeed (a test dependency: the HF Trainer example with ds_config.json) is built here from its sdist with
+# its shared-memory communication op compiled in (DS_BUILD_SHM_COMM=1), so no run JIT-compiles it (~1 min of
+# CPU at each first start otherwise); against the torch above (no build isolation), not from a cached wheel
+# built without the op.
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
 .PHONY: venv demo test lint bench clean slurm-up slurm-down
 
@@ -16,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q setuptools wheel ninja py-cpuinfo psutil
+	DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu $(PIP) install -q --no-build-isolation --no-cache-dir "$(DEEPSPEED_SPEC)"
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps "$(PCLUSTER_SPEC)"
 	touch $@

@@ -16,8 +16,6 @@ ALLOWED_SKIPS: dict[str, str] = {
     r"root can read a mode-000 file": "permission tests cannot fail for root, and CI runs as root",
     r"cannot mount a tmpfs here": "containers without CAP_SYS_ADMIN; a unit test covers the same path",
     r"a process group is already initialised in this process": "test order in one process, not the install",
-    r"deepspeed is not installed \(optional\)": "DeepSpeed is the user's dependency, not mltrain's: CI installs "
-    "only pyproject deps, so the ZeRO-2 run through `mltrain train` is checked where deepspeed is installed",
     r"no glibc >= 2\.35 with transparent huge pages here": "a kernel/libc property of the CI host, not of the "
     "install; the decision logic is unit-tested either way",
 }

@@ -17,7 +17,7 @@ import time
 
 import torch
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from mltrain import runtime
 from mltrain.integrations.hf_trainer import MltrainCallback
@@ -140,7 +140,11 @@ def main() -> None:
     p.add_argument("--eval_steps", type=int, default=0, help="0: evaluate only at the end")
     p.add_argument("--deepspeed", default=None, help="a DeepSpeed config JSON, e.g. ds_config.json")
     p.add_argument("--slow_step_s", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args()
+    # Seed before anything random is built: the model's initial weights come from this seed, so a fresh run
+    # starts where the last fresh run started (the Trainer seeds again at __init__, after the model exists).
+    set_seed(args.seed)
 
     cuda = torch.cuda.is_available()
     out_dir = runtime.checkpoint_dir()
@@ -173,7 +177,7 @@ def main() -> None:
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=True,
-        seed=1234,
+        seed=args.seed,
     )
     callbacks: list[TrainerCallback] = [MltrainCallback(tokens_per_step=args.batch_size * args.seq_len * world)]
     if args.slow_step_s:

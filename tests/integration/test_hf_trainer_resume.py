@@ -1,10 +1,10 @@
 """The example Hugging Face Trainer script under `mltrain train --nproc 2` (torchrun, DDP over gloo, tiny random
 Llama): SIGUSR1 to the launcher mid-run -> checkpoint -> exit 75 -> run again -> resumes from that step and
-finishes; `mltrain status` shows its steps, loss and the restart. With DeepSpeed installed, ZeRO-2 too."""
+finishes; `mltrain status` shows its steps, loss and the restart. DeepSpeed ZeRO-2 (a test dependency) is stopped
+and resumed the same way, loss for loss."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -107,14 +107,103 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     assert "restarts" in rep.stdout and "goodput" in rep.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (optional)")
-def test_deepspeed_zero2_on_cpu(tmp_path):
-    run_yaml = _run_yaml(
-        tmp_path, "ds", ["--max_steps", "4", "--save_steps", "2", "--deepspeed", str(EXAMPLE / "ds_config.json")]
-    )
-    proc = _train(run_yaml, env={"DS_ACCELERATOR": "cpu"})
+def _finish(run_yaml: Path, env: dict | None = None) -> tuple[int, str]:
+    proc = _train(run_yaml, env)
     out, _ = proc.communicate(timeout=TIMEOUT_S)
-    assert proc.returncode == 0, out[-3000:]
-    ckpt = tmp_path / "runs" / "ds" / "checkpoints" / "checkpoint-4"
-    assert (ckpt / "global_step4").is_dir(), out[-3000:]  # written by DeepSpeed's engine, not the plain Trainer
+    return proc.returncode, out
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss of the run's train records (a resumed step's last record wins)."""
+    return {r["step"]: r["loss"] for r in _records(run_dir) if r["kind"] == "train"}
+
+
+def test_fresh_runs_start_alike_and_a_finished_run_trains_nothing(tmp_path):
+    """Two fresh runs of the example give the same losses (its model is built after the seed is set; was: built
+    before, so each run started from other weights). Relaunching a finished run (checkpoint-2 of a 2-step run)
+    says so and trains nothing (was: one more step, and checkpoint-3)."""
+    args = ["--max_steps", "2", "--save_steps", "2"]
+    runs = {name: (_run_yaml(tmp_path, name, args), tmp_path / "runs" / name) for name in ("a", "b")}
+    procs = [_train(run_yaml) for run_yaml, _ in runs.values()]  # side by side: half the wall time
+    for proc in procs:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, out[-3000:]
+    first = _losses(runs["a"][1])
+    assert sorted(first) == [1, 2] and first == _losses(runs["b"][1])
+
+    run_yaml, run_dir = runs["a"]
+    rc, out = _finish(run_yaml)
+    assert rc == 0, out[-3000:]
+    assert "already finished: step 2 of 2 (checkpoint-2); nothing to train" in out, out[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert _losses(run_dir) == first
+    assert [r["kind"] for r in _records(run_dir)].count("start") == 1  # no restart to count
+    row = next(line.split() for line in mltrain_status(run_dir).splitlines() if line.startswith("a "))
+    assert "done" in row and "2/2" in row, row
+
+
+def test_cpu_trainer_that_joined_no_process_group_is_refused(tmp_path):
+    """An HF Trainer script on CPU without use_cpu=True: each rank trained alone (not parallel: no DDP), on all
+    the data, with no word. The callback checks the process group and the Trainer's parallel mode against
+    WORLD_SIZE at train begin: one line, exit 2 (a usage error: never restarted), nothing trained."""
+    text = (EXAMPLE / "train.py").read_text()
+    script = tmp_path / "train_no_use_cpu.py"
+    script.write_text(text.replace("use_cpu=not cuda,", ""))
+    assert script.read_text() != text
+    run_yaml = tmp_path / "alone.yaml"
+    run_yaml.write_text(
+        json.dumps(
+            {"name": "alone", "base_dir": str(tmp_path), "script": {"path": str(script), "args": ["--max_steps", "3"]}}
+        )
+    )
+    run_dir = tmp_path / "runs" / "alone"
+    rc, out = _finish(run_yaml)
+    assert rc == 2, out[-3000:]
+    line = next(line for line in out.splitlines() if "WORLD_SIZE=" in line)
+    assert "WORLD_SIZE=2" in line and "train alone" in line and "use_cpu=True" in line, line
+    # one line per rank, no traceback of ours (torchrun still prints its ChildFailedError for the exit 2)
+    assert "ConfigError" not in out and "hf_trainer.py" not in out, out[-3000:]
+    assert not any(r["kind"] == "train" for r in _records(run_dir))
+    assert rundir.read_exit_reason(run_dir) == "config_error"
+    assert "use_cpu=True" in (run_dir / rundir.EXIT_MESSAGE_FILE).read_text()
+
+
+DS_ENV = {"DS_ACCELERATOR": "cpu"}
+
+
+def _ds_args(slow_step_s: float) -> list[str]:
+    ds = str(EXAMPLE / "ds_config.json")
+    return ["--max_steps", "6", "--save_steps", "100", "--deepspeed", ds, "--slow_step_s", str(slow_step_s)]
+
+
+def test_deepspeed_zero2_stop_resume_matches_an_uninterrupted_run(tmp_path):
+    """The example with its ds_config.json (ZeRO-2) on 2 CPU processes (DeepSpeed over gloo): USR1 mid-run ->
+    DeepSpeed checkpoint -> exit 75 -> resume; the losses after the resume are those of an uninterrupted run
+    (run alongside)."""
+    ref_yaml, ref_dir = _run_yaml(tmp_path, "dsref", _ds_args(0.0)), tmp_path / "runs" / "dsref"
+    run_yaml, run_dir = _run_yaml(tmp_path, "ds", _ds_args(0.5)), tmp_path / "runs" / "ds"
+    ref = _train(ref_yaml, DS_ENV)
+    proc = _train(run_yaml, DS_ENV)
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and proc.poll() is None:
+        if any(r.get("kind") == "train" and r["step"] >= 2 for r in _records(run_dir)):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 75, out[-3000:]
+    stop = [r for r in _records(run_dir) if r["kind"] == "exit"][-1]["step"]
+    assert 2 <= stop < 6, out[-3000:]
+    ckpt = run_dir / "checkpoints" / f"checkpoint-{stop}"
+    assert (ckpt / f"global_step{stop}").is_dir(), out[-3000:]  # DeepSpeed's engine saved it, not the plain Trainer
     assert runtime.latest_checkpoint(ckpt.parent) == str(ckpt)
+
+    rc, out = _finish(run_yaml, DS_ENV)
+    assert rc == 0, out[-3000:]
+    ref_out, _ = ref.communicate(timeout=TIMEOUT_S)
+    assert ref.returncode == 0, ref_out[-3000:]
+    starts = [r for r in _records(run_dir) if r["kind"] == "start"]
+    assert [s["step"] for s in starts] == [0, stop]
+    expected = _losses(ref_dir)
+    assert sorted(expected) == list(range(1, 7))
+    assert _losses(run_dir) == expected

@@ -67,24 +67,25 @@ class Work:
             (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {root}")
         )
 
-    def mltrain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def mltrain(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(
             [sys.executable, "-m", "mltrain", *args],
             cwd=self.root,
             capture_output=True,
             text=True,
-            env={**os.environ, "COLUMNS": "220"},
+            env={**os.environ, "COLUMNS": "220", **(env or {})},
             timeout=120,
         )
         if check:
             assert p.returncode == 0, f"mltrain {' '.join(args)}: {p.stdout}\n{p.stderr}"
         return p
 
-    def submit(self, run_yaml: Path, *sets: str) -> tuple[str, Path]:
+    def submit(self, run_yaml: Path, *sets: str, env: dict | None = None) -> tuple[str, Path]:
+        """`mltrain submit`; `env` reaches the batch script and the ranks (sbatch exports the environment)."""
         args = ["submit", str(run_yaml), "--cluster", str(self.cluster)]
         for s in sets:
             args += ["--set", s]
-        out = self.mltrain(*args).stdout
+        out = self.mltrain(*args, env=env).stdout
         job_id = out.split("submitted job ", 1)[1].split(":", 1)[0]
         SUBMITTED.append(job_id)
         name = next(s.split("=", 1)[1] for s in sets if s.startswith("name="))
@@ -157,6 +158,61 @@ def test_hf_trainer_usr1_checkpoint_requeue_resume(work: Work) -> None:
     assert 0 < float(cells["loss"]) < 6, text
     logs = work.mltrain("logs", str(run)).stdout
     assert "training finished" in logs and "USR1" in logs
+
+    # submitted again, the finished run says so and trains nothing (was: step 15 and checkpoint-15)
+    again, _ = work.submit(EXAMPLE / "run.yaml", "name=hfslurm", f"script.args={args}")
+    assert wait_job(again, 180) == "COMPLETED"
+    out = (run / "slurm" / f"{again}.out").read_text()
+    assert "hfslurm already finished: step 14 of 14 (checkpoint-14); nothing to train" in out, out[-3000:]
+    assert max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*")) == 14
+    assert _metrics(run) == recs  # no record: no start, no restart counted
+    cells, text = work.status_cells(run)
+    assert cells["state"] == "done" and cells["step"] == "14/14" and cells["rst"] == "1", text
+
+
+def test_deepspeed_usr1_requeue_resume_matches_an_uninterrupted_run(work: Work) -> None:
+    """The example with its ds_config.json (DeepSpeed ZeRO-2 on CPU: DS_ACCELERATOR=cpu, gloo) on 2 nodes: USR1
+    mid-run -> DeepSpeed checkpoint -> exit 75 -> requeue -> the next attempt resumes; its losses are those of
+    the same run uninterrupted (under `mltrain train --nproc 2` on this machine, alongside the job)."""
+    ds_env = {"DS_ACCELERATOR": "cpu"}
+    args = ["--max_steps", "6", "--save_steps", "100", "--deepspeed", str(EXAMPLE / "ds_config.json")]
+    ref_yaml = work.root / "dsref.yaml"
+    ref_yaml.write_text(
+        json.dumps(
+            {"name": "dsref", "base_dir": str(work.root), "script": {"path": str(EXAMPLE / "train.py"), "args": args}}
+        )
+    )
+    ref = subprocess.Popen(
+        [sys.executable, "-m", "mltrain", "train", str(ref_yaml), "--nproc", "2"],
+        cwd=work.root,
+        env={**os.environ, **ds_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    slow = json.dumps([*args, "--slow_step_s", "0.5"])
+    job, run = work.submit(EXAMPLE / "run.yaml", "name=dsslurm", f"script.args={slow}", env=ds_env)
+    deadline = time.monotonic() + 240
+    while not any(r.get("kind") == "train" and r["step"] >= 2 for r in _metrics(run)):
+        assert time.monotonic() < deadline and _active(job), (job_state(job), _metrics(run)[-3:])
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    assert wait_job(job, 300) == "COMPLETED", (run / "slurm" / f"{job}.out").read_text()[-3000:]
+    recs = _metrics(run)
+    stop = next(r for r in recs if r.get("kind") == "exit")["step"]
+    assert 2 <= stop < 6
+    assert (run / "checkpoints" / f"checkpoint-{stop}" / f"global_step{stop}").is_dir()  # DeepSpeed's engine saved
+    assert job_field(job, "Restarts") == "1"
+    assert [s["step"] for s in recs if s.get("kind") == "start"] == [0, stop]
+    assert [r["reason"] for r in recs if r.get("kind") == "exit"] == ["preempted", "done"]
+    ref_out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_out[-3000:]
+
+    def losses(d: Path) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in _metrics(d) if r.get("kind") == "train"}
+
+    expected = losses(work.root / "runs" / "dsref")
+    assert sorted(expected) == list(range(1, 7)) and losses(run) == expected
 
 
 def test_plain_script_sigkilled_rank_restarts_in_place_and_finishes(work: Work) -> None:

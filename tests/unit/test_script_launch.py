@@ -193,3 +193,61 @@ def test_outcome(tmp_path, codes, rc, exit_code, reason, words):
     S.record_outcome(tmp_path, out)
     assert rundir.read_exit_reason(tmp_path) == reason
     assert (tmp_path / rundir.EXIT_MESSAGE_FILE).exists() == (reason not in ("done", "preempted"))
+
+
+def test_wrapper_turns_a_typed_error_into_one_line_and_exit_2(tmp_path):
+    """mltrain's own code in the script (the HF callback) raising ConfigError: one `error:` line, exit 2, the
+    rank record names it; no traceback."""
+    (tmp_path / "bad.py").write_text("from mltrain.errors import ConfigError\nraise ConfigError('rank 0: use_cpu')\n")
+    run_dir = tmp_path / "runs" / "r"
+    r = subprocess.run(
+        [sys.executable, "-m", "mltrain.launch.script", str(tmp_path / "bad.py")],
+        env={**os.environ, runtime.ENV_RUN_DIR: str(run_dir), "RANK": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == exit_codes.CONFIG_ERROR and r.stderr.strip() == "error: rank 0: use_cpu", r.stderr
+    rec = json.loads((run_dir / S.RANKS_DIR / "0.json").read_text())
+    assert (rec["code"], rec["error"]) == (2, "rank 0: use_cpu")
+    assert rundir.read_exit_reason(run_dir) == "config_error"
+
+
+class _Args:
+    def __init__(self, output_dir: Path, mode: str = "distributed") -> None:
+        self.output_dir = str(output_dir)
+        self.parallel_mode = mode
+
+
+class _State:
+    def __init__(self, step: int, max_steps: int) -> None:
+        self.global_step, self.max_steps, self.is_world_process_zero = step, max_steps, True
+
+
+def test_callback_refuses_ranks_that_train_alone(monkeypatch, tmp_path):
+    hf = pytest.importorskip("mltrain.integrations.hf_trainer")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(
+        ConfigError, match=r"rank 1: torchrun started WORLD_SIZE=2 ranks but this one joined no process"
+    ):
+        hf.check_process_group(_Args(tmp_path))  # no process group in this test process
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    hf.check_process_group(_Args(tmp_path, "not_parallel"))  # one rank: nothing to join
+
+
+def test_callback_stops_a_finished_run_before_its_first_step(monkeypatch, tmp_path, capsys):
+    hf = pytest.importorskip("mltrain.integrations.hf_trainer")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(runtime.ENV_RUN_DIR, str(tmp_path / "run"))
+    monkeypatch.setenv(runtime.ENV_RUN_NAME, "hf")
+    ck = tmp_path / "checkpoint-40"
+    ck.mkdir()
+    (ck / runtime.CHECKPOINT_COMPLETE).write_text("40\n")
+    cb = hf.MltrainCallback(install_signal_handler=False)
+    with pytest.raises(SystemExit) as e:
+        cb.on_train_begin(_Args(tmp_path), _State(40, 40), None)
+    assert e.value.code == 0
+    assert "hf already finished: step 40 of 40 (checkpoint-40); nothing to train" in capsys.readouterr().out
+    assert not (tmp_path / "run" / rundir.METRICS_FILE).exists()  # no start record: no restart counted
+    cb.on_train_begin(_Args(tmp_path), _State(20, 40), None)  # a resume mid-run trains on
+    assert json.loads((tmp_path / "run" / rundir.METRICS_FILE).read_text())["step"] == 20

@@ -14,7 +14,12 @@
   checkpoint at the end of the current step and stop; the callback then leaves with exit code 75 from
   on_train_end, so the code after trainer.train() runs only when training really finished;
 - the checkpoint gets a MLTRAIN_COMPLETE marker once every rank has saved: runtime.latest_checkpoint()
-  prefers such checkpoints and skips one that was cut short.
+  prefers such checkpoints and skips one that was cut short;
+- a relaunch of a finished run (resumed at max_steps) says so and exits 0 before the Trainer's loop, which
+  would otherwise train one step past max_steps and save checkpoint-<max_steps + 1>;
+- ranks that do not train as one group of WORLD_SIZE ranks (an HF Trainer on CPU without use_cpu=True trains
+  as N separate world-size-1 main processes, each on all the data) raise a ConfigError at train begin:
+  the per-rank wrapper prints it in one line and exits 2, so the run is never restarted.
 
 transformers (and torch) are imported when this module is imported, never by `import mltrain`.
 """
@@ -30,6 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mltrain import exit_codes, runtime
+from mltrain.errors import ConfigError
 
 
 def _dist():
@@ -66,6 +72,9 @@ class MltrainCallback(TrainerCallback):
     # ------------------------------------------------------------------ records
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        check_process_group(args)
+        if state.max_steps and state.global_step >= state.max_steps > 0:
+            self._already_finished(args, state)
         if state.is_world_process_zero:
             runtime.log_start(
                 int(state.global_step),
@@ -141,6 +150,21 @@ class MltrainCallback(TrainerCallback):
         if self.stopped and self.exit_on_stop:
             runtime.exit_for_requeue()
 
+    def _already_finished(self, args: Any, state: Any) -> None:
+        """Resumed at (or past) max_steps: nothing is left to train. The Trainer's loop has no check before
+        its first step, so leave here (exit 0 on every rank: each resumed the same state), with no records:
+        the run's last "exit" record (done) still stands and no restart is counted."""
+        if state.is_world_process_zero:
+            ckpt = runtime.latest_checkpoint(args.output_dir)
+            where = f" ({Path(ckpt).name})" if ckpt else ""
+            name = os.environ.get(runtime.ENV_RUN_NAME) or "this run"
+            print(
+                f"[mltrain] {name} already finished: step {state.global_step} of {state.max_steps}{where}; "
+                "nothing to train (raise --max_steps or start a new run to train further)",
+                flush=True,
+            )
+        raise SystemExit(exit_codes.DONE)
+
     # ------------------------------------------------------------------ stop agreement
 
     def _stop_agreed(self, args: Any) -> bool:
@@ -155,6 +179,34 @@ class MltrainCallback(TrainerCallback):
         flag = torch.tensor([1.0 if local else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
+
+
+def check_process_group(args: Any) -> None:
+    """Raise ConfigError unless this rank trains as one of WORLD_SIZE ranks (torchrun's count): in one process
+    group of that size, and with the Trainer in its distributed mode (DDP, DeepSpeed, FSDP).
+
+    Otherwise each rank trains alone on all the data (no DDP wrapper, no gradient all-reduce) and nothing
+    fails. Seen with an HF Trainer on CPU without use_cpu=True: the process group of 2 exists, but accelerate
+    sets up no distributed type, so the Trainer runs "not parallel" on every rank."""
+    want = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if want <= 1:
+        return
+    dist = _dist()
+    group = dist.get_world_size() if dist is not None else None
+    mode = getattr(args, "parallel_mode", None)
+    mode = str(getattr(mode, "value", mode))
+    if group == want and mode == "distributed":
+        return
+    if group is None:
+        how = "joined no process group"
+    elif group != want:
+        how = f"joined a process group of {group}"
+    else:
+        how = f"is in the process group, but its Trainer does not use it (parallel mode {mode})"
+    raise ConfigError(
+        f"rank {runtime.rank()}: torchrun started WORLD_SIZE={want} ranks but this one {how}: each rank would "
+        "train alone on all the data; on CPU set TrainingArguments(use_cpu=True, ddp_backend='gloo')"
+    )
 
 
 def resume_point(output_dir: str | os.PathLike[str]) -> str | None:

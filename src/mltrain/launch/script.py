@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from mltrain import exit_codes, rundir
 from mltrain.config import RunConfig, ScriptConfig
-from mltrain.errors import ConfigError
+from mltrain.errors import ConfigError, MltrainError
 from mltrain.fsutil import atomic_write
 
 ENV_RESUME_ARG = "MLTRAIN_RESUME_ARG"  # script.resume_arg: the wrapper appends it + the newest complete checkpoint
@@ -330,6 +330,9 @@ def worker_main(argv: list[str]) -> NoReturn:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as e:
         code = _code_of(e.code)
+    except MltrainError as e:  # a usage error found by mltrain's own code in the script (e.g. the HF callback)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code, error = e.exit_code, str(e).splitlines()[0]
     except BaseException as e:
         traceback.print_exc()
         code, error = 1, f"{type(e).__name__}: {e}".splitlines()[0]
