@@ -184,3 +184,8 @@ def test_sample_is_deterministic_for_a_seed_and_cli_prints_prompt_and_sample(run
     assert r.returncode == 0, r.stderr
     want = sample_run(run_dir, "To be", max_new_tokens=20, temperature=0.0, device="cpu")
     assert r.stdout == "To be" + want.text + "\n"
+    # sample_run hands its temperature on: near 0 it is greedy for any seed, at 2.0 it is not
+    cold = [sample_run(run_dir, "To be", max_new_tokens=20, temperature=1e-4, seed=s, device="cpu") for s in (1, 2)]
+    assert [c.new_ids for c in cold] == [want.new_ids] * 2
+    hot = [sample_run(run_dir, "To be", max_new_tokens=20, temperature=2.0, seed=s, device="cpu") for s in (1, 2)]
+    assert all(h.new_ids != want.new_ids for h in hot)
