@@ -139,3 +139,21 @@ def test_config_changes_and_the_config_yaml_fallback(tmp_path, tiny_data_dir):
     saved, source = resumed_config(cfg, {"step": 3})
     assert source == "the run dir's config.yaml" and config_changes(saved, cfg.model_dump(mode="json")) == {}
     assert resumed_config(cfg, {"config": {"seed": 5}}) == ({"seed": 5}, "the checkpoint")
+
+
+@pytest.mark.usefixtures("keep_signal_handlers")
+def test_resume_switched_off_says_it_starts_over(tmp_path, tiny_data_dir, capsys):
+    """checkpoint.resume: false over committed checkpoints trains from step 0 again: said, not silent."""
+    from mltrain.train.trainer import run_training
+
+    def cfg(resume: bool) -> RunConfig:
+        data = tiny_run_config(tmp_path, tiny_data_dir, "over", max_steps=3)
+        data["checkpoint"]["resume"] = resume
+        return RunConfig.model_validate(data)
+
+    assert run_training(cfg(True)) == 0
+    assert "checkpoint.resume is false" not in capsys.readouterr().out
+    assert run_training(cfg(False)) == 0
+    out = capsys.readouterr().out
+    assert "[mltrain] checkpoint.resume is false: training from step 0, not from the committed step 3\n" in out
+    assert "config changed" not in out  # not a resume: nothing is compared

@@ -227,6 +227,11 @@ class Trainer:
 
             attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
+        if not cfg.checkpoint.resume and (committed := rundir.committed_checkpoints(self.run_dir)):
+            _log(
+                info,
+                f"checkpoint.resume is false: training from step 0, not from the committed step {committed[-1][0]}",
+            )
         self.grad_accum_steps = tc.grad_accum_steps
         self.config_changes: dict[str, list[Any]] = {}  # resumed: setting -> [checkpoint's, this start's]
         if resume is not None:
