@@ -101,3 +101,14 @@ def test_encode_files_joins_documents_with_eos(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match=r"--data .*empty.txt: no non-empty document to evaluate"):
         encode_files([str(tmp_path / "empty.txt")], tok, eos)
+
+
+def test_eval_and_sample_refuse_bad_arguments_before_loading_anything(tmp_path):
+    from mltrain.errors import ConfigError
+    from mltrain.infer.eval import eval_run
+    from mltrain.infer.sample import sample_run
+
+    with pytest.raises(DataError, match=r"^--data: name at least one file to evaluate on$"):
+        eval_run(tmp_path / "no-such-run", [])
+    with pytest.raises(ConfigError, match=r"^--temperature -1.0: must be >= 0"):
+        sample_run(tmp_path / "no-such-run", "x", temperature=-1.0)

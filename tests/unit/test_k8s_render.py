@@ -412,3 +412,24 @@ def test_job_name_edges() -> None:
     assert mf.job_name("___") == "run"
     assert mf.job_name("A" * 39 + "_b") == "a" * 39  # cut at 40, trailing '-' dropped
     assert mf.job_name("-x-") == "x"
+
+
+def test_exit_code_annotation_text_pinned() -> None:
+    assert policy.exit_code_table() == (
+        "0 done; 2 config_error (never restarted); 1 launch.max_restarts used up (never restarted); "
+        "203 preempted (restart, not charged); 204 hang (restart); 129 failed or lost rank (restart)"
+    )
+
+
+def test_failed_node_without_max_nodes_is_only_preferred(tmp_path: Path) -> None:
+    """max_nodes unset means no spare: one failed node of two can only be avoided where possible."""
+    cfg = load_run_config(RUN)
+    run_dir = tmp_path / "runs" / cfg.name
+    _restarts(run_dir, ["ip-a", " ", "ip-a "])  # blanks are no node; names are stripped
+    spec = _spec(max_nodes=None, storage={"pvc_name": "fsx-lustre", "local_run_base_dir": str(tmp_path)})
+    r = mf.render(cfg, spec, "pytorchjob", run_dir_local=run_dir)
+    aff = _pod(r.job)["spec"]["affinity"]["nodeAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in aff
+    (pref,) = aff["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref["weight"] == 100 and pref["preference"]["matchExpressions"][0]["values"] == ["ip-a"]
+    assert any("1 failed node(s) but the node group has no spare (1 usable, 2 needed)" in w for w in r.warnings)
