@@ -78,7 +78,7 @@ def test_rope_with_sign_folded_sin_is_bitwise_hf_rotate_half(dtype: torch.dtype)
 # --------------------------------------------------------------------------- temperature and the rest
 
 
-def _draw(logits: torch.Tensor, temperature: float, n: int = 4000, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def _draw(logits: torch.Tensor, temperature: float, n: int = 2000, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
     counts = torch.zeros(logits.numel())
     for _ in range(n):
@@ -95,8 +95,8 @@ def test_temperature_scales_the_distribution() -> None:
     """Sampling draws from softmax(logits / T): a low T sharpens it toward the argmax, a high T flattens it."""
     logits = torch.tensor([1.0, 2.0, 0.0, 1.5])
     freq = {t: _draw(logits, t) for t in (0.25, 1.0, 4.0)}
-    for t, f in freq.items():  # the empirical distribution is softmax(logits / T) (4000 draws: +-0.03)
-        torch.testing.assert_close(f, torch.softmax(logits / t, dim=-1), atol=0.03, rtol=0)
+    for t, f in freq.items():  # the empirical distribution is softmax(logits / T) (2000 draws: +-0.04)
+        torch.testing.assert_close(f, torch.softmax(logits / t, dim=-1), atol=0.04, rtol=0)
     assert freq[0.25][1] > 0.85 > freq[1.0][1] > 0.4 > freq[4.0][1]  # argmax share falls as T rises
     assert _entropy(freq[0.25]) < _entropy(freq[1.0]) - 0.5 and _entropy(freq[1.0]) < _entropy(freq[4.0]) - 0.1
     # a tiny temperature is (practically) greedy; temperature 0 is exactly greedy and draws nothing
@@ -111,7 +111,7 @@ def test_top_k_keeps_exactly_k_and_renormalises() -> None:
     logits = torch.tensor([0.0, 3.0, 2.5, -1.0, 2.9])
     f = _draw(logits, 1.0, top_k=3)
     want = torch.softmax(torch.tensor([3.0, 2.5, 2.9]), dim=-1)
-    torch.testing.assert_close(f[[1, 2, 4]], want, atol=0.03, rtol=0)
+    torch.testing.assert_close(f[[1, 2, 4]], want, atol=0.04, rtol=0)
     assert f[0] == 0 and f[3] == 0
     assert (_draw(logits, 1.0, top_k=5) > 0).all() and (_draw(logits, 1.0, top_k=9) > 0).all()  # k >= V: off
 
