@@ -128,6 +128,20 @@ def resumed_config(cfg: RunConfig, trainer_state: dict[str, Any]) -> tuple[dict[
     return (old, f"the run dir's {rundir.CONFIG_FILE}") if isinstance(old, dict) else (None, "")
 
 
+def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """(ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not recorded)."""
+    loader = state.get("loader") or {}
+
+    def num(v: Any) -> int | None:
+        return int(v) if v else None
+
+    return (
+        num(state.get("world_size") or loader.get("world_size")),
+        num(state.get("micro_batch_size") or loader.get("micro_batch_size")),
+        num(state.get("grad_accum_steps")),
+    )
+
+
 def write_config(cfg: RunConfig) -> None:
     atomic_write(cfg.run_dir / rundir.CONFIG_FILE, dump_yaml(cfg))
 
@@ -241,8 +255,7 @@ class Trainer:
                 state, resume[1], info.world_size, tc.micro_batch_size, tc.grad_accum_steps
             )
             if self.grad_accum_steps != tc.grad_accum_steps:
-                old_world = state.get("world_size") or (state.get("loader") or {}).get("world_size")
-                old_micro = state.get("micro_batch_size") or (state.get("loader") or {}).get("micro_batch_size")
+                old_world, old_micro, _ = _checkpoint_layout(state)
                 _log(
                     info,
                     f"{resume[1].name} was written by {old_world} rank(s) x micro batch {old_micro}: grad_accum_steps "
@@ -285,12 +298,9 @@ class Trainer:
         if not self.config_changes:
             return
         line = f"resume: config changed since {source} (step {step}): {describe_changes(self.config_changes)}"
-        loader = state.get("loader") or {}
-        old_world = state.get("world_size") or loader.get("world_size")
-        old_micro = state.get("micro_batch_size") or loader.get("micro_batch_size")
-        old_accum = state.get("grad_accum_steps")
+        old_world, old_micro, old_accum = _checkpoint_layout(state)
         if old_world and old_micro and old_accum:
-            before = int(old_world) * int(old_micro) * int(old_accum)
+            before = old_world * old_micro * old_accum
             now = self.info.world_size * self.cfg.train.micro_batch_size * self.grad_accum_steps
             if before != now:
                 line += f"; global batch {before} -> {now} sequences per step"
