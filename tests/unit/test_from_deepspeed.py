@@ -368,3 +368,97 @@ def test_render_layout():
     text = render(convert({"gradient_clipping": "auto", "seed": 3}), "my.json")
     assert "#   gradient_clipping = auto -> TrainingArguments max_grad_norm -> train.grad_clip" in text
     assert "# not mapped (1): what to do instead\n#   seed: use the run config's top-level seed:\n" in text
+
+
+def test_activation_checkpointing_as_a_bare_true():
+    conv = convert({"activation_checkpointing": True})
+    assert conv.train["activation_checkpointing"] is True and conv.unmapped == []
+
+
+def test_every_fp16_scaling_key_is_named():
+    keys = ["loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale"]
+    conv = convert({"fp16": {"enabled": True, **dict.fromkeys(keys, 1)}})
+    assert [k for k, _ in conv.unmapped] == ["fp16", *(f"fp16.{k}" for k in keys)]
+
+
+def test_zero_details_origin_offload_without_device_and_order():
+    conv = convert({"zero_optimization": {"stage": 3}})
+    assert conv.origin["parallel"] == "zero_optimization.stage = 3 (parameters, gradients, optimizer state sharded)"
+    assert conv.notes == [
+        "no optimizer section: the HF Trainer's optimizer (AdamW by default) is used; mltrain uses AdamW"
+    ]  # ZeRO-3 -> fsdp loses nothing
+    z = {"stage": 2, "offload_optimizer": {"pin_memory": True}, "offload_param": {"device": "none"}, "overlap_comm": 1}
+    conv = convert({"zero_optimization": z})  # an offload with no device is off; later keys are still read
+    assert conv.unmapped == [("zero_optimization.overlap_comm", fd.COMM_TUNING)]
+
+
+def test_optimizer_edges():
+    conv = convert({"optimizer": {"params": {"lr": 1e-3}}})  # no type: not an Adam, named as such
+    assert conv.unmapped == [
+        ("optimizer.type = ", "mltrain trains with AdamW only; its settings below come from train:")
+    ]
+    assert "lr" not in conv.train
+    for opt in ({"type": "AdamW", "params": {"adam_w_mode": False}}, {"type": "Adam", "params": {}}):
+        assert not any("adam_w_mode" in n for n in convert({"optimizer": opt}).notes), opt
+    conv = convert({"optimizer": {"type": "Adam", "params": {"adam_w_mode": True}}})
+    assert not any("adam_w_mode" in n for n in conv.notes)
+    conv = convert(
+        {
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"betas": "auto", "eps": "auto", "weight_decay": 0.1, "bias_correction": True},
+            }
+        }
+    )
+    assert conv.auto == [("optimizer.params.betas", "adam_beta1, adam_beta2", "beta1, beta2")]
+    assert conv.unmapped == []  # eps auto, bias_correction: nothing to do
+    assert conv.origin["weight_decay"] == "optimizer.params.weight_decay = 0.1"
+
+
+def test_scheduler_edges():
+    with pytest.raises(ConfigError, match=r"^ds.json: scheduler: expected an object, got 'WarmupLR'$"):
+        convert({"scheduler": "WarmupLR"}, "ds.json")
+    conv = convert({"scheduler": {"params": {}}})
+    assert conv.unmapped == [
+        ("scheduler.type = ", "mltrain's schedule is linear warmup then cosine to lr x min_lr_ratio")
+    ]
+    conv = convert(
+        {
+            "scheduler": {
+                "type": "WarmupDecayLR",
+                "params": {"warmup_num_steps": 50.0, "total_num_steps": 1000.0, "warmup_max_lr": 1e-3},
+            }
+        }
+    )
+    assert conv.train["warmup_steps"] == 50 and type(conv.train["warmup_steps"]) is int
+    assert conv.train["max_steps"] == 1000 and type(conv.train["max_steps"]) is int
+    assert conv.origin["warmup_steps"] == "scheduler.params.warmup_num_steps = 50.0"
+    assert conv.origin["lr"] == "scheduler.params.warmup_max_lr = 0.001"
+    assert conv.origin["min_lr_ratio"] == "WarmupDecayLR decays to 0"
+    assert "WarmupDecayLR decays linearly; mltrain decays with a cosine (same end points)" in conv.notes
+    with pytest.raises(ConfigError, match=r"scheduler.params.warmup_num_steps: expected a whole number"):
+        convert({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 2.5}}})
+    assert convert({"scheduler": {"type": "WarmupLR"}}).origin["min_lr_ratio"] == "WarmupLR: constant lr after warmup"
+    conv = convert({"scheduler": {"type": "WarmupCosineLR", "params": {"cos_min_ratio": 0.05}}})
+    assert conv.origin["min_lr_ratio"] == "WarmupCosineLR cos_min_ratio = 0.05"
+    conv = convert({"scheduler": {"type": "WarmupCosineLR", "params": {"cos_min_ratio": "auto"}}})
+    assert "min_lr_ratio" not in conv.train  # not a number: left for the user
+    for value in (1, 1.0):
+        conv = convert(
+            {"scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": value, "warmup_min_ratio": value}}}
+        )
+        assert [k for k, _ in conv.unmapped] == ["scheduler.params.warmup_min_lr", "scheduler.params.warmup_min_ratio"]
+
+
+def test_command_names_its_file(tmp_path):
+    p = tmp_path / "ds.json"
+    p.write_text('{"gradient_clipping": "x"}')
+    with pytest.raises(ConfigError, match=rf"^{p}: gradient_clipping: expected a number"):
+        from_deepspeed_command(p)
+    p.write_text('{"gradient_clipping": 1}')
+    assert from_deepspeed_command(p).startswith(f"# mltrain train: settings equivalent to {p}\ntrain:\n")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: cannot read: "):
+        load_ds_config(tmp_path)  # a directory
+    p.write_text("[1]")
+    with pytest.raises(ConfigError, match=rf"^{p}: top level must be a JSON object, got list$"):
+        load_ds_config(p)
