@@ -172,14 +172,22 @@ def test_generate_stops_at_eos_and_at_max_new_tokens(model: Transformer) -> None
     assert out == greedy and eos is False
 
 
-def test_generate_caps_the_context_at_train_seq_len(model: Transformer) -> None:
-    """Past train.seq_len the cache restarts from the newest half of the tokens: each token after the
+@pytest.mark.parametrize(
+    "seq_len, prompt, ctx",
+    [
+        (8, [5, 9, 2, 4, 6], 8),  # the context is train.seq_len ...
+        (200, list(range(1, 50)) * 2, 64),  # ... but never more than model.max_seq_len (64); a long prompt is cut
+    ],
+)
+def test_generate_caps_the_context_at_train_seq_len(
+    model: Transformer, seq_len: int, prompt: list[int], ctx: int
+) -> None:
+    """Past the context the cache restarts from the newest half of the tokens: each token after the
     restart is the full forward's greedy pick on exactly that window."""
-    rm = _run_model(model, seq_len=8, eos_id=-1)
-    prompt = [5, 9, 2, 4, 6]
+    rm = _run_model(model, seq_len=seq_len, eos_id=-1)
     out, _ = generate(rm, prompt, 12, stop_at_eos=False)
-    ctx, want = 8, []
-    window = list(prompt)
+    want: list[int] = []
+    window = list(prompt)[-ctx:]
     with torch.no_grad():
         for _ in range(12):
             tok = int(model(torch.tensor([window]))[0, -1].argmax())
