@@ -123,11 +123,19 @@ def test_resume_on_another_number_of_processes(tmp_path, tiny_data_dir, referenc
     r2 = run_train(path, 1, {"MLTRAIN_FAULT": "stop:6:0"}, overrides=[f"train.parallel={single}"])
     assert r2.returncode == 75, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert f"grad_accum_steps {accum} -> {2 * accum} on 1 rank(s) keeps its global batch of {global_batch}" in r2.stdout
+    # the 1-process leg overrides train.parallel: each resume names that change and records it
+    moved = [f"train.parallel {parallel} -> {single}"] if single != parallel else []
+    changed = [x for x in r2.stdout.splitlines() if "config changed" in x]
+    assert changed == ([f"[mltrain] resume: config changed since the checkpoint (step 3): {moved[0]}"] if moved else [])
     r3 = run_train(path, 2)
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
     assert f"grad_accum_steps {accum} -> {accum}" not in r3.stdout  # back on 2: the configured value fits
     starts = [(r["step"], r["world_size"]) for r in read_metrics(run_dir) if r["kind"] == "start"]
     assert starts == [(0, 2), (3, 1), (6, 2)]
+    changes = [r.get("config_changes") for r in read_metrics(run_dir) if r["kind"] == "start"]
+    assert changes == (
+        [None, {"train.parallel": [parallel, single]}, {"train.parallel": [single, parallel]}] if moved else [None] * 3
+    )
     # The loader's position is global: every checkpoint sits exactly (step x global batch) into the epoch,
     # whichever number of processes wrote it, and the final one matches the uninterrupted run's.
     for step in (3, 6, 8):

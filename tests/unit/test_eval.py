@@ -184,3 +184,30 @@ def test_sample_is_deterministic_for_a_seed_and_cli_prints_prompt_and_sample(run
     assert r.returncode == 0, r.stderr
     want = sample_run(run_dir, "To be", max_new_tokens=20, temperature=0.0, device="cpu")
     assert r.stdout == "To be" + want.text + "\n"
+    # sample_run hands its temperature on: near 0 it is greedy for any seed, at 2.0 it is not
+    cold = [sample_run(run_dir, "To be", max_new_tokens=20, temperature=1e-4, seed=s, device="cpu") for s in (1, 2)]
+    assert [c.new_ids for c in cold] == [want.new_ids] * 2
+    hot = [sample_run(run_dir, "To be", max_new_tokens=20, temperature=2.0, seed=s, device="cpu") for s in (1, 2)]
+    assert all(h.new_ids != want.new_ids for h in hot)
+
+
+def test_a_tokenizer_larger_than_the_model_is_one_line(run_dir: Path, tmp_path: Path) -> None:
+    """A data dir re-prepared with a larger vocabulary than the run's model is refused in one line."""
+    import shutil
+    import string
+
+    import yaml
+
+    from mltrain.data.tokenizer import build_char_tokenizer
+    from mltrain.errors import DataError
+    from mltrain.infer.run_model import load_run_model
+
+    copy, data = tmp_path / "ev", tmp_path / "data"
+    shutil.copytree(run_dir, copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    shutil.copytree(cfg["data"]["dir"], data)
+    cfg["data"]["dir"] = str(data)
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    build_char_tokenizer([string.ascii_letters + string.digits]).save(str(data / "tokenizer.json"))  # 63 > 48
+    with pytest.raises(DataError, match=r"data/tokenizer.json: more tokens than model.vocab_size 48$"):
+        load_run_model(copy, device="cpu")

@@ -260,3 +260,176 @@ def test_cli_render_writes_the_file(tmp_path: Path) -> None:
     docs = list(yaml.safe_load_all(out.read_text()))
     assert [d["kind"] for d in docs] == ["TrainingRuntime", "TrainJob"]
     assert docs[1]["spec"]["trainer"]["numProcPerNode"] == 8 and docs[1]["spec"]["trainer"]["numNodes"] == 2
+
+
+# --------------------------------------------------------------------------- pinned without the golden files
+# Each value below is computed from the spec here, not read from a golden file that UPDATE_GOLDEN=1 rebakes.
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 7])
+def test_node_counts_for_one_two_and_n_nodes(nodes: int) -> None:
+    cfg = load_run_config(RUN)
+    spec = _spec(nodes=nodes, max_nodes=nodes + 1)
+    runtime, tj = mf.render(cfg, spec, "trainjob").objects
+    assert tj["spec"]["trainer"]["numNodes"] == nodes
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": nodes, "torch": {}}
+    assert tj["spec"]["trainer"]["numProcPerNode"] == spec.procs_per_node == 8
+    (rj,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rj["replicas"] == 1  # one replicated Job; the trainer sets its parallelism from numNodes
+    pj = mf.render(cfg, spec, "pytorchjob").job
+    reps = pj["spec"]["pytorchReplicaSpecs"]
+    assert reps["Master"]["replicas"] == 1
+    if nodes == 1:
+        assert "Worker" not in reps
+    else:
+        assert reps["Worker"]["replicas"] == nodes - 1
+    assert sum(r["replicas"] for r in reps.values()) == nodes
+    assert pj["spec"]["nprocPerNode"] == "8"
+    # a PodGroup gangs every pod of the job
+    gang = _spec(nodes=nodes, max_nodes=nodes, scheduling={"pod_group": "volcano"})
+    pj = mf.render(cfg, gang, "pytorchjob").job
+    assert pj["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == nodes
+    # the no-gang warning only where there is more than one pod to gang
+    warned = any(
+        "no gang scheduling" in w
+        for w in mf.render(cfg, _spec(nodes=nodes, max_nodes=nodes, scheduling={}), "trainjob").warnings
+    )
+    assert warned is (nodes > 1)
+
+
+@pytest.mark.parametrize("kind", mf.KINDS)
+def test_procs_per_node_follows_nproc_per_node(kind: str) -> None:
+    spec = _spec(nproc_per_node=4)
+    r = mf.render(load_run_config(RUN), spec, kind)
+    pod = _pod(r.job if kind == "pytorchjob" else r.objects[0])["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MLTRAIN_NPROC_PER_NODE"] == "4"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"  # the pod still gets the node
+    if kind == "pytorchjob":
+        assert r.job["spec"]["nprocPerNode"] == "4"
+    else:
+        assert r.job["spec"]["trainer"]["numProcPerNode"] == 4
+
+
+def test_metadata_names_labels_and_annotations() -> None:
+    cfg, spec = load_run_config(RUN), _spec()
+    pj = mf.render(cfg, spec, "pytorchjob").job
+    assert (pj["apiVersion"], pj["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert pj["metadata"]["name"] == "qwen2-5-0-5b" and pj["metadata"]["namespace"] == "mltrain"
+    assert pj["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "mltrain",
+        "mltrain.io/run": "qwen2-5-0-5b",
+        "kueue.x-k8s.io/queue-name": "training",
+    }
+    assert pj["metadata"]["annotations"] == {"mltrain.io/exit-codes": policy.exit_code_table()}
+    assert pj["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    runtime, tj = mf.render(cfg, spec, "trainjob").objects
+    assert (runtime["apiVersion"], runtime["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime")
+    assert (tj["apiVersion"], tj["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert runtime["metadata"]["name"] == "mltrain-qwen2-5-0-5b" and runtime["metadata"]["namespace"] == "mltrain"
+    # the runtime is not a workload: no queue label (Kueue admits the TrainJob)
+    assert runtime["metadata"]["labels"] == {
+        "trainer.kubeflow.org/framework": "torch",
+        "app.kubernetes.io/managed-by": "mltrain",
+    }
+    assert tj["metadata"]["labels"] == pj["metadata"]["labels"] and tj["metadata"]["name"] == "qwen2-5-0-5b"
+    assert tj["spec"]["trainer"]["image"] == spec.image and tj["spec"]["trainer"]["command"] == mf.ENTRYPOINT
+    pod = _pod(runtime)["spec"]
+    assert tj["spec"]["trainer"]["resourcesPerNode"] == pod["containers"][0]["resources"]
+
+
+@pytest.mark.parametrize("kind", mf.KINDS)
+def test_pod_fields_pinned(kind: str) -> None:
+    cfg, spec = load_run_config(RUN), _spec(rdzv_port=29777, service_account="trainer-sa")
+    r = mf.render(cfg, spec, kind, job_id="job-42")
+    pod = _pod(r.job if kind == "pytorchjob" else r.objects[0])["spec"]
+    (c,) = pod["containers"]
+    assert c["name"] == ("pytorch" if kind == "pytorchjob" else "node")
+    assert c["ports"] == [
+        {"containerPort": 29777, "name": "pytorchjob-port" if kind == "pytorchjob" else "rdzv", "protocol": "TCP"}
+    ]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLTRAIN_RDZV_PORT"]["value"] == "29777" and env["MLTRAIN_JOB_ID"]["value"] == "job-42"
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert c["image"] == spec.image and c["imagePullPolicy"] == spec.image_pull_policy
+    assert c["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
+    assert c["resources"]["requests"] == {
+        "nvidia.com/gpu": "8",
+        "vpc.amazonaws.com/efa": "32",
+        "cpu": "180",
+        "memory": "1800Gi",
+    }
+    assert pod["serviceAccountName"] == "trainer-sa"
+    assert pod.get("restartPolicy") == (None if kind == "pytorchjob" else "Never")
+    assert "schedulerName" not in pod  # Kueue: the default scheduler
+    default_id = mf.render(cfg, _spec(), kind)
+    pod = _pod(default_id.job if kind == "pytorchjob" else default_id.objects[0])["spec"]
+    assert {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}["MLTRAIN_JOB_ID"] == "qwen2-5-0-5b"
+
+
+def test_trainjob_failure_policy_pinned() -> None:
+    runtime = mf.render(load_run_config(RUN), _spec(), "trainjob").objects[0]
+    js = runtime["spec"]["template"]["spec"]
+    assert js["failurePolicy"]["rules"] == [
+        {"name": "never-restart-config-errors", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
+    ]
+    job = js["replicatedJobs"][0]["template"]["spec"]
+    assert js["replicatedJobs"][0]["name"] == "node" and job["backoffLimit"] == 0
+    assert job["podFailurePolicy"]["rules"][1:] == [
+        {"action": "Ignore", "onExitCodes": {"containerName": "node", "operator": "In", "values": [203]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    assert "podGroupPolicy" not in runtime["spec"]  # Kueue gangs it
+
+
+def test_scheduler_names_for_pod_groups() -> None:
+    cfg = load_run_config(RUN)
+    for group, scheduler in [("volcano", "volcano"), ("coscheduling", "scheduler-plugins-scheduler")]:
+        spec = _spec(scheduling={"pod_group": group, "priority_class": "high"})
+        for kind in mf.KINDS:
+            r = mf.render(cfg, spec, kind)
+            pod = _pod(r.job if kind == "pytorchjob" else r.objects[0])["spec"]
+            assert pod["schedulerName"] == scheduler and pod["priorityClassName"] == "high", (group, kind)
+    runtime = mf.render(cfg, _spec(scheduling={"pod_group": "volcano"}), "trainjob").objects[0]
+    assert runtime["spec"]["podGroupPolicy"] == {"volcano": {}}
+    pj = mf.render(cfg, _spec(scheduling={"pod_group": "volcano", "priority_class": "high"}), "pytorchjob").job
+    assert pj["spec"]["runPolicy"]["schedulingPolicy"]["priorityClass"] == "high"
+    # Kueue and a pod group together: Kueue gangs, no second scheduler
+    both = _spec(scheduling={"pod_group": "volcano", "kueue_queue": "q"})
+    pj = mf.render(cfg, both, "pytorchjob").job
+    assert "schedulingPolicy" not in pj["spec"]["runPolicy"] and "schedulerName" not in _pod(pj)["spec"]
+
+
+def test_render_refuses_an_unknown_kind() -> None:
+    from mltrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--kind 'jobset': expected one of pytorchjob, trainjob"):
+        mf.render(load_run_config(RUN), _spec(), "jobset")
+
+
+def test_job_name_edges() -> None:
+    assert mf.job_name("___") == "run"
+    assert mf.job_name("A" * 39 + "_b") == "a" * 39  # cut at 40, trailing '-' dropped
+    assert mf.job_name("-x-") == "x"
+
+
+def test_exit_code_annotation_text_pinned() -> None:
+    assert policy.exit_code_table() == (
+        "0 done; 2 config_error (never restarted); 1 launch.max_restarts used up (never restarted); "
+        "203 preempted (restart, not charged); 204 hang (restart); 129 failed or lost rank (restart)"
+    )
+
+
+def test_failed_node_without_max_nodes_is_only_preferred(tmp_path: Path) -> None:
+    """max_nodes unset means no spare: one failed node of two can only be avoided where possible."""
+    cfg = load_run_config(RUN)
+    run_dir = tmp_path / "runs" / cfg.name
+    _restarts(run_dir, ["ip-a", " ", "ip-a "])  # blanks are no node; names are stripped
+    spec = _spec(max_nodes=None, storage={"pvc_name": "fsx-lustre", "local_run_base_dir": str(tmp_path)})
+    r = mf.render(cfg, spec, "pytorchjob", run_dir_local=run_dir)
+    aff = _pod(r.job)["spec"]["affinity"]["nodeAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in aff
+    (pref,) = aff["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref["weight"] == 100 and pref["preference"]["matchExpressions"][0]["values"] == ["ip-a"]
+    assert any("1 failed node(s) but the node group has no spare (1 usable, 2 needed)" in w for w in r.warnings)

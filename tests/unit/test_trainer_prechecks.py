@@ -1,6 +1,7 @@
 """What the trainer refuses before touching a GPU: missing data, a too-large tokenizer, a run dir
 written by an incompatible config."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,32 @@ def test_incompatible_run_dir_lists_the_differences(tmp_path, tiny_data_dir):
     wider = cfg_for(tmp_path, tiny_data_dir, hidden_size=128)
     with pytest.raises(RunDirError, match=r"model.hidden_size: run dir has 64, config has 128"):
         check_run_dir(wider)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("model", "n_layers", 3, "model.n_layers: run dir has 2, config has 3"),
+        ("model", "tie_embeddings", False, "model.tie_embeddings: run dir has True, config has False"),
+        ("data", "dir", "/elsewhere", "data.dir: run dir has '"),
+        ("data", "tokenizer", "bytes", "data.tokenizer: run dir has None, config has 'bytes'"),
+        ("train", "seq_len", 64, "train.seq_len: run dir has 32, config has 64"),
+    ],
+)
+def test_each_frozen_key_is_refused(tmp_path, tiny_data_dir, section, key, value, words):
+    """What changes what the weights or the token stream mean is refused on a resume; the rest (lr,
+    max_steps, batch, ...) is allowed and named in the resume line."""
+    first = cfg_for(tmp_path, tiny_data_dir)
+    write_config(first)
+    raw = first.model_dump(mode="json")
+    raw[section][key] = value
+    with pytest.raises(RunDirError, match=re.escape(words)) as e:
+        check_run_dir(RunConfig.model_validate(raw))
+    assert "use a new run name, or restore the original values" in str(e.value)
+    base = first.model_dump(mode="json")
+    for allowed in (
+        {"train": {**base["train"], "lr": 1e-4}},
+        {"seed": 9},
+        {"train": {**base["train"], "micro_batch_size": 2}},
+    ):
+        check_run_dir(RunConfig.model_validate({**base, **allowed}))

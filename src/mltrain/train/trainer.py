@@ -86,6 +86,62 @@ def check_run_dir(cfg: RunConfig) -> None:
         )
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """{dotted key: [old, new]} for every setting both configs have and that differs, in config order.
+
+    A key only one side has (a setting added to mltrain since) is left out: its value then is unknown."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: [a[k], b[k]] for k in b if k in a and a[k] != b[k]}
+
+
+def _fmt_value(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+CHANGES_SHOWN = 8  # keys named in the one resume line; metrics.jsonl's start record has them all
+
+
+def describe_changes(changes: dict[str, list[Any]]) -> str:
+    """'train.lr 0.003 -> 0.001, train.max_steps 3 -> 5' (the first CHANGES_SHOWN, then how many more)."""
+    parts = [f"{k} {_fmt_value(a)} -> {_fmt_value(b)}" for k, (a, b) in list(changes.items())[:CHANGES_SHOWN]]
+    if len(changes) > CHANGES_SHOWN:
+        parts.append(f"{len(changes) - CHANGES_SHOWN} more (metrics.jsonl, start record)")
+    return ", ".join(parts)
+
+
+def resumed_config(cfg: RunConfig, trainer_state: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The config the checkpoint was trained with, and what it is called in the resume line.
+
+    Checkpoints carry their config; older ones do not, and then the run dir's config.yaml (written by
+    the previous accepted start, read before this start rewrites it) stands in."""
+    import yaml
+
+    saved = trainer_state.get("config")
+    if isinstance(saved, dict):
+        return saved, "the checkpoint"
+    try:
+        old = yaml.safe_load((cfg.run_dir / rundir.CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None, ""
+    return (old, f"the run dir's {rundir.CONFIG_FILE}") if isinstance(old, dict) else (None, "")
+
+
+def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """(ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not recorded)."""
+    loader = state.get("loader") or {}
+
+    def num(v: Any) -> int | None:
+        return int(v) if v else None
+
+    return (
+        num(state.get("world_size") or loader.get("world_size")),
+        num(state.get("micro_batch_size") or loader.get("micro_batch_size")),
+        num(state.get("grad_accum_steps")),
+    )
+
+
 def write_config(cfg: RunConfig) -> None:
     atomic_write(cfg.run_dir / rundir.CONFIG_FILE, dump_yaml(cfg))
 
@@ -185,19 +241,28 @@ class Trainer:
 
             attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
+        if not cfg.checkpoint.resume and (committed := rundir.committed_checkpoints(self.run_dir)):
+            _log(
+                info,
+                f"checkpoint.resume is false: training from step 0, not from the committed step {committed[-1][0]}",
+            )
         self.grad_accum_steps = tc.grad_accum_steps
+        self.config_changes: dict[str, list[Any]] = {}  # resumed: setting -> [checkpoint's, this start's]
         if resume is not None:
+            state = read_trainer_state(resume[1])
             # A checkpoint from another world size keeps its global batch: grad_accum absorbs the change.
             self.grad_accum_steps = resume_grad_accum(
-                read_trainer_state(resume[1]), resume[1], info.world_size, tc.micro_batch_size, tc.grad_accum_steps
+                state, resume[1], info.world_size, tc.micro_batch_size, tc.grad_accum_steps
             )
             if self.grad_accum_steps != tc.grad_accum_steps:
+                old_world, old_micro, _ = _checkpoint_layout(state)
                 _log(
                     info,
-                    f"{resume[1].name} was written by another world size: grad_accum_steps "
+                    f"{resume[1].name} was written by {old_world} rank(s) x micro batch {old_micro}: grad_accum_steps "
                     f"{tc.grad_accum_steps} -> {self.grad_accum_steps} on {info.world_size} rank(s) keeps its "
                     f"global batch of {self.grad_accum_steps * tc.micro_batch_size * info.world_size} sequences",
                 )
+            self._report_config_changes(resume[0], state)
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
@@ -218,6 +283,28 @@ class Trainer:
         self.n_devices = n_dev
         self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
         self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * info.world_size
+
+    def _report_config_changes(self, step: int, state: dict[str, Any]) -> None:
+        """Say in one line (rank 0) which settings differ from the ones the checkpoint trained with.
+
+        Everything that may change on a resume is allowed (the frozen keys were refused by precheck);
+        but a new lr, schedule length or batch changes the run from the next step, and that must not
+        happen with no word. The global batch is named when it changes (grad_accum_steps on the same
+        ranks and micro batch), since the schedule's tokens per step change with it."""
+        old, source = resumed_config(self.cfg, state)
+        if old is None:
+            return
+        self.config_changes = config_changes(old, self.cfg.model_dump(mode="json"))
+        if not self.config_changes:
+            return
+        line = f"resume: config changed since {source} (step {step}): {describe_changes(self.config_changes)}"
+        old_world, old_micro, old_accum = _checkpoint_layout(state)
+        if old_world and old_micro and old_accum:
+            before = old_world * old_micro * old_accum
+            now = self.info.world_size * self.cfg.train.micro_batch_size * self.grad_accum_steps
+            if before != now:
+                line += f"; global batch {before} -> {now} sequences per step"
+        _log(self.info, line)
 
     def make_loader(self, split: str) -> Any:
         """This rank's loader for `split`; a fresh val loader starts from the same batches every eval."""
@@ -261,6 +348,7 @@ class Trainer:
             "micro_batch_size": self.cfg.train.micro_batch_size,
             "grad_accum_steps": self.grad_accum_steps,
             "config_name": self.cfg.name,
+            "config": self.cfg.model_dump(mode="json"),  # what a later resume compares its config with
         }
         return self.ckpt.save(self.step, self._app_state(), trainer_state, {"rng": _rng_state()})
 
@@ -556,6 +644,7 @@ def run_training(cfg: RunConfig) -> int:
                     "job_id": os.environ.get("SLURM_JOB_ID"),
                     "params": M.matmul_params(cfg.model),
                     "flops_per_token": trainer.flops_per_token,
+                    **({"config_changes": trainer.config_changes} if trainer.config_changes else {}),
                 }
             )
         _log(
