@@ -7,6 +7,7 @@ of a silent default. Units live in names (`_s`, `_gib`). Cluster and fleet specs
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -414,6 +415,25 @@ def check_nproc(cfg: RunConfig, nproc: int, path: str | Path | None = None) -> N
 M = TypeVar("M", bound=BaseModel)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as users mean it: `time: 12:00:00` is the text 12:00:00, not YAML 1.1's base-60 integer 43200
+    (which a Slurm time field would read as 43200 minutes)."""
+
+
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+for _first in "-+0123456789":
+    _ConfigLoader.yaml_implicit_resolvers = dict(_ConfigLoader.yaml_implicit_resolvers)
+    _ConfigLoader.yaml_implicit_resolvers[_first] = [
+        ("tag:yaml.org,2002:str", _SEXAGESIMAL),
+        *yaml.SafeLoader.yaml_implicit_resolvers.get(_first, []),
+    ]
+
+
+def load_config_yaml(text: str) -> Any:
+    """Parse a config file or a --set value (safe YAML, base-60 numbers read as text)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -422,7 +442,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_config_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -443,7 +463,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_config_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node: Any = data

@@ -194,3 +194,35 @@ def test_every_submit_refusal_exits_2(tmp_path: Path, fake_sbatch: Path) -> None
     for args in (["--nodes", "0"], ["--nodes", "99"], ["--set", "launch.requeue_grace_s=999999"]):
         p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--dry-run", *args)
         assert p.returncode == 2, (args, p.returncode, p.stderr)
+
+
+@pytest.mark.parametrize("given, normal", [("90", "01:30:00"), ("2-12", "2-12:00:00"), ("12:00:00", "12:00:00")])
+def test_cluster_spec_time_takes_every_slurm_form(tmp_path: Path, given: str, normal: str) -> None:
+    """The cluster spec's slurm.time takes what --time takes (it refused `90` and `2-12`) and renders normalised."""
+    import yaml
+
+    from mltrain.cluster.spec import load_cluster_spec
+
+    assert load_cluster_spec(P5, overrides=[f"slurm.time={given}"]).slurm.time == normal
+    raw = yaml.safe_load(P5.read_text())
+    raw.setdefault("slurm", {})["time"] = int(given) if given.isdigit() else given  # `time: 90` is a YAML number
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    sub = prepare_submission(RUN_YAML, spec, overrides=["launch.requeue_grace_s=30"], hyperpod=False)
+    assert f"#SBATCH --time={normal}\n" in sub.script
+
+
+def test_cluster_spec_time_typo_names_the_file_and_key() -> None:
+    from mltrain.cluster.spec import load_cluster_spec
+
+    with pytest.raises(ConfigError, match=r"slurm\.time.*Slurm time limit"):
+        load_cluster_spec(P5, overrides=["slurm.time=5:75"])
+
+
+def test_unquoted_hh_mm_ss_is_not_yaml_base_60(tmp_path: Path) -> None:
+    """YAML 1.1 reads an unquoted `time: 12:00:00` as the integer 43200 (base 60): as minutes that is 30 days."""
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(P5.read_text().replace('time: "24:00:00"', "time: 12:00:00"))
+    assert "time: 12:00:00" in spec.read_text()
+    sub = prepare_submission(RUN_YAML, spec, overrides=["launch.requeue_grace_s=30"], hyperpod=False)
+    assert "#SBATCH --time=12:00:00\n" in sub.script

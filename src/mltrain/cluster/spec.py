@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mltrain.config import StrictModel, _read_yaml, load_yaml_model
 from mltrain.errors import ConfigError
+from mltrain.slurm_time import parse_slurm_time
 
 
 class ContainerSpec(StrictModel):
@@ -28,7 +29,7 @@ class SlurmSpec(StrictModel):
     partition: str = "gpu"
     account: str | None = None
     qos: str | None = None
-    time: str = Field(default="24:00:00", pattern=r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+    time: str = Field(default="24:00:00", description="default time limit, any form sbatch takes (normalised)")
     exclusive: bool = True
     hyperpod: bool | None = Field(default=None, description="SageMaker HyperPod; none = detect")
     extra_sbatch: list[str] = Field(default_factory=list, description="extra '#SBATCH' options, verbatim")
@@ -39,7 +40,7 @@ class SlurmSpec(StrictModel):
         default=None,
         gt=0,
         lt=65536,
-        description="c10d rendezvous port on the first node; none = 29500 + job id % 2000, so jobs sharing a node differ",
+        description="c10d rendezvous port on the first node; none = a free port the first node's OS hands out at each start",
     )
     exit_grace_s: int = Field(
         default=60, gt=0, description="after the trainer wrote its exit reason, kill ranks still running this long"
@@ -47,6 +48,14 @@ class SlurmSpec(StrictModel):
     exclude_failed_nodes: bool = Field(
         default=True, description="on requeue after a failure, exclude the failing node when the partition has a spare"
     )
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _slurm_time(cls, v: object) -> str:
+        """Any form sbatch takes (YAML reads `time: 90` as a number), stored normalised."""
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            raise ValueError(f"expected a Slurm time limit, got {type(v).__name__}")
+        return parse_slurm_time(v)[0]
 
 
 class FsxSpec(StrictModel):

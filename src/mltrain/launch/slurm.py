@@ -31,6 +31,7 @@ from mltrain.errors import ConfigError, DataError, LaunchError, RunDirError
 from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, default_base, resolve_run, run_path
+from mltrain.slurm_time import TIME_FORMS, parse_slurm_time  # noqa: F401  (TIME_FORMS re-exported)
 
 SCRIPT_NAME = "job.sbatch"
 RUN_CONFIG_NAME = "run.yaml"  # the resolved config the workers train from (slurm/run.yaml)
@@ -136,38 +137,12 @@ def _python_env() -> tuple[str | None, str]:
     return None, str(Path(sys.executable).parent)
 
 
-TIME_FORMS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
-
-
 def normalize_time(time: str) -> tuple[str, int]:
-    """A Slurm time limit in any of the forms sbatch takes (TIME_FORMS) as (HH:MM:SS or D-HH:MM:SS, seconds).
-
-    The first field may be any size (90 minutes, 100:00:00); the later ones must be under 60 (hours under 24
-    after a day count), so a typo is refused here and not read differently by Slurm."""
-    bad = ConfigError(f"--time {time!r}: expected a Slurm time limit ({TIME_FORMS}), longer than 0")
-    t = time.strip()
-    days: int | None = None
-    if "-" in t:
-        d, _, t = t.partition("-")
-        if not d.isdigit() or not t:
-            raise bad
-        days = int(d)
-    fields = t.split(":")
-    if not all(f.isdigit() for f in fields) or not 1 <= len(fields) <= 3:
-        raise bad
-    v = [int(f) for f in fields]
-    if days is None:  # minutes | MM:SS | HH:MM:SS
-        h, m, sec = (0, v[0], 0) if len(v) == 1 else (0, v[0], v[1]) if len(v) == 2 else (v[0], v[1], v[2])
-        limits_ok = all(x < 60 for x in v[1:])
-    else:  # D-HH | D-HH:MM | D-HH:MM:SS
-        h, m, sec = (v + [0, 0])[:3]
-        limits_ok = h < 24 and m < 60 and sec < 60
-    total = (days or 0) * 86400 + h * 3600 + m * 60 + sec
-    if not limits_ok or total <= 0:
-        raise bad
-    h, rest = divmod(total - (days or 0) * 86400, 3600)
-    hms = f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
-    return (f"{days}-{hms}" if days else hms), total
+    """`--time` in any form sbatch takes (slurm_time.TIME_FORMS) as (HH:MM:SS or D-HH:MM:SS, seconds)."""
+    try:
+        return parse_slurm_time(time)
+    except ValueError as e:
+        raise ConfigError(f"--time {time!r}: {e}") from None
 
 
 def time_limit_s(time: str) -> int:
