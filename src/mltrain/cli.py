@@ -797,7 +797,9 @@ def doctor(
 
 @bench_app.command("collectives")
 def bench_collectives(
-    nproc: Annotated[int, typer.Option(help="processes on this machine; >1 launches torchrun")] = 1,
+    nproc: Annotated[
+        Optional[int], typer.Option(help="ranks on this machine, at least 2 (torchrun is started); default one per GPU")
+    ] = None,
     ops: Annotated[str, typer.Option(help="comma-separated: all_reduce,all_gather,reduce_scatter")] = (
         "all_reduce,all_gather,reduce_scatter"
     ),
