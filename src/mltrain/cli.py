@@ -488,9 +488,14 @@ def k8s_cancel(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> No
 
 ClusterYaml = Annotated[Path, typer.Argument(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")]
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", help="where to write the rendered config; default ./<name>.pcluster.yaml")
+    Optional[Path],
+    typer.Option(
+        "--config", help="where to write the rendered config; default ./<name>.pcluster.yaml (not on --dry-run)"
+    ),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the exact commands; call nothing")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="print the exact commands; call nothing, write nothing unless --config")
+]
 
 
 @cluster_app.command("network")
