@@ -316,3 +316,113 @@ def test_price_unknown_is_reported_not_invented():
 @pytest.mark.parametrize("raw, value", [("250B", 250e9), ("1.5T", 1.5e12), ("250e9", 250e9), (42, 42), ("3,000M", 3e9)])
 def test_parse_count(raw, value):
     assert parse_count(raw) == value
+
+
+# --------------------------------------------------------------------------- pinned by hand: dollars and capped splits
+
+P5 = get_instance("p5.48xlarge")  # 8 x H100, 989.4 TFLOP/s dense bf16 each
+
+
+def _explicit_model(name: str, tokens: float, **kw) -> dict:
+    """A model given by numbers, so its FLOPs are simple: 6 * 1e9 + 12 * 10 * 1000 * 1000 = 6.12e9 per token."""
+    return {"name": name, "params": 1e9, "n_layers": 10, "hidden_size": 1000, "seq_len": 1000,
+            "tokens": tokens, "mfu": 0.5, **kw}  # fmt: skip
+
+
+def _node_seconds(tokens: float) -> float:
+    """Seconds the model takes on one p5.48xlarge at MFU 0.5, by hand."""
+    return tokens * 6.12e9 / (8 * 989.4e12 * 0.5)
+
+
+def test_dollars_and_seed_dollars_by_hand():
+    """$100/node-hour: a model's cost is its node-hours x price whatever its node count (linear scaling),
+    for the planned split and the seed split alike."""
+    data = {
+        "cluster": {"instance_type": "p5.48xlarge", "nodes": 10, "price_per_node_hour": 100.0},
+        "models": [_explicit_model("a", 3e12), _explicit_model("b", 1e12)],
+        "seed_split": [4, 6],
+    }
+    plan = _plan(data)
+    a, b = plan.models
+    assert plan.price_per_node_hour == 100.0 and plan.price_source == "fleet file"
+    assert a.flops == pytest.approx(3e12 * 6.12e9, rel=1e-12)
+    assert a.node_days_work == pytest.approx(_node_seconds(3e12) / 86400, rel=1e-12)
+    # 3:1 work on 10 nodes: 7 + 3 (makespan 3/7 of a's one-node time; 8 + 2 would leave b at 1/2)
+    assert (a.nodes, b.nodes) == (7, 3)
+    assert a.days == pytest.approx(_node_seconds(3e12) / 7 / 86400, rel=1e-12)
+    assert b.days == pytest.approx(_node_seconds(1e12) / 3 / 86400, rel=1e-12)
+    assert a.node_hours == pytest.approx(_node_seconds(3e12) / 3600, rel=1e-12)
+    assert a.dollars == pytest.approx(_node_seconds(3e12) / 3600 * 100.0, rel=1e-12)
+    assert b.dollars == pytest.approx(_node_seconds(1e12) / 3600 * 100.0, rel=1e-12)
+    # the seed split: 4 and 6 nodes; same node-hours and dollars, other days
+    assert (a.seed_nodes, b.seed_nodes) == (4, 6)
+    assert a.seed_days == pytest.approx(_node_seconds(3e12) / 4 / 86400, rel=1e-12)
+    assert b.seed_days == pytest.approx(_node_seconds(1e12) / 6 / 86400, rel=1e-12)
+    assert a.seed_node_hours == pytest.approx(_node_seconds(3e12) / 3600, rel=1e-12)
+    assert a.seed_dollars == pytest.approx(_node_seconds(3e12) / 3600 * 100.0, rel=1e-12)
+    assert b.seed_dollars == pytest.approx(_node_seconds(1e12) / 3600 * 100.0, rel=1e-12)
+    # totals: makespan = the longest model; the cluster is held (all 10 nodes) for it
+    t, s = plan.totals, plan.seed_totals
+    assert t.makespan_days == pytest.approx(_node_seconds(3e12) / 7 / 86400, rel=1e-12)
+    assert t.busy_node_hours == pytest.approx(_node_seconds(4e12) / 3600, rel=1e-12)
+    assert t.cluster_dollars == pytest.approx(10 * t.makespan_days * 24 * 100.0, rel=1e-12)
+    assert t.busy_dollars == pytest.approx(_node_seconds(4e12) / 3600 * 100.0, rel=1e-12)
+    assert s.makespan_days == pytest.approx(_node_seconds(3e12) / 4 / 86400, rel=1e-12)
+    assert s.idle_node_hours == pytest.approx(s.cluster_node_hours - s.busy_node_hours, rel=1e-12)
+
+
+def test_seed_dollars_in_plan_json(tmp_path):
+    """`mltrain plan --json`, the figures a user compares: seed_dollars per model = its node-hours x price."""
+    import subprocess
+    import sys
+
+    data = {
+        "cluster": {"instance_type": "p5.48xlarge", "nodes": 10, "price_per_node_hour": 100.0},
+        "models": [_explicit_model("a", 3e12), _explicit_model("b", 1e12)],
+        "seed_split": [4, 6],
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "mltrain", "plan", str(path), "--json"], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for m, tokens in zip(doc["models"], (3e12, 1e12), strict=True):
+        assert m["seed_dollars"] == pytest.approx(_node_seconds(tokens) / 3600 * 100.0, rel=1e-9)
+        assert m["dollars"] == pytest.approx(m["seed_dollars"], rel=1e-9)
+    assert [m["nodes"] for m in doc["models"]] == [7, 3]
+
+
+def test_split_when_a_max_nodes_cap_binds_by_hand():
+    """Work 100 : 90 : 66 on 16 nodes, the first model capped at 4. Growing the longest job each time:
+    [1,1,1] -> a2 b2 c2 a3 b3 a4 c3 b4 (times 25, 22.5, 22), then the longest (a, 25) is at its cap and
+    the makespan cannot drop: [4, 4, 3], 5 nodes left unassigned (and said so)."""
+    assert allocate_min_makespan([100, 90, 66], [1, 1, 1], [4, 16, 16], 16) == [4, 4, 3]
+    data = {
+        "cluster": {"instance_type": "p5.48xlarge", "nodes": 16, "price_per_node_hour": 100.0},
+        "models": [
+            _explicit_model("a", 100e9, max_nodes=4),
+            _explicit_model("b", 90e9),
+            _explicit_model("c", 66e9),
+        ],
+    }
+    plan = _plan(data)
+    assert [m.nodes for m in plan.models] == [4, 4, 3]
+    assert plan.models[0].days == pytest.approx(_node_seconds(100e9) / 4 / 86400, rel=1e-12)
+    assert plan.totals.makespan_days == pytest.approx(plan.models[0].days)
+    assert plan.totals.nodes_used == 11
+    assert "5 nodes left unassigned: the longest model is at its max_nodes" in plan.notes
+    # the per-model cap and the fleet-wide cap: the smaller binds
+    capped = _plan({**data, "constraints": {"max_nodes_per_model": 6},
+                    "models": [_explicit_model("a", 100e9, max_nodes=8), _explicit_model("b", 10e9)]})  # fmt: skip
+    assert [m.nodes for m in capped.models] == [6, 1]  # a stops at 6 (16.7 > b's 10 on one node)
+    capped = _plan({**data, "constraints": {"max_nodes_per_model": 6},
+                    "models": [_explicit_model("a", 100e9, max_nodes=3), _explicit_model("b", 10e9)]})  # fmt: skip
+    assert [m.nodes for m in capped.models] == [3, 1]
+
+
+def test_capped_split_with_granularity_by_hand():
+    # granularity 2, caps 4: a 2->4 (25), b 2 (45) ->4 (22.5); a at cap with the longest time: stop
+    assert allocate_min_makespan([100, 90], [2, 2], [4, 8], 12, 2) == [4, 4]
+    # without a cap the free nodes keep going to the longest: a 6 (16.7), b 6 (15)
+    assert allocate_min_makespan([100, 90], [2, 2], [12, 12], 12, 2) == [6, 6]
