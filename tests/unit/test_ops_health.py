@@ -297,3 +297,13 @@ def test_burn_in_thread_that_crashes_fails_its_gpu(monkeypatch):
     rows = burn_in_checks(0.01, 0.1)
     assert [(r.name, r.status) for r in rows] == [("gpu0 burn-in", "FAIL"), ("gpu1 burn-in", "FAIL")]
     assert "crashed" in rows[0].detail
+
+
+def test_the_newest_record_of_a_host_decides(tmp_path):
+    """A node checked twice in one attempt (a re-run after a reset): the later record counts, either way."""
+    record = tmp_path / "health.jsonl"
+    record.write_text(
+        '{"host": "n1", "status": "FAIL"}\n{"host": "n2", "status": "PASS"}\n'
+        '{"host": "n1", "status": "PASS"}\n{"host": "n2", "status": "FAIL"}\n'
+    )
+    assert failed_hosts(str(record)) == ["n2"]
