@@ -263,3 +263,18 @@ def test_fleet_file_instance_types_are_validated_strictly(tmp_path):
     assert r.returncode == 2
     msg = " ".join(r.stderr.split())
     assert "instance_types.p6-b300.48xlarge.peak_tflops: unknown key (typo?)" in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize(
+    "args, path, kind",
+    [
+        (["train"], SEVEN, "a fleet file"),
+        (["train"], ROOT / "configs" / "clusters" / "p5-16.yaml", "a cluster spec"),
+        (["submit", "--dry-run", "--cluster", str(ROOT / "configs" / "clusters" / "p5-16.yaml")], SEVEN, "a fleet file"),
+    ],
+)
+def test_run_commands_given_another_kind_of_file_say_so(args, path, kind, tmp_path):
+    r = _mltrain(*args, str(path), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and f"{path} is {kind}; this command takes a run config" in lines[0], r.stderr
