@@ -270,7 +270,11 @@ def test_fleet_file_instance_types_are_validated_strictly(tmp_path):
     [
         (["train"], SEVEN, "a fleet file"),
         (["train"], ROOT / "configs" / "clusters" / "p5-16.yaml", "a cluster spec"),
-        (["submit", "--dry-run", "--cluster", str(ROOT / "configs" / "clusters" / "p5-16.yaml")], SEVEN, "a fleet file"),
+        (
+            ["submit", "--dry-run", "--cluster", str(ROOT / "configs" / "clusters" / "p5-16.yaml")],
+            SEVEN,
+            "a fleet file",
+        ),
     ],
 )
 def test_run_commands_given_another_kind_of_file_say_so(args, path, kind, tmp_path):
