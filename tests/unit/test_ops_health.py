@@ -307,3 +307,17 @@ def test_the_newest_record_of_a_host_decides(tmp_path):
         '{"host": "n1", "status": "PASS"}\n{"host": "n2", "status": "FAIL"}\n'
     )
     assert failed_hosts(str(record)) == ["n2"]
+
+
+def test_expected_hosts_without_any_record_all_fail(tmp_path):
+    """Every node's check hung and was killed before writing: no file, or nothing complete in it. The batch
+    script passes --expect-hosts then, and every expected host counts as failed (not "could not read")."""
+    record = tmp_path / "health.jsonl"
+    assert failed_hosts(str(record), "9", 0, expected=["n1", "n2"]) == ["n1", "n2"]
+    r = _health("--failed-hosts", str(record), "--job", "9", "--attempt", "0", "--expect-hosts", "n1,n2")
+    assert r.returncode == 0 and r.stdout.strip() == "n1,n2", r.stdout + r.stderr
+    record.write_text('{"host": "n1", "sta')
+    assert failed_hosts(str(record), expected=["n1", "n2"]) == ["n1", "n2"]
+    record.write_text("not a record file\n")
+    with pytest.raises(Exception, match="line 1: not JSON"):
+        failed_hosts(str(record), expected=["n1"])

@@ -210,19 +210,22 @@ def _fake_failure(host: str) -> Check | None:
     return Check("fake failure", FAIL, f"{FAKE_FAIL_HOSTS_ENV} names {host} (tests only)", "unset it")
 
 
-def read_records(record_path: str) -> list[dict[str, Any]]:
+def read_records(record_path: str, empty_ok: bool = False) -> list[dict[str, Any]]:
     """The records of a `--record` file. Unlike the run's event logs, little here may be skipped: an
-    empty answer tells the batch script that no node failed. A missing or unreadable file, a line that is
-    neither JSON nor the start of a record, a record without host/status, or a file without one complete
-    record is a ConfigError naming the file (and line). Only a torn record (a line starting with `{`
-    that does not parse: a check killed mid-write, perhaps followed by a later attempt's lines) is left
-    out; that host, having no record, counts as failed when it is expected."""
+    empty answer tells the batch script that no node failed. A missing or unreadable file, a line that
+    is neither JSON nor the start of a record, a record without host/status, or a file without one complete
+    record is a ConfigError naming the file (and line); `empty_ok` (the caller knows which hosts must have
+    a record) accepts a missing file or one without records as no records. Only a torn record (a line
+    starting with `{` that does not parse: a check killed mid-write, perhaps followed by a later attempt's
+    lines) is left out; that host, having no record, counts as failed when it is expected."""
     from mltrain.errors import ConfigError
 
     try:
         with open(record_path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
+        if empty_ok:
+            return []
         raise ConfigError(f"{record_path}: does not exist (no health check wrote a record there)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{record_path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
@@ -246,7 +249,7 @@ def read_records(record_path: str) -> list[dict[str, Any]]:
         if rec["status"] not in (PASS, WARN, FAIL, SKIP):
             raise ConfigError(f"{record_path}: line {no}: status {rec['status']!r} is not PASS, WARN, FAIL or SKIP")
         out.append(rec)
-    if not out:
+    if not out and not empty_ok:
         raise ConfigError(f"{record_path}: no complete health record in it")
     return out
 
@@ -257,9 +260,10 @@ def failed_hosts(
     """Hosts whose newest health record (for `job_id` and its `attempt`, when given) is FAIL: the next
     attempt's --exclude. With `attempt`, a node that failed an earlier attempt (and was excluded since)
     does not count again. `expected`: hosts that must have a record; one without is counted as failed
-    (its check hung or never ran). An unreadable file raises ConfigError (see read_records)."""
+    (its check hung or never ran; so with `expected`, a missing file fails them all). A file that cannot
+    be trusted raises ConfigError (see read_records)."""
     newest: dict[str, str] = {}
-    for rec in read_records(record_path):
+    for rec in read_records(record_path, empty_ok=bool(expected)):
         if job_id is not None and str(rec.get("job_id")) != str(job_id):
             continue
         if attempt is not None and rec.get("attempt", 0) != attempt:
