@@ -107,9 +107,13 @@ def _fleet_files(tmp_path: Path, with_run_configs: bool = True) -> tuple[Path, P
     return fleet, cluster
 
 
-def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path):
+def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path, monkeypatch):
     """Uses the real mltrain.launch.slurm.submit_run in dry-run mode (no Slurm needed)."""
     fleet, cluster = _fleet_files(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     c = _console()
     fleet_submit_command(fleet, cluster, dry_run=True, console=c)
     text = c.export_text()
@@ -117,7 +121,8 @@ def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path):
     assert "m0: 6 nodes" in text and "m1: 2 nodes" in text
     assert text.count("#SBATCH --nodes=6") == 1 and text.count("#SBATCH --nodes=2") == 1
     assert "fleet-m0" in text and "fleet-m1" in text
-    assert not (tmp_path / "shared").exists()  # dry run writes nothing
+    assert not (tmp_path / "shared").exists()  # dry run writes nothing: not the run dirs,
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cwd"])
 
 
 def test_fleet_submit_passes_planned_nodes_to_submit_run(tmp_path, monkeypatch):
