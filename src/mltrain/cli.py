@@ -493,9 +493,14 @@ def k8s_cancel(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> No
 
 ClusterYaml = Annotated[Path, typer.Argument(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")]
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", help="where to write the rendered config; default ./<name>.pcluster.yaml")
+    Optional[Path],
+    typer.Option(
+        "--config", help="where to write the rendered config; default ./<name>.pcluster.yaml (not on --dry-run)"
+    ),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the exact commands; call nothing")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="print the exact commands; call nothing, write nothing unless --config")
+]
 
 
 @cluster_app.command("network")
@@ -829,7 +834,9 @@ def doctor(
 
 @bench_app.command("collectives")
 def bench_collectives(
-    nproc: Annotated[int, typer.Option(help="processes on this machine; >1 launches torchrun")] = 1,
+    nproc: Annotated[
+        Optional[int], typer.Option(help="ranks on this machine, at least 2 (torchrun is started); default one per GPU")
+    ] = None,
     ops: Annotated[str, typer.Option(help="comma-separated: all_reduce,all_gather,reduce_scatter")] = (
         "all_reduce,all_gather,reduce_scatter"
     ),

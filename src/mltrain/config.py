@@ -517,7 +517,14 @@ def load_yaml_model(path: str | Path, model_cls: type[M], overrides: list[str] |
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    return load_yaml_model(path, RunConfig, overrides)
+    """A run config; a fleet file or cluster spec given instead is one line saying so."""
+    try:
+        return load_yaml_model(path, RunConfig, overrides)
+    except ConfigError:
+        from mltrain.cluster.fleet import refuse_other_kind
+
+        refuse_other_kind(Path(path), _read_yaml(Path(path)), "a run config", "this command takes a run config")
+        raise
 
 
 def dump_yaml(model: BaseModel) -> str:

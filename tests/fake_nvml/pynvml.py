@@ -2,7 +2,9 @@
 
 No GPU exists here, so the tests that exercise mltrain's NVML readers (health rows, the Prometheus
 GPU collector) put this directory first on PYTHONPATH. Two fake H100s; FAKE_NVML_BAD=<index> gives that
-GPU 3 uncorrected ECC errors and hardware thermal slowdown. Only the calls mltrain makes exist.
+GPU 3 uncorrected ECC errors and hardware thermal slowdown. FAKE_NVML_FAULT=<fault>@<index>[,...] adds one
+fault: retired_pending (page retirement pending), remap_failure, remap_pending, xid<N> (a critical-XID
+event N), crash (reading that GPU's name raises). Only the calls mltrain makes exist.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ class NVMLError(Exception):
 
 def _bad(h: int) -> bool:
     return os.environ.get("FAKE_NVML_BAD", "") == str(h)
+
+
+def _faults() -> list[tuple[str, int]]:
+    out = []
+    for item in os.environ.get("FAKE_NVML_FAULT", "").split(","):
+        if "@" in item:
+            kind, idx = item.strip().split("@")
+            out.append((kind, int(idx)))
+    return out
+
+
+def _fault(kind: str, h: int) -> bool:
+    return (kind, h) in _faults()
 
 
 def nvmlInit() -> None:
@@ -53,6 +68,8 @@ def nvmlDeviceGetIndex(h: int) -> int:
 
 
 def nvmlDeviceGetName(h: int) -> str:
+    if _fault("crash", h):
+        raise NVMLError("GPU is lost")
     return "NVIDIA H100 80GB HBM3"
 
 
@@ -93,30 +110,38 @@ def nvmlDeviceGetTotalEccErrors(h: int, kind: int, counter: int) -> int:
 
 
 def nvmlDeviceGetRetiredPages(h: int, cause: int) -> list[int]:
+    if _fault("retired_pending", h):
+        return [0x1F000]
     raise NVMLError("Not Supported")  # H100 uses row remapping instead
 
 
 def nvmlDeviceGetRetiredPagesPendingStatus(h: int) -> int:
+    if _fault("retired_pending", h):
+        return 1
     raise NVMLError("Not Supported")
 
 
 def nvmlDeviceGetRemappedRows(h: int) -> tuple[int, int, int, int]:
-    return (0, 0, 0, 0)
+    # (corrected rows, uncorrected rows, pending, failure)
+    return (0, 1 if _fault("remap_failure", h) else 0, int(_fault("remap_pending", h)), int(_fault("remap_failure", h)))
 
 
 def nvmlDeviceGetCurrentClocksEventReasons(h: int) -> int:
     return 0x40 if _bad(h) else 0x0
 
 
-def nvmlEventSetCreate() -> object:
-    return object()
+def nvmlEventSetCreate() -> SimpleNamespace:
+    xids = [(int(kind[3:]), h) for kind, h in _faults() if kind.startswith("xid")]
+    return SimpleNamespace(pending=[SimpleNamespace(device=h, eventData=x) for x, h in xids])
 
 
 def nvmlDeviceRegisterEvents(h: int, types: int, es: object) -> None:
     pass
 
 
-def nvmlEventSetWait_v2(es: object, timeout_ms: int) -> None:
+def nvmlEventSetWait_v2(es: SimpleNamespace, timeout_ms: int) -> SimpleNamespace:
+    if es.pending:
+        return es.pending.pop(0)
     raise NVMLError("Timeout")
 
 

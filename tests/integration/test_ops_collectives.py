@@ -61,3 +61,58 @@ def test_bench_collectives_two_gloo_ranks(tmp_path):
         assert x["busbw_gbps"] == pytest.approx(algbw * factor, rel=1e-9)
     assert doc["verdict"]["status"] == "SKIP"  # CPU: no reference
     assert json.loads(r.stdout[r.stdout.index("{") :]) == doc  # --json printed by rank 0 only, once
+
+
+def _bench(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200", **(env_extra or {}))
+    return subprocess.run(
+        mltrain_cmd("bench", "collectives", *args), env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.parametrize("nproc", ["0", "1", "-3"])
+def test_fewer_than_two_ranks_is_refused_in_one_line(nproc):
+    """One rank has no peer: every bandwidth would be 0 (bus factor 2(n-1)/n = 0), a table of zeros."""
+    r = _bench("--nproc", nproc, "--device", "cpu", "--max-bytes", "1M", "--iters", "1")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and f"--nproc {nproc}" in lines[0] and "at least 2" in lines[0], r.stderr
+    assert "busbw" not in r.stdout and "Traceback" not in r.stderr
+
+
+def test_no_nproc_on_a_cpu_machine_is_refused_in_one_line():
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("two GPUs here: the default is one rank per GPU")
+    r = _bench("--device", "cpu")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--nproc" in lines[0] and "at least 2" in lines[0], r.stderr
+
+
+def test_cuda_without_cuda_is_one_line_before_torchrun():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is visible here: the no-CUDA refusal cannot be real")
+    r = _bench("--nproc", "2", "--device", "cuda")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "no CUDA device" in lines[0], r.stdout + r.stderr
+    assert "ChildFailedError" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_world_of_one_under_torchrun_is_refused(monkeypatch):
+    """`torchrun --nproc-per-node 1 -m mltrain bench collectives` (a worker alone) measures nothing either."""
+    from mltrain.errors import ConfigError
+    from mltrain.ops.collectives import collectives_command
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="world of 1 rank.*at least 2"):
+        collectives_command(
+            nproc=None, ops="all_reduce", max_bytes="1M", iters=1, warmup=0, device="cpu",
+            instance_type=None, json_out=True, out=None, console=None,
+        )  # fmt: skip

@@ -123,6 +123,21 @@ def test_training_run_scraped_and_dashboard_returns_data(tmp_path, tiny_data_dir
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
         loss = query_range(url, 'mltrain_loss{run="prom"}', t_start, t_end)[0]["values"]
         assert 0 < float(loss[-1][1]) < 20
+        # "returns data" is not enough: the last scraped values are the run's own last figures
+        from mltrain.train.metrics import read_metrics
+
+        recs = read_metrics(tmp_path / "runs" / "prom")
+        last = {
+            kind: [r[field] for r in recs if r.get("kind") == kind and isinstance(r.get(field), (int, float))][-1]
+            for kind, field in (("train", "loss"), ("eval", "val_loss"))
+        }
+        val = query_range(url, 'mltrain_val_loss{run="prom"}', t_start, t_end)[0]["values"]
+        assert float(val[-1][1]) == pytest.approx(last["eval"], rel=1e-9) and last["eval"] > 0
+        assert float(loss[-1][1]) == pytest.approx(last["train"], rel=1e-9)
+        util = query_range(url, 'DCGM_FI_DEV_GPU_UTIL{run="prom"}', t_start, t_end)
+        assert sorted((s["metric"]["gpu"], s["metric"]["UUID"], s["metric"]["model_name"], s["values"][-1][1])
+                      for s in util) == [("0", "GPU-fake-0000", "NVIDIA H100 80GB HBM3", "90"),
+                                         ("1", "GPU-fake-0001", "NVIDIA H100 80GB HBM3", "91")]  # fmt: skip
         png = render_png(url, load_dashboard(DASHBOARD), t_start, t_end, tmp_path / "dash.png")
         assert png.stat().st_size > 10_000
         if os.environ.get("MLTRAIN_DASHBOARD_PNG"):  # how docs/operate-dashboard.png is made

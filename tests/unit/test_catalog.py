@@ -73,3 +73,66 @@ def test_unknown_type_without_near_name_lists_the_catalog():
     with pytest.raises(ClusterError, match="known: g5.12xlarge"):
         get_instance("zzzz")
     assert suggest("zzzz", ["a.b"]) == ""
+
+
+# --------------------------------------------------------------------------- a type the catalog lacks: the user's own entry
+
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from mltrain.cluster.catalog import InstanceType  # noqa: E402
+from mltrain.errors import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+B300 = {"accelerators": 8, "accelerator": "B300", "gpu_memory_gib": 268, "vcpus": 192, "memory_gib": 2048,
+        "network_gbps": 6400, "efa_interfaces": 16, "gpudirect_rdma": True, "peak_bf16_tflops": 2000.0}  # fmt: skip
+
+
+def test_user_entries_come_first_and_take_their_key_as_name():
+    mine = {"P6-B300.48xlarge": InstanceType.model_validate(B300), "p5.48xlarge": InstanceType.model_validate(B300)}
+    got = get_instance("p6-b300.48xlarge", mine)
+    assert got.name == "p6-b300.48xlarge" and got.accelerator == "B300" and got.efa
+    assert get_instance("p5.48xlarge", mine).accelerator == "B300"  # the user's figures over the shipped ones
+    assert get_instance("p5.48xlarge").accelerator != "B300"
+
+
+def test_unknown_type_names_no_package_path():
+    with pytest.raises(ClusterError) as e:
+        get_instance("p6-b300.48xlarge")
+    msg = str(e.value)
+    assert "catalog.yaml" not in msg and "site-packages" not in msg and "mltrain/cluster" not in msg
+    assert "instance_types:" in msg and "fleet file or cluster spec" in msg
+
+
+def _spec(tmp_path: Path, **itype) -> Path:
+    spec = yaml.safe_load((ROOT / "configs" / "clusters" / "p5-16.yaml").read_text())
+    spec["instance_type"] = "p6-b300.48xlarge"
+    spec["instance_types"] = {"p6-b300.48xlarge": {**B300, **itype}}
+    path = tmp_path / "b300.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_cluster_spec_instance_types_render_and_submit_check(tmp_path):
+    from mltrain.cluster.pcluster import render
+    from mltrain.cluster.spec import load_cluster_spec
+    from mltrain.launch.slurm import check_instance_type
+
+    spec = load_cluster_spec(_spec(tmp_path))
+    config = render(spec)
+    (queue,) = config["Scheduling"]["SlurmQueues"]
+    (cr,) = queue["ComputeResources"]
+    assert cr["InstanceType"] == "p6-b300.48xlarge"
+    assert cr["Efa"] == {"Enabled": True, "GdrSupport": True}
+    check_instance_type(spec)  # `mltrain submit` takes it too
+    spec.instance_types.clear()
+    with pytest.raises(ConfigError, match="unknown instance type 'p6-b300.48xlarge'.*instance_types:"):
+        check_instance_type(spec)
+
+
+def test_cluster_spec_instance_types_are_strict(tmp_path):
+    from mltrain.cluster.spec import load_cluster_spec
+
+    with pytest.raises(ConfigError, match=r"instance_types\.p6-b300\.48xlarge\.gpus: unknown key"):
+        load_cluster_spec(_spec(tmp_path, gpus=8))

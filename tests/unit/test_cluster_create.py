@@ -117,11 +117,44 @@ def test_dry_run_golden(tmp_path, monkeypatch):
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden} differs: review, then UPDATE_GOLDEN=1 to accept"
-    # the config the command points pcluster at is the validated render (same as the pcluster golden)
-    written = (tmp_path / "p5e-80.pcluster.yaml").read_text()
-    assert written == (ROOT / "tests/golden/pcluster/p5e-80.yaml").read_text().replace(
-        "from configs/clusters/p5e-80.yaml", "from configs/p5e-80.yaml"
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    """A dry run without --config leaves the working directory as it was (it used to drop
+    ./<name>.pcluster.yaml there) and says the config was rendered and validated, not written."""
+    (tmp_path / "configs").mkdir()
+    shutil.copy(P5E, tmp_path / "configs" / "p5e-80.yaml")
+    before = _files(tmp_path)
+    for action in ("create", "update"):
+        r = subprocess.run(
+            [sys.executable, "-m", "mltrain", "cluster", action, "configs/p5e-80.yaml", "--dry-run"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "PATH": str(tmp_path), "COLUMNS": "200"},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert _files(tmp_path) == before, f"{action} --dry-run wrote {_files(tmp_path) - before}"
+        assert "not written (dry run" in r.stdout and "# wrote" not in r.stdout
+
+
+def test_dry_run_with_explicit_config_writes_it_and_says_so_first(tmp_path, monkeypatch):
+    """`--config FILE --dry-run`: the user asked for the file, so it is written (the validated render, as the
+    pcluster golden) and the first line says where."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "out" / "p5e.pcluster.yaml"
+    out.parent.mkdir()
+    c = _console()
+    assert cluster_action("create", P5E, config_path=out, dry_run=True, console=c) == 0
+    first = c.export_text().splitlines()[0]
+    assert first == f"# wrote {out} (rendered from {P5E} and validated)"
+    assert out.read_text() == (ROOT / "tests/golden/pcluster/p5e-80.yaml").read_text().replace(
+        "from configs/clusters/p5e-80.yaml", f"from {P5E}"
     )
+    assert _files(tmp_path) == {"out", "out/p5e.pcluster.yaml"}
 
 
 def test_missing_pcluster_is_one_line(tmp_path):
@@ -136,15 +169,56 @@ def test_missing_pcluster_is_one_line(tmp_path):
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) <= 3 and "Traceback" not in r.stderr, r.stderr  # one line, soft-wrapped by the terminal
-    assert "pip install aws-parallelcluster==3.16.1" in r.stderr.replace("\n", "") and "Node.js" in r.stderr
+    assert "pipx install aws-parallelcluster==3.16.1" in r.stderr.replace("\n", "") and "Node.js" in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written before the CLI is known to exist
 
 
 def test_schema_only_pcluster_is_refused(stub, monkeypatch):
     monkeypatch.setenv("STUB_BROKEN", "1")
-    with pytest.raises(ClusterError, match="version failed .*No module named 'flask'.*pip install aws-parallelcluster"):
+    with pytest.raises(ClusterError) as e:
         cluster_action("create", P5E, preflight=False, console=_console())
+    msg = str(e.value)
+    assert "is installed but cannot create clusters" in msg and "No module named 'flask'" in msg
+    assert "not on PATH" not in msg and "pipx install aws-parallelcluster==3.16.1" in msg and "\n" not in msg
     assert _calls(stub) == [["version"]]
+
+
+def test_the_validation_only_install_is_named_not_called_missing(tmp_path):
+    """mltrain's own venv has aws-parallelcluster installed with --no-deps (schema validation only): its
+    `pcluster` is on PATH but cannot run. The message says what is there, why it cannot create, and the one
+    command that installs the full CLI; never "not on PATH"."""
+    bindir = Path(sys.executable).parent
+    if not (bindir / "pcluster").exists():
+        pytest.skip("no validation-only pcluster next to this Python (make venv installs one)")
+    probe = subprocess.run([str(bindir / "pcluster"), "version"], capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        pytest.skip("the pcluster next to this Python is a full install")
+    r = subprocess.run(
+        [sys.executable, "-m", "mltrain", "cluster", "create", str(P5E), "--skip-preflight"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bindir}{os.pathsep}/usr/bin:/bin", "COLUMNS": "400"},
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    msg = lines[0]
+    assert "not on PATH" not in msg
+    assert f"{bindir / 'pcluster'} is installed but cannot create clusters" in msg
+    assert "aws-parallelcluster 3.16.1 without its runtime dependencies" in msg
+    assert "No module named" in msg  # why: pcluster's own import error
+    assert "pipx install aws-parallelcluster==3.16.1" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_working_pcluster_later_on_path_is_used(stub, tmp_path, monkeypatch):
+    """A broken (validation-only) pcluster earlier on PATH, e.g. an activated venv, does not hide a full install."""
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "pcluster").write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'flask'\" >&2\nexit 1\n")
+    (broken / "pcluster").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+    assert cluster_action("create", P5E, preflight=False, wait=False, console=_console()) == 0
+    assert [c[0] for c in _calls(stub)] == ["version", "create-cluster"]
 
 
 def test_create_records_exact_argv_and_follows_progress(stub, monkeypatch):

@@ -108,7 +108,7 @@ def test_not_registry_references_rejected(image: str) -> None:
 def test_existing_slurm_specs_still_load() -> None:
     for path in (ROOT / "configs" / "clusters").glob("*.yaml"):
         if path.name.startswith("eks-"):
-            with pytest.raises(ConfigError, match="kind: unknown key"):
+            with pytest.raises(ConfigError, match="is an EKS spec; this command takes a cluster spec"):
                 load_cluster_spec(path)
         else:
             load_cluster_spec(path)

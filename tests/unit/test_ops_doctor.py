@@ -68,3 +68,37 @@ def test_env_check_names_known_bad_variables():
     names = {r.name for r in rows}
     assert names == {"env NCCL_ALGO", "env NCCL_DEBUG"} and all(r.status == WARN for r in rows)
     assert check_env({"NCCL_DEBUG": "WARN"})[0].status == PASS
+
+
+def test_a_check_that_raises_is_a_fail_row_and_exit_1(tmp_path, monkeypatch, capsys):
+    """A crashing check must never read as healthy: its row FAILs, names the exception, and the command exits 1."""
+    from mltrain.ops import doctor
+
+    def boom():
+        raise RuntimeError("fi_info segfaulted")
+
+    monkeypatch.setattr(doctor, "check_efa", boom)
+    monkeypatch.setenv("MLTRAIN_BASE_DIR", str(tmp_path))
+    rows = doctor.run_doctor(tmp_path)
+    (efa,) = [r for r in rows if r.name == "efa"]
+    assert efa.status == FAIL and efa.detail == "check crashed: RuntimeError: fi_info segfaulted"
+    assert [r.name for r in rows if r.status == FAIL] == ["efa"]  # the others still ran
+    assert {"python", "torch", "run dir", "slurm"} <= {r.name for r in rows}
+    assert doctor.doctor_report(rows)["status"] == FAIL
+    assert doctor.doctor_command(None, None, True, None) == 1
+    doc = json.loads(capsys.readouterr().out)
+    efa_row = next(c for c in doc["checks"] if c["name"] == "efa")
+    assert doc["status"] == FAIL and efa_row["status"] == FAIL
+
+
+def test_worst_ranks_fail_over_warn_over_pass_and_skip():
+    from mltrain.ops.checks import SKIP, Check, worst
+
+    def rows(*statuses):
+        return [Check(str(i), s, "") for i, s in enumerate(statuses)]
+
+    assert worst(rows()) == PASS
+    assert worst(rows(PASS, SKIP)) == PASS
+    assert worst(rows(SKIP, WARN, PASS)) == WARN
+    assert worst(rows(WARN, FAIL, PASS)) == FAIL
+    assert worst(rows(FAIL)) == FAIL

@@ -107,9 +107,13 @@ def _fleet_files(tmp_path: Path, with_run_configs: bool = True) -> tuple[Path, P
     return fleet, cluster
 
 
-def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path):
+def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path, monkeypatch):
     """Uses the real mltrain.launch.slurm.submit_run in dry-run mode (no Slurm needed)."""
     fleet, cluster = _fleet_files(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     c = _console()
     fleet_submit_command(fleet, cluster, dry_run=True, console=c)
     text = c.export_text()
@@ -117,7 +121,8 @@ def test_fleet_submit_dry_run_renders_one_job_per_model(tmp_path):
     assert "m0: 6 nodes" in text and "m1: 2 nodes" in text
     assert text.count("#SBATCH --nodes=6") == 1 and text.count("#SBATCH --nodes=2") == 1
     assert "fleet-m0" in text and "fleet-m1" in text
-    assert not (tmp_path / "shared").exists()  # dry run writes nothing
+    assert not (tmp_path / "shared").exists()  # dry run writes nothing: not the run dirs,
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cwd"])
 
 
 def test_fleet_submit_passes_planned_nodes_to_submit_run(tmp_path, monkeypatch):
@@ -178,3 +183,107 @@ def test_plan_table_fits_80_columns_without_truncating_a_cell():
         row = next(line for line in lines if line.startswith(m.name + " "))
         assert f"{m.days:.2f}" in row and f"{m.nodes}" in row and f"${m.dollars:,.0f}" in row
     assert "not shown; --json has every figure" in " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- the wrong kind of file, a type the catalog lacks
+
+
+def _mltrain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "COLUMNS": "300"}
+    return subprocess.run([sys.executable, "-m", "mltrain", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env=env)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path, kind",
+    [
+        (ROOT / "configs" / "demo.yaml", "a run config"),
+        (ROOT / "configs" / "clusters" / "p5e-80.yaml", "a cluster spec"),
+        (ROOT / "configs" / "clusters" / "eks-p5-2.yaml", "an EKS spec"),
+    ],
+)
+def test_plan_given_another_kind_of_file_says_so_in_one_line(path, kind):
+    r = _mltrain("plan", str(path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].endswith(f"{path} is {kind}; plan takes a fleet file (cluster: and models:, e.g. "
+                             "configs/fleets/seven-models.yaml)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, kind", [(["cluster", "render"], "a fleet file"), (["cluster", "create", "--dry-run"], "a fleet file")]
+)
+def test_cluster_commands_given_a_fleet_file_say_so(args, kind, tmp_path):
+    r = _mltrain(*args, str(SEVEN), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and f"{SEVEN} is {kind}; this command takes a cluster spec" in lines[0], r.stderr
+    r = _mltrain("cluster", "render", str(ROOT / "configs" / "demo.yaml"))
+    assert r.returncode == 2 and "demo.yaml is a run config; this command takes a cluster spec" in r.stderr
+
+
+def test_unknown_instance_type_points_at_the_users_own_file(tmp_path):
+    """Not at the installed package's catalog.yaml (a file the next upgrade overwrites): at the fleet file's
+    `instance_types:` key."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({
+        "cluster": {"instance_type": "p6-b300.48xlarge", "nodes": 4},
+        "models": [{"name": "a", "preset": "llama3.2-1b", "tokens": "1B", "mfu": 0.3}],
+    }))  # fmt: skip
+    r = _mltrain("plan", str(fleet))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    msg = " ".join(r.stderr.split())
+    assert "unknown instance type 'p6-b300.48xlarge'" in msg
+    assert "catalog.yaml" not in msg and "site-packages" not in msg and "src/mltrain" not in msg
+    assert "instance_types:" in msg and "fleet file" in msg
+
+
+def _custom_fleet(tmp_path: Path, **entry) -> Path:
+    itype = {"accelerators": 8, "accelerator": "B300", "gpu_memory_gib": 268, "vcpus": 192, "memory_gib": 2048,
+             "network_gbps": 6400, "efa_interfaces": 16, "peak_bf16_tflops": 2000.0, "prices": {"us-east-1": 100.0},
+             **entry}  # fmt: skip
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({
+        "cluster": {"instance_type": "p6-b300.48xlarge", "nodes": 4, "region": "us-east-1"},
+        "instance_types": {"p6-b300.48xlarge": itype},
+        "models": [{"name": "a", "params": 1e9, "n_layers": 10, "hidden_size": 1000, "seq_len": 1000,
+                    "tokens": 1e12, "mfu": 0.5}],
+    }))  # fmt: skip
+    return fleet
+
+
+def test_fleet_file_instance_types_describe_a_type_the_catalog_lacks(tmp_path):
+    plan = plan_command(_custom_fleet(tmp_path), console=_console())
+    assert (plan.instance_type, plan.gpu, plan.gpus_per_node, plan.peak_tflops) == ("p6-b300.48xlarge", "B300", 8, 2000)
+    assert plan.price_per_node_hour == 100.0 and plan.price_source == "catalog, us-east-1"
+    # 1e12 tokens x 6.12e9 FLOPs on 4 nodes x 8 x 2000 TFLOP/s x 0.5, by hand
+    assert plan.models[0].days == pytest.approx(1e12 * 6.12e9 / (4 * 8 * 2000e12 * 0.5) / 86400, rel=1e-12)
+
+
+def test_fleet_file_instance_types_are_validated_strictly(tmp_path):
+    r = _mltrain("plan", str(_custom_fleet(tmp_path, peak_tflops=5.0)))
+    assert r.returncode == 2
+    msg = " ".join(r.stderr.split())
+    assert "instance_types.p6-b300.48xlarge.peak_tflops: unknown key (typo?)" in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize(
+    "args, path, kind",
+    [
+        (["train"], SEVEN, "a fleet file"),
+        (["train"], ROOT / "configs" / "clusters" / "p5-16.yaml", "a cluster spec"),
+        (
+            ["submit", "--dry-run", "--cluster", str(ROOT / "configs" / "clusters" / "p5-16.yaml")],
+            SEVEN,
+            "a fleet file",
+        ),
+    ],
+)
+def test_run_commands_given_another_kind_of_file_say_so(args, path, kind, tmp_path):
+    r = _mltrain(*args, str(path), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and f"{path} is {kind}; this command takes a run config" in lines[0], r.stderr

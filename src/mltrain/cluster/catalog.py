@@ -1,7 +1,9 @@
 """The instance catalog: accelerator shapes, peak FLOP/s, EFA and prices, read from catalog.yaml.
 
 A data file (with its sources in comments) rather than code, so a price or a new instance type is
-a one-line change that reviewers can check against the AWS pages.
+a one-line change that reviewers can check against the AWS pages. Users describe a type it lacks (or
+their own price or figures) under `instance_types:` in their fleet file or cluster spec, with the same
+fields, validated as strictly; those entries come first.
 """
 
 from __future__ import annotations
@@ -80,13 +82,26 @@ def suggest(name: str, choices: list[str], n: int = 3) -> str:
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
-def get_instance(name: str) -> InstanceType:
-    """Look up an instance type; an unknown name raises ClusterError with near-name suggestions."""
+OVERRIDE_HINT = (
+    "describe it under `instance_types:` in your fleet file or cluster spec, with the catalog's fields "
+    "(accelerators, accelerator, gpu_memory_gib, vcpus, memory_gib, network_gbps, efa_interfaces, "
+    "peak_bf16_tflops, prices; see docs/planning.md)"
+)
+
+
+def get_instance(name: str, extra: dict[str, InstanceType] | None = None) -> InstanceType:
+    """Look up an instance type: the user's own `instance_types:` entries first (a type the shipped catalog
+    lacks, or their own figures for one it has), then the catalog. An unknown name raises ClusterError with
+    near-name suggestions and the user-side way to add it (never an edit of the installed package)."""
+    mine = {k.strip().lower(): v for k, v in (extra or {}).items()}
+    key = name.strip().lower()
+    if key in mine:
+        entry = mine[key]
+        return entry if entry.name else entry.model_copy(update={"name": key})
     catalog = load_catalog()
     if name in catalog:
         return catalog[name]
-    key = name.strip().lower()
     if key in catalog:
         return catalog[key]
-    hint = suggest(key, list(catalog)) or f"; known: {', '.join(instance_names())}"
-    raise ClusterError(f"unknown instance type {name!r}{hint} (add it to {CATALOG_PATH})")
+    hint = suggest(key, list(catalog) + list(mine)) or f"; known: {', '.join(instance_names())}"
+    raise ClusterError(f"unknown instance type {name!r}{hint}; if it is right, {OVERRIDE_HINT}")

@@ -3,15 +3,18 @@
 mltrain does not re-implement cluster creation: it renders and validates the config, runs the
 read-only preflight, then calls `pcluster create-cluster ...` (and friends) and follows
 `pcluster describe-cluster` until the cluster is up (or has failed, with pcluster's reasons).
-`--dry-run` prints the exact commands and calls nothing.
+`--dry-run` prints the exact commands and calls nothing; it writes the rendered config only where
+`--config FILE` asks (and says so first), never a default file into the working directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +36,10 @@ SUBCOMMAND = {
     "status": "describe-cluster",
 }
 DONE = {"create": "CREATE_COMPLETE", "update": "UPDATE_COMPLETE", "delete": "DELETE_COMPLETE"}
+PCLUSTER_SPEC = "aws-parallelcluster==3.16.1"
 INSTALL_HINT = (
-    "the ParallelCluster CLI `pcluster` is not on PATH: install it in its own virtualenv with "
-    "`pip install aws-parallelcluster==3.16.1`, plus Node.js (pcluster synthesizes its CloudFormation "
-    "with the AWS CDK, which runs on Node.js, e.g. `nvm install --lts`), and configure AWS credentials"
+    f"install the full CLI with `pipx install {PCLUSTER_SPEC}` (its own virtualenv, with every dependency), "
+    "plus Node.js for the AWS CDK that pcluster runs (e.g. `nvm install --lts`), and configure AWS credentials"
 )
 
 
@@ -54,20 +57,67 @@ def pcluster_argv(action: Action, spec: ClusterSpec, config_path: Path | None, e
     return argv + ["--region", spec.aws.region]
 
 
-def find_pcluster() -> str:
-    """The `pcluster` executable, checked to run (mltrain's own venv installs aws-parallelcluster
-    with --no-deps for schema validation only: its `pcluster` entry point cannot create clusters)."""
-    exe = shutil.which("pcluster")
-    if exe is None:
-        raise ClusterError(INSTALL_HINT)
+def _pcluster_candidates() -> list[str]:
+    """Every `pcluster` on PATH, in PATH order (an activated venv's validation-only one may come first)."""
+    seen, out = set(), []
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        exe = shutil.which("pcluster", path=d) if d else None
+        if exe and os.path.realpath(exe) not in seen:
+            seen.add(os.path.realpath(exe))
+            out.append(exe)
+    return out
+
+
+def _installed_here() -> str | None:
+    """The aws-parallelcluster version installed in this Python, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        r = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=120)
-    except OSError as e:
-        raise ClusterError(f"{exe} does not run ({e}); {INSTALL_HINT}") from None
-    if r.returncode != 0:
+        return version("aws-parallelcluster")
+    except PackageNotFoundError:
+        return None
+
+
+def _missing_deps(exe: str) -> str:
+    """' (aws-parallelcluster X without its runtime dependencies ...)' when `exe` is the one beside this
+    Python, which mltrain's venv installs with --no-deps for schema validation only; else ''."""
+    here = _installed_here()
+    if here is None or Path(exe).parent != Path(sys.executable).parent:
+        return ""
+    return (
+        f" (aws-parallelcluster {here} without its runtime dependencies: mltrain's venv installs it with "
+        "--no-deps, for offline schema validation only)"
+    )
+
+
+def find_pcluster() -> str:
+    """The first `pcluster` on PATH that runs (`pcluster version` succeeds). Otherwise one line saying
+    what is installed, why it cannot create clusters, and the command that installs the full CLI."""
+    broken: list[tuple[str, str]] = []
+    for exe in _pcluster_candidates():
+        try:
+            r = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            broken.append((exe, f"it does not run: {e}"))
+            continue
+        if r.returncode == 0:
+            return exe
         last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or ["no output"])[-1]
-        raise ClusterError(f"{exe} version failed ({last[:200]}): {INSTALL_HINT}")
-    return exe
+        broken.append((exe, f"`pcluster version` fails with {last.strip()[:200]}"))
+    if broken:
+        exe, why = broken[0]
+        others = f" ({len(broken) - 1} more on PATH fail too)" if len(broken) > 1 else ""
+        raise ClusterError(
+            f"{exe} is installed but cannot create clusters{_missing_deps(exe)}: {why}{others}; {INSTALL_HINT}"
+        )
+    here = _installed_here()
+    installed = (
+        f": aws-parallelcluster {here} is installed in this Python for offline schema validation only "
+        "(without its runtime dependencies, it cannot create clusters)"
+        if here
+        else ""
+    )
+    raise ClusterError(f"the ParallelCluster CLI `pcluster` is not on PATH{installed}; {INSTALL_HINT}")
 
 
 def _run_json(argv: list[str]) -> tuple[int, dict[str, Any], str]:
@@ -92,23 +142,31 @@ def _error_detail(doc: dict[str, Any], text: str) -> str:
     return "; ".join([str(msg)] + extra[:5])
 
 
-def render_config(spec: ClusterSpec, cluster_yaml: Path, config_path: Path) -> str:
-    """Render + validate (refuse an invalid config) and write it atomically; returns the text."""
+def render_config(spec: ClusterSpec, cluster_yaml: Path, config_path: Path | None) -> str:
+    """Render + validate (refuse an invalid config) and, given a path, write it atomically; returns the text."""
     config = render(spec)
     errors, _warnings = validate_report(config)
     if errors:
         raise ClusterError(f"{cluster_yaml}: the rendered config is invalid: {errors[0]}")
     text = dump_config(config, str(cluster_yaml))
-    atomic_write(config_path, text)
+    if config_path is not None:
+        atomic_write(config_path, text)
     return text
 
 
 def dry_run_lines(
-    action: Action, spec: ClusterSpec, cluster_yaml: Path, config_path: Path, preflight: bool
+    action: Action, spec: ClusterSpec, cluster_yaml: Path, config_path: Path, preflight: bool, wrote: bool = False
 ) -> list[str]:
+    """The commands the action would run. The config is written only when the user named it (--config)."""
     lines: list[str] = []
     if action in ("create", "update"):
-        lines.append(f"# wrote {config_path} (rendered from {cluster_yaml} and validated)")
+        if wrote:
+            lines.append(f"# wrote {config_path} (rendered from {cluster_yaml} and validated)")
+        else:
+            lines.append(
+                f"# {config_path}: rendered from {cluster_yaml} and validated, not written "
+                "(dry run; --config FILE writes it)"
+            )
         if preflight:
             lines.append("# read-only AWS checks first; a FAIL stops here:")
             lines.append(shlex.join(["mltrain", "cluster", "preflight", str(cluster_yaml)]))
@@ -206,12 +264,13 @@ def cluster_action(
     spec = load_cluster_spec(cluster_yaml)
     if spec.aws is None:
         raise ClusterError(f"cluster {spec.name}: no aws: section; nothing to {action} with ParallelCluster")
+    write = config_path is not None or not dry_run  # a dry run writes only the file the user named
     config_path = config_path or default_config_path(spec)
     exe = None if dry_run else find_pcluster()  # before writing anything: a missing CLI is one line
     if action in ("create", "update"):
-        render_config(spec, cluster_yaml, config_path)
+        render_config(spec, cluster_yaml, config_path if write else None)
     if exe is None:
-        for line in dry_run_lines(action, spec, cluster_yaml, config_path, preflight):
+        for line in dry_run_lines(action, spec, cluster_yaml, config_path, preflight, wrote=write):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return 0
     if action == "status":

@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from mltrain.config import MODEL_PRESETS, ModelConfig, StrictModel, load_yaml_model
+from mltrain.cluster.catalog import InstanceType
+from mltrain.config import MODEL_PRESETS, ModelConfig, StrictModel, _read_yaml, apply_overrides, validate_model
+from mltrain.errors import ConfigError
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -105,6 +108,9 @@ class Fleet(StrictModel):
     """A fleet file: cluster + models + constraints (+ the hand split to compare with)."""
 
     cluster: FleetCluster
+    instance_types: dict[str, InstanceType] = Field(
+        default_factory=dict, description="instance types the shipped catalog lacks (or your own figures): its fields"
+    )
     models: list[FleetModel] = Field(min_length=1)
     constraints: FleetConstraints = Field(default_factory=FleetConstraints)
     seed_split: list[int] | None = Field(default=None, description="a hand split to compare with, per model")
@@ -123,10 +129,38 @@ class Fleet(StrictModel):
         return self
 
 
+def yaml_kind(data: dict[str, Any]) -> str | None:
+    """What kind of mltrain file a YAML mapping looks like, from its top-level keys (None: no idea). Used
+    only after a file failed to validate, to say "this is a run config" instead of nine unknown keys."""
+    keys = set(data)
+    if data.get("kind") == "eks":
+        return "an EKS spec"
+    if "models" in keys and isinstance(data.get("cluster"), dict):
+        return "a fleet file"
+    if "instance_type" in keys and keys & {"gpus_per_node", "slurm", "aws", "run_base_dir", "container", "venv"}:
+        return "a cluster spec"
+    if keys & {"model", "script", "train", "data", "checkpoint", "launch", "log", "base_dir"}:
+        return "a run config"
+    return None
+
+
+def refuse_other_kind(path: Path, data: dict[str, Any], want: str, takes: str) -> None:
+    """ConfigError "PATH is a run config; plan takes a fleet file" when `data` looks like another kind."""
+    kind = yaml_kind(data)
+    if kind is not None and kind != want:
+        raise ConfigError(f"{path} is {kind}; {takes}")
+
+
 def load_fleet(path: str | Path, overrides: list[str] | None = None) -> Fleet:
     """Load a fleet YAML; relative bench_result / run_config paths resolve against the file's dir."""
     path = Path(path)
-    fleet = load_yaml_model(path, Fleet, overrides)
+    data = _read_yaml(path)
+    try:
+        fleet = validate_model(Fleet, apply_overrides(copy.deepcopy(data), overrides or [], str(path)), str(path))
+    except ConfigError:
+        takes = "plan takes a fleet file (cluster: and models:, e.g. configs/fleets/seven-models.yaml)"
+        refuse_other_kind(path, data, "a fleet file", takes)
+        raise
     base = path.resolve().parent
     for m in fleet.models:
         for key in ("bench_result", "run_config"):

@@ -62,7 +62,7 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
     aws = spec.aws
     if aws is None:
         raise ClusterError(f"cluster {spec.name}: no aws: section, nothing to render for ParallelCluster")
-    inst = get_instance(spec.instance_type)
+    inst = get_instance(spec.instance_type, spec.instance_types)
     if spec.gpus_per_node != inst.accelerators:
         raise ClusterError(
             f"cluster {spec.name}: gpus_per_node {spec.gpus_per_node} but {inst.name} has {inst.accelerators} "

@@ -316,7 +316,7 @@ def _totals(nodes: list[int], days: list[float], cluster_nodes: int, price: floa
 def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
     """Per-model fit, FLOPs and cost, the min-makespan split (meeting deadlines), and the seed split."""
     c, k = fleet.cluster, fleet.constraints
-    inst = get_instance(c.instance_type)
+    inst = get_instance(c.instance_type, fleet.instance_types)
     gpn = inst.accelerators
     if c.price_per_node_hour is not None:
         price, price_source = c.price_per_node_hour, "fleet file"

@@ -114,7 +114,7 @@ class _Preflight:
         self.checks: list[Check] = []
         self.subnet_az: str | None = None
         self.vpc_id: str | None = None
-        self.inst = get_instance(spec.instance_type)
+        self.inst = get_instance(spec.instance_type, spec.instance_types)
 
     def add(self, check: str, status: Status, detail: str, remedy: str = "") -> None:
         self.checks.append(Check(check, status, detail, remedy))

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from mltrain.cluster.catalog import InstanceType
 from mltrain.config import StrictModel, _read_yaml, load_yaml_model
 from mltrain.errors import ConfigError
 from mltrain.slurm_time import parse_slurm_time
@@ -166,10 +167,24 @@ class ClusterSpec(StrictModel):
     env: dict[str, str] = Field(default_factory=dict, description="extra env, overrides the defaults")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     aws: AwsSpec | None = None
+    instance_types: dict[str, InstanceType] = Field(
+        default_factory=dict, description="instance types the shipped catalog lacks (or your own figures): its fields"
+    )
 
 
 def load_cluster_spec(path: str | Path, overrides: list[str] | None = None) -> ClusterSpec:
-    return load_yaml_model(path, ClusterSpec, overrides)
+    """A cluster spec; a fleet file or run config given instead is one line saying so."""
+    try:
+        return load_yaml_model(path, ClusterSpec, overrides)
+    except ConfigError:
+        from mltrain.cluster.fleet import refuse_other_kind
+
+        path = Path(path)
+        data = _read_yaml(path)
+        refuse_other_kind(
+            path, data, "a cluster spec", "this command takes a cluster spec (e.g. configs/clusters/p5-16.yaml)"
+        )
+        raise
 
 
 # --------------------------------------------------------------------------- EKS (Kubernetes)

@@ -159,7 +159,7 @@ def check_instance_type(cluster: ClusterSpec) -> None:
     from mltrain.errors import ClusterError
 
     try:
-        get_instance(cluster.instance_type)
+        get_instance(cluster.instance_type, cluster.instance_types)
     except ClusterError as e:
         raise ConfigError(f"cluster {cluster.name}: {e}") from None
 

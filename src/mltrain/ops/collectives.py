@@ -8,7 +8,8 @@ busbw is comparable with the hardware's link bandwidth whatever the rank count, 
 shipped per-instance references (references.yaml) are in. GB/s here are 1e9 bytes/s, as nccl-tests.
 
 Runs under torchrun (one process per GPU, NCCL; or gloo on CPU). `--nproc N` on one machine starts
-torchrun itself, the way `mltrain train --nproc N` does.
+torchrun itself, the way `mltrain train --nproc N` does; without --nproc, one rank per visible GPU.
+At least 2 ranks: one rank has no peer, and every bandwidth would be 0.
 """
 
 from __future__ import annotations
@@ -178,15 +179,7 @@ def run_collectives(
 
     from mltrain.train.distributed import init_distributed
 
-    info = init_distributed(device_req)
-    if not dist.is_initialized():  # one process: a world of one still exercises the code path
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        backend = "nccl" if info.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    info = init_distributed(device_req)  # torchrun's WORLD_SIZE >= 2: checked by collectives_command
     n = dist.get_world_size()
     gpu = info.device.type == "cuda"
     max_bytes = max_bytes or (DEFAULT_MAX_GPU if gpu else DEFAULT_MAX_CPU)
@@ -269,9 +262,54 @@ def torchrun_bench_command(args: list[str], nproc: int) -> list[str]:
     return [*standalone_torchrun(nproc), "-m", "mltrain", "bench", "collectives", *args]
 
 
+def _visible_gpus(device: str) -> int:
+    """GPUs this process may use for `--device` (0 for cpu); `--device cuda` without one is one line."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "cpu":
+        return 0
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and gpus == 0:
+        why = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"--device cuda: no CUDA device is visible here ({why}, no GPU or driver); "
+            "run on a GPU node, or use --device cpu for gloo ranks on CPU"
+        )
+    return gpus
+
+
+def launch_size(nproc: int | None, device: str) -> int:
+    """How many ranks to start on this machine: --nproc (at least 2: one rank has no peer, every
+    bandwidth would be 0), or one per visible GPU; never more ranks than GPUs when on GPUs."""
+    gpus = _visible_gpus(device)
+    if nproc is None:
+        if gpus >= 2:
+            return gpus
+        here = f"{gpus} GPU here" if gpus else "no GPU in use"
+        raise ConfigError(
+            f"bench collectives needs at least 2 ranks and finds {here}: give --nproc N (N >= 2; "
+            "with --device cpu they are gloo processes)"
+        )
+    if nproc < 2:
+        raise ConfigError(
+            f"--nproc {nproc}: collectives need at least 2 ranks (one rank has no peer: every bandwidth would be 0)"
+        )
+    if 0 < gpus < nproc:
+        if gpus < 2:
+            raise ConfigError(
+                f"--nproc {nproc} but {gpus} GPU here: collectives need at least 2 ranks "
+                "(one per GPU; --device cpu runs gloo ranks on CPU)"
+            )
+        print(f"[mltrain] --nproc {nproc} but {gpus} GPUs here: running {gpus} ranks", flush=True)
+        return gpus
+    return nproc
+
+
 def collectives_command(
     *,
-    nproc: int,
+    nproc: int | None,
     ops: str,
     max_bytes: str | None,
     iters: int | None,
@@ -292,10 +330,8 @@ def collectives_command(
     limit = parse_size(max_bytes) if max_bytes else None
     if limit is not None:
         message_sizes(limit)  # fail here, once, before starting workers
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from mltrain.launch.local import _fit_to_gpus
-
-        nproc = _fit_to_gpus(nproc, device)  # one process per GPU, as `mltrain train --nproc`
+    if "LOCAL_RANK" not in os.environ:  # this process starts torchrun on this machine
+        nproc = launch_size(nproc, device)  # every refusal is one line here, before torchrun prints anything
         args = ["--ops", ",".join(op_list), "--device", device]
         for flag, val in (
             ("--max-bytes", max_bytes),
@@ -311,6 +347,13 @@ def collectives_command(
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
         return subprocess.run(torchrun_bench_command(args, nproc), env=env).returncode
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world < 2:
+        raise ConfigError(
+            f"bench collectives under torchrun with a world of {world} rank: collectives need at least 2 "
+            "(--nproc-per-node x --nnodes >= 2)"
+        )
+    _visible_gpus(device)  # --device cuda on a rank without CUDA: one line, not a stack
     results, facts = run_collectives(op_list, limit, iters, warmup, device)
     if facts["rank"] != 0:
         return 0

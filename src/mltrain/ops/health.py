@@ -84,13 +84,16 @@ def xid_checks(live: list[tuple[int, int]], logged: list[tuple[str, int]]) -> li
 # --------------------------------------------------------------------------- burn-in
 
 
-def burn_in(seconds: float, n: int = 8192) -> dict[int, float]:
-    """bf16 matmul TFLOP/s of every visible GPU, all at once (one thread each: same power/thermal load)."""
+def burn_in(seconds: float, n: int = 8192) -> tuple[dict[int, float], dict[int, str]]:
+    """bf16 matmul TFLOP/s of every visible GPU, all at once (one thread each: same power/thermal load),
+    and the error of each GPU whose burn-in raised (a thread's exception is otherwise lost, and that GPU
+    would silently drop out of the median)."""
     import torch
 
     results: dict[int, float] = {}
+    errors: dict[int, str] = {}
 
-    def run(dev: int) -> None:
+    def measure(dev: int) -> None:
         d = torch.device("cuda", dev)
         a = torch.randn(n, n, device=d, dtype=torch.bfloat16)
         b = torch.randn(n, n, device=d, dtype=torch.bfloat16)
@@ -105,12 +108,29 @@ def burn_in(seconds: float, n: int = 8192) -> dict[int, float]:
             iters += 10
         results[dev] = 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
+    def run(dev: int) -> None:
+        try:
+            measure(dev)
+        except Exception as e:
+            errors[dev] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(torch.cuda.device_count())]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    return results, errors
+
+
+def burn_in_checks(seconds: float, tolerance: float) -> list[Check]:
+    """The burn-in rows: each GPU against the median of those that ran, and a FAIL for each that crashed."""
+    tflops, errors = burn_in(seconds)
+    rows = judge_burnin(tflops, tolerance) if tflops else []
+    rows += [
+        Check(f"gpu{i} burn-in", FAIL, f"burn-in crashed: {err}", "drain; run nvidia-smi and check the kernel log")
+        for i, err in errors.items()
+    ]
+    return sorted(rows, key=lambda c: int(c.name[3:].split()[0])) or judge_burnin({}, tolerance)
 
 
 def judge_burnin(tflops: dict[int, float], tolerance: float = DEFAULT_TOLERANCE) -> list[Check]:
@@ -157,16 +177,21 @@ def run_health(burn_in_s: float, tolerance: float) -> tuple[list[Check], str | N
         nv = None  # tests: judge the faked burn-in without NVML
     rows: list[Check] = []
     if nv is not None:
-        for r in read_gpus(nv):
-            rows += gpu_checks(r)
-        rows += xid_checks(xid_events(nv), kernel_xids())
+        try:
+            for r in read_gpus(nv):
+                rows += gpu_checks(r)
+            rows += xid_checks(xid_events(nv), kernel_xids())
+        except Exception as e:  # a GPU NVML cannot read (lost, fallen off the bus) is the worst sign of all
+            rows.append(
+                Check("nvml", FAIL, f"reading the GPUs failed: {type(e).__name__}: {e}", "drain; run nvidia-smi")
+            )
     if fake is not None:
         rows += judge_burnin(fake, tolerance)
     elif burn_in_s > 0:
         import torch
 
         if torch.cuda.is_available():
-            rows += judge_burnin(burn_in(burn_in_s), tolerance)
+            rows += burn_in_checks(burn_in_s, tolerance)
         else:
             rows.append(Check("burn-in", SKIP, "torch sees no CUDA device", "install a CUDA torch build"))
     return rows, None
@@ -185,17 +210,60 @@ def _fake_failure(host: str) -> Check | None:
     return Check("fake failure", FAIL, f"{FAKE_FAIL_HOSTS_ENV} names {host} (tests only)", "unset it")
 
 
+def read_records(record_path: str, empty_ok: bool = False) -> list[dict[str, Any]]:
+    """The records of a `--record` file. Unlike the run's event logs, little here may be skipped: an
+    empty answer tells the batch script that no node failed. A missing or unreadable file, a line that
+    is neither JSON nor the start of a record, a record without host/status, or a file without one complete
+    record is a ConfigError naming the file (and line); `empty_ok` (the caller knows which hosts must have
+    a record) accepts a missing file or one without records as no records. Only a torn record (a line
+    starting with `{` that does not parse: a check killed mid-write, perhaps followed by a later attempt's
+    lines) is left out; that host, having no record, counts as failed when it is expected."""
+    from mltrain.errors import ConfigError
+
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if empty_ok:
+            return []
+        raise ConfigError(f"{record_path}: does not exist (no health check wrote a record there)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{record_path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    out = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if line.lstrip().startswith("{"):
+                continue  # a torn record
+            raise ConfigError(
+                f"{record_path}: line {no}: not JSON ({e.msg}); not a `mltrain health --record` file"
+            ) from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{record_path}: line {no}: not a JSON object; not a `mltrain health --record` file")
+        for key in ("host", "status"):
+            if not isinstance(rec.get(key), str):
+                raise ConfigError(f"{record_path}: line {no}: no '{key}' in the record")
+        if rec["status"] not in (PASS, WARN, FAIL, SKIP):
+            raise ConfigError(f"{record_path}: line {no}: status {rec['status']!r} is not PASS, WARN, FAIL or SKIP")
+        out.append(rec)
+    if not out and not empty_ok:
+        raise ConfigError(f"{record_path}: no complete health record in it")
+    return out
+
+
 def failed_hosts(
     record_path: str, job_id: str | None = None, attempt: int | None = None, expected: list[str] | None = None
 ) -> list[str]:
     """Hosts whose newest health record (for `job_id` and its `attempt`, when given) is FAIL: the next
     attempt's --exclude. With `attempt`, a node that failed an earlier attempt (and was excluded since)
     does not count again. `expected`: hosts that must have a record; one without is counted as failed
-    (its check hung or never ran)."""
-    from mltrain.fsutil import read_jsonl
-
+    (its check hung or never ran; so with `expected`, a missing file fails them all). A file that cannot
+    be trusted raises ConfigError (see read_records)."""
     newest: dict[str, str] = {}
-    for rec in read_jsonl(record_path):
+    for rec in read_records(record_path, empty_ok=bool(expected)):
         if job_id is not None and str(rec.get("job_id")) != str(job_id):
             continue
         if attempt is not None and rec.get("attempt", 0) != attempt:
