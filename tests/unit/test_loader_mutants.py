@@ -87,6 +87,7 @@ def test_too_small_hint_only_when_no_shard_holds_one_window(tmp_path: Path) -> N
 def test_too_small_names_grad_accum_only_above_one(tmp_path: Path) -> None:
     d = make_token_dir(tmp_path / "d", train=[17 * 2])  # 2 samples at T=16
     assert "micro batch 1 x grad_accum 3 need at least 3" in _too_small(d, 16, 1, 3)
+    assert "micro batch 2 x grad_accum 2 need at least 4" in _too_small(d, 16, 2, 2)
     assert "grad_accum" not in _too_small(d, 16, 3, 1)
 
 
