@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import xxhash
+from tests.unit.test_checkpoint import make, manager, save
 
 from mltrain.errors import CheckpointError
 from mltrain.train import checkpoint as C
-from tests.unit.test_checkpoint import make, manager, save
 
 
 def test_file_xxh3_is_the_xxh3_128_of_every_byte(tmp_path: Path) -> None:
@@ -140,9 +140,7 @@ def test_legacy_sha256_marker_is_still_verified(tmp_path: Path) -> None:
 
     ck = _committed(tmp_path)
     marker = json.loads((ck / C.MARKER).read_text())
-    marker["files"] = {
-        rel: {"size": e["size"], "sha256": file_sha256(ck / rel)} for rel, e in marker["files"].items()
-    }
+    marker["files"] = {rel: {"size": e["size"], "sha256": file_sha256(ck / rel)} for rel, e in marker["files"].items()}
     (ck / C.MARKER).write_text(json.dumps(marker))
     assert C.check_checkpoint(ck) is None
     (ck / "trainer_state.json").write_text((ck / "trainer_state.json").read_text().replace("1", "2"))
@@ -352,7 +350,9 @@ def test_background_save_that_fails_keeps_the_previous(tmp_path: Path) -> None:
     failed.set_exception(OSError("lost the disk"))
     mgr._pending = (failed, tmp, final, state)
     assert not mgr.wait()
-    assert said == ["background checkpoint step_00000002 failed (OSError: lost the disk); the previous checkpoint is kept"]
+    assert said == [
+        "background checkpoint step_00000002 failed (OSError: lost the disk); the previous checkpoint is kept"
+    ]
     assert not tmp.exists()
     assert [s for s, _ in C.find_checkpoints(tmp_path)] == [1]
 
