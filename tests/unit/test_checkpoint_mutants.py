@@ -379,3 +379,197 @@ def test_load_without_a_rank_file_gives_an_empty_rank_state(tmp_path: Path) -> N
         ck, app_state(m, opt), {k: tuple(v.shape) for k, v in m.state_dict().items()}
     )
     assert state["_rank_state"] == {} and state["step"] == 1
+
+
+def test_find_checkpoints_checks_deep_by_default_and_goes_on_after_a_bad_one(tmp_path: Path) -> None:
+    m, opt = make()
+    mgr = manager(tmp_path)
+    for s in (1, 2, 3):
+        save(mgr, s, m, opt)
+    root = tmp_path / "checkpoints"
+    data_file = sorted((root / "step_00000001").glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # same size: only the checksum can tell
+    data_file.write_bytes(bytes(raw))
+    said: list[str] = []
+    assert [s for s, _ in C.find_checkpoints(tmp_path, warn=said.append)] == [2, 3]
+    assert said == [
+        f"skipping checkpoint {root / 'step_00000001'}: file {data_file.name} does not match its xxh3_128 checksum"
+    ]
+    assert [s for s, _ in C.find_checkpoints(tmp_path, deep=False)] == [1, 2, 3]  # sizes only
+
+
+def test_pick_checkpoint_always_verifies_checksums(tmp_path: Path) -> None:
+    m, opt = make()
+    mgr = manager(tmp_path)
+    for s in (1, 2):
+        save(mgr, s, m, opt)
+    data_file = sorted((tmp_path / "checkpoints" / "step_00000002").glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[0] ^= 0x01
+    data_file.write_bytes(bytes(raw))
+    said: list[str] = []
+    assert C.pick_checkpoint(tmp_path, said.append)[0] == 1
+    assert C.pick_checkpoint(tmp_path, said.append, step=2) is None
+    assert len(said) == 2
+
+
+def test_file_xxh3_reads_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint shard can be many GB: it is hashed a chunk at a time, never read whole."""
+    import builtins
+
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(5000))
+    sizes: list = []
+
+    class Spy:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.f.read(n)
+
+    monkeypatch.setattr(C, "open", lambda *a, **k: Spy(builtins.open(*a, **k)), raising=False)  # noqa: SIM115
+    assert C.file_xxh3(p, chunk_bytes=2048) == xxhash.xxh3_128(p.read_bytes()).hexdigest()
+    assert sizes == [2048, 2048, 2048, 2048]  # 2048 + 2048 + 904, then the empty read that ends it
+    sizes.clear()
+    C.file_xxh3(p)
+    assert sizes == [1 << 23, 1 << 23]
+
+
+def test_load_model_state_dict_restores_the_weights(tmp_path: Path) -> None:
+    m, opt = make(seed=0)
+    ck = _committed(tmp_path)
+    other, _ = make(seed=5)
+    C.load_model_state_dict(ck, other)
+    for a, b in zip(m.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_grad_accum_is_an_int_and_lists_every_micro_size() -> None:
+    ck = Path("step_00000010")
+    got = C.resume_grad_accum({"world_size": 4, "micro_batch_size": 2, "grad_accum_steps": 1}, ck, 2, 2, 1)
+    assert got == 2 and isinstance(got, int)
+    # global batch 12 on 5 ranks: no micro size can; on 3 ranks x micro 8: ranks 1, 2, 3, 4, 6, 12 / micro 1, 2, 4
+    with pytest.raises(CheckpointError) as e:
+        C.resume_grad_accum({"world_size": 3, "micro_batch_size": 4, "grad_accum_steps": 1}, ck, 3, 8, 1)
+    assert str(e.value).endswith(
+        "rank counts that can with micro batch 8: none; micro batch sizes that can on 3 ranks: 1, 2, 4"
+    )
+    with pytest.raises(CheckpointError) as e:
+        C.resume_grad_accum({"world_size": 1, "micro_batch_size": 6, "grad_accum_steps": 1}, ck, 4, 4, 1)
+    assert str(e.value).endswith(
+        "rank counts that can with micro batch 4: none; micro batch sizes that can on 4 ranks: none"
+    )
+    with pytest.raises(CheckpointError) as e:
+        C.resume_grad_accum({"world_size": 1, "micro_batch_size": 6, "grad_accum_steps": 1}, ck, 4, 2, 1)
+    assert str(e.value).endswith(
+        "rank counts that can with micro batch 2: 1, 3; micro batch sizes that can on 4 ranks: none"
+    )
+    # the loader's record is read when the trainer's has none; the trainer's wins when both are there
+    loader = {"loader": {"world_size": 2, "micro_batch_size": 3}}
+    assert C.resume_grad_accum(loader, ck, 1, 6, 5) == 5  # 2 x 3 x accum 5 = 30 = 1 x 6 x 5
+    assert C.resume_grad_accum(loader, ck, 3, 2, 1) == 1  # 2 x 3 x 1 = 6 = 3 x 2 x 1
+    assert C.resume_grad_accum({"world_size": 6, **loader}, ck, 3, 2, 1) == 3  # 6 x 3 x 1 = 18
+    assert C.resume_grad_accum({"micro_batch_size": 1, **loader}, ck, 1, 2, 1) == 1  # 2 x 1 x 1 = 2
+
+
+def test_load_returns_this_ranks_state(tmp_path: Path) -> None:
+    from tests.unit.test_checkpoint import app_state
+
+    m, opt = make()
+    mgr = manager(tmp_path)
+    assert mgr.save(1, app_state(m, opt), {"step": 1}, {"rng": [1, 2], "obj": Path("x")})
+    ck = tmp_path / "checkpoints" / "step_00000001"
+    state = mgr.load(ck, app_state(m, opt), {k: tuple(v.shape) for k, v in m.state_dict().items()})
+    assert state["_rank_state"] == {"rng": [1, 2], "obj": Path("x")}  # any picklable object, not only tensors
+
+
+def _two_rank_body(rank: int, store: str, run_dir: str) -> dict:
+    """What one of two ranks does (gloo on CPU): save 3 checkpoints together, then agree on the newest
+    valid one after rank 0 damaged a file that only rank 1 verifies."""
+    import torch.distributed as dist
+    from tests.unit.test_checkpoint import app_state
+
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    try:
+        warned: list[str] = []
+        mgr = C.CheckpointManager(Path(run_dir), keep_last=5, rank=rank, world_size=2, warn=warned.append, info=print)
+        m, opt = make()
+        for s in (1, 2, 3):
+            assert mgr.save(s, app_state(m, opt), {"step": s}, {"rank": rank})
+        root = Path(run_dir) / "checkpoints"
+        if rank == 0:
+            (root / "step_00000003" / C.MARKER).unlink()
+            files = sorted(json.loads((root / "step_00000002" / C.MARKER).read_text())["files"])
+            victim = root / "step_00000002" / files[1]  # share (1, 2): rank 1 hashes it, rank 0 does not
+            raw = bytearray(victim.read_bytes())
+            raw[0] ^= 0x01
+            victim.write_bytes(bytes(raw))
+        dist.barrier()
+        step, path = mgr.latest()
+        ck = root / "step_00000001"
+        loaded = mgr.load(ck, app_state(m, opt), {k: tuple(v.shape) for k, v in m.state_dict().items()})
+        bg = C.CheckpointManager(Path(run_dir), keep_last=5, rank=rank, world_size=2, async_save=True)
+        return {
+            "latest": (step, str(path)),
+            "warned": warned,
+            "rank_state": loaded["_rank_state"],
+            "pg": dist.get_backend(bg._ckpt_pg) if bg._ckpt_pg is not None else None,
+            "marker": json.loads((ck / C.MARKER).read_text()),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank1(store: str, run_dir: str, q) -> None:
+    try:
+        q.put(_two_rank_body(1, store, run_dir))
+    except BaseException as e:
+        q.put({"error": repr(e)})
+        raise
+
+
+def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path) -> None:
+    """Rank 0 runs here, rank 1 in a spawned process (it imports the same mltrain as this one)."""
+    import multiprocessing as mp
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    store = str(tmp_path / "store")
+    child = ctx.Process(target=_rank1, args=(store, str(tmp_path), q))
+    child.start()
+    try:
+        mine = _two_rank_body(0, store, str(tmp_path))
+        theirs = q.get(timeout=120)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert "error" not in theirs, theirs
+    root = tmp_path / "checkpoints"
+    assert mine["latest"] == theirs["latest"] == (1, str(root / "step_00000001"))
+    assert (
+        mine["warned"][-2:]
+        == theirs["warned"][-2:]
+        == [
+            "skipping checkpoint step_00000003: no COMMITTED marker (the save did not finish)",
+            f"skipping checkpoint step_00000002: file {sorted(mine['marker']['files'])[1]} does not match its xxh3_128 checksum",
+        ]
+    )
+    assert (mine["rank_state"], theirs["rank_state"]) == ({"rank": 0}, {"rank": 1})
+    assert mine["pg"] == theirs["pg"] == "gloo"
+    files = mine["marker"]["files"]
+    assert mine["marker"]["world_size"] == 2 and {"rank_00000.pt", "rank_00001.pt"} <= set(files)
+    assert all(files[rel]["xxh3_128"] == C.file_xxh3(root / "step_00000001" / rel) for rel in files)
