@@ -573,3 +573,55 @@ def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path) -
     files = mine["marker"]["files"]
     assert mine["marker"]["world_size"] == 2 and {"rank_00000.pt", "rank_00001.pt"} <= set(files)
     assert all(files[rel]["xxh3_128"] == C.file_xxh3(root / "step_00000001" / rel) for rel in files)
+
+
+def test_save_into_a_new_run_dir_over_a_leftover_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first save creates checkpoints/ (and the run dir); a temp dir left by a crashed save of the
+    same step is cleared first, so nothing of it ends up in the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    run = tmp_path / "new" / "run"
+    m, opt = make()
+    assert save(manager(run), 1, m, opt)
+    leftover = run / "checkpoints" / "step_00000002.tmp"
+    leftover.mkdir()
+    (leftover / "junk.bin").write_bytes(b"old")
+    ids: list[str] = []
+    real = dcp.save
+    monkeypatch.setattr(
+        dcp,
+        "save",
+        lambda state, checkpoint_id: (ids.append(checkpoint_id), real(state, checkpoint_id=checkpoint_id))[1],
+    )
+    assert save(manager(run), 2, m, opt)
+    assert ids == [str(leftover)]
+    assert not (run / "checkpoints" / "step_00000002" / "junk.bin").exists()
+    assert C.check_checkpoint(run / "checkpoints" / "step_00000002") is None
+
+
+def test_failed_save_message_names_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    def broken(*a, **k):
+        raise RuntimeError("writer died")
+
+    monkeypatch.setattr(dcp, "save", broken)
+    said: list[str] = []
+    m, opt = make()
+    assert not save(manager(tmp_path, warnings=said), 4, m, opt)
+    assert said == ["checkpoint at step 4 failed (RuntimeError: writer died); the previous checkpoint is kept"]
+
+
+def test_save_times_are_durations(tmp_path: Path) -> None:
+    said: list[str] = []
+    m, opt = make()
+    for async_save in (False, True):
+        mgr = C.CheckpointManager(
+            tmp_path / str(async_save), 3, 0, 1, async_save=async_save, warn=said.append, info=said.append
+        )
+        save(mgr, 1, m, opt)
+        mgr.wait()
+    import re
+
+    secs = [float(re.search(r"in (\d+\.\d\d)s", s).group(1)) for s in said]
+    assert len(secs) == 2 and all(0 <= s < 600 for s in secs), said
