@@ -46,8 +46,17 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "checkpoint": ("src/mltrain/train/checkpoint.py", ["tests/unit/test_checkpoint.py"]),
     "loader": ("src/mltrain/data/loader.py", ["tests/unit/test_data_loader.py"]),
     "lease": ("src/mltrain/lease.py", ["tests/unit/test_lease.py"]),
-    "transfer": ("src/mltrain/storage/transfer.py", ["tests/unit/test_s3_digest.py"]),
-    "verify": ("src/mltrain/storage/verify.py", ["tests/unit/test_data_verify.py"]),
+    # the moto S3 tests call the CLI in-process (moto_fixture.run_cli); the SIGKILL test's subprocess cannot
+    # see mutants but its in-process re-run can
+    "transfer": (
+        "src/mltrain/storage/transfer.py",
+        [
+            "tests/unit/test_s3_digest.py",
+            "tests/integration/test_s3_transfer.py",
+            "tests/integration/test_s3_throttling.py",
+        ],
+    ),
+    "verify": ("src/mltrain/storage/verify.py", ["tests/integration/test_s3_transfer.py"]),
     "status": ("src/mltrain/launch/status.py", ["tests/unit/test_status.py", "tests/unit/test_status_ops.py"]),
     "health": ("src/mltrain/ops/health.py", ["tests/unit/test_ops_health.py"]),
     "planner": ("src/mltrain/cluster/planner.py", ["tests/unit/test_plan.py"]),
