@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested in parallel (default 1)")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results: test every mutant again")
     ap.add_argument("--report-only", action="store_true", help="write the results file from the last runs")
+    ap.add_argument("--markdown", action="store_true", help="also print the table for docs/testing.md")
     ap.add_argument("--out", type=Path, default=None, help="default: bench/results/mutation-<date>.json")
     args = ap.parse_args(argv)
     names = args.modules or list(MODULES)
@@ -257,7 +258,25 @@ def main(argv: list[str] | None = None) -> int:
         for s in m["stale_equivalent_judgements"]:
             print(f"  stale equivalent judgement (the mutant changed): {s}")
     print(f"wrote {out.relative_to(ROOT)}")
+    if args.markdown:
+        print("\n" + markdown_table(result))
     return 0
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The per-module table of docs/testing.md."""
+    rows = [
+        "| module | mutants | killed | timeout | survived | no tests | equivalent | score | mutmut wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in result["modules"].values():
+        score = f"{m['score']:.1%}" if m["score"] is not None else "-"
+        wall = f"{m['wall_s'] / 60:.1f} min" if m["wall_s"] else "-"
+        rows.append(
+            f"| `{m['source'].removeprefix('src/mltrain/')}` | {m['total']} | {m['killed']} | {m['timeout']} | "
+            f"{m['survived']} | {m['no_tests']} | {m['equivalent']} | {score} | {wall} |"
+        )
+    return "\n".join(rows)
 
 
 def _mutmut_version() -> str:
