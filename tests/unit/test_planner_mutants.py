@@ -85,3 +85,20 @@ def test_split_totals_by_hand() -> None:
     assert t.busy_dollars == pytest.approx(14 * 24 * 10.0) and t.cluster_dollars == pytest.approx(8 * 72 * 10.0)
     free = P._totals([1], [1.0], 2, None)
     assert free.busy_dollars is None and free.cluster_dollars is None
+
+
+def test_allocation_argument_checks() -> None:
+    assert P.allocate_min_makespan([4.0, 1.0], [1, 1], [8, 8], 4) == [3, 1]  # granularity 1 by default
+    assert P.allocate_min_makespan([0.5], [1], [4], 4) == [4]  # work below 1 is still work
+    for total, g in [(0, 1), (-1, 1), (4, 0), (4, -2)]:
+        with pytest.raises(ClusterError) as e:
+            P.allocate_min_makespan([1.0], [1], [4], total, g)
+        assert str(e.value) == f"allocation needs positive nodes and granularity, got {total} and {g}"
+    for work in ([1.0, 0.0], [-1.0]):
+        with pytest.raises(ClusterError) as e:
+            P.allocate_min_makespan(work, [1] * len(work), [4] * len(work), 4)
+        assert str(e.value) == "allocation needs positive work for every model"
+    with pytest.raises(ClusterError) as e:
+        P.allocate_min_makespan([1.0, 1.0], [3, 2], [4, 4], 4)
+    assert str(e.value) == "the models need 5 nodes together, the cluster has 4"
+    assert P.allocate_min_makespan([1.0, 1.0], [2, 2], [4, 4], 4) == [2, 2]  # exactly the cluster: fine
