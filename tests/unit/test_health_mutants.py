@@ -379,3 +379,82 @@ def test_burn_in_tflops_formula_on_a_fake_clock(monkeypatch: pytest.MonkeyPatch)
     got = H.burn_in(0.25, n=8)
     # t0 = 0.0; checks at 0.1 and 0.2 run 2 rounds (20 matmuls); 0.3 ends the loop; elapsed read at 0.4
     assert got == {0: pytest.approx(2 * 8**3 * 20 / 0.4 / 1e12)}
+
+
+def test_live_xid_events_reach_the_rows(fake_nvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    pending = [SimpleNamespace(device=1, eventData=79)]
+
+    def wait(es, timeout_ms):
+        if pending:
+            return pending.pop()
+        raise fake_nvml.NVMLError("Timeout")
+
+    monkeypatch.setattr(fake_nvml, "nvmlEventSetWait_v2", wait)
+    got, _ = H.run_health(0, 0.1)
+    assert [(c.name, c.status, c.detail) for c in got][-1] == ("xid 79", FAIL, "XID 79 on gpu1")
+
+
+def test_faked_burn_in_is_added_to_the_nvml_rows(fake_nvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(H.FAKE_TFLOPS_ENV, "100,40")
+    got, _ = H.run_health(0, 0.1)
+    assert [(c.name, c.status) for c in got] == [
+        ("gpu0", PASS),
+        ("gpu1", PASS),
+        ("gpu0 burn-in", PASS),
+        ("gpu1 burn-in", FAIL),
+    ]
+
+
+def test_measured_burn_in_is_added_to_the_nvml_rows_with_the_tolerance(fake_nvml, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(H, "burn_in", lambda s: {0: 100.0, 1: 85.0, 2: 100.0})
+    got, _ = H.run_health(1.0, 0.2)
+    assert [(c.name, c.status) for c in got] == [
+        ("gpu0", PASS),
+        ("gpu1", PASS),
+        ("gpu0 burn-in", PASS),
+        ("gpu1 burn-in", PASS),  # 15% slower, within 20%
+        ("gpu2 burn-in", PASS),
+    ]
+    assert H.run_health(1.0, 0.1)[0][-2].status == FAIL
+
+
+def test_small_details(no_nvml, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert H.judge_burnin({})[0].remedy == ""
+    slow = H.judge_burnin({0: 100.0, 1: 100.0, 2: 40.0})[2]
+    assert slow.detail == "40.0 TFLOP/s (node median 100.0): 60% slower than the median"
+    assert H._fake_failure("XXXX") is None  # unset: nobody
+    flushed: list = []
+    monkeypatch.setattr(H, "print", lambda *a, **k: flushed.append(k.get("flush")), raising=False)
+    H.health_command(
+        burn_in_s=0, tolerance=0.1, json_out=False, slurm_prolog=True, record=None, drain=False, console=None
+    )
+    assert flushed == [True]  # the prolog line is out before Slurm acts on the exit code
+
+
+def test_record_time_has_millisecond_precision(no_nvml, capsys, tmp_path: Path) -> None:
+    record = tmp_path / "h.jsonl"
+    _command(capsys, record=str(record))
+    t = json.loads(record.read_text())["time"]
+    assert t == round(t, 3)
+
+
+def test_dmesg_is_given_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    seen: list = []
+    monkeypatch.setattr(
+        H.subprocess, "run", lambda cmd, **kw: seen.append(kw) or subprocess.CompletedProcess(cmd, 0, "", "")
+    )
+    assert H.kernel_xids() == []
+    assert seen == [{"capture_output": True, "text": True, "timeout": 10}]
+
+    def hung(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, 10)
+
+    monkeypatch.setattr(H.subprocess, "run", hung)
+    assert H.kernel_xids() == []
