@@ -17,6 +17,15 @@ from mltrain.errors import CheckpointError
 from mltrain.train import checkpoint as C
 
 
+@pytest.fixture(autouse=True)
+def _own_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test in an empty working directory: a path that lost its directory (a bug) then names
+    nothing, instead of whatever an earlier test left in the shared working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+
 def test_file_xxh3_is_the_xxh3_128_of_every_byte(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 + 7)
     p = tmp_path / "f"
@@ -625,3 +634,15 @@ def test_save_times_are_durations(tmp_path: Path) -> None:
 
     secs = [float(re.search(r"in (\d+\.\d\d)s", s).group(1)) for s in said]
     assert len(secs) == 2 and all(0 <= s < 600 for s in secs), said
+
+
+def test_require_lists_the_committed_steps_without_hashing_them(tmp_path: Path) -> None:
+    """The error names every committed step (a size check, no hashing: it is only a listing)."""
+    ck = _committed(tmp_path, 1)
+    data_file = sorted(ck.glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[0] ^= 0x01
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as e:
+        C.require_checkpoint(tmp_path, lambda m: None, step=7)
+    assert str(e.value).endswith("no committed checkpoint for step 7; have 1")
