@@ -102,3 +102,111 @@ def test_allocation_argument_checks() -> None:
         P.allocate_min_makespan([1.0, 1.0], [3, 2], [4, 4], 4)
     assert str(e.value) == "the models need 5 nodes together, the cluster has 4"
     assert P.allocate_min_makespan([1.0, 1.0], [2, 2], [4, 4], 4) == [2, 2]  # exactly the cluster: fine
+
+
+def _cfg(tie: bool):
+    from mltrain.config import ModelConfig
+
+    return ModelConfig(
+        vocab_size=16, hidden_size=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_size=256, tie_embeddings=tie
+    )
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_shape_from_config_by_hand(tie: bool) -> None:
+    d, kv = 64, 2 * 16  # n_kv_heads x head_dim
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * 256 + 2 * d
+    emb = 16 * d
+    shape = P.shape_from_config(_cfg(tie))
+    assert shape.largest_unit_params == per_layer  # a layer is bigger than the 16-token embedding
+    assert shape.params == 3 * per_layer + d + emb * (1 if tie else 2)
+    assert shape.matmul_params == 3 * per_layer + d + emb
+    assert (shape.n_layers, shape.hidden_size, shape.vocab_size) == (3, 64, 16)
+
+
+SHAPE = P.ModelShape(
+    params=1e9, matmul_params=1e9, n_layers=10, hidden_size=1000, vocab_size=100, largest_unit_params=1e8
+)
+
+
+def test_memory_by_part_by_hand() -> None:
+    a = P.DEFAULT_ASSUMPTIONS
+    tokens = 2 * 512
+    for ckpt, act in [(False, tokens * 1000 * 10 * 34.0), (True, tokens * 1000 * (10 * 2.0 + 34.0))]:
+        got = P.memory_per_gpu_gib(SHAPE, 4, 2, 512, ckpt)
+        want = {
+            "state": 1e9 * 16 / 4 / P.GIB,
+            "working": 2 * 1e8 * 6 / P.GIB,
+            "activations": act / P.GIB,
+            "logits": tokens * 100 * 6 / P.GIB,
+            "overhead": a.overhead_gib,
+        }
+        want["total"] = sum(want.values())
+        assert got == pytest.approx(want) and list(got) == list(want)
+    for n in (0, -1):
+        with pytest.raises(ClusterError) as e:
+            P.memory_per_gpu_gib(SHAPE, n, 1, 1)
+        assert str(e.value) == f"memory estimate needs a positive GPU count, got {n}"
+
+
+# A 1-GPU instance with 22.5 GiB; a model whose only memory is its state (no layers to hold
+# activations), with the overhead set so that exactly 1.0 GiB per GPU is left for the state.
+G5 = "g5.xlarge"
+BARE = {"n_layers": 0, "hidden_size": 0, "vocab_size": 0, "largest_unit_params": 0.0}
+ROOM_1 = P.Assumptions(overhead_gib=21.5)
+
+
+def _bare(state_gib: float) -> P.ModelShape:
+    params = state_gib * P.GIB / 16
+    return P.ModelShape(params=params, matmul_params=params, **BARE)
+
+
+def test_min_nodes_exact_fit_is_enough() -> None:
+    from mltrain.cluster.catalog import get_instance
+
+    g5 = get_instance(G5)
+    assert P.min_nodes_to_fit(_bare(2.0), g5, 1, 1, a=ROOM_1) == 2  # 1.0 GiB of state each: exactly full
+    assert P.min_nodes_to_fit(_bare(1.0), g5, 1, 1, a=ROOM_1) == 1
+    assert P.min_nodes_to_fit(_bare(0.5), g5, 1, 1, a=ROOM_1) == 1  # less than one GPU's room: still 1
+    # a hair over 2 GiB: the first estimate says 2, the check finds it does not fit, 3 it is
+    assert P.min_nodes_to_fit(_bare(2.0 + 2**-30), g5, 1, 1, a=ROOM_1) == 3
+    assert P.min_nodes_to_fit(_bare(2.0), g5, 1, 1, a=P.Assumptions(overhead_gib=22.0)) == 4  # room 0.5
+    assert P.min_nodes_to_fit(_bare(0.1), g5, 1, 1, a=P.Assumptions(overhead_gib=22.5)) is None  # no room at all
+
+
+def test_min_nodes_with_activation_checkpointing() -> None:
+    """Activations that only fit with checkpointing: the flag must reach both estimates."""
+    from mltrain.cluster.catalog import get_instance
+
+    g5 = get_instance(G5)
+    shape = P.ModelShape(
+        params=1e8, matmul_params=1e8, n_layers=40, hidden_size=1024, vocab_size=0, largest_unit_params=0.0
+    )
+    # 8 x 1024 tokens: without checkpointing 8192 x 1024 x 40 x 34 B = 10.6 GiB, with it 8192 x 1024 x 114 B = 0.9 GiB
+    assert (
+        P.min_nodes_to_fit(shape, g5, 8, 1024, activation_checkpointing=False, a=P.Assumptions(overhead_gib=12.0))
+        is None
+    )
+    assert (
+        P.min_nodes_to_fit(shape, g5, 8, 1024, activation_checkpointing=True, a=P.Assumptions(overhead_gib=12.0)) == 1
+    )
+
+
+def test_price_source_from_fleet_or_catalog() -> None:
+    from mltrain.cluster.fleet import Fleet
+
+    def plan(cluster: dict):
+        return P.plan_fleet(
+            Fleet.model_validate(
+                {"cluster": cluster, "models": [{"name": "a", "preset": "llama3.2-1b", "tokens": "1B", "mfu": 0.4}]}
+            )
+        )
+
+    p = plan({"instance_type": "g5.48xlarge", "nodes": 2, "region": "us-east-1"})
+    assert (p.price_per_node_hour, p.price_source) == (16.288, "catalog, us-east-1")
+    p = plan({"instance_type": "g5.48xlarge", "nodes": 2, "region": "us-east-1", "price_per_node_hour": 3.0})
+    assert (p.price_per_node_hour, p.price_source) == (3.0, "fleet file")
+    p = plan({"instance_type": "p4d.24xlarge", "nodes": 2, "region": "us-east-1"})
+    assert (p.price_per_node_hour, p.price_source) == (21.96, "catalog, us-east-1 (estimate)")
+    p = plan({"instance_type": "g5.48xlarge", "nodes": 2})
+    assert p.price_per_node_hour is None and p.price_source.startswith("unknown for no region")
