@@ -210,3 +210,141 @@ def test_price_source_from_fleet_or_catalog() -> None:
     assert (p.price_per_node_hour, p.price_source) == (21.96, "catalog, us-east-1 (estimate)")
     p = plan({"instance_type": "g5.48xlarge", "nodes": 2})
     assert p.price_per_node_hour is None and p.price_source.startswith("unknown for no region")
+
+
+def _fleet(models: list[dict], nodes: int = 10, **over):
+    from mltrain.cluster.fleet import Fleet
+
+    base = {"cluster": {"instance_type": "g5.48xlarge", "nodes": nodes, "region": "us-east-1"}, "models": models}
+    return Fleet.model_validate({**base, **over})
+
+
+M1 = {
+    "name": "a",
+    "params": 2e9,
+    "n_layers": 20,
+    "hidden_size": 2048,
+    "vocab_size": 32000,
+    "tokens": 4e10,
+    "mfu": 0.4,
+    "seq_len": 1024,
+}
+M2 = {
+    "name": "b",
+    "params": 5e8,
+    "n_layers": 10,
+    "hidden_size": 1024,
+    "vocab_size": 32000,
+    "tokens": 1e10,
+    "mfu": 0.5,
+    "seq_len": 1024,
+}
+
+
+def test_plan_fleet_numbers_by_hand() -> None:
+    from mltrain.cluster.catalog import get_instance
+
+    g5 = get_instance("g5.48xlarge")
+    fleet = _fleet([M1, {**M2, "max_nodes": 2}], seed_split=[1, 11])
+    plan = P.plan_fleet(fleet)
+    assert (plan.instance_type, plan.region, plan.nodes, plan.gpus_per_node) == ("g5.48xlarge", "us-east-1", 10, 8)
+    assert (plan.gpu, plan.peak_tflops, plan.objective) == ("A10G-24GB", 70, "min makespan")
+    assert plan.assumptions == {
+        "state_bytes_per_param": 16.0,
+        "working_bytes_per_param": 6.0,
+        "units_in_flight": 2,
+        "activation_bytes_per_token_hidden": 34.0,
+        "checkpointed_bytes_per_token_hidden": 2.0,
+        "logits_bytes_per_token_vocab": 6.0,
+        "overhead_gib": 6.0,
+    }
+    price = 16.288
+    for m, spec in zip(plan.models, (M1, M2), strict=True):
+        fleet_model = next(x for x in fleet.models if x.name == spec["name"])
+        shape = P.model_shape(fleet_model)
+        f = P.flops_per_token(shape, 1024) * spec["tokens"]
+        work = f / (8 * 70e12 * spec["mfu"])
+        d = work / m.nodes / 86400
+        assert (m.name, m.params, m.tokens, m.seq_len, m.mfu) == (
+            spec["name"],
+            spec["params"],
+            spec["tokens"],
+            1024,
+            spec["mfu"],
+        )
+        assert m.flops == pytest.approx(f) and m.node_days_work == pytest.approx(work / 86400)
+        assert m.min_nodes_fit == P.min_nodes_to_fit(shape, g5, 1, 1024)
+        assert m.mem_gib_per_gpu == pytest.approx(P.memory_per_gpu_gib(shape, m.nodes * 8, 1, 1024)["total"])
+        assert m.days == pytest.approx(d) and m.node_hours == pytest.approx(m.nodes * d * 24)
+        assert m.dollars == pytest.approx(m.node_hours * price)
+    a, b = plan.models
+    assert a.nodes + b.nodes == 10 and b.nodes <= 2 < a.nodes
+    assert plan.notes == ["seed split uses 12 nodes, the cluster has 10"]  # every node assigned: no other note
+    t = plan.totals
+    assert t.nodes_used == 10 and t.makespan_days == pytest.approx(max(a.days, b.days))
+    # the seed split, as given, with its notes
+    assert (a.seed_nodes, b.seed_nodes) == (1, 11)
+    assert a.seed_days == pytest.approx(a.node_days_work) and b.seed_days == pytest.approx(b.node_days_work / 11)
+    assert a.seed_node_hours == pytest.approx(a.node_days_work * 24) and a.seed_dollars == pytest.approx(
+        a.seed_node_hours * price
+    )
+    assert plan.seed_totals.nodes_used == 12
+    assert plan.seed_totals.makespan_days == pytest.approx(max(a.seed_days, b.seed_days))
+    assert (a.seed_note is None) == (a.min_nodes_fit <= 1)
+    assert b.seed_note is None
+
+
+def test_plan_fleet_notes() -> None:
+    plan = P.plan_fleet(_fleet([{**M2, "max_nodes": 3}], seed_split=[12]))
+    assert plan.notes == [
+        "seed split uses 12 nodes, the cluster has 10",
+        "7 nodes left unassigned: the longest model is at its max_nodes",
+    ]
+    big = {**M1, "params": 3e10, "n_layers": 60, "hidden_size": 2048}
+    plan = P.plan_fleet(_fleet([big], seed_split=[1]))
+    fit = plan.models[0].min_nodes_fit
+    assert fit > 1 and plan.models[0].seed_note == f"does not fit: needs {fit} nodes"
+    assert plan.seed_totals is not None and P.plan_fleet(_fleet([M2])).seed_totals is None
+
+
+def test_plan_fleet_deadline_and_bounds() -> None:
+    plain = P.plan_fleet(_fleet([M1, M2]))
+    slow_days = plain.models[0].node_days_work
+    # a deadline that needs 4 nodes for a: its lower bound, the objective says so
+    plan = P.plan_fleet(_fleet([{**M1, "deadline_days": slow_days / 3.5}, M2], nodes=10))
+    assert plan.objective == "min makespan meeting deadlines" and plan.models[0].nodes >= 4
+    plan = P.plan_fleet(_fleet([M1, M2], constraints={"deadline_days": slow_days / 3.5}))
+    assert plan.objective == "min makespan meeting deadlines" and plan.models[0].nodes >= 4
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([{**M1, "deadline_days": slow_days / 12.5}, M2]))
+    assert str(e.value) == (
+        f"model a: needs 13 nodes to train 4e+10 tokens in {slow_days / 12.5:g} days at MFU 0.40, but may use at most 10"
+    )
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([{**M1, "min_nodes": 6}, {**M2, "min_nodes": 5}]))
+    assert str(e.value) == "the models need 11 nodes together at least (a 6, b 5); the cluster has 10"
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([{**M1, "min_nodes": 6, "deadline_days": 1000}, {**M2, "min_nodes": 5}]))
+    assert str(e.value) == "the models need 11 nodes together to meet the deadlines (a 6, b 5); the cluster has 10"
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([{**M1, "min_nodes": 3}], constraints={"max_nodes_per_model": 2}))
+    assert str(e.value) == "model a: needs at least 3 nodes (fit 1, granularity 1) but may use at most 2"
+    plan = P.plan_fleet(_fleet([M1], constraints={"min_nodes_per_model": 3, "max_nodes_per_model": 5}))
+    assert plan.models[0].nodes == 5
+    plan = P.plan_fleet(_fleet([M1, M2], constraints={"node_granularity": 3}))
+    assert [m.nodes for m in plan.models] == [6, 3]
+
+
+def test_plan_fleet_models_that_do_not_fit() -> None:
+    huge = {**M1, "name": "h", "params": 4e11, "n_layers": 1000, "hidden_size": 1024, "activation_checkpointing": True}
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([huge]))
+    msg = str(e.value)
+    assert msg.startswith("model h: needs ") and " nodes to fit in memory (" in msg
+    assert ", the cluster has 10" in msg and "GiB/GPU on all 10 nodes, GPU has 22.5)" in msg
+    wide = {**M2, "name": "w", "seq_len": 65536, "micro_batch_size": 8}
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(_fleet([wide]))
+    msg = str(e.value)
+    assert msg.startswith("model w: does not fit on a A10G-24GB (22.5 GiB) at any node count: ")
+    assert "at micro_batch_size=8, seq_len=65536; lower them or set activation_checkpointing: true" in msg
