@@ -348,3 +348,62 @@ def test_plan_fleet_models_that_do_not_fit() -> None:
     msg = str(e.value)
     assert msg.startswith("model w: does not fit on a A10G-24GB (22.5 GiB) at any node count: ")
     assert "at micro_batch_size=8, seq_len=65536; lower them or set activation_checkpointing: true" in msg
+
+
+def test_plan_fleet_exact_misfit_messages() -> None:
+    from mltrain.cluster.catalog import get_instance
+
+    fleet = _fleet([{**M2, "name": "w", "seq_len": 65536, "micro_batch_size": 8}])
+    mem = P.memory_per_gpu_gib(P.model_shape(fleet.models[0]), 10**9, 8, 65536, False)
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(fleet)
+    assert str(e.value) == (
+        f"model w: does not fit on a A10G-24GB (22.5 GiB) at any node count: {mem['total']:.1f} GiB/GPU even fully "
+        f"sharded (activations {mem['activations']:.1f}, logits {mem['logits']:.1f}, working set {mem['working']:.1f}) "
+        "at micro_batch_size=8, seq_len=65536; lower them or set activation_checkpointing: true"
+    )
+    huge = {**M1, "name": "h", "params": 4e11, "n_layers": 1000, "hidden_size": 1024, "activation_checkpointing": True}
+    fleet = _fleet([huge])
+    shape = P.model_shape(fleet.models[0])
+    fit = P.min_nodes_to_fit(shape, get_instance("g5.48xlarge"), 1, 1024, True)
+    mem = P.memory_per_gpu_gib(shape, 80, 1, 1024, True)
+    with pytest.raises(ClusterError) as e:
+        P.plan_fleet(fleet)
+    assert str(e.value) == (
+        f"model h: needs {fit} nodes to fit in memory ({mem['total']:.1f} GiB/GPU on all 10 nodes, GPU has 22.5), "
+        "the cluster has 10"
+    )
+    # exactly as many nodes as it needs: fine
+    plan = P.plan_fleet(_fleet([huge], nodes=fit))
+    assert plan.models[0].nodes == fit == plan.models[0].min_nodes_fit
+
+
+def test_plan_fleet_bounds_that_just_hold() -> None:
+    assert [m.nodes for m in P.plan_fleet(_fleet([{**M1, "min_nodes": 5, "max_nodes": 5}])).models] == [5]
+    assert [m.nodes for m in P.plan_fleet(_fleet([{**M1, "min_nodes": 5}, {**M2, "min_nodes": 5}])).models] == [5, 5]
+    assert [m.nodes for m in P.plan_fleet(_fleet([M1], constraints={"node_granularity": 10})).models] == [10]
+
+
+def test_plan_fleet_deadline_rounding() -> None:
+    days = P.plan_fleet(_fleet([M1])).models[0].node_days_work
+    # exactly 4 nodes' worth: 4 may do it
+    plan = P.plan_fleet(_fleet([{**M1, "deadline_days": days / 4, "max_nodes": 4}]))
+    assert plan.models[0].nodes == 4
+    # a hair more than 4 nodes' worth: 5 needed, 4 allowed
+    with pytest.raises(ClusterError, match="needs 5 nodes to train"):
+        P.plan_fleet(_fleet([{**M1, "deadline_days": days / 4.00001, "max_nodes": 4}]))
+
+
+def test_plan_fleet_uses_the_assumptions_given_and_the_instance_notes() -> None:
+    a = P.Assumptions(overhead_gib=18.0)
+    plan = P.plan_fleet(_fleet([M1]), a)
+    shape = P.model_shape(_fleet([M1]).models[0])
+    from mltrain.cluster.catalog import get_instance
+
+    assert plan.models[0].min_nodes_fit == P.min_nodes_to_fit(shape, get_instance("g5.48xlarge"), 1, 1024, a=a)
+    assert plan.models[0].min_nodes_fit > P.plan_fleet(_fleet([M1])).models[0].min_nodes_fit
+    assert plan.assumptions["overhead_gib"] == 18.0
+    trn = P.plan_fleet(_fleet([M2], cluster={"instance_type": "trn1.32xlarge", "nodes": 2, "region": "us-east-1"}))
+    assert trn.notes[0] == (
+        "trn1.32xlarge: Neuron SDK, not CUDA: the mltrain trainer does not run here; listed for planning only."
+    )
