@@ -523,7 +523,13 @@ def _two_rank_body(rank: int, store: str, run_dir: str) -> dict:
             raw[0] ^= 0x01
             victim.write_bytes(bytes(raw))
         dist.barrier()
-        step, path = mgr.latest()
+        hashed: list[str] = []
+        real_xxh3 = C.file_xxh3
+        C.file_xxh3 = lambda p, *a, **k: (hashed.append(p.name), real_xxh3(p, *a, **k))[1]
+        try:
+            step, path = mgr.latest()
+        finally:
+            C.file_xxh3 = real_xxh3
         ck = root / "step_00000001"
         loaded = mgr.load(ck, app_state(m, opt), {k: tuple(v.shape) for k, v in m.state_dict().items()})
         bg = C.CheckpointManager(Path(run_dir), keep_last=5, rank=rank, world_size=2, async_save=True)
@@ -533,6 +539,7 @@ def _two_rank_body(rank: int, store: str, run_dir: str) -> dict:
             "rank_state": loaded["_rank_state"],
             "pg": dist.get_backend(bg._ckpt_pg) if bg._ckpt_pg is not None else None,
             "marker": json.loads((ck / C.MARKER).read_text()),
+            "hashed": len(hashed),
         }
     finally:
         dist.destroy_process_group()
@@ -579,6 +586,10 @@ def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path) -
     )
     assert (mine["rank_state"], theirs["rank_state"]) == ({"rank": 0}, {"rank": 1})
     assert mine["pg"] == theirs["pg"] == "gloo"
+    # the ranks split the reading: step 2 (damaged in its file 1, rank 1's) costs rank 0 the even files
+    # and rank 1 one file; step 1 costs each its half
+    n = len(mine["marker"]["files"])
+    assert (mine["hashed"], theirs["hashed"]) == ((n + 1) // 2 * 2, 1 + n // 2)
     files = mine["marker"]["files"]
     assert mine["marker"]["world_size"] == 2 and {"rank_00000.pt", "rank_00001.pt"} <= set(files)
     assert all(files[rel]["xxh3_128"] == C.file_xxh3(root / "step_00000001" / rel) for rel in files)
@@ -646,3 +657,73 @@ def test_require_lists_the_committed_steps_without_hashing_them(tmp_path: Path) 
     with pytest.raises(CheckpointError) as e:
         C.require_checkpoint(tmp_path, lambda m: None, step=7)
     assert str(e.value).endswith("no committed checkpoint for step 7; have 1")
+
+
+def test_model_misfit_counts_and_unexpected_keys(tmp_path: Path) -> None:
+    ck = _committed(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        C.check_model_fits(ck, {})
+    assert str(e.value).endswith("unexpected 0.bias; unexpected 0.weight; unexpected 1.bias; unexpected 1.weight")
+    eleven = {f"x{i}": (1,) for i in range(7)}  # 7 missing + 4 unexpected = 11: one more than shown
+    with pytest.raises(CheckpointError) as e:
+        C.check_model_fits(ck, eleven)
+    assert str(e.value).endswith("; ... 1 more")
+
+
+def test_a_failed_rename_into_place_keeps_the_previous_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saving step 2 again, the rename of the new copy into place fails: the previous step 2 is put back
+    (the warning says the previous checkpoint is kept) and nothing is left behind."""
+    said: list[str] = []
+    m, opt = make()
+    mgr = manager(tmp_path, warnings=said)
+    save(mgr, 2, m, opt)
+    real = os.replace
+    calls: list = []
+
+    def into_place_fails(src, dst):
+        calls.append(src)
+        if str(src).endswith(".tmp") and Path(src).is_dir():  # the new checkpoint dir, not a file
+            raise OSError("I/O error")
+        return real(src, dst)
+
+    monkeypatch.setattr(C.os, "replace", into_place_fails)
+    assert not save(mgr, 2, m, opt)
+    assert said[-1].endswith("the previous checkpoint is kept")
+    monkeypatch.setattr(C.os, "replace", real)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
+    assert C.check_checkpoint(root / "step_00000002") is None
+    assert save(mgr, 3, m, opt)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000003"]
+
+
+def test_replace_over_a_leftover_old_copy(tmp_path: Path) -> None:
+    said: list[str] = []
+    m, opt = make()
+    mgr = manager(tmp_path, warnings=said)
+    save(mgr, 2, m, opt)
+    old = tmp_path / "checkpoints" / "step_00000002.old"
+    old.mkdir()
+    (old / "x").write_text("left by a crash")
+    assert save(mgr, 2, m, opt)
+    assert said == ["replaced step_00000002 (written by an earlier attempt at this step) with this save"]
+    assert not old.exists()
+
+
+def test_replace_says_why_from_sizes_only(tmp_path: Path) -> None:
+    """The reason given for replacing a step is from the cheap check: a same-size corruption is not
+    hashed again at that point (resume already named it)."""
+    said: list[str] = []
+    m, opt = make()
+    ck = _committed(tmp_path, 2)
+    data_file = sorted(ck.glob("*.distcp"))[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[0] ^= 0x01
+    data_file.write_bytes(bytes(raw))
+    assert save(manager(tmp_path, warnings=said), 2, m, opt)
+    assert said == ["replaced step_00000002 (written by an earlier attempt at this step) with this save"]
+    ck3 = _committed(tmp_path, 3)
+    (ck3 / C.MARKER).unlink()
+    said.clear()
+    assert save(manager(tmp_path, warnings=said), 3, m, opt)
+    assert said == ["replaced step_00000003 (no COMMITTED marker (the save did not finish)) with this save"]
