@@ -212,6 +212,10 @@ def report_module(name: str, equivalent: dict[str, dict[str, Any]]) -> dict[str,
         "not_checked": counts.get("not checked", 0),
         "equivalent": len(eq),
         "score": round(detected / denom, 4) if denom else None,
+        # when a run was cut short: the score over the mutants that were tested
+        "score_of_checked": round(detected / (denom - counts.get("not checked", 0)), 4)
+        if denom - counts.get("not checked", 0)
+        else None,
         "wall_s": round(sum(runs), 1) if runs else None,
         "wall_s_per_run": runs,
         "equivalent_mutants": eq,
