@@ -504,10 +504,15 @@ def test_load_returns_this_ranks_state(tmp_path: Path) -> None:
 def _two_rank_body(rank: int, store: str, run_dir: str) -> dict:
     """What one of two ranks does (gloo on CPU): save 3 checkpoints together, then agree on the newest
     valid one after rank 0 damaged a file that only rank 1 verifies."""
+    from datetime import timedelta
+
     import torch.distributed as dist
     from tests.unit.test_checkpoint import app_state
 
-    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    # a bounded wait: if the other rank died, fail instead of waiting for the default 30 minutes
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2, timeout=timedelta(seconds=120)
+    )
     try:
         warned: list[str] = []
         mgr = C.CheckpointManager(Path(run_dir), keep_last=5, rank=rank, world_size=2, warn=warned.append, info=print)
