@@ -16,6 +16,8 @@ from tests.unit.test_checkpoint import make, manager, save
 from mltrain.errors import CheckpointError
 from mltrain.train import checkpoint as C
 
+_START_CWD = os.getcwd()  # where the test run started (the spawned rank of the two-rank test starts there)
+
 
 @pytest.fixture(autouse=True)
 def _own_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -558,7 +560,7 @@ def _rank1(store: str, run_dir: str, q) -> None:
         raise
 
 
-def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path) -> None:
+def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0 runs here, rank 1 in a spawned process (it imports the same mltrain as this one)."""
     import multiprocessing as mp
 
@@ -566,6 +568,7 @@ def test_two_ranks_save_together_and_agree_on_the_newest_valid(tmp_path: Path) -
 
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
+    monkeypatch.chdir(_START_CWD)  # the spawned rank resolves the test run's relative import paths from here
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     store = str(tmp_path / "store")
