@@ -273,15 +273,17 @@ def main(argv: list[str] | None = None) -> int:
 def markdown_table(result: dict[str, Any]) -> str:
     """The per-module table of docs/testing.md."""
     rows = [
-        "| module | mutants | killed | timeout | survived | no tests | equivalent | score | mutmut wall time (all runs) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | timeout | survived | no tests | not tested | equivalent | score | "
+        "score of the tested | mutmut wall time (all runs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in result["modules"].values():
         score = f"{m['score']:.1%}" if m["score"] is not None else "-"
+        tested = f"{m['score_of_checked']:.1%}" if m.get("score_of_checked") is not None else "-"
         wall = f"{m['wall_s'] / 60:.1f} min" if m["wall_s"] else "-"
         rows.append(
             f"| `{m['source'].removeprefix('src/mltrain/')}` | {m['total']} | {m['killed']} | {m['timeout']} | "
-            f"{m['survived']} | {m['no_tests']} | {m['equivalent']} | {score} | {wall} |"
+            f"{m['survived']} | {m['no_tests']} | {m['not_checked']} | {m['equivalent']} | {score} | {tested} | {wall} |"
         )
     return "\n".join(rows)
 
