@@ -13,7 +13,7 @@ PCLUSTER_SPEC ?= aws-parallelcluster==3.16.1
 # built without the op.
 DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
-.PHONY: venv demo test lint bench clean slurm-up slurm-down
+.PHONY: venv demo test lint bench mutate clean slurm-up slurm-down
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,12 @@ bench: venv
 	$(PY) bench/train_throughput.py
 	$(PY) bench/checkpoint.py
 	$(PY) bench/loader.py
+
+# Mutation tests (mutmut) of the modules where a silent bug loses data: slow, not part of `make test`.
+# `make mutate MODULES="lease loader"` runs some; results in bench/results/mutation-<date>.json.
+MUTATE_CHILDREN ?= 1
+mutate: venv
+	$(PY) bench/mutate.py --max-children $(MUTATE_CHILDREN) $(MODULES)
 
 slurm-up:
 	bash scripts/local-slurm/up.sh

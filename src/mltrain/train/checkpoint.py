@@ -448,7 +448,11 @@ class CheckpointManager:
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            os.replace(old, final)  # put the previous copy back: the caller says it is kept
+            raise
         shutil.rmtree(old, ignore_errors=True)
         self.warn(f"replaced {final.name} ({why}) with this save")
 
