@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mltrain.errors import ConfigError
 from mltrain.ops import health as H
 from mltrain.ops.checks import FAIL, PASS, SKIP, WARN, Check
 from mltrain.ops.nvml import GpuReading
@@ -195,7 +196,7 @@ def test_run_health_burn_in_without_cuda_is_a_skip_row(fake_nvml, monkeypatch: p
     got, _ = H.run_health(0, 0.1)  # no burn-in asked
     assert [c.name for c in got] == ["gpu0", "gpu1"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(H, "burn_in", lambda s: {0: 100.0, 1: 50.0} if s == 0.5 else {})
+    monkeypatch.setattr(H, "burn_in", lambda s: ({0: 100.0, 1: 50.0}, {}) if s == 0.5 else ({}, {}))
     got, _ = H.run_health(0.5, 0.1)
     assert [(c.name, c.status) for c in got][-2:] == [("gpu0 burn-in", PASS), ("gpu1 burn-in", FAIL)]
 
@@ -234,7 +235,9 @@ def test_failed_hosts_newest_record_wins_and_job_filter(tmp_path: Path) -> None:
     assert H.failed_hosts(str(record)) == ["n3"]  # no job: every record
     assert H.failed_hosts(str(record), 6) == ["n3"]
     assert H.failed_hosts(str(record), "5", expected=["n2", "n4", "n0"]) == ["n0", "n4"]
-    assert H.failed_hosts(str(tmp_path / "none.jsonl"), "5") == []
+    with pytest.raises(ConfigError, match="does not exist"):  # a missing record file is refused, not "no failures"
+        H.failed_hosts(str(tmp_path / "none.jsonl"), "5")
+    assert H.failed_hosts(str(tmp_path / "none.jsonl"), "5", expected=["n2", "n1"]) == ["n1", "n2"]
 
 
 def _command(capsys, **over) -> tuple[int, str]:
@@ -346,9 +349,9 @@ def test_burn_in_measures_every_gpu_for_the_time_asked(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(torch, "randn", randn)
     t0 = _time.perf_counter()
-    got = H.burn_in(0.2, n=16)
+    got, errors = H.burn_in(0.2, n=16)
     assert _time.perf_counter() - t0 >= 0.2
-    assert sorted(got) == [0, 1, 2] and all(v > 0 for v in got.values())
+    assert errors == {} and sorted(got) == [0, 1, 2] and all(v > 0 for v in got.values())
     assert sorted(made) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:2", "cuda:2"]  # a and b on each GPU
     assert set(synced) == {"cuda:0", "cuda:1", "cuda:2"} and len(synced) >= 3 * 2
 
@@ -370,7 +373,7 @@ def test_burn_in_tflops_formula_on_a_fake_clock(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(H.time, "perf_counter", lambda: next(ticks) / 10)
     got = H.burn_in(0.25, n=8)
     # t0 = 1000.0; checks at +0.1 and +0.2 run 2 rounds (20 matmuls); +0.3 ends the loop; elapsed read at +0.4
-    assert got == {0: pytest.approx(2 * 8**3 * 20 / 0.4 / 1e12)}
+    assert got == ({0: pytest.approx(2 * 8**3 * 20 / 0.4 / 1e12)}, {})
 
 
 def test_live_xid_events_reach_the_rows(fake_nvml, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,7 +406,7 @@ def test_measured_burn_in_is_added_to_the_nvml_rows_with_the_tolerance(fake_nvml
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(H, "burn_in", lambda s: {0: 100.0, 1: 85.0, 2: 100.0})
+    monkeypatch.setattr(H, "burn_in", lambda s: ({0: 100.0, 1: 85.0, 2: 100.0}, {}))
     got, _ = H.run_health(1.0, 0.2)
     assert [(c.name, c.status) for c in got] == [
         ("gpu0", PASS),
