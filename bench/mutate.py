@@ -52,12 +52,25 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "src/mltrain/storage/transfer.py",
         [
             "tests/unit/test_s3_digest.py",
+            "tests/unit/test_s3_summary.py",
+            "tests/integration/test_s3_transfer_rules.py",
             "tests/integration/test_s3_transfer.py",
             "tests/integration/test_s3_throttling.py",
         ],
     ),
-    "verify": ("src/mltrain/storage/verify.py", ["tests/integration/test_s3_transfer.py"]),
-    "status": ("src/mltrain/launch/status.py", ["tests/unit/test_status.py", "tests/unit/test_status_ops.py"]),
+    "verify": (
+        "src/mltrain/storage/verify.py",
+        ["tests/integration/test_s3_verify.py", "tests/integration/test_s3_transfer.py"],
+    ),
+    "status": (
+        "src/mltrain/launch/status.py",
+        [
+            "tests/unit/test_status.py",
+            "tests/unit/test_status_ops.py",
+            "tests/unit/test_status_words.py",
+            "tests/unit/test_status_figures.py",
+        ],
+    ),
     "health": ("src/mltrain/ops/health.py", ["tests/unit/test_ops_health.py"]),
     "planner": ("src/mltrain/cluster/planner.py", ["tests/unit/test_plan.py"]),
 }
