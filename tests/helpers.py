@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -98,3 +99,48 @@ def mltrain_status(run_dir: Path, *args: str) -> str:
     )
     assert st.returncode == 0, st.stderr
     return st.stdout
+
+
+def write_jsonl(path: Path, recs: list[dict]) -> None:
+    """Records as a JSON-lines file (a run dir's metrics.jsonl, restarts.jsonl, ...), parents made."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def fake_slurm_bin(tmp_path: Path, monkeypatch: Any, squeue: str = "", scontrol: str | None = None) -> Path:
+    """Stand-in squeue/scontrol/sacct on PATH for status tests that need no real cluster: squeue prints
+    `squeue` (state|reason|nodes), scontrol prints `scontrol` (key=value) or fails as for an unknown job."""
+    fb = tmp_path / "fakebin"
+    fb.mkdir(exist_ok=True)
+    bodies = {
+        "squeue": f"echo -n '{squeue}'; exit 0",
+        "scontrol": f"echo '{scontrol}'; exit 0" if scontrol else "echo 'Invalid job id' >&2; exit 1",
+        "sacct": "exit 1",
+    }
+    for name, body in bodies.items():
+        (fb / name).write_text(f"#!/bin/bash\n{body}\n")
+        (fb / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fb}:/usr/bin:/bin")
+    return fb
+
+
+def committed_checkpoint(ck: Path, files: list[str]) -> Path:
+    """A checkpoint dir holding `files` (distinct bytes each) and the COMMITTED marker with their digests."""
+    import json
+
+    from mltrain.train.checkpoint import MARKER, hash_files
+
+    ck.mkdir(parents=True)
+    for i, rel in enumerate(files):
+        (ck / rel).write_bytes(bytes([i]) * (100 + i))
+    (ck / MARKER).write_text(json.dumps({"files": hash_files(ck, files), "step": 1}))
+    return ck
+
+
+def flip_last_byte(p: Path) -> None:
+    """Damage a file without changing its size (what only a digest catches)."""
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0x01
+    p.write_bytes(bytes(raw))

@@ -3,7 +3,6 @@ processes, a file damaged in the share of a rank other than 0 must still make ev
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,8 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from mltrain.train.checkpoint import MARKER, hash_files
+from tests.helpers import committed_checkpoint, flip_last_byte
 
 pytestmark = pytest.mark.slow
 
@@ -20,17 +18,7 @@ FILES = [".metadata", "__0_0.distcp", "__1_0.distcp", "rank_00000.pt", "rank_000
 
 
 def committed(ck: Path) -> Path:
-    ck.mkdir(parents=True)
-    for i, rel in enumerate(FILES):
-        (ck / rel).write_bytes(bytes([i]) * (100 + i))
-    (ck / MARKER).write_text(json.dumps({"files": hash_files(ck, FILES), "step": 1}))
-    return ck
-
-
-def flip_last_byte(p: Path) -> None:
-    raw = bytearray(p.read_bytes())
-    raw[-1] ^= 0x01
-    p.write_bytes(bytes(raw))
+    return committed_checkpoint(ck, FILES)
 
 
 WORKER = textwrap.dedent(

@@ -3,28 +3,18 @@ every file exactly once, or a damaged file in a share nobody took is resumed fro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from tests.helpers import committed_checkpoint, flip_last_byte
 
-from mltrain.train.checkpoint import MARKER, check_checkpoint, hash_files
+from mltrain.train.checkpoint import check_checkpoint
 
 FILES = [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "rank_00000.pt", "rank_00001.pt", "x.json"]
 
 
 def committed(ck: Path) -> Path:
-    ck.mkdir(parents=True)
-    for i, rel in enumerate(FILES):
-        (ck / rel).write_bytes(bytes([i]) * (100 + i))
-    (ck / MARKER).write_text(json.dumps({"files": hash_files(ck, FILES), "step": 1}))
-    return ck
-
-
-def flip_last_byte(p: Path) -> None:
-    raw = bytearray(p.read_bytes())
-    raw[-1] ^= 0x01
-    p.write_bytes(bytes(raw))
+    return committed_checkpoint(ck, FILES)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 9])

@@ -6,37 +6,21 @@ test_status_report_real.py.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
-from tests.helpers import mltrain_cmd
+from tests.helpers import fake_slurm_bin, mltrain_cmd, write_jsonl
 
 from mltrain import runstats
 from mltrain.launch import status
 
-
-def _jsonl(path: Path, recs: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+_jsonl = write_jsonl
 
 
-def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, squeue: str = "", scontrol: str | None = None) -> None:
-    """squeue prints `squeue` (state|reason|nodes); scontrol prints `scontrol` (key=value) or fails."""
-    fb = tmp_path / "fakebin"
-    fb.mkdir(exist_ok=True)
-    bodies = {
-        "squeue": f"echo -n '{squeue}'; exit 0",
-        "scontrol": f"echo '{scontrol}'; exit 0" if scontrol else "echo 'Invalid job id' >&2; exit 1",
-        "sacct": "exit 1",
-    }
-    for name, body in bodies.items():
-        (fb / name).write_text(f"#!/bin/bash\n{body}\n")
-        (fb / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fb}:/usr/bin:/bin")
+_fake_slurm = fake_slurm_bin
 
 
 def _slurm_run(tmp_path: Path, name: str = "r", max_steps: int = 100) -> Path:

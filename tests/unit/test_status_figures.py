@@ -4,22 +4,19 @@ trainer's record format; the same on a real trainer's output: tests/integration/
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from tests.helpers import write_jsonl
 
 from mltrain import runstats
 from mltrain.launch import status
 from mltrain.report import summarize, write_report
 
-
-def _jsonl(path: Path, recs: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+_jsonl = write_jsonl
 
 
 def _local_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_steps: int = 400) -> Path:

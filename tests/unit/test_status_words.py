@@ -6,7 +6,6 @@ test_slurm*.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -14,29 +13,14 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from tests.helpers import mltrain_cmd
+from tests.helpers import fake_slurm_bin, mltrain_cmd, write_jsonl
 
 from mltrain.launch import status
 
-
-def _jsonl(path: Path, recs: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+_jsonl = write_jsonl
 
 
-def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, squeue: str = "", scontrol: str | None = None) -> Path:
-    fb = tmp_path / "fakebin"
-    fb.mkdir(exist_ok=True)
-    bodies = {
-        "squeue": f"echo -n '{squeue}'; exit 0",
-        "scontrol": f"echo '{scontrol}'; exit 0" if scontrol else "echo 'Invalid job id' >&2; exit 1",
-        "sacct": "exit 1",
-    }
-    for name, body in bodies.items():
-        (fb / name).write_text(f"#!/bin/bash\n{body}\n")
-        (fb / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fb}:/usr/bin:/bin")
-    return fb
+_fake_slurm = fake_slurm_bin
 
 
 def _run(tmp_path: Path, name: str = "r", max_steps: int = 100, ckpt: int | None = 20) -> Path:
