@@ -173,9 +173,11 @@ def test_acquire_writes_the_holder_fields(tmp_path, monkeypatch):
     monkeypatch.setenv("MLTRAIN_LEASE_HEARTBEAT_S", "3600")
     (tmp_path / "data").mkdir()
     t0 = time.time()
-    held = L.acquire_lease(tmp_path / "run", job_id="99", data_dir=tmp_path / "run" / ".." / "data")
+    held = L.acquire_lease(
+        tmp_path / "new" / "run", job_id="99", data_dir=tmp_path / "new" / "run" / ".." / ".." / "data"
+    )
     try:
-        on_disk = json.loads(tmp_path.joinpath("run", *LEASE_PATH).read_text())
+        on_disk = json.loads(tmp_path.joinpath("new", "run", *LEASE_PATH).read_text())
         assert on_disk == held.info
         assert set(on_disk) == {
             "host",
@@ -192,11 +194,13 @@ def test_acquire_writes_the_holder_fields(tmp_path, monkeypatch):
         assert t0 <= on_disk["started"] == on_disk["heartbeat"] <= time.time()
         assert on_disk["heartbeat_interval_s"] == 3600.0
         assert held.token == on_disk["token"] and len(held.token) == 32 and int(held.token, 16) >= 0
-        assert tmp_path.joinpath("run", "control", "lease.lock").exists()
+        umask = os.umask(0)
+        os.umask(umask)
+        assert oct(tmp_path.joinpath("new", "run", L.LOCK_FILE).stat().st_mode & 0o777) == oct(0o666 & ~umask)
         assert any(t.name == "mltrain-lease" and t.daemon for t in threading.enumerate())
     finally:
         held.release()
-    second = L.acquire_lease(tmp_path / "run")
+    second = L.acquire_lease(tmp_path / "new" / "run")
     assert second.info["job_id"] is None and second.info["data_dir"] is None and second.token != held.token
     second.release()
 

@@ -4,7 +4,6 @@ the live users of a data dir."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -25,37 +24,6 @@ def test_describe_is_one_exact_line() -> None:
         "host h1 pid 1 since 1970-01-01 00:00:00 UTC"
     )
     assert L.describe({}) == "host ? pid ? since 1970-01-01 00:00:00 UTC"
-
-
-def test_acquire_records_who_and_when(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(L.HEARTBEAT_ENV, "7")
-    before = time.time()
-    held = L.acquire_lease(tmp_path / "new" / "run", job_id="9", data_dir=tmp_path / "d")
-    try:
-        info = json.loads((tmp_path / "new" / "run" / L.LEASE_FILE).read_text())
-        assert set(info) == {
-            "host",
-            "pid",
-            "job_id",
-            "started",
-            "heartbeat",
-            "heartbeat_interval_s",
-            "data_dir",
-            "token",
-        }
-        assert (info["host"], info["pid"], info["job_id"]) == (socket.gethostname(), os.getpid(), "9")
-        assert before <= info["started"] == info["heartbeat"] <= time.time()
-        assert info["heartbeat_interval_s"] == 7.0 and info["data_dir"] == str((tmp_path / "d").resolve())
-        assert info["token"] == held.token and len(held.token) == 32
-        assert oct((tmp_path / "new" / "run" / L.LOCK_FILE).stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    finally:
-        held.release()
-
-
-def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
 
 
 def test_heartbeat_interval_env(monkeypatch: pytest.MonkeyPatch) -> None:
