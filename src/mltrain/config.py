@@ -421,12 +421,13 @@ class _ConfigLoader(yaml.SafeLoader):
 
 
 _SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
-for _first in "-+0123456789":
-    _ConfigLoader.yaml_implicit_resolvers = dict(_ConfigLoader.yaml_implicit_resolvers)
-    _ConfigLoader.yaml_implicit_resolvers[_first] = [
-        ("tag:yaml.org,2002:str", _SEXAGESIMAL),
-        *yaml.SafeLoader.yaml_implicit_resolvers.get(_first, []),
-    ]
+_ConfigLoader.yaml_implicit_resolvers = {
+    **yaml.SafeLoader.yaml_implicit_resolvers,  # a copy: SafeLoader itself keeps YAML 1.1's reading
+    **{
+        first: [("tag:yaml.org,2002:str", _SEXAGESIMAL), *yaml.SafeLoader.yaml_implicit_resolvers.get(first, [])]
+        for first in "-+0123456789"
+    },
+}
 
 
 def load_config_yaml(text: str) -> Any:
