@@ -86,4 +86,6 @@ def test_no_spare_continues_on_min_nodes(env: Env) -> None:
     assert allocs[0]["nodes"] == ["node1", "node2", "node3"] and allocs[1]["nodes"] == ["node1", "node3"]
     assert "continuing on 2 nodes (launch.min_nodes=2)" in (run / "slurm" / f"{job}.err").read_text()
     assert [s["world_size"] for s in starts(run)] == [3, 2]
-    assert "updated: NumNodes=2-2 NumTasks=2" in _out(run, job) and "released the requeue hold" in _out(run, job)
+    assert "updated: ExcNodeList=node2 NumNodes=2-2 NumTasks=2" in _out(
+        run, job
+    ) and "released the requeue hold" in _out(run, job)

@@ -132,7 +132,10 @@ def test_failing_node_is_excluded_then_gives_up_after_max_restarts(env: Env) -> 
     deadline = time.monotonic() + 120
     while job_field(job, "Restarts") != "1" and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert job_field(job, "ExcNodeList") == "node2"  # the real exclusion, read from slurmctld
+    # the real exclusion, read from slurmctld: made once the requeued job is pending, before its hold is released
+    while job_field(job, "ExcNodeList") != "node2" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job_field(job, "ExcNodeList") == "node2"
     assert wait_job(job, 240) == "FAILED"
     first, second = records(run / "restarts.jsonl")
     assert (first["cause"], first["node"], first["action"], first["counted"]) == (

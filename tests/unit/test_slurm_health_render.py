@@ -110,7 +110,8 @@ def test_health_decisions_with_fake_slurm(tmp_path: Path, monkeypatch: pytest.Mo
     rc, log = base._run_fake(tmp_path, sub.script, run, 0, MLTRAIN_HEALTH_FAKE_FAIL_HOSTS="nodeB")
     (rec,) = _restarts(run)
     assert (rec["cause"], rec["node"], rec["action"], rec["counted"]) == ("health_check", "nodeB", "requeue", True)
-    assert "stdin requeue 7" in log and "stdin update jobid=7 ExcNodeList=nodeB" in log
+    assert "scontrol requeue 7" in log
+    assert "requeueing job 7, excluding nodeB\n" in (run / "slurm" / "7.out").read_text()
     assert "--rdzv-backend" not in log and not targets.exists()
 
     # attempt 1: nodeB's FAIL of attempt 0 is in the file, this attempt passes: trains; the targets file is
@@ -156,4 +157,4 @@ def test_min_nodes_continues_on_fewer_nodes(tmp_path: Path, monkeypatch: pytest.
     )
     (rec,) = _restarts(sub.run_dir)
     assert (rec["cause"], rec["node"], rec["action"]) == ("health_check", "nodeB", "requeue")
-    assert "stdin update jobid=7 ExcNodeList=nodeB" in log
+    assert "requeueing job 7, excluding nodeB, on 1 nodes" in (sub.run_dir / "slurm" / "7.out").read_text()

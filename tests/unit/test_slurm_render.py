@@ -307,7 +307,7 @@ def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
     assert _records(run)[-1]["cause"] == "config_error" and _records(run)[-1]["action"] == "none"
 
     rc, log = _run_fake(tmp_path, sub.script, run, 0, FAKE_REASON="preempted", FAKE_RC="1")
-    assert "stdin requeue 7" in log
+    assert "scontrol requeue 7" in log
     rec = _records(run)[-1]
     assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == ("preempted", "requeue", False, 20)
     assert rec["slurm_restart_count"] is None
@@ -340,9 +340,9 @@ def test_recovery_decisions_with_fake_slurm(tmp_path: Path) -> None:
     assert "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 true" in log  # the health probe ran
     assert (
         log.count("--rdzv-backend") == 2
-        and "stdin requeue 7" in log
-        and "stdin update jobid=7 ExcNodeList=nodeB" in log
-    )
+        and "scontrol requeue 7" in log
+        and "requeueing job 7, excluding nodeB" in (run / "slurm" / "7.out").read_text()
+    )  # the exclusion itself is made once the job is pending: test_sbatch_requeue_updates.py
 
     rc, log = _run_fake(tmp_path, sub.script, run, 1, FAKE_REASON="hang", FAKE_RC="1")
     rec = _records(run)[-1]
@@ -436,7 +436,7 @@ def test_a_stop_is_a_preemption_only_when_asked_for(tmp_path: Path, why: str, co
     rc, log = _run_fake(tmp_path, sub.script, sub.run_dir, 0, FAKE_REASON="preempted", FAKE_RC="1", FAKE_STOP_WHY=why)
     (rec,) = _records(sub.run_dir)
     assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == (cause, "requeue", counted, 30)
-    assert "stdin requeue 7" in log
+    assert "scontrol requeue 7" in log
     out = (sub.run_dir / "slurm" / "7.out").read_text()
     assert ("which neither Slurm nor a user sent" in out) == counted
 
