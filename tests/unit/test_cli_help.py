@@ -1,4 +1,4 @@
-"""Day-one CLI details (#9 item 8): help texts that are true and examples that run."""
+"""Day-one CLI details: help texts that are true and examples that run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from mltrain import cli
+from mltrain.cli import app
+from mltrain.cli.plan import PLAN_SET_EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +43,8 @@ def test_plan_help_set_example_runs_on_the_shipped_fleet():
     """Before: the plan --help example was train.max_steps=50, which a fleet file rejects."""
     help_text = " ".join(_run("plan", "--help").stdout.replace("\u2502", " ").split())  # without the box
     m = re.search(r"e\.g\. --set (\S+)", help_text)
-    assert m and m.group(1) == cli.PLAN_SET_EXAMPLE, help_text
-    r = _run("plan", "configs/fleets/seven-models.yaml", "--set", cli.PLAN_SET_EXAMPLE, "--json")
+    assert m and m.group(1) == PLAN_SET_EXAMPLE, help_text
+    r = _run("plan", "configs/fleets/seven-models.yaml", "--set", PLAN_SET_EXAMPLE, "--json")
     assert r.returncode == 0, r.stderr
 
 
@@ -68,7 +69,7 @@ def test_every_readme_plan_example_runs():
 
 
 def test_export_takes_o_like_cluster_render():
-    cmd = typer.main.get_command(cli.app)
+    cmd = typer.main.get_command(app)
     export = cmd.commands["export"]  # type: ignore[attr-defined]
     (out,) = [p for p in export.params if p.name == "hf"]
     assert {"-o", "--out", "--hf"} <= set(out.opts)

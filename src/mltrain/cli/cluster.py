@@ -1,0 +1,145 @@
+"""`mltrain cluster`: a ParallelCluster 3 config rendered and validated offline from a cluster spec,
+its network template, read-only AWS checks, and create/update/delete/status through the `pcluster` CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mltrain.cli.common import OutOpt, console
+
+app = typer.Typer(help="Render, validate, check and create AWS ParallelCluster clusters.", no_args_is_help=True)
+
+ClusterYaml = Annotated[Path, typer.Argument(help="cluster spec YAML, e.g. configs/clusters/p5e-80.yaml")]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", help="where to write the rendered config; default ./<name>.pcluster.yaml (not on --dry-run)"
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="print the exact commands; call nothing, write nothing unless --config")
+]
+SkipPreflightOpt = Annotated[bool, typer.Option("--skip-preflight", help="do not run the AWS checks first")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow describe-cluster until done")]
+PollOpt = Annotated[float, typer.Option("--poll-s", help="seconds between describe-cluster calls")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout-min", help="give up waiting after this many minutes")]
+
+
+@app.command("render")
+def cluster_render(
+    cluster_yaml: Annotated[Path, typer.Argument(help="cluster spec YAML")],
+    out: OutOpt = None,
+) -> None:
+    """Render a ParallelCluster 3 config from a cluster spec."""
+    from mltrain.cluster.pcluster import render_command
+
+    render_command(cluster_yaml, out, console=console)
+
+
+@app.command("validate")
+def cluster_validate(
+    pcluster_yaml: Annotated[Path, typer.Argument(help="ParallelCluster 3 config YAML")],
+) -> None:
+    """Validate a ParallelCluster config offline: the official schema plus semantic checks."""
+    from mltrain.cluster.pcluster import validate_command
+
+    raise typer.Exit(validate_command(pcluster_yaml, console=console))
+
+
+@app.command("network")
+def cluster_network(
+    cluster_yaml: ClusterYaml,
+    out: OutOpt = None,
+    stack: Annotated[
+        Optional[str], typer.Option("--stack", help="print the aws: keys from this deployed stack's outputs instead")
+    ] = None,
+) -> None:
+    """Render the CloudFormation template of the cluster's VPC, subnets, NAT, S3 endpoint, security groups."""
+    from mltrain.cluster.network import network_command
+
+    network_command(cluster_yaml, out, stack=stack, console=console)
+
+
+@app.command("preflight")
+def cluster_preflight(
+    cluster_yaml: ClusterYaml,
+    json_out: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
+) -> None:
+    """Read-only AWS checks before creating: instance type, AZ, reservation, subnets, EFA rule, buckets, quota."""
+    from mltrain.cluster.preflight import preflight_command
+
+    raise typer.Exit(preflight_command(cluster_yaml, json_out=json_out, console=console))
+
+
+def _cluster_action(
+    action: str,
+    cluster_yaml: Path,
+    config: Optional[Path],
+    dry_run: bool,
+    skip_preflight: bool = False,
+    wait: bool = True,
+    poll_s: float = 30.0,
+    timeout_min: float = 120.0,
+) -> None:
+    from mltrain.cluster.create import cluster_action
+
+    cluster_action(
+        action,
+        cluster_yaml,
+        config_path=config,
+        dry_run=dry_run,
+        preflight=not skip_preflight,
+        wait=wait,
+        poll_s=poll_s,
+        timeout_min=timeout_min,
+        console=console,
+    )
+
+
+@app.command("create")
+def cluster_create(
+    cluster_yaml: ClusterYaml,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    skip_preflight: SkipPreflightOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """Render the config, run preflight, then `pcluster create-cluster` and follow it to CREATE_COMPLETE."""
+    _cluster_action("create", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+
+
+@app.command("update")
+def cluster_update(
+    cluster_yaml: ClusterYaml,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    skip_preflight: SkipPreflightOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """Render the config, run preflight, then `pcluster update-cluster` and follow it to UPDATE_COMPLETE."""
+    _cluster_action("update", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+
+
+@app.command("delete")
+def cluster_delete(
+    cluster_yaml: ClusterYaml,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = True,
+    poll_s: PollOpt = 30.0,
+    timeout_min: TimeoutOpt = 120.0,
+) -> None:
+    """`pcluster delete-cluster` and follow it until the cluster is gone (FSx: aws.fsx.deletion_policy, Retain by default)."""
+    _cluster_action("delete", cluster_yaml, None, dry_run, True, wait, poll_s, timeout_min)
+
+
+@app.command("status")
+def cluster_status(cluster_yaml: ClusterYaml, dry_run: DryRunOpt = False) -> None:
+    """`pcluster describe-cluster`: status, stack, compute fleet, head node address, failures."""
+    _cluster_action("status", cluster_yaml, None, dry_run)

@@ -1,0 +1,230 @@
+"""`mltrain data`: tokenized training data made and checked locally, and moved to and from S3
+with every object checked against the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mltrain.cli.common import (
+    EndpointOpt,
+    JsonOpt,
+    ProfileOpt,
+    RegionOpt,
+    RunYaml,
+    SetOpt,
+    console,
+    err_console,
+    print_plain,
+    run_config,
+)
+
+app = typer.Typer(help="Prepare and validate tokenized training data.", no_args_is_help=True)
+
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="parallel requests")]
+PartOpt = Annotated[int, typer.Option("--part-size-mib", min=5, help="multipart part size and threshold")]
+ChecksumOpt = Annotated[str, typer.Option("--checksum", help="sha256 | crc64nvme | auto (crc64nvme with awscrt)")]
+UnlistedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unlisted",
+        help="also download objects the manifest does not list (checked against S3's stored checksum, "
+        "by size where it stores none); without it they are skipped and named",
+    ),
+]
+
+
+@app.command("prepare")
+def data_prepare(
+    run_yaml: RunYaml,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="rewrite data that finished runs resume from (they then cannot)")
+    ] = False,
+) -> None:
+    """Tokenize the sources, pack fixed-size token shards and write manifest.json."""
+    from mltrain.data.prepare import prepare_data
+
+    prepare_data(run_config(run_yaml, set_), console=console, force=force)
+
+
+@app.command("validate")
+def data_validate(
+    target: Annotated[Path, typer.Argument(help="a prepared data dir, or a run config YAML")],
+    set_: SetOpt = None,
+) -> None:
+    """Re-check every shard (checksum, header, token ids, counts). Exit 1 on any problem."""
+    from mltrain.data.validate import validate_data_dir
+
+    data_dir = target
+    vocab_size = None
+    if target.suffix in (".yaml", ".yml"):
+        cfg = run_config(target, set_)
+        data_dir, vocab_size = Path(cfg.data.dir), cfg.model.vocab_size
+    ok = validate_data_dir(data_dir, model_vocab_size=vocab_size, console=console)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _transfer(
+    src: str,
+    dst: str,
+    *,
+    endpoint_url: Optional[str],
+    profile: Optional[str],
+    region: Optional[str],
+    concurrency: int,
+    part_mib: int,
+    checksum: str,
+    json_out: bool,
+    to_s3: Optional[bool],
+    delete: bool = False,
+    yes: bool = False,
+    unlisted: bool = False,
+) -> None:
+    """One S3 sync; `to_s3` True/False pins the direction (upload/download), None lets the URLs decide."""
+    import json
+
+    from mltrain.storage.client import S3Options
+    from mltrain.storage.transfer import TransferSettings, sync
+    from mltrain.storage.url import StorageError, is_s3
+
+    if to_s3 is not None and (is_s3(dst) != to_s3 or is_s3(src) == to_s3):
+        usage = "upload LOCAL s3://bucket/prefix" if to_s3 else "download s3://bucket/prefix LOCAL"
+        raise StorageError(f"{src} -> {dst}: expected `mltrain data {usage}`")
+
+    opts = S3Options(endpoint_url, profile, region, max_pool_connections=max(10, concurrency + 4))
+    mib = part_mib << 20
+    settings = TransferSettings(concurrency=concurrency, part_size=mib, threshold=mib, checksum=checksum)
+    summary = sync(src, dst, opts, settings, delete=delete, yes=yes, console=err_console, unlisted=unlisted)
+    print_plain(json.dumps(summary.as_dict()) if json_out else summary.line())
+
+
+@app.command("upload")
+def data_upload(
+    local: Annotated[str, typer.Argument(help="a file or directory")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    checksum: ChecksumOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Upload to S3 (parallel multipart, S3 checksums, manifest written last). A rerun sends only what is missing."""
+    _transfer(
+        local,
+        dest,
+        endpoint_url=endpoint_url,
+        profile=profile,
+        region=region,
+        concurrency=concurrency,
+        part_mib=part_size_mib,
+        checksum=checksum,
+        json_out=json_out,
+        to_s3=True,
+    )
+
+
+@app.command("download")
+def data_download(
+    src: Annotated[str, typer.Argument(help="s3://bucket/prefix (or one object)")],
+    local: Annotated[str, typer.Argument(help="local directory")],
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    unlisted: UnlistedOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download what the manifest lists; every file is hashed against it before it replaces anything."""
+    _transfer(
+        src,
+        local,
+        endpoint_url=endpoint_url,
+        profile=profile,
+        region=region,
+        concurrency=concurrency,
+        part_mib=part_size_mib,
+        checksum="auto",
+        json_out=json_out,
+        to_s3=False,
+        unlisted=unlisted,
+    )
+
+
+@app.command("sync")
+def data_sync(
+    src: Annotated[str, typer.Argument(help="local dir or s3://bucket/prefix")],
+    dst: Annotated[str, typer.Argument(help="s3://bucket/prefix or local dir")],
+    delete: Annotated[
+        bool, typer.Option("--delete", help="delete what the source does not have (needs --yes)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="really delete what --delete lists")] = False,
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    part_size_mib: PartOpt = 16,
+    checksum: ChecksumOpt = "auto",
+    unlisted: UnlistedOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy only changed files (size + checksum) in either direction; --delete lists, --yes deletes."""
+    _transfer(
+        src,
+        dst,
+        endpoint_url=endpoint_url,
+        profile=profile,
+        region=region,
+        concurrency=concurrency,
+        part_mib=part_size_mib,
+        checksum=checksum,
+        json_out=json_out,
+        to_s3=None,
+        delete=delete,
+        yes=yes,
+        unlisted=unlisted,
+    )
+
+
+@app.command("verify")
+def data_verify(
+    url: Annotated[str, typer.Argument(help="s3://bucket/prefix that `data upload` wrote")],
+    deep: Annotated[bool, typer.Option("--deep", help="also download and sha256 every object")] = False,
+    endpoint_url: EndpointOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check every object against the manifest. Exit 1 naming every missing, extra or mismatched object."""
+    import json
+
+    from mltrain.storage.client import S3Options, make_client
+    from mltrain.storage.url import parse_s3_url
+    from mltrain.storage.verify import verify_prefix
+
+    s3url = parse_s3_url(url)
+    client = make_client(S3Options(endpoint_url, profile, region), validate_responses=False)  # --deep hashes itself
+    rep = verify_prefix(client, s3url, deep=deep, console=err_console)
+    if json_out:
+        print_plain(json.dumps(rep.as_dict()))
+        raise typer.Exit(0 if rep.ok else 1)
+    for label, items in (("MISSING", rep.missing), ("EXTRA", rep.extra), ("MISMATCH", rep.mismatched)):
+        for item in items:
+            console.print(f"{label:<9} {item}", highlight=False, markup=False)
+    what = "downloaded and hashed" if deep else "size + S3 checksum"
+    verdict = (
+        "OK"
+        if rep.ok
+        else f"FAILED: {len(rep.missing)} missing, {len(rep.extra)} extra, {len(rep.mismatched)} mismatched"
+    )
+    console.print(
+        f"{url}: {rep.checked} objects, {rep.bytes / 2**20:.1f} MiB checked ({what}): {verdict}",
+        highlight=False,
+        markup=False,
+    )
+    raise typer.Exit(0 if rep.ok else 1)
