@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from mltrain.config import ModelConfig, RopeScaling
+from mltrain.config import HF_CONFIG_FILE as CONFIG_FILE
+from mltrain.config import HF_SUPPORTED as SUPPORTED  # noqa: F401  (part of the HF API here)
+from mltrain.config import ModelConfig, hf_config_to_model_config, load_hf_config  # noqa: F401
+from mltrain.config import read_hf_config as _read_hf_config
 from mltrain.errors import CheckpointError, ConfigError, DataError
 from mltrain.model.transformer import Transformer
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -96,106 +97,6 @@ def _shown(items: list[str], n: int = 10) -> str:
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _read_hf_config(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    cfg_path = path / CONFIG_FILE
-    if not path.is_dir():
-        raise ConfigError(f"{path}: Hugging Face model directory does not exist")
-    try:
-        data = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{cfg_path}: missing; a Hugging Face model dir needs config.json + *.safetensors") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{cfg_path}: unreadable: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cfg_path}: top level must be a JSON object")
-    return data
-
-
-def hf_config_to_model_config(data: Mapping[str, Any], source: str = CONFIG_FILE) -> ModelConfig:
-    """Map an HF config dict (LlamaForCausalLM / Qwen2ForCausalLM) to a ModelConfig."""
-    model_type = data.get("model_type")
-    archs = data.get("architectures") or []
-    supported = ", ".join(f"{a} (model_type {t})" for t, a in SUPPORTED.items())
-    if model_type not in SUPPORTED:
-        raise ConfigError(
-            f"{source}: model_type {model_type!r} ({', '.join(archs) or 'no architectures'}) "
-            f"is not supported; supported: {supported}"
-        )
-    bad_archs = [a for a in archs if a not in SUPPORTED.values()]
-    if bad_archs:
-        raise ConfigError(f"{source}: architectures {bad_archs} not supported; supported: {supported}")
-
-    def need(key: str) -> Any:
-        if data.get(key) is None:
-            raise ConfigError(f"{source}: {key}: required key is missing")
-        return data[key]
-
-    hidden, n_heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    problems = []
-    head_dim = data.get("head_dim")
-    if head_dim is not None and head_dim != hidden // n_heads:
-        problems.append(f"head_dim {head_dim} != hidden_size/num_attention_heads ({hidden // n_heads})")
-    if data.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act {data['hidden_act']!r} (only 'silu')")
-    if data.get("mlp_bias"):
-        problems.append("mlp_bias true")
-    if model_type == "llama" and data.get("attention_bias"):
-        problems.append("attention_bias true (Llama puts a bias on o_proj too)")
-    if data.get("use_sliding_window"):
-        problems.append("use_sliding_window true")
-    if data.get("pretraining_tp", 1) not in (1, None):
-        problems.append(f"pretraining_tp {data['pretraining_tp']}")
-
-    # RoPE: transformers >= 5 writes `rope_parameters`; older configs `rope_theta` + `rope_scaling`.
-    rope = dict(data.get("rope_parameters") or {})
-    theta = rope.get("rope_theta", data.get("rope_theta", 10000.0))
-    scaling_src = data.get("rope_scaling") or rope
-    rope_type = scaling_src.get("rope_type", scaling_src.get("type", "default")) if scaling_src else "default"
-    rope_scaling = None
-    if rope_type == "llama3":
-        try:
-            rope_scaling = RopeScaling(
-                **{
-                    k: scaling_src[k]
-                    for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-                }
-            )
-        except KeyError as e:
-            raise ConfigError(f"{source}: rope_scaling: llama3 needs {e.args[0]}") from None
-    elif rope_type not in ("default", None):
-        problems.append(f"rope_scaling type {rope_type!r} (only llama3)")
-    if problems:
-        raise ConfigError(f"{source}: unsupported {model_type} features: {'; '.join(problems)}")
-
-    bias = model_type == "qwen2"
-    try:
-        return ModelConfig(
-            vocab_size=need("vocab_size"),
-            hidden_size=hidden,
-            n_layers=need("num_hidden_layers"),
-            n_heads=n_heads,
-            n_kv_heads=data.get("num_key_value_heads") or n_heads,
-            ffn_hidden_size=need("intermediate_size"),
-            max_seq_len=data.get("max_position_embeddings") or 2048,
-            rope_theta=float(theta),
-            rope_scaling=rope_scaling,
-            norm_eps=float(data.get("rms_norm_eps", 1e-6)),
-            qkv_bias=bias,
-            tie_embeddings=bool(data.get("tie_word_embeddings", False)),
-            init_std=float(data.get("initializer_range", 0.02)),
-        )
-    except ValueError as e:  # pydantic ValidationError is a ValueError
-        raise ConfigError(f"{source}: does not map to an mltrain model: {e}".replace("\n", " ")) from None
-
-
-def load_hf_config(path: str | Path) -> ModelConfig:
-    """ModelConfig of a local HF model directory (config.json of a Llama or Qwen2 causal LM)."""
-    path = Path(path)
-    cfg = hf_config_to_model_config(_read_hf_config(path), str(path / CONFIG_FILE))
-    return cfg.model_copy(update={"init_from": str(path)})
 
 
 _SHAPE_FIELDS = (
