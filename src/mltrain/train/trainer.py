@@ -23,6 +23,7 @@ from mltrain import exit_codes, rundir
 from mltrain.config import RunConfig, dump_yaml
 from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
+from mltrain.model.flops import flops_per_token, matmul_params
 from mltrain.ops.instrument import instrument
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
@@ -281,7 +282,7 @@ class Trainer:
         n_dev = info.world_size if info.device.type == "cuda" else 0
         self.peak = M.device_peak_flops(torch.cuda.get_device_name(info.device)) if n_dev else None
         self.n_devices = n_dev
-        self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
+        self.flops_per_token = flops_per_token(cfg.model, tc.seq_len)
         self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * info.world_size
 
     def _report_config_changes(self, step: int, state: dict[str, Any]) -> None:
@@ -642,7 +643,7 @@ def run_training(cfg: RunConfig) -> int:
                     "world_size": info.world_size,
                     "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                     "job_id": os.environ.get("SLURM_JOB_ID"),
-                    "params": M.matmul_params(cfg.model),
+                    "params": matmul_params(cfg.model),
                     "flops_per_token": trainer.flops_per_token,
                     **({"config_changes": trainer.config_changes} if trainer.config_changes else {}),
                 }
