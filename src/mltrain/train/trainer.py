@@ -164,7 +164,7 @@ def precheck(cfg: RunConfig) -> Any:
     check_run_dir(cfg)
     _verify_data_once(cfg, manifest)
     if cfg.model.init_from:
-        from mltrain.model.hf import check_hf_matches
+        from mltrain.model.hf.load import check_hf_matches
 
         check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
     return manifest
@@ -269,7 +269,7 @@ class Trainer:
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
         self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if resume is None and cfg.model.init_from:
-            from mltrain.model.hf import load_hf_weights
+            from mltrain.model.hf.load import load_hf_weights
 
             # After sharding: under FSDP each rank reads only its slice of every tensor from the files.
             load_hf_weights(self.model, cfg.model.init_from, show_progress=info.is_main)
