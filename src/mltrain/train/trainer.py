@@ -32,14 +32,13 @@ from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchd
 from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize
+from mltrain.train.start_checks import flatten, precheck
 
 # Distributed workers never destroy their trainer: DDP's Reducer destructor runs ~ProcessGroupGloo in
 # the thread holding the GIL, which joins a gloo thread waiting for the GIL (a deadlock seen here ~1 run
 # in 7). Workers keep it here and leave with os._exit once their files are closed (launch/local.py).
 _KEEPALIVE: list[object] = []
 
-# Config sections that must not change under an existing run dir (they change what the weights mean).
-_FROZEN_KEYS = ("model", "data.dir", "data.tokenizer", "train.seq_len")
 
 
 def _log(info: DistInfo, msg: str) -> None:
@@ -47,51 +46,11 @@ def _log(info: DistInfo, msg: str) -> None:
         print(f"[mltrain] {msg}", flush=True)
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
-def check_run_dir(cfg: RunConfig) -> None:
-    """Refuse a run dir written by a config whose model, data or sequence length differ."""
-    import yaml
-
-    path = cfg.run_dir / rundir.CONFIG_FILE
-    if not path.exists():
-        return
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f"{path}: unreadable ({e}); move the run dir away or pick a new run name") from None
-    new = cfg.model_dump(mode="json")
-    diffs = []
-    for key in _FROZEN_KEYS:
-        a, b = _flatten(_get(old, key), key), _flatten(_get(new, key), key)
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                diffs.append(f"{k}: run dir has {a.get(k)!r}, config has {b.get(k)!r}")
-    if diffs:
-        raise RunDirError(
-            f"{cfg.run_dir} was written by an incompatible config ({'; '.join(diffs[:5])}); "
-            "use a new run name, or restore the original values"
-        )
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     """{dotted key: [old, new]} for every setting both configs have and that differs, in config order.
 
     A key only one side has (a setting added to mltrain since) is left out: its value then is unknown."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return {k: [a[k], b[k]] for k in b if k in a and a[k] != b[k]}
 
 
@@ -145,39 +104,6 @@ def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, i
 
 def write_config(cfg: RunConfig) -> None:
     atomic_write(cfg.run_dir / rundir.CONFIG_FILE, dump_yaml(cfg))
-
-
-def precheck(cfg: RunConfig) -> Any:
-    """Everything that can be wrong before a GPU is touched. Returns the data manifest."""
-    from mltrain.data.manifest import MANIFEST_FILE
-    from mltrain.data.validate import check_manifest_consistency
-
-    manifest_path = Path(cfg.data.dir) / MANIFEST_FILE
-    if not manifest_path.exists():
-        raise DataError(f"{manifest_path}: no prepared data; run `mltrain data prepare <run.yaml>` first")
-    manifest = check_manifest_consistency(cfg.data.dir)  # loads it, checks shard headers and sizes
-    if manifest.vocab_size > cfg.model.vocab_size:
-        raise DataError(
-            f"{manifest_path}: tokenizer vocab {manifest.vocab_size} is larger than "
-            f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
-        )
-    check_run_dir(cfg)
-    _verify_data_once(cfg, manifest)
-    if cfg.model.init_from:
-        from mltrain.model.hf.load import check_hf_matches
-
-        check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
-    return manifest
-
-
-def _verify_data_once(cfg: RunConfig, manifest: Any) -> None:
-    """Full sha256 + id-range check of every shard the first time this run uses it (recorded in the
-    run dir: later starts, and the second call from the launcher's precheck, pay nothing)."""
-    from mltrain.data.verify import verify_shards_once
-
-    checked = verify_shards_once(cfg.data.dir, manifest, cfg.run_dir, cfg.model.vocab_size)
-    if checked:
-        print(f"[mltrain] verified {len(checked)} data shard(s) against the manifest (sha256, id range)", flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
