@@ -40,7 +40,6 @@ from mltrain.train.start_checks import flatten, precheck
 _KEEPALIVE: list[object] = []
 
 
-
 def _log(info: DistInfo, msg: str) -> None:
     if info.is_main:
         print(f"[mltrain] {msg}", flush=True)
@@ -164,7 +163,7 @@ class Trainer:
             info=lambda m: _log(info, m),
         )
         if cfg.checkpoint.mirror:  # pull the newest remote checkpoint when none is local; mirror new ones
-            from mltrain.storage.mirror import attach_checkpoint_mirror
+            from mltrain.train.mirror import attach_checkpoint_mirror
 
             attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
@@ -611,7 +610,7 @@ def run_training(cfg: RunConfig) -> int:
         if writer:
             writer.close()
         if cfg.checkpoint.mirror:  # the last checkpoint leaves the node before the process does
-            from mltrain.storage.mirror import wait_for_uploads
+            from mltrain.train.mirror import wait_for_uploads
 
             wait_for_uploads()
         if held is not None:
