@@ -24,7 +24,7 @@ from mltrain.config import RunConfig, dump_yaml
 from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
 from mltrain.model.flops import flops_per_token, matmul_params
-from mltrain.ops.instrument import instrument
+from mltrain.telemetry.instrument import instrument
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
@@ -579,7 +579,7 @@ def run_training(cfg: RunConfig) -> int:
             f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
             f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}",
         )
-        instrument(trainer, writer, cfg)  # metrics sinks, data-wait/checkpoint timing, stragglers (mltrain.ops)
+        instrument(trainer, writer, cfg)  # metrics sinks, data-wait/checkpoint timing, stragglers (mltrain.telemetry)
         watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
         stats = LoopStats(trainer.step)
         reason = train_loop(trainer, writer, stop, watchdog, fault, stats)
