@@ -670,7 +670,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 def dump_yaml(model: BaseModel) -> str:
     data = model.model_dump(mode="json")
     if isinstance(model, RunConfig) and model.script is None:
-        data.pop("script", None)  # built-in trainer runs dump as before script: existed
+        data.pop("script", None)  # a built-in trainer run: no script: key in its config.yaml
     elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)
         for key in ("model", "data", "train", "checkpoint"):
             if key not in model.model_fields_set:
