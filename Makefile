@@ -35,14 +35,17 @@ demo: venv
 
 # The real-Slurm tests (one at a time, one local cluster) run alongside the rest (two pytest-xdist
 # workers): scripts/run-tests.sh. The Debian packages the tests start (Slurm, Prometheus, shellcheck)
-# are installed first, once.
+# are installed first, once; the import contracts (pyproject.toml, docs/architecture.md) are checked
+# before any test runs.
 test: venv
 	bash scripts/test-deps.sh
+	$(VENV)/bin/lint-imports
 	bash scripts/run-tests.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) bench/train_throughput.py

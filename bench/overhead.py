@@ -323,7 +323,7 @@ def main() -> None:
             table = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
             profile[f"ops_{type(side).__name__}"] = table.splitlines()
             print(f"\n--- torch.profiler ops {type(side).__name__} ({a.block} steps) ---\n{table}")
-    from mltrain.train.metrics import param_count
+    from mltrain.model.flops import param_count
 
     result = {
         "benchmark": "overhead",

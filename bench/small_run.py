@@ -131,7 +131,7 @@ def setup(work: Path, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     from mltrain.data.manifest import load_manifest
     from mltrain.data.prepare import prepare_data
     from mltrain.data.shards import open_shard
-    from mltrain.train.metrics import param_count
+    from mltrain.model.flops import param_count
 
     body = Path(a.text).read_text(encoding="utf-8") if a.text else stand_in_text(a.chars)
     cut = int(len(body) * 0.9)  # the baseline's split: first 90% trains, last 10% validates

@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    from mltrain.train.metrics import flops_per_token
+    from mltrain.model.flops import flops_per_token
 
     s = settings(args)
     candidates = {v.name: v for v in variants_for(dataclasses.replace(s, variants=[])) if v.family == "mltrain"}

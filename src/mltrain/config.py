@@ -2,12 +2,15 @@
 
 Every model forbids unknown keys, so a typo is an error naming the key and the file instead
 of a silent default. Units live in names (`_s`, `_gib`). Cluster and fleet specs reuse
-`StrictModel` and `load_yaml_model` from here.
+`StrictModel` and `load_yaml_model` from here. `model.init_from` alone is a whole model: its shape
+is read from the Hugging Face directory's config.json when the run config is loaded.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -136,17 +139,6 @@ class ModelConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if (
-            isinstance(data, dict)
-            and data.get("init_from")
-            and data.get("preset") is None
-            and "hidden_size" not in data
-        ):
-            # No shape given: take it from the Hugging Face directory's config.json.
-            from mltrain.model.hf import load_hf_config
-
-            shape = load_hf_config(data["init_from"]).model_dump(exclude={"preset", "init_from"})
-            return {**shape, **data}
         if isinstance(data, dict) and data.get("preset") is not None:
             name = data["preset"]
             if name not in MODEL_PRESETS:
@@ -167,6 +159,116 @@ class ModelConfig(StrictModel):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.n_heads
+
+
+# --------------------------------------------------------------------------- model.init_from
+# A Hugging Face model directory read as a ModelConfig: a `model:` that names only `init_from` takes its
+# shape from there when the run config is loaded (load_run_config). Writing config.json on export, and
+# checking that a run's model fits a checkpoint's weights, live with the weights (mltrain.model.hf).
+
+HF_CONFIG_FILE = "config.json"
+HF_SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> architecture
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """The config.json of a local Hugging Face model directory, as a dict (ConfigError naming the file)."""
+    path = Path(path)
+    cfg_path = path / HF_CONFIG_FILE
+    if not path.is_dir():
+        raise ConfigError(f"{path}: Hugging Face model directory does not exist")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{cfg_path}: missing; a Hugging Face model dir needs config.json + *.safetensors") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{cfg_path}: unreadable: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg_path}: top level must be a JSON object")
+    return data
+
+
+def hf_config_to_model_config(data: Mapping[str, Any], source: str = HF_CONFIG_FILE) -> ModelConfig:
+    """Map an HF config dict (LlamaForCausalLM / Qwen2ForCausalLM) to a ModelConfig."""
+    model_type = data.get("model_type")
+    archs = data.get("architectures") or []
+    supported = ", ".join(f"{a} (model_type {t})" for t, a in HF_SUPPORTED.items())
+    if model_type not in HF_SUPPORTED:
+        raise ConfigError(
+            f"{source}: model_type {model_type!r} ({', '.join(archs) or 'no architectures'}) "
+            f"is not supported; supported: {supported}"
+        )
+    bad_archs = [a for a in archs if a not in HF_SUPPORTED.values()]
+    if bad_archs:
+        raise ConfigError(f"{source}: architectures {bad_archs} not supported; supported: {supported}")
+
+    def need(key: str) -> Any:
+        if data.get(key) is None:
+            raise ConfigError(f"{source}: {key}: required key is missing")
+        return data[key]
+
+    hidden, n_heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    problems = []
+    head_dim = data.get("head_dim")
+    if head_dim is not None and head_dim != hidden // n_heads:
+        problems.append(f"head_dim {head_dim} != hidden_size/num_attention_heads ({hidden // n_heads})")
+    if data.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {data['hidden_act']!r} (only 'silu')")
+    if data.get("mlp_bias"):
+        problems.append("mlp_bias true")
+    if model_type == "llama" and data.get("attention_bias"):
+        problems.append("attention_bias true (Llama puts a bias on o_proj too)")
+    if data.get("use_sliding_window"):
+        problems.append("use_sliding_window true")
+    if data.get("pretraining_tp", 1) not in (1, None):
+        problems.append(f"pretraining_tp {data['pretraining_tp']}")
+
+    # RoPE: transformers >= 5 writes `rope_parameters`; older configs `rope_theta` + `rope_scaling`.
+    rope = dict(data.get("rope_parameters") or {})
+    theta = rope.get("rope_theta", data.get("rope_theta", 10000.0))
+    scaling_src = data.get("rope_scaling") or rope
+    rope_type = scaling_src.get("rope_type", scaling_src.get("type", "default")) if scaling_src else "default"
+    rope_scaling = None
+    if rope_type == "llama3":
+        try:
+            rope_scaling = RopeScaling(
+                **{
+                    k: scaling_src[k]
+                    for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                }
+            )
+        except KeyError as e:
+            raise ConfigError(f"{source}: rope_scaling: llama3 needs {e.args[0]}") from None
+    elif rope_type not in ("default", None):
+        problems.append(f"rope_scaling type {rope_type!r} (only llama3)")
+    if problems:
+        raise ConfigError(f"{source}: unsupported {model_type} features: {'; '.join(problems)}")
+
+    bias = model_type == "qwen2"
+    try:
+        return ModelConfig(
+            vocab_size=need("vocab_size"),
+            hidden_size=hidden,
+            n_layers=need("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=data.get("num_key_value_heads") or n_heads,
+            ffn_hidden_size=need("intermediate_size"),
+            max_seq_len=data.get("max_position_embeddings") or 2048,
+            rope_theta=float(theta),
+            rope_scaling=rope_scaling,
+            norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+            qkv_bias=bias,
+            tie_embeddings=bool(data.get("tie_word_embeddings", False)),
+            init_std=float(data.get("initializer_range", 0.02)),
+        )
+    except ValueError as e:  # pydantic ValidationError is a ValueError
+        raise ConfigError(f"{source}: does not map to an mltrain model: {e}".replace("\n", " ")) from None
+
+
+def load_hf_config(path: str | Path) -> ModelConfig:
+    """ModelConfig of a local HF model directory (config.json of a Llama or Qwen2 causal LM)."""
+    path = Path(path)
+    cfg = hf_config_to_model_config(read_hf_config(path), str(path / HF_CONFIG_FILE))
+    return cfg.model_copy(update={"init_from": str(path)})
 
 
 # --------------------------------------------------------------------------- data
@@ -517,21 +619,58 @@ def load_yaml_model(path: str | Path, model_cls: type[M], overrides: list[str] |
     return validate_model(model_cls, data, str(path))
 
 
+def yaml_kind(data: dict[str, Any]) -> str | None:
+    """What kind of mltrain file a YAML mapping looks like, from its top-level keys (None: no idea). Used
+    only after a file failed to validate, to say "this is a run config" instead of nine unknown keys."""
+    keys = set(data)
+    if data.get("kind") == "eks":
+        return "an EKS spec"
+    if "models" in keys and isinstance(data.get("cluster"), dict):
+        return "a fleet file"
+    if "instance_type" in keys and keys & {"gpus_per_node", "slurm", "aws", "run_base_dir", "container", "venv"}:
+        return "a cluster spec"
+    if keys & {"model", "script", "train", "data", "checkpoint", "launch", "log", "base_dir"}:
+        return "a run config"
+    return None
+
+
+def refuse_other_kind(path: Path, data: dict[str, Any], want: str, takes: str) -> None:
+    """ConfigError "PATH is a run config; plan takes a fleet file" when `data` looks like another kind."""
+    kind = yaml_kind(data)
+    if kind is not None and kind != want:
+        raise ConfigError(f"{path} is {kind}; {takes}")
+
+
+def _shape_from_init_dir(data: dict[str, Any]) -> dict[str, Any]:
+    """`model:` with `init_from` and neither a preset nor a shape: the shape of that Hugging Face directory
+    (its config.json), every key given in the run config kept."""
+    model = data.get("model")
+    if (
+        isinstance(model, dict)
+        and model.get("init_from")
+        and model.get("preset") is None
+        and "hidden_size" not in model
+    ):
+        shape = load_hf_config(model["init_from"]).model_dump(exclude={"preset", "init_from"})
+        data["model"] = {**shape, **model}
+    return data
+
+
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """A run config; a fleet file or cluster spec given instead is one line saying so."""
+    path = Path(path)
     try:
-        return load_yaml_model(path, RunConfig, overrides)
+        data = apply_overrides(_read_yaml(path), overrides or [], str(path))
+        return validate_model(RunConfig, _shape_from_init_dir(data), str(path))
     except ConfigError:
-        from mltrain.cluster.fleet import refuse_other_kind
-
-        refuse_other_kind(Path(path), _read_yaml(Path(path)), "a run config", "this command takes a run config")
+        refuse_other_kind(path, _read_yaml(path), "a run config", "this command takes a run config")
         raise
 
 
 def dump_yaml(model: BaseModel) -> str:
     data = model.model_dump(mode="json")
     if isinstance(model, RunConfig) and model.script is None:
-        data.pop("script", None)  # built-in trainer runs dump as before script: existed
+        data.pop("script", None)  # a built-in trainer run: no script: key in its config.yaml
     elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)
         for key in ("model", "data", "train", "checkpoint"):
             if key not in model.model_fields_set:

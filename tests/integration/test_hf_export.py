@@ -109,7 +109,8 @@ def test_export_run_loads_in_transformers(trained_run, tmp_path):
 
 def test_export_run_step_choice_and_errors(trained_run, tmp_path, monkeypatch):
     from mltrain.config import load_run_config
-    from mltrain.model.hf import _run_tokenizer, build_model_from_hf, export_run
+    from mltrain.infer.export import _run_tokenizer, export_run
+    from mltrain.model.hf import build_model_from_hf
 
     run_dir, _, _ = trained_run
     out = export_run(run_dir, tmp_path / "s2", step=2, dtype="fp32")
@@ -148,7 +149,7 @@ def test_export_run_step_choice_and_errors(trained_run, tmp_path, monkeypatch):
 def test_export_says_which_step_and_why_newer_ones_were_skipped(trained_run, tmp_path, capsys):
     """A bit flip in the newest checkpoint (any size: every file is checksummed): export names it with
     the reason and uses the next older one."""
-    from mltrain.model.hf import export_run
+    from mltrain.infer.export import export_run
 
     run_dir = tmp_path / "ft"
     shutil.copytree(trained_run[0], run_dir)
@@ -187,7 +188,7 @@ def uneven_shard_check(rank, mesh, scratch):
     from safetensors.torch import save_file
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from mltrain.model.hf import _copy_into, _local_region
+    from mltrain.model.hf.load import _copy_into, _local_region
 
     full = torch.arange(20.0).view(5, 4)  # 5 rows over 2 ranks: 3 + 2
     if rank == 0:
@@ -205,7 +206,7 @@ def worker(rank, path, init, scratch):
     from torch.distributed.fsdp import fully_shard
 
     from mltrain.model import Transformer
-    from mltrain.model import hf
+    from mltrain.model.hf import load as hf
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     cfg = hf.load_hf_config(path)

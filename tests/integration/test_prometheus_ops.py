@@ -22,8 +22,8 @@ import pytest
 import yaml
 from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
-from mltrain.ops import prometheus as P
 from mltrain.ops.dashboard import load_dashboard, panel_queries, query_range, render_png
+from mltrain.telemetry import prometheus as P
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_CONFIG = ROOT / "configs" / "prometheus" / "prometheus.yml"

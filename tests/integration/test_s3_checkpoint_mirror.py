@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
-from mltrain.storage.mirror import remote_checkpoints
 from mltrain.storage.url import parse_s3_url
 from mltrain.train.metrics import read_metrics
+from mltrain.train.mirror import remote_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ def test_unreachable_mirror_fails_the_start_instead_of_training_from_scratch(tmp
     """Starting at step 0 because S3 was unreachable would later prune the good remote checkpoints."""
     from mltrain.config import CheckpointConfig
     from mltrain.errors import CheckpointError
-    from mltrain.storage.mirror import attach_checkpoint_mirror
     from mltrain.train.checkpoint import CheckpointManager
+    from mltrain.train.mirror import attach_checkpoint_mirror
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mltrain.storage.mirror import CheckpointMirror, remote_checkpoints, restore_latest
 from mltrain.storage.url import parse_s3_url
 from mltrain.train.checkpoint import MARKER, check_checkpoint, hash_files
+from mltrain.train.mirror import CheckpointMirror, remote_checkpoints, restore_latest
 
 
 def committed_checkpoint(run_dir: Path, step: int, files: dict[str, bytes]) -> Path:
@@ -48,7 +48,7 @@ def _attach(run_dir: Path, mirror: str) -> None:
     """The trainer's call on rank 0 of a one-process run (no process group), with the attributes it reads."""
     from types import SimpleNamespace
 
-    from mltrain.storage.mirror import attach_checkpoint_mirror
+    from mltrain.train.mirror import attach_checkpoint_mirror
 
     manager = SimpleNamespace(
         rank=0, root=run_dir / "checkpoints", keep_last=2, warn=lambda m: None, info=lambda m: None, on_commit=None

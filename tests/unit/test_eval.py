@@ -80,7 +80,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir: Path) -> Path:
-    from mltrain.model.hf import export_run
+    from mltrain.infer.export import export_run
 
     return export_run(run_dir, run_dir.parent.parent / "hf", dtype="fp32")
 

@@ -15,7 +15,7 @@ import pytest
 from mltrain.errors import ConfigError
 from mltrain.ops import health as H
 from mltrain.ops.checks import FAIL, PASS, SKIP, WARN, Check
-from mltrain.ops.nvml import GpuReading
+from mltrain.telemetry.nvml import GpuReading
 
 FAKE_NVML = str(Path(__file__).resolve().parents[1] / "fake_nvml")
 

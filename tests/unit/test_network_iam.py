@@ -13,7 +13,8 @@ pytest.importorskip("pcluster.schemas.cluster_schema", reason="aws-parallelclust
 
 from pydantic import ValidationError  # noqa: E402
 
-from mltrain.cluster.pcluster import render, validate  # noqa: E402
+from mltrain.cluster.pcluster import render  # noqa: E402
+from mltrain.cluster.pcluster_validate import validate  # noqa: E402
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec  # noqa: E402
 from mltrain.errors import ClusterError  # noqa: E402
 

@@ -34,7 +34,7 @@ def test_median_logic_flags_only_the_slow_gpu():
 
 
 def test_no_nvml_is_one_clean_skip_line():
-    from mltrain.ops.nvml import NvmlUnavailable, nvml
+    from mltrain.telemetry.nvml import NvmlUnavailable, nvml
 
     try:
         nvml()
@@ -174,7 +174,7 @@ def test_failed_hosts_skips_only_a_torn_record(tmp_path):
 # --------------------------------------------------------------------------- every FAIL/WARN rule, at its edge
 
 from mltrain.ops.health import CRITICAL_XIDS, HOT_C, gpu_checks, xid_checks  # noqa: E402
-from mltrain.ops.nvml import GpuReading  # noqa: E402
+from mltrain.telemetry.nvml import GpuReading  # noqa: E402
 
 
 def _reading(**kw) -> GpuReading:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from mltrain.ops.file_sd import targets_dir, write_job_targets, write_self_target
-from mltrain.ops.prometheus import restarts_in
-from mltrain.ops.trackers import numeric_fields
+from mltrain.telemetry.file_sd import targets_dir, write_job_targets, write_self_target
+from mltrain.telemetry.prometheus import restarts_in
+from mltrain.telemetry.trackers import numeric_fields
 from mltrain.train.metrics import MetricsWriter, read_metrics
 
 
@@ -86,7 +86,7 @@ def _cfg(tmp_path, **prom):
 def test_exporter_serves_the_records(tmp_path):
     import urllib.request
 
-    from mltrain.ops.prometheus import PrometheusExporter
+    from mltrain.telemetry.prometheus import PrometheusExporter
 
     cfg = _cfg(tmp_path)
     exp = PrometheusExporter(cfg.log.prometheus, cfg.run_dir, cfg.name, training=True)
@@ -116,7 +116,7 @@ def test_taken_port_is_a_warning_not_a_crash(tmp_path, capsys):
     import socket
     from types import SimpleNamespace
 
-    from mltrain.ops.instrument import open_sinks
+    from mltrain.telemetry.instrument import open_sinks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,7 +130,7 @@ def test_taken_port_is_a_warning_not_a_crash(tmp_path, capsys):
 
 
 def test_restart_gauge_reads_only_what_was_appended(tmp_path):
-    from mltrain.ops.prometheus import RestartCount
+    from mltrain.telemetry.prometheus import RestartCount
 
     count = RestartCount(tmp_path)
     assert count() == 0
@@ -166,7 +166,7 @@ def test_nvml_gauges_carry_each_gpus_own_labels_and_values(tmp_path, monkeypatch
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from mltrain.ops.prometheus import PrometheusExporter
+    from mltrain.telemetry.prometheus import PrometheusExporter
 
     fake = Path(__file__).resolve().parents[1] / "fake_nvml" / "pynvml.py"
     spec = importlib.util.spec_from_file_location("pynvml", fake)

@@ -18,16 +18,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mltrain.cluster.pcluster import (
-    dump_config,
-    flatten_messages,
-    render,
-    render_command,
-    schema_problems,
-    validate,
-    validate_command,
-    validate_report,
-)
+from mltrain.cluster.pcluster import dump_config, render, render_command, validate_command
+from mltrain.cluster.pcluster_validate import flatten_messages, schema_problems, validate, validate_report
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.errors import ClusterError
 

@@ -165,7 +165,7 @@ def test_activations_alone_too_big_says_what_to_change():
 
 def test_flops_per_token_matches_trainer_convention():
     from mltrain.config import ModelConfig
-    from mltrain.train.metrics import flops_per_token as trainer_fpt
+    from mltrain.model.flops import flops_per_token as trainer_fpt
 
     for preset in ("qwen2.5-0.5b", "llama3.2-1b", "llama3.1-8b"):
         cfg = ModelConfig(preset=preset)

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mltrain.cluster.plan_cli import fleet_submit_command, plan_command
+from mltrain.cluster.plan_cli import plan_command
 from mltrain.errors import ClusterError
+from mltrain.launch.fleet import fleet_submit_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SEVEN = ROOT / "configs" / "fleets" / "seven-models.yaml"

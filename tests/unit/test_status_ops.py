@@ -1,6 +1,6 @@
 """`status` and the operate records: straggler records from metrics.jsonl (line and `--json`), and the node a
 restart blamed (a failed health check, a node failure). Hand-written records in the formats the trainer
-(mltrain.ops.stragglers) and the batch script (restarts.jsonl) write; a fake Slurm client, as test_status.py.
+(mltrain.telemetry.stragglers) and the batch script (restarts.jsonl) write; a fake Slurm client, as test_status.py.
 The same on a real run: tests/integration/test_ops_stragglers.py and test_slurm_health.py.
 """
 

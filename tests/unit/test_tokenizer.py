@@ -106,7 +106,7 @@ def test_shakespeare_char_recipe_prepares_from_the_generated_stand_in(tmp_path: 
 
     import yaml
 
-    from mltrain.train.metrics import param_count
+    from mltrain.model.flops import param_count
 
     root = Path(__file__).resolve().parents[2]
     subprocess.run(

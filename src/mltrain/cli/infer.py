@@ -37,7 +37,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="replace an existing export directory")] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face model directory (config, safetensors, tokenizer)."""
-    from mltrain.model.hf import export_run
+    from mltrain.infer.export import export_run
     from mltrain.rundir import resolve_run
 
     builtin_only(resolve_run(run) / "config.yaml", "mltrain export")

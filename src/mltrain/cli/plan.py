@@ -45,6 +45,6 @@ def fleet_submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the scripts, submit nothing")] = False,
 ) -> None:
     """Submit one Slurm job per model of the fleet, each with its planned node count."""
-    from mltrain.cluster.plan_cli import fleet_submit_command
+    from mltrain.launch.fleet import fleet_submit_command
 
     fleet_submit_command(fleet_yaml, cluster, dry_run=dry_run, console=console)

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mltrain.cluster.pcluster import dump_config, render, validate_report
+from mltrain.cluster.pcluster import dump_config, render
+from mltrain.cluster.pcluster_validate import validate_report
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.errors import ClusterError
 from mltrain.fsutil import atomic_write

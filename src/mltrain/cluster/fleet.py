@@ -13,7 +13,15 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mltrain.cluster.catalog import InstanceType
-from mltrain.config import MODEL_PRESETS, ModelConfig, StrictModel, _read_yaml, apply_overrides, validate_model
+from mltrain.config import (
+    MODEL_PRESETS,
+    ModelConfig,
+    StrictModel,
+    _read_yaml,
+    apply_overrides,
+    refuse_other_kind,
+    validate_model,
+)
 from mltrain.errors import ConfigError
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -127,28 +135,6 @@ class Fleet(StrictModel):
             if any(n <= 0 for n in self.seed_split):
                 raise ValueError("seed_split entries must be > 0")
         return self
-
-
-def yaml_kind(data: dict[str, Any]) -> str | None:
-    """What kind of mltrain file a YAML mapping looks like, from its top-level keys (None: no idea). Used
-    only after a file failed to validate, to say "this is a run config" instead of nine unknown keys."""
-    keys = set(data)
-    if data.get("kind") == "eks":
-        return "an EKS spec"
-    if "models" in keys and isinstance(data.get("cluster"), dict):
-        return "a fleet file"
-    if "instance_type" in keys and keys & {"gpus_per_node", "slurm", "aws", "run_base_dir", "container", "venv"}:
-        return "a cluster spec"
-    if keys & {"model", "script", "train", "data", "checkpoint", "launch", "log", "base_dir"}:
-        return "a run config"
-    return None
-
-
-def refuse_other_kind(path: Path, data: dict[str, Any], want: str, takes: str) -> None:
-    """ConfigError "PATH is a run config; plan takes a fleet file" when `data` looks like another kind."""
-    kind = yaml_kind(data)
-    if kind is not None and kind != want:
-        raise ConfigError(f"{path} is {kind}; {takes}")
 
 
 def load_fleet(path: str | Path, overrides: list[str] | None = None) -> Fleet:

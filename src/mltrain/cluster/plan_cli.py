@@ -1,5 +1,5 @@
-"""`mltrain plan` and `mltrain fleet submit`: the plan as a table (or JSON/YAML), and one Slurm job
-per model with its planned node count."""
+"""`mltrain plan`: the fleet's plan as a table (or JSON/YAML). `mltrain fleet submit` submits it
+(mltrain.launch.fleet)."""
 
 from __future__ import annotations
 
@@ -157,47 +157,3 @@ def plan_command(
     else:
         print_plan(plan, console)
     return plan
-
-
-def fleet_submit_command(
-    fleet_yaml: Path, cluster_yaml: Path, dry_run: bool = False, console: Console | None = None
-) -> list[object]:
-    """`mltrain fleet submit`: plan, then one `submit_run` per model with its node count."""
-    from mltrain.cluster.spec import load_cluster_spec
-
-    console = console or Console()
-    fleet = load_fleet(fleet_yaml)
-    missing = [m.name for m in fleet.models if not m.run_config]
-    if missing:
-        raise ClusterError(
-            f"{fleet_yaml}: models.run_config is missing for {', '.join(missing)} "
-            "(fleet submit needs a run YAML per model)"
-        )
-    spec = load_cluster_spec(cluster_yaml)
-    if spec.instance_type != fleet.cluster.instance_type:
-        raise ClusterError(
-            f"{cluster_yaml}: instance_type {spec.instance_type} differs from the fleet's "
-            f"{fleet.cluster.instance_type} ({fleet_yaml})"
-        )
-    plan = plan_fleet(fleet)
-    if plan.totals.nodes_used > spec.nodes:
-        raise ClusterError(f"{cluster_yaml}: nodes {spec.nodes} < the {plan.totals.nodes_used} nodes the plan uses")
-    try:
-        from mltrain.launch.slurm import submit_run
-    except ImportError as e:
-        raise ClusterError(f"the Slurm launcher is not available (mltrain.launch.slurm.submit_run): {e}") from None
-    results = []
-    for m, p in zip(fleet.models, plan.models, strict=True):
-        console.print(f"[bold]{m.name}[/]: {p.nodes} nodes, ~{p.days:.2f} days ({m.run_config})", highlight=False)
-        results.append(
-            submit_run(
-                Path(m.run_config),
-                cluster_yaml,
-                overrides=[],
-                nodes=p.nodes,
-                time=None,
-                dry_run=dry_run,
-                console=console,
-            )
-        )
-    return results

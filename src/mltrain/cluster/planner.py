@@ -68,7 +68,7 @@ class ModelShape:
 
 def shape_from_config(cfg: ModelConfig) -> ModelShape:
     """Analytic counts from an architecture (the trainer's own formulas, mltrain.train.metrics)."""
-    from mltrain.train.metrics import matmul_params, param_count
+    from mltrain.model.flops import matmul_params, param_count
 
     d = cfg.hidden_size
     emb = cfg.vocab_size * d

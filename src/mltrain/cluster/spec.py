@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mltrain.cluster.catalog import InstanceType
-from mltrain.config import StrictModel, _read_yaml, load_yaml_model
+from mltrain.config import StrictModel, _read_yaml, load_yaml_model, refuse_other_kind
 from mltrain.errors import ConfigError
 from mltrain.slurm_time import parse_slurm_time
 
@@ -177,8 +177,6 @@ def load_cluster_spec(path: str | Path, overrides: list[str] | None = None) -> C
     try:
         return load_yaml_model(path, ClusterSpec, overrides)
     except ConfigError:
-        from mltrain.cluster.fleet import refuse_other_kind
-
         path = Path(path)
         data = _read_yaml(path)
         refuse_other_kind(
@@ -188,8 +186,8 @@ def load_cluster_spec(path: str | Path, overrides: list[str] | None = None) -> C
 
 
 # --------------------------------------------------------------------------- EKS (Kubernetes)
-# A separate model with `kind: eks`, read by the `mltrain k8s` commands only, so the ParallelCluster
-# spec above stays as it is. See docs/kubernetes.md.
+# A model of its own (`kind: eks`), read by the `mltrain k8s` commands only: a node group, an image, a
+# namespace and volumes instead of Slurm queues and mounts. See docs/kubernetes.md.
 
 # A registry reference as `docker pull` takes it: [host[:port]/]path[:tag][@sha256:digest].
 _IMAGE_REF = re.compile(

@@ -70,7 +70,7 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     started = time.time()
     nproc = _fit_to_gpus(nproc, cfg.train.device)
     from mltrain import lease
-    from mltrain.train.trainer import precheck
+    from mltrain.train.start_checks import precheck
 
     precheck(cfg)  # fail once, with one line, before anything is written or N workers start
     held = lease.acquire_lease(cfg.run_dir, job_id=os.environ.get("SLURM_JOB_ID"), data_dir=cfg.data.dir, say=_say)

@@ -478,24 +478,18 @@ def submit_run(
 
 
 def precheck_submission(sub: Submission) -> None:
-    """What would make the job fail seconds after it starts, refused before sbatch: the trainer's own prechecks
-    (data manifest, tokenizer vocab, init_from, run-dir compatibility) and a live run-dir lease."""
-    if sub.cfg.script is None:  # a script run: its script was resolved by prepare_submission; the rest is its own
-        from mltrain.train.trainer import precheck
+    """What would make the job fail seconds after it starts, refused before sbatch: the start checks
+    (mltrain.train.start_checks: data manifest, tokenizer vocab, init_from, run-dir compatibility) and a
+    live run-dir lease."""
+    from mltrain.train.start_checks import check_lease_free, precheck
 
+    if sub.cfg.script is None:  # a script run: its script was resolved by prepare_submission; the rest is its own
         try:
             precheck(sub.cfg)  # raises DataError / RunDirError / ConfigError with one line
         except DataError as e:  # e.g. no prepared data: refused like the config errors beside it
             e.exit_code = 2
             raise
-    try:
-        from mltrain.lease import lease_holder  # type: ignore[import-not-found]  (branch i9-lease)
-    except ImportError:
-        return
-    holder = lease_holder(sub.run_dir)
-    if holder:
-        who = ", ".join(f"{k} {v}" for k, v in holder.items() if k in ("host", "pid", "job_id") and v)
-        raise RunDirError(f"{sub.run_dir}: in use by a running trainer ({who or holder}); stop it first")
+    check_lease_free(sub.run_dir)
 
 
 def log_files(run_dir: Path, job_id: str | None = None) -> list[Path]:

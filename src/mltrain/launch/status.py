@@ -88,7 +88,7 @@ class RunStatus:
     ckpt_age_s: float | None = None
     explanation: str = ""
     notes: list[str] = field(default_factory=list)
-    stragglers: int = 0  # straggler records in metrics.jsonl (mltrain.ops.stragglers)
+    stragglers: int = 0  # straggler records in metrics.jsonl (mltrain.telemetry.stragglers)
     last_straggler: dict[str, Any] | None = None
 
 

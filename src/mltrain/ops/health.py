@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from mltrain.ops.checks import FAIL, PASS, SKIP, WARN, Check, worst
-from mltrain.ops.nvml import HW_THROTTLE, GpuReading, NvmlUnavailable, nvml, read_gpus, xid_events
+from mltrain.telemetry.nvml import HW_THROTTLE, GpuReading, NvmlUnavailable, nvml, read_gpus, xid_events
 
 DEFAULT_TOLERANCE = 0.10  # a GPU more than 10% below the node median fails the burn-in
 HOT_C = 85.0  # warn at this temperature when the GPU has no slowdown threshold of its own

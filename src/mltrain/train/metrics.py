@@ -1,10 +1,7 @@
-"""Training FLOPs, MFU and the metrics sinks (metrics.jsonl + TensorBoard + pluggable ones).
+"""MFU and the metrics sinks (metrics.jsonl + TensorBoard + pluggable ones).
 
-FLOPs per token (forward + backward), the PaLM / torchtitan convention:
-    6 * N  +  12 * L * H * Q * T
-N: parameters that take part in matmuls: every parameter except the embedding lookup, plus the
-output head (so a tied head counts once, as a matmul). L layers, H heads, Q head dim, T sequence
-length; the second term is the attention score and value matmuls (not in N).
+MFU = achieved training FLOP/s over the devices' bf16 peak, with the FLOPs per token of
+mltrain.model.flops.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from mltrain.config import ModelConfig
-
 # Dense bf16 tensor-core peak per device, FLOP/s (vendor data sheets, no sparsity).
 PEAK_BF16_FLOPS: dict[str, float] = {
     "H100": 989.4e12,
@@ -29,34 +24,6 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "A10G": 70e12,  # no official figure for AWS's A10G; third-party, same as the cluster catalog
     "L4": 121e12,
 }
-
-
-def param_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
-    """Analytic parameter count (no model needed: planning, MFU, checks against a built model).
-
-    include_embedding=False drops the token-embedding table only; an untied output head stays
-    (it is a real matmul per token). With tied embeddings the shared matrix is dropped once.
-    """
-    d, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
-    attn = 2 * d * d + 2 * d * kv + ((d + 2 * kv) if cfg.qkv_bias else 0)
-    per_layer = attn + 3 * d * cfg.ffn_hidden_size + 2 * d  # attention, SwiGLU, two norms
-    n = cfg.n_layers * per_layer + d  # + final norm
-    if include_embedding:
-        n += cfg.vocab_size * d
-    if not cfg.tie_embeddings:
-        n += cfg.vocab_size * d
-    return n
-
-
-def matmul_params(cfg: ModelConfig) -> int:
-    """N of the FLOPs formula: all parameters but the embedding lookup, plus the output head."""
-    tied_head = cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0
-    return param_count(cfg, include_embedding=False) + tied_head
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs for one token: 6N + 12*L*H*Q*T (see module docstring)."""
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
 def device_peak_flops(device_name: str | None) -> float | None:
@@ -78,7 +45,7 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak_flops: float | None, n_d
 
 
 class Sink(Protocol):
-    """Somewhere records go besides metrics.jsonl: Prometheus, MLflow, W&B (mltrain.ops.sinks)."""
+    """Somewhere records go besides metrics.jsonl: Prometheus, MLflow, W&B (mltrain.telemetry)."""
 
     def write(self, record: dict[str, Any]) -> None: ...
 

@@ -23,7 +23,8 @@ from mltrain import exit_codes, rundir
 from mltrain.config import RunConfig, dump_yaml
 from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
-from mltrain.ops.instrument import instrument
+from mltrain.model.flops import flops_per_token, matmul_params
+from mltrain.telemetry.instrument import instrument
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
@@ -31,14 +32,12 @@ from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchd
 from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize
+from mltrain.train.start_checks import flatten, precheck
 
 # Distributed workers never destroy their trainer: DDP's Reducer destructor runs ~ProcessGroupGloo in
 # the thread holding the GIL, which joins a gloo thread waiting for the GIL (a deadlock seen here ~1 run
 # in 7). Workers keep it here and leave with os._exit once their files are closed (launch/local.py).
 _KEEPALIVE: list[object] = []
-
-# Config sections that must not change under an existing run dir (they change what the weights mean).
-_FROZEN_KEYS = ("model", "data.dir", "data.tokenizer", "train.seq_len")
 
 
 def _log(info: DistInfo, msg: str) -> None:
@@ -46,51 +45,11 @@ def _log(info: DistInfo, msg: str) -> None:
         print(f"[mltrain] {msg}", flush=True)
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
-def check_run_dir(cfg: RunConfig) -> None:
-    """Refuse a run dir written by a config whose model, data or sequence length differ."""
-    import yaml
-
-    path = cfg.run_dir / rundir.CONFIG_FILE
-    if not path.exists():
-        return
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f"{path}: unreadable ({e}); move the run dir away or pick a new run name") from None
-    new = cfg.model_dump(mode="json")
-    diffs = []
-    for key in _FROZEN_KEYS:
-        a, b = _flatten(_get(old, key), key), _flatten(_get(new, key), key)
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                diffs.append(f"{k}: run dir has {a.get(k)!r}, config has {b.get(k)!r}")
-    if diffs:
-        raise RunDirError(
-            f"{cfg.run_dir} was written by an incompatible config ({'; '.join(diffs[:5])}); "
-            "use a new run name, or restore the original values"
-        )
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     """{dotted key: [old, new]} for every setting both configs have and that differs, in config order.
 
     A key only one side has (a setting added to mltrain since) is left out: its value then is unknown."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return {k: [a[k], b[k]] for k in b if k in a and a[k] != b[k]}
 
 
@@ -144,39 +103,6 @@ def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, i
 
 def write_config(cfg: RunConfig) -> None:
     atomic_write(cfg.run_dir / rundir.CONFIG_FILE, dump_yaml(cfg))
-
-
-def precheck(cfg: RunConfig) -> Any:
-    """Everything that can be wrong before a GPU is touched. Returns the data manifest."""
-    from mltrain.data.manifest import MANIFEST_FILE
-    from mltrain.data.validate import check_manifest_consistency
-
-    manifest_path = Path(cfg.data.dir) / MANIFEST_FILE
-    if not manifest_path.exists():
-        raise DataError(f"{manifest_path}: no prepared data; run `mltrain data prepare <run.yaml>` first")
-    manifest = check_manifest_consistency(cfg.data.dir)  # loads it, checks shard headers and sizes
-    if manifest.vocab_size > cfg.model.vocab_size:
-        raise DataError(
-            f"{manifest_path}: tokenizer vocab {manifest.vocab_size} is larger than "
-            f"model.vocab_size {cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer"
-        )
-    check_run_dir(cfg)
-    _verify_data_once(cfg, manifest)
-    if cfg.model.init_from:
-        from mltrain.model.hf import check_hf_matches
-
-        check_hf_matches(cfg.model, cfg.model.init_from)  # reads config + file list, no weights
-    return manifest
-
-
-def _verify_data_once(cfg: RunConfig, manifest: Any) -> None:
-    """Full sha256 + id-range check of every shard the first time this run uses it (recorded in the
-    run dir: later starts, and the second call from the launcher's precheck, pay nothing)."""
-    from mltrain.data.verify import verify_shards_once
-
-    checked = verify_shards_once(cfg.data.dir, manifest, cfg.run_dir, cfg.model.vocab_size)
-    if checked:
-        print(f"[mltrain] verified {len(checked)} data shard(s) against the manifest (sha256, id range)", flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -237,7 +163,7 @@ class Trainer:
             info=lambda m: _log(info, m),
         )
         if cfg.checkpoint.mirror:  # pull the newest remote checkpoint when none is local; mirror new ones
-            from mltrain.storage.mirror import attach_checkpoint_mirror
+            from mltrain.train.mirror import attach_checkpoint_mirror
 
             attach_checkpoint_mirror(self.ckpt, cfg.checkpoint)
         resume = self.ckpt.latest() if cfg.checkpoint.resume else None
@@ -268,7 +194,7 @@ class Trainer:
         self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
         self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if resume is None and cfg.model.init_from:
-            from mltrain.model.hf import load_hf_weights
+            from mltrain.model.hf.load import load_hf_weights
 
             # After sharding: under FSDP each rank reads only its slice of every tensor from the files.
             load_hf_weights(self.model, cfg.model.init_from, show_progress=info.is_main)
@@ -281,7 +207,7 @@ class Trainer:
         n_dev = info.world_size if info.device.type == "cuda" else 0
         self.peak = M.device_peak_flops(torch.cuda.get_device_name(info.device)) if n_dev else None
         self.n_devices = n_dev
-        self.flops_per_token = M.flops_per_token(cfg.model, tc.seq_len)
+        self.flops_per_token = flops_per_token(cfg.model, tc.seq_len)
         self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * info.world_size
 
     def _report_config_changes(self, step: int, state: dict[str, Any]) -> None:
@@ -642,7 +568,7 @@ def run_training(cfg: RunConfig) -> int:
                     "world_size": info.world_size,
                     "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                     "job_id": os.environ.get("SLURM_JOB_ID"),
-                    "params": M.matmul_params(cfg.model),
+                    "params": matmul_params(cfg.model),
                     "flops_per_token": trainer.flops_per_token,
                     **({"config_changes": trainer.config_changes} if trainer.config_changes else {}),
                 }
@@ -653,7 +579,7 @@ def run_training(cfg: RunConfig) -> int:
             f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
             f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}",
         )
-        instrument(trainer, writer, cfg)  # metrics sinks, data-wait/checkpoint timing, stragglers (mltrain.ops)
+        instrument(trainer, writer, cfg)  # metrics sinks, data-wait/checkpoint timing, stragglers (mltrain.telemetry)
         watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
         stats = LoopStats(trainer.step)
         reason = train_loop(trainer, writer, stop, watchdog, fault, stats)
@@ -684,7 +610,7 @@ def run_training(cfg: RunConfig) -> int:
         if writer:
             writer.close()
         if cfg.checkpoint.mirror:  # the last checkpoint leaves the node before the process does
-            from mltrain.storage.mirror import wait_for_uploads
+            from mltrain.train.mirror import wait_for_uploads
 
             wait_for_uploads()
         if held is not None:

@@ -1,7 +1,7 @@
 """Prometheus exporter for a training run (needs the `prometheus` extra: prometheus-client).
 
 Every node's local rank 0 serves /metrics. The global rank 0 also exports the trainer's records
-(it receives every record through MetricsWriter, see mltrain.ops.sinks). GPU gauges use
+(it receives every record through MetricsWriter, see mltrain.telemetry.instrument). GPU gauges use
 dcgm-exporter's names and units so dashboards built for DCGM keep working; labels are gpu, UUID and
 device as dcgm-exporter's, plus model_name and hostname (dcgm-exporter spells those modelName and
 Hostname, which `promtool check metrics` rejects as camelCase). Read from NVML at scrape time.
@@ -101,7 +101,7 @@ class NvmlCollector:
     """Per-GPU gauges read from NVML at scrape time (a custom prometheus-client collector)."""
 
     def __init__(self, host: str) -> None:
-        from mltrain.ops.nvml import nvml
+        from mltrain.telemetry.nvml import nvml
 
         self.nv = nvml()  # raises NvmlUnavailable: the caller goes on without GPU metrics
         self.host = host
@@ -109,7 +109,7 @@ class NvmlCollector:
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        from mltrain.ops.nvml import read_gpus
+        from mltrain.telemetry.nvml import read_gpus
 
         gpus = read_gpus(self.nv)
         for name, (help_text, attr) in DCGM_FIELDS.items():
@@ -140,7 +140,7 @@ class PrometheusExporter:
             self.stragglers = Counter("mltrain_stragglers", "straggler events logged", registry=self.registry)
             self.gauges["mltrain_restarts"].set_function(RestartCount(run_dir))
         if cfg.gpu_metrics:
-            from mltrain.ops.nvml import NvmlUnavailable
+            from mltrain.telemetry.nvml import NvmlUnavailable
 
             try:
                 self.registry.register(NvmlCollector(self.host))
@@ -149,7 +149,7 @@ class PrometheusExporter:
         self.server, self.thread = start_http_server(cfg.port, addr=cfg.addr, registry=self.registry)
         self.port = self.server.server_port
         target_host = self.host if cfg.addr in ("0.0.0.0", "::", "") else cfg.addr
-        from mltrain.ops.file_sd import write_self_target
+        from mltrain.telemetry.file_sd import write_self_target
 
         self.target_file = write_self_target(run_dir, run_name, target_host, self.port)
 

@@ -1,5 +1,5 @@
-"""What the trainer refuses before touching a GPU: missing data, a too-large tokenizer, a run dir
-written by an incompatible config."""
+"""What a run is refused before it starts (train, submit, the trainer's own start): missing data, a
+too-large tokenizer, a run dir written by an incompatible config."""
 
 import re
 from pathlib import Path
@@ -9,7 +9,8 @@ from tests.helpers import tiny_run_config
 
 from mltrain.config import RunConfig
 from mltrain.errors import DataError, RunDirError
-from mltrain.train.trainer import check_run_dir, precheck, write_config
+from mltrain.train.start_checks import check_run_dir, precheck
+from mltrain.train.trainer import write_config
 
 
 def cfg_for(tmp_path: Path, data_dir: Path, **model) -> RunConfig:

@@ -44,7 +44,7 @@ def open_sinks(cfg: Any, info: Any, writer: Any) -> Any:
     exporter = None
     if log.prometheus.enabled and info.local_rank == 0:
         try:
-            from mltrain.ops.prometheus import PrometheusExporter
+            from mltrain.telemetry.prometheus import PrometheusExporter
 
             exporter = PrometheusExporter(log.prometheus, cfg.run_dir, cfg.name, training=writer is not None)
             if info.is_main:
@@ -66,7 +66,7 @@ def open_sinks(cfg: Any, info: Any, writer: Any) -> Any:
         if not enabled:
             continue
         try:
-            from mltrain.ops import trackers
+            from mltrain.telemetry import trackers
 
             writer.add_sink(getattr(trackers, factory)(cfg))
         except ImportError:
@@ -119,6 +119,6 @@ def instrument(trainer: Any, writer: Any, cfg: Any) -> None:
 
     every = cfg.log.stragglers.every_steps
     if every and info.world_size > 1 and not cfg.train.compile:  # Python-timing hooks would break compiled graphs
-        from mltrain.ops.stragglers import StragglerMonitor
+        from mltrain.telemetry.stragglers import StragglerMonitor
 
         _KEEP.append(StragglerMonitor(trainer, writer, every, cfg.log.stragglers.threshold))
