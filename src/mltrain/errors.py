@@ -1,4 +1,4 @@
-"""Typed errors. Library code raises these; only cli.py turns them into exit codes and one line."""
+"""Typed errors. Library code raises these; only cli/ turns them into exit codes and one line."""
 
 from __future__ import annotations
 

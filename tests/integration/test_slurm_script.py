@@ -129,7 +129,7 @@ def test_script_run_passes_sbatch_test_only(work: Work) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers is not installed")
 def test_hf_trainer_usr1_checkpoint_requeue_resume(work: Work) -> None:
-    """The README's commands: mltrain submit examples/hf_trainer/run.yaml; scancel --batch --signal=USR1 JOB."""
+    """The commands of docs/own-script.md: mltrain submit examples/hf_trainer/run.yaml; scancel --batch --signal=USR1 JOB."""
     args = '["--max_steps", "14", "--save_steps", "100", "--slow_step_s", "0.3", "--model", "qwen2"]'
     job, run = work.submit(EXAMPLE / "run.yaml", "name=hfslurm", f"script.args={args}")
     deadline = time.monotonic() + 180
