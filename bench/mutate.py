@@ -75,8 +75,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "planner": ("src/mltrain/cluster/planner.py", ["tests/unit/test_plan.py"]),
 }
 # What the tests read besides src/ and tests/ (relative to the repo root), linked into each work dir.
-LINKED = ["src", "tests", "configs", "examples"]
-ALSO_COPY = ["configs", "examples"]
+LINKED = ["src", "tests", "configs", "examples", "scripts"]
+ALSO_COPY = ["configs", "examples", "scripts"]
 
 
 def tests_of(name: str) -> list[str]:

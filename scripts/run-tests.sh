@@ -12,7 +12,9 @@ trap 'rm -f "$log"' EXIT
 
 "$PY" -m pytest -q -m slurm "$@" >"$log" 2>&1 &
 slurm_pid=$!
-"$PY" -m pytest -q -m "not slurm" -n 2 "$@" 2>&1 | tee "$log.rest"
+# --maxschedchunk 1: each worker takes the next test when it is free (slow ones are collected first, see
+# tests/conftest.py), so the two workers end together instead of one running a chunk of slow tests alone
+"$PY" -m pytest -q -m "not slurm" -n 2 --maxschedchunk 1 "$@" 2>&1 | tee "$log.rest"
 rest_rc=${PIPESTATUS[0]}
 wait "$slurm_pid"
 slurm_rc=$?

@@ -22,9 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that launch torchrun (`slow`, a minute or two each) run first, the rest after them in their
-    own order: pytest-xdist hands tests out in collection order, so a slow test collected last would run
-    alone on one core at the end while the other worker sits idle (that tail cost minutes of `make test`)."""
+    """The tests that launch torchrun (`slow`, up to two minutes each) run first, the rest after them in their
+    own order: scripts/run-tests.sh has pytest-xdist hand out one test at a time in collection order, so the
+    long ones are spread over both workers and no slow test runs alone on one core at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
