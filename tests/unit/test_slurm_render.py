@@ -21,7 +21,7 @@ from mltrain.cluster.spec import load_cluster_spec
 from mltrain.config import load_run_config
 from mltrain.errors import ConfigError, LaunchError
 from mltrain.launch import nccl_env
-from mltrain.launch.slurm import prepare_submission, render_sbatch, submit_run
+from mltrain.launch.slurm import install_batch_helper, prepare_submission, render_sbatch, submit_run
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "sbatch"
@@ -254,6 +254,7 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
     env.pop("SLURM_RESTART_COUNT", None) if not attempt else None
     # stdout and stderr go where Slurm puts them (--output/--error): the script reads its own .out and .err
     (run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    install_batch_helper(run_dir)  # as `mltrain submit` does: the script's decisions and records run from there
     with open(run_dir / "slurm" / "7.out", "a") as out, open(run_dir / "slurm" / "7.err", "a") as err:
         p = subprocess.run(["bash", "-c", script], env=env, stdout=out, stderr=err, timeout=60)
     _stop_detached_helpers(log)
