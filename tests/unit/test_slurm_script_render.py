@@ -131,7 +131,7 @@ def test_cli_submit_accepts_the_example_script_run(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert p.returncode == 0, p.stderr  # before: refused ("script runs: coming")
+    assert p.returncode == 0, p.stderr
     assert f"-m mltrain.launch.script {EXAMPLE / 'train.py'} --max_steps 60 --save_steps 20 &" in p.stdout
 
 
@@ -228,7 +228,7 @@ def test_submit_script_option_generates_the_run_config(tmp_path: Path) -> None:
     p = subprocess.run(
         [*cmd, "--dry-run", "--", "--max_steps", "5", "--lr", "0.1"], cwd=work, capture_output=True, text=True
     )
-    assert p.returncode == 0, p.stderr  # before: refused ("script runs: coming")
+    assert p.returncode == 0, p.stderr
     assert "#SBATCH --job-name=my_train\n" in p.stdout and f"export MLTRAIN_SCRIPT_WORKDIR={work}\n" in p.stdout
     assert f"-m mltrain.launch.script {work / 'my_train.py'} --max_steps 5 --lr 0.1 &\n" in p.stdout
     assert sorted(x.name for x in work.iterdir()) == ["my_train.py"]
@@ -239,8 +239,8 @@ def test_submit_script_option_generates_the_run_config(tmp_path: Path) -> None:
 
 
 def test_submit_without_script_still_rejects_typos(tmp_path: Path) -> None:
-    """Unknown options are let through for --script's ARGS; without --script a typo used to read
-    "give one RUN_YAML" instead of naming the option."""
+    """Unknown options are let through for --script's ARGS; without --script a typo is named as an unknown
+    option (not "give one RUN_YAML")."""
     run = tmp_path / "run.yaml"
     run.write_text("name: r\nscript: {path: t.py}\n")
     (tmp_path / "t.py").write_text("")
