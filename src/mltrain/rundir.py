@@ -17,15 +17,15 @@ Layout (same on a laptop, on FSx Lustre, mirrored to S3):
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from mltrain import checkpoint_rule
 from mltrain.errors import RunDirError
 
 RUNS_DIR = "runs"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = checkpoint_rule.CHECKPOINTS_DIR
 CONTROL_DIR = "control"
 STOP_FILE = "control/stop"
 EXIT_REASON_FILE = "control/exit_reason"
@@ -34,8 +34,8 @@ RESTARTS_FILE = "restarts.jsonl"
 HANGS_DIR = "hangs"
 SLURM_DIR = "slurm"
 REPORT_FILE = "report.png"
-CHECKPOINT_MARKER = "COMMITTED"  # written last into checkpoints/step_NNNNNNNN/: the checkpoint is complete
-STEP_DIR_RE = re.compile(r"^step_(\d{8})$")
+CHECKPOINT_MARKER = checkpoint_rule.MARKER  # written last into checkpoints/step_NNNNNNNN/: the checkpoint is complete
+STEP_DIR_RE = checkpoint_rule.STEP_DIR_RE
 
 
 def default_base(base_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -75,13 +75,4 @@ def read_exit_reason(run_dir: Path) -> str | None:
 def committed_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, dir) of the checkpoints that carry their commit marker, oldest first. A light look at the
     names only (status, metrics, launchers); train/checkpoint.py verifies the contents before a resume."""
-    try:
-        entries = list((Path(run_dir) / CHECKPOINTS_DIR).iterdir())
-    except OSError:
-        return []
-    found = []
-    for p in entries:
-        m = STEP_DIR_RE.match(p.name)
-        if m and (p / CHECKPOINT_MARKER).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return checkpoint_rule.committed_checkpoints(run_dir)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -25,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mltrain import exit_codes, rundir
+from mltrain import checkpoint_rule, exit_codes, rundir
+from mltrain.checkpoint_rule import checkpoint_step as checkpoint_step  # the scripts' checkpoint rule, re-exported
+from mltrain.checkpoint_rule import is_complete_checkpoint as is_complete_checkpoint
 from mltrain.fsutil import atomic_write
 
 ENV_RUN_DIR = "MLTRAIN_RUN_DIR"
@@ -33,10 +34,7 @@ ENV_RUN_NAME = "MLTRAIN_RUN_NAME"
 ENV_CHECKPOINT_DIR = "MLTRAIN_CHECKPOINT_DIR"
 ENV_RESUME_FROM = "MLTRAIN_RESUME_FROM"  # newest complete checkpoint when the launcher started the script
 STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
-CHECKPOINT_COMPLETE = "MLTRAIN_COMPLETE"  # written into a checkpoint dir once it is whole (hf_trainer)
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_CKPT_NAME = re.compile(r"^(?:checkpoint-|step_|global_step)(\d+)$")
+CHECKPOINT_COMPLETE = checkpoint_rule.SCRIPT_MARKER  # written into a checkpoint dir once it is whole (hf_trainer)
 
 _signalled: str | None = None
 _lock = threading.Lock()
@@ -138,56 +136,11 @@ def exit_for_requeue() -> NoReturn:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a checkpoint directory named checkpoint-N (HF Trainer), step_N or global_stepN."""
-    m = _CKPT_NAME.match(path.name)
-    return int(m.group(1)) if m else None
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint is complete when the script could resume from it.
-
-    - our marker MLTRAIN_COMPLETE (the HF callback writes it last, after the Trainer saved), or mltrain's
-      own COMMITTED marker, is proof;
-    - otherwise (a checkpoint saved without the callback) an HF Trainer checkpoint is complete when
-      trainer_state.json parses with the dir's step (the Trainer writes it after the weights, optimizer and
-      RNG states) and weights are present (safetensors/bin, a complete sharded index, or DeepSpeed's
-      global_stepN/ directory).
-    """
-    if not path.is_dir():
-        return False
-    if (path / CHECKPOINT_COMPLETE).is_file() or (path / "COMMITTED").is_file():
-        return True
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    step = checkpoint_step(path)
-    if step is not None and isinstance(state, dict) and state.get("global_step") not in (None, step):
-        return False
-    if any((path / w).is_file() for w in _WEIGHTS):
-        return True
-    for index in _WEIGHT_INDEXES:
-        try:
-            shards = set(json.loads((path / index).read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        return all((path / s).is_file() for s in shards)
-    return any(p.is_dir() and p.name.startswith("global_step") for p in path.iterdir())
-
-
 def latest_checkpoint(directory: str | os.PathLike[str] | None = None) -> str | None:
     """The newest complete checkpoint under `directory` (default checkpoint_dir()), as a path string for
-    `resume_from_checkpoint=`; None when there is none. Incomplete ones (killed mid-save) are skipped."""
-    d = Path(directory) if directory is not None else checkpoint_dir()
-    try:
-        entries = [(checkpoint_step(p), p) for p in d.iterdir()]
-    except OSError:
-        return None
-    for _, p in sorted(((s, p) for s, p in entries if s is not None), reverse=True):
-        if is_complete_checkpoint(p):
-            return str(p)
-    return None
+    `resume_from_checkpoint=`; None when there is none. Incomplete ones (killed mid-save) are skipped
+    (checkpoint_rule.is_complete_checkpoint, also exported here with checkpoint_step)."""
+    return checkpoint_rule.latest_checkpoint(directory if directory is not None else checkpoint_dir())
 
 
 # --------------------------------------------------------------------------- metrics

@@ -28,7 +28,7 @@ from slurm_fixture import (
 )
 
 from mltrain.cluster.spec import load_cluster_spec
-from mltrain.launch.slurm import prepare_submission
+from mltrain.launch.slurm import install_batch_helper, prepare_submission
 
 pytestmark = pytest.mark.slurm
 
@@ -80,7 +80,7 @@ def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: 
         f"{sub.run_dir}/control/exit_reason &\n"
     )
     script = sub.script[:a] + stand_in + sub.script[b:]
-    (sub.run_dir / "slurm").mkdir(parents=True)
+    install_batch_helper(sub.run_dir)  # what submit writes beside the script: its decisions and records
     path = sub.run_dir / "slurm" / "job.sbatch"
     path.write_text(script)
     job = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True).stdout.strip()

@@ -60,7 +60,7 @@ def test_health_check_renders_the_srun_the_reader_and_the_decision(tmp_path: Pat
     assert 'python3 -m mltrain health --slurm-prolog --burn-in-s 2.5 --record "$HEALTH_RECORD" &' in block
     assert '-m mltrain health --failed-hosts "$HEALTH_RECORD" --job "$SLURM_JOB_ID"' in block
     assert '--attempt "$ATTEMPT"' in block and "MLTRAIN_PY=(python3)" in block
-    assert 'record health_check "$UNHEALTHY" requeue true' in block and "exclusion_plan" in block
+    assert 'helper health-failed --nodes "$UNHEALTHY"' in block and "exclusion_plan" in block
     assert "file_sd" not in block and "--container-image" not in block
     subprocess.run(["bash", "-n"], input=sub.script, text=True, check=True)
 

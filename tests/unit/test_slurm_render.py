@@ -21,7 +21,7 @@ from mltrain.cluster.spec import load_cluster_spec
 from mltrain.config import load_run_config
 from mltrain.errors import ConfigError, LaunchError
 from mltrain.launch import nccl_env
-from mltrain.launch.slurm import prepare_submission, render_sbatch, submit_run
+from mltrain.launch.slurm import install_batch_helper, prepare_submission, render_sbatch, submit_run
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "sbatch"
@@ -254,6 +254,7 @@ def _run_fake(tmp_path: Path, script: str, run_dir: Path, attempt: int, **fake: 
     env.pop("SLURM_RESTART_COUNT", None) if not attempt else None
     # stdout and stderr go where Slurm puts them (--output/--error): the script reads its own .out and .err
     (run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    install_batch_helper(run_dir)  # as `mltrain submit` does: the script's decisions and records run from there
     with open(run_dir / "slurm" / "7.out", "a") as out, open(run_dir / "slurm" / "7.err", "a") as err:
         p = subprocess.run(["bash", "-c", script], env=env, stdout=out, stderr=err, timeout=60)
     _stop_detached_helpers(log)
@@ -430,8 +431,8 @@ def _fake_run_dir(tmp_path: Path, **overrides: str):
     ],
 )
 def test_a_stop_is_a_preemption_only_when_asked_for(tmp_path: Path, why: str, counted: bool, cause: str) -> None:
-    """Before: any rank that stopped on SIGTERM was recorded `preempted`, not counted, though the batch script
-    got no signal (a port collision's torchrun teardown read as `1 (1p)` in status)."""
+    """A rank that stopped on a SIGTERM the batch script never got (torchrun's teardown, e.g. after a port
+    collision) is a counted failure, not a preemption; a stop Slurm or a user asked for is a preemption."""
     sub = _fake_run_dir(tmp_path, **{"launch.max_in_place_restarts": "0"})
     rc, log = _run_fake(tmp_path, sub.script, sub.run_dir, 0, FAKE_REASON="preempted", FAKE_RC="1", FAKE_STOP_WHY=why)
     (rec,) = _records(sub.run_dir)
@@ -460,7 +461,7 @@ def test_usr1_to_the_batch_script_is_a_preemption_whatever_the_trainer_saw(tmp_p
     ],
 )
 def test_hang_records_the_stuck_ranks_node(tmp_path: Path, dumps: str, node: str | None) -> None:
-    """Before: a hang restart recorded no node though the stack dumps name the stuck rank."""
+    """A hang restart records the node of the stuck rank the stack dumps name."""
     files = {"STUCK": tmp_path / "stuck.txt", "WAIT": tmp_path / "wait.txt"}
     files["STUCK"].write_text(STUCK_DUMP)
     files["WAIT"].write_text(WAITING_DUMP)
@@ -477,7 +478,7 @@ def test_hang_records_the_stuck_ranks_node(tmp_path: Path, dumps: str, node: str
 
 def test_sigterm_record_names_the_checkpoint_the_ranks_commit_on_the_way_out(tmp_path: Path) -> None:
     """`scontrol requeue` mid-run: the batch script and the ranks get SIGTERM together; the ranks' stop checkpoint
-    (step 50) commits after that. Before: the record was written at once and named the older step 30."""
+    (step 50) commits after that, and the record names it (not the older step 30)."""
     sub = _fake_run_dir(tmp_path)
     run = sub.run_dir
     fb = tmp_path / "fakebin"

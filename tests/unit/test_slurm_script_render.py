@@ -1,12 +1,12 @@
 """`mltrain submit` of a script run (script: in the run config): the batch script it renders, the files it
-writes, and the batch script's own checkpoint rule (bash, run here) against mltrain.runtime's. The same script
-runs on a real Slurm in tests/integration/test_slurm_script.py."""
+writes, and the checkpoint rule the batch script applies (its batch_helper.py, run here as a file the way the
+script runs it) against mltrain.runtime's. The same script runs on a real Slurm in
+tests/integration/test_slurm_script.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,9 +64,10 @@ def test_script_run_renders_its_own_torchrun_line(tmp_path: Path) -> None:
     assert 'rm -f "$RUN_DIR/control/stop" "$RUN_DIR/control/exit_reason" "$RUN_DIR/control/exit_message" ' in s
     assert '"$RUN_DIR"/control/ranks/*.json\n' in s
     # the script's checkpoints, not the built-in trainer's step_N/COMMITTED only
-    assert 'for d in "$CKPT_DIR"/*; do' in s and '"$RUN_DIR"/checkpoints/step_*' not in s
-    # the recovery logic and the per-node stderr tee (blamed_node) are the built-in trainer's
-    assert "blamed_node()" in s and 'requeue "" ""' in s and "--kill-on-bad-exit=1" in s
+    assert f"--checkpoint-dir {run_dir / 'ckpts'} " in s
+    # the recovery logic and the per-node stderr tee (read by the helper's decision) are the built-in trainer's
+    assert 'helper decide "${DECIDE[@]}"' in s and '--torchrun-log "$MLTRAIN_TORCHRUN_LOG"' in s
+    assert "exclusion_plan" in s and "--kill-on-bad-exit=1" in s
     assert not any("train.parallel" in w for w in sub.warnings)  # a script run has no train.parallel
     # the copy the batch script keeps: a valid run config whose script path no longer depends on its directory
     assert sub.cfg.script is not None and sub.cfg.script.path == str(script_abs)
@@ -130,24 +131,22 @@ def test_cli_submit_accepts_the_example_script_run(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert p.returncode == 0, p.stderr  # before: refused ("script runs: coming")
+    assert p.returncode == 0, p.stderr
     assert f"-m mltrain.launch.script {EXAMPLE / 'train.py'} --max_steps 60 --save_steps 20 &" in p.stdout
 
 
-# ------------------------------------------------------------------ the batch script's checkpoint rule, run in bash
+# ------------------------------------------------------------------ the batch script's checkpoint rule, run as it runs it
 
 
-def _bash_latest_step(script: str, ckpt_dir: Path) -> int | None:
-    funcs = "".join(
-        re.search(rf"^{name}\(\) {{.*?^}}\n", script, re.S | re.M).group(0)  # type: ignore[union-attr]
-        for name in ("latest_ckpt_step", "script_ckpt_complete")
-    )
-    p = subprocess.run(
-        ["bash", "-c", f'set -uo pipefail\nCKPT_DIR="$1"\n{funcs}latest_ckpt_step', "_", str(ckpt_dir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def _script_latest_step(script: str, run_dir: Path) -> int | None:
+    """The step the batch script records: its own head (variables and the helper() call) running the helper
+    file `mltrain submit` installs beside it, with the host's python3 and nothing of mltrain on the path."""
+    from mltrain.launch.slurm import install_batch_helper
+
+    install_batch_helper(run_dir)
+    head = script[script.index("set -uo pipefail\n") : script.index("\n}\n", script.index("helper() {")) + 3]
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7"}
+    p = subprocess.run(["bash", "-c", f"{head}helper latest-step"], env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and not p.stderr, p.stderr
     out = p.stdout.strip()
     return None if out == "null" else int(out)
@@ -170,15 +169,15 @@ def _hf(d: Path, step: int, *files: str, state: str | None = None) -> None:
         (d / f).write_text("x") if not f.endswith("/") else (d / f).mkdir(exist_ok=True)
 
 
-def test_bash_checkpoint_rule_agrees_with_runtime(tmp_path: Path) -> None:
+def test_batch_script_checkpoint_rule_agrees_with_runtime(tmp_path: Path) -> None:
     """Each case adds one checkpoint dir; after each, the batch script's newest complete step (what restarts.jsonl
     records and the 'preempted without a new checkpoint' rule compares) equals mltrain.runtime's."""
-    script = prepare_submission(_script_run(tmp_path), _spec(tmp_path)).script
+    sub = prepare_submission(_script_run(tmp_path), _spec(tmp_path))
     c = tmp_path / "base" / "runs" / "mine" / "ckpts"
     steps: list[int | None] = []
 
     def check() -> None:
-        got, want = _bash_latest_step(script, c), _py_latest_step(c)
+        got, want = _script_latest_step(sub.script, sub.run_dir), _py_latest_step(c)
         assert got == want, (sorted(p.name for p in c.iterdir()) if c.exists() else [], got, want)
         steps.append(got)
 
@@ -240,8 +239,8 @@ def test_submit_script_option_generates_the_run_config(tmp_path: Path) -> None:
 
 
 def test_submit_without_script_still_rejects_typos(tmp_path: Path) -> None:
-    """Unknown options are let through for --script's ARGS; without --script a typo used to read
-    "give one RUN_YAML" instead of naming the option."""
+    """Unknown options are let through for --script's ARGS; without --script a typo is named as an unknown
+    option (not "give one RUN_YAML")."""
     run = tmp_path / "run.yaml"
     run.write_text("name: r\nscript: {path: t.py}\n")
     (tmp_path / "t.py").write_text("")

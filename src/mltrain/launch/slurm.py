@@ -1,10 +1,11 @@
 """Slurm launcher: render one self-recovering sbatch script per run, submit it, follow it, cancel it.
 
-The recovery policy lives in the batch script itself (templates/job.sbatch.j2) and runs on the
-host after `srun ... & wait`, because scontrol is not available inside enroot containers and
-because the decision must survive this CLI process: USR1 -> control/stop -> the trainer
-checkpoints and writes `preempted` -> requeue; hang/failed/lost rank -> requeue up to
-launch.max_restarts; config_error and done -> never requeued. See docs/slurm.md.
+The recovery policy runs with the batch script (templates/job.sbatch.j2) on the host after
+`srun ... & wait`, because scontrol is not available inside enroot containers and because the
+decision must survive this CLI process: USR1 -> control/stop -> the trainer checkpoints and writes
+`preempted` -> requeue; hang/failed/lost rank -> requeue up to launch.max_restarts; config_error and
+done -> never requeued. The script keeps signals, srun and scontrol in bash; its decisions and
+records are batch_helper.py, copied beside it (BATCH_HELPER_MODULES). See docs/slurm.md.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.config import RunConfig, dump_yaml, load_run_config
 from mltrain.errors import ConfigError, DataError, LaunchError, RunDirError
 from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
-from mltrain.launch import nccl_env
+from mltrain.launch import batch_helper, nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, default_base, resolve_run, run_path
 from mltrain.slurm_time import TIME_FORMS, parse_slurm_time  # noqa: F401  (TIME_FORMS re-exported)
 
 SCRIPT_NAME = "job.sbatch"
+# written beside the script and run by it with the host's python3 (stdlib only: mltrain may not be installed there)
+BATCH_HELPER_MODULES = ("mltrain.launch.batch_helper", "mltrain.checkpoint_rule")
 RUN_CONFIG_NAME = "run.yaml"  # the resolved config the workers train from (slurm/run.yaml)
 JOBS_FILE = "jobs.jsonl"
-CANCELLED_FILE = "control/cancelled"
+CANCELLED_FILE = batch_helper.CANCELLED_FILE  # `mltrain cancel` marks the run: the batch script never requeues it
 HYPERPOD_MARKER = Path("/opt/sagemaker_cluster")
 # launch.health_check: NVML reads, torch/CUDA start-up and the burn-in's allocations on every GPU, beyond the burn-in
 HEALTH_TIMEOUT_MARGIN_S = 300
@@ -246,6 +249,23 @@ def render_sbatch(
     )
 
 
+def batch_helper_files() -> dict[str, str]:
+    """The Python files the batch script runs (batch_helper.py and the checkpoint rule it imports), by name."""
+    import importlib
+
+    files = {}
+    for name in BATCH_HELPER_MODULES:
+        path = Path(importlib.import_module(name).__file__ or "")
+        files[path.name] = path.read_text()
+    return files
+
+
+def install_batch_helper(run_dir: Path) -> None:
+    """Write the batch script's Python into `<run>/slurm/` (rewritten at every submit, like the script)."""
+    for name, text in batch_helper_files().items():
+        atomic_write(run_dir / SLURM_DIR / name, text)
+
+
 def _script_context(cfg: RunConfig, run_yaml: str | os.PathLike[str] | None, run_dir: Path) -> dict | None:
     """What the template needs for a script run (absolute script path and working directory, the ranks'
     environment, the checkpoint dir); None for the built-in trainer."""
@@ -432,6 +452,7 @@ def submit_run(
     try:
         atomic_write(sub.config_path, dump_yaml(sub.cfg))
         atomic_write(sub.script_path, sub.script, mode=0o755)
+        install_batch_helper(sub.run_dir)
         if sub.cfg.script is not None:  # no trainer writes it on the nodes: status and `mltrain report` read it
             from mltrain.launch.script import script_config_yaml
             from mltrain.rundir import CONFIG_FILE
@@ -570,6 +591,7 @@ __all__ = [
     "normalize_time",
     "cancel_run",
     "find_run",
+    "install_batch_helper",
     "latest_job_id",
     "prepare_submission",
     "print_logs",

@@ -27,24 +27,18 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from mltrain import rundir
+from mltrain import checkpoint_rule
+from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name
 from mltrain.errors import CheckpointError
 from mltrain.fsutil import atomic_write, file_sha256
 from mltrain.rundir import CHECKPOINTS_DIR
 from mltrain.train.distributed import any_rank
 
-MARKER = rundir.CHECKPOINT_MARKER
-TRAINER_STATE = "trainer_state.json"
 HASH = "xxh3_128"
-_STEP_RE = rundir.STEP_DIR_RE
 # One process without a process group is a supported DCP mode, not a mistake worth a warning.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 Warn = Callable[[str], None]
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def file_xxh3(path: Path, chunk_bytes: int = 1 << 23) -> str:
@@ -118,17 +112,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_marker(ckpt: Path) -> tuple[dict[str, Any] | None, str | None]:
-    marker = ckpt / MARKER
-    if not marker.is_file():
-        return None, "no COMMITTED marker (the save did not finish)"
-    try:
-        files = json.loads(marker.read_text())["files"]
-        if not isinstance(files, dict):
-            raise ValueError("'files' is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return None, f"unreadable COMMITTED marker ({e})"
-    return files, None
+# which step dirs there are and whether their marker is there and readable: the rule every reader shares
+_read_marker = checkpoint_rule.read_marker
+_step_dirs = checkpoint_rule.step_dirs
 
 
 def check_checkpoint(ckpt: Path, deep: bool = True, share: tuple[int, int] = (0, 1)) -> str | None:
@@ -144,18 +130,6 @@ def check_checkpoint(ckpt: Path, deep: bool = True, share: tuple[int, int] = (0,
         if problem:
             return problem
     return None
-
-
-def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
 
 
 def find_checkpoints(run_dir: Path, warn: Warn | None = None, deep: bool = True) -> list[tuple[int, Path]]:
