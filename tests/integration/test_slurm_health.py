@@ -18,7 +18,7 @@ import pytest
 from slurm_fixture import TRAINER_READY, Env, job_field, make_env, records, wait_job
 
 from mltrain.launch.status import detail_line, run_status
-from mltrain.ops import file_sd
+from mltrain.telemetry import file_sd
 
 pytestmark = [
     pytest.mark.slurm,
@@ -78,7 +78,7 @@ def test_failing_node_is_excluded_by_the_health_check(env: Env) -> None:
 
 
 def test_file_sd_expands_a_real_slurm_node_list(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`python -m mltrain.ops.file_sd` without the host argument: the node list through the real scontrol."""
+    """`python -m mltrain.telemetry.file_sd` without the host argument: the node list through the real scontrol."""
     run = env.root / "runs" / "sd"
     monkeypatch.setitem(os.environ, "SLURM_JOB_NODELIST", "node[1-3]")
     monkeypatch.setitem(os.environ, "SLURM_JOB_ID", "77")

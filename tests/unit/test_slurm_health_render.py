@@ -76,7 +76,7 @@ def test_container_runs_health_and_file_sd_in_the_image(tmp_path: Path) -> None:
     flags = "--container-image=/x.sqsh --container-mounts=/fsx:/fsx --container-workdir=/w --no-container-mount-home"
     assert f"MLTRAIN_PY=(srun --nodes=1 --ntasks=1 {flags} python3)" in block
     assert "    --container-image=/x.sqsh \\\n    --container-mounts=/fsx:/fsx \\\n" in block  # the health srun
-    assert '"${MLTRAIN_PY[@]}" -m mltrain.ops.file_sd "$RUN_DIR" golden 9555 \\' in block
+    assert '"${MLTRAIN_PY[@]}" -m mltrain.telemetry.file_sd "$RUN_DIR" golden 9555 \\' in block
     subprocess.run(["bash", "-n"], input=sub.script, text=True, check=True)
 
 
@@ -86,7 +86,7 @@ def test_file_sd_only_with_prometheus_on_a_fixed_port(tmp_path: Path, port: int,
     sub = prepare_submission(
         RUN_YAML, _local_spec(tmp_path), overrides=["log.prometheus.enabled=true", f"log.prometheus.port={port}"]
     )
-    assert ("-m mltrain.ops.file_sd" in sub.script) == shown
+    assert ("-m mltrain.telemetry.file_sd" in sub.script) == shown
     assert "health --slurm-prolog" not in sub.script
 
 

@@ -48,7 +48,7 @@ def slurm_hosts(nodelist: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mltrain.ops.file_sd RUN_DIR RUN_NAME PORT [HOSTS]` (the batch script's call) inside an allocation.
+    """`python -m mltrain.telemetry.file_sd RUN_DIR RUN_NAME PORT [HOSTS]` (the batch script's call) inside an allocation.
 
     HOSTS (comma-separated) is the expanded node list; without it $SLURM_JOB_NODELIST is expanded with
     scontrol (not available inside enroot containers, hence the argument)."""
