@@ -34,7 +34,7 @@ def atomic_write(
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.chmod(tmp, mode if mode is not None else default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -43,10 +43,11 @@ def atomic_write(
     return path
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The mode open() gives a new file (0o666 less the umask), for files written through a private temp."""
     current = os.umask(0)
     os.umask(current)
-    return current
+    return 0o666 & ~current
 
 
 def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:

@@ -223,8 +223,6 @@ def first_step_after(run: Path, t: float) -> float:
 
 
 def make_env(tmp_path_factory: pytest.TempPathFactory, name: str) -> Env:
-    if not TRAINER_READY:
-        pytest.skip("waits for the integrator's trainer (mltrain.train.trainer, mltrain.data.prepare)")
     e = Env(tmp_path_factory.mktemp(name))
     e.mltrain("data", "prepare", str(e.run_yaml))
     return e

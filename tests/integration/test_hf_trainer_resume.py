@@ -78,7 +78,7 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     assert runtime.latest_checkpoint(run_dir / "checkpoints") == str(ckpt)
     assert rundir.read_exit_reason(run_dir) == "preempted"
     assert not (run_dir / rundir.STOP_FILE).exists()  # honoured, so the restart is not stopped at once
-    # Before: status showed "N/?" and "mltrain train from step 0" for a script run (it knew only step_N dirs).
+    # status reads a script's checkpoint-N dirs too: the step total and the step it resumes from, not "N/?"
     stopped = status.run_status(run_dir)
     assert stopped.total_steps == 14 and stopped.ckpt_step == stop_step, stopped
     assert f"from step {stop_step}" in stopped.explanation, stopped.explanation
@@ -119,9 +119,9 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_fresh_runs_start_alike_and_a_finished_run_trains_nothing(tmp_path):
-    """Two fresh runs of the example give the same losses (its model is built after the seed is set; was: built
-    before, so each run started from other weights). Relaunching a finished run (checkpoint-2 of a 2-step run)
-    says so and trains nothing (was: one more step, and checkpoint-3)."""
+    """Two fresh runs of the example give the same losses (its model is built after the seed is set, so both
+    start from the same weights). Relaunching a finished run (checkpoint-2 of a 2-step run) says so and trains
+    nothing: no third step, no checkpoint-3."""
     args = ["--max_steps", "2", "--save_steps", "2"]
     runs = {name: (_run_yaml(tmp_path, name, args), tmp_path / "runs" / name) for name in ("a", "b")}
     procs = [_train(run_yaml) for run_yaml, _ in runs.values()]  # side by side: half the wall time

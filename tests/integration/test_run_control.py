@@ -99,7 +99,7 @@ def starts(run_dir: Path) -> list[int]:
 
 
 def test_second_start_is_refused_and_changes_nothing_then_stop_ends_the_first(tmp_path, tiny_data_dir):
-    """The issue's dual-start repro: the second `mltrain train` on the same run refuses with one line
+    """Two starts of one run: the second `mltrain train` on the same run refuses with one line
     naming the holder, leaves config.yaml byte-identical; `mltrain stop` then ends the first run."""
     cfg = config(tmp_path, tiny_data_dir, "dual")
     run_dir = tmp_path / "runs" / "dual"
@@ -175,7 +175,8 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, tiny_data_dir, nproc):
 
 
 def test_stale_stop_file_is_removed_at_start(tmp_path, tiny_data_dir):
-    """A control/stop left from before this start used to make every later start do one step and exit 75."""
+    """A control/stop older than this start is removed, not honoured: otherwise every later start would do one
+    step and exit 75."""
     cfg = config(tmp_path, tiny_data_dir, "stale", max_steps=4)
     stop = tmp_path / "runs" / "stale" / "control" / "stop"
     stop.parent.mkdir(parents=True)

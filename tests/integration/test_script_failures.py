@@ -101,7 +101,8 @@ def _ctrl_c_launch(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
 
 
 def test_ctrl_c_on_a_script_run_is_a_stop_request_not_a_crash(tmp_path):
-    """Was: torchrun's SignalException traceback, then "rank failure: rank 0 exited 1: KeyboardInterrupt"."""
+    """Ctrl-C checkpoints and exits 75 (preempted), with no torchrun SignalException traceback and no
+    "rank failure: rank 0 exited 1: KeyboardInterrupt"."""
     proc, run_dir = _ctrl_c_launch(tmp_path, "checkpoint")
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
     out, _ = proc.communicate(timeout=120)

@@ -71,7 +71,7 @@ def test_trainer_records_carry_what_status_reads(killed_then_resumed):
 
 
 def test_killed_run_is_not_running_and_its_goodput_does_not_fall(killed_then_resumed):
-    """Before: a dead run showed an ETA and its goodput fell as time passed (40% -> 5%)."""
+    """A killed run shows no ETA, and its goodput stays the same however much time passes after it died."""
     st, later = killed_then_resumed["killed"], killed_then_resumed["killed_later"]
     assert not st.running and st.eta_s is None and later.eta_s is None
     assert st.state == "stopped" and "no exit recorded" in st.explanation
@@ -92,8 +92,7 @@ def test_finished_run_status_and_report_agree(killed_then_resumed):
     assert summary["goodput"] == pytest.approx(st.goodput)
     assert "train loss (mean of first" in c.export_text()
     # one figure each: the step reached and the last train loss read the same in status, report and the
-    # trainer's end-of-run line (before: the console's mean of its own last steps, the report's of the
-    # first/last half, status's of the last 10 records, redone steps included)
+    # trainer's end-of-run line: one definition, not a mean of its own per reader
     assert summary["steps"] == st.step == 8
     assert summary["last_loss"] == pytest.approx(st.loss)
     assert f"train loss {st.loss:.3f} (mean of last 8 logged)" in killed_then_resumed["console"]
@@ -125,7 +124,7 @@ def test_status_table_fits_80_columns_and_keeps_the_name(killed_then_resumed, mo
 
 
 def test_refused_start_keeps_the_run_finished(killed_then_resumed):
-    """Before: a refused start made a finished run read "stopped: config error ... see the job's .err log"."""
+    """A refused start leaves a finished run reading "done", not "stopped: config error ... see the job's .err log"."""
     r = _train(killed_then_resumed["path"], "--set", "model.hidden_size=32", "--set", "model.ffn_hidden_size=64")
     assert r.returncode == 2, r.stdout + r.stderr
     st = status.run_status(killed_then_resumed["run_dir"])

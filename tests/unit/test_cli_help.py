@@ -25,14 +25,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("cmd", [[], ["plan"], ["export"], ["train"], ["submit"], ["status"], ["logs"]])
 def test_help_has_no_bool_type_labels(cmd):
-    """Before: every flag read `--json <bool>`; a flag takes no value."""
+    """A flag's help shows no value placeholder (`--json`, not `--json <bool>`)."""
     r = _run(*cmd, "--help")
     assert r.returncode == 0, r.stderr
     assert "<bool>" not in r.stdout, r.stdout
 
 
 def test_help_promises_kubernetes_only_with_the_k8s_command():
-    """Before: --help promised Kubernetes while no command ran on it."""
+    """--help mentions Kubernetes only when a command runs on it (`k8s render`)."""
     r = _run("--help")
     text = " ".join(r.stdout.split())
     if "Kubernetes" in text:
@@ -40,7 +40,7 @@ def test_help_promises_kubernetes_only_with_the_k8s_command():
 
 
 def test_plan_help_set_example_runs_on_the_shipped_fleet():
-    """Before: the plan --help example was train.max_steps=50, which a fleet file rejects."""
+    """The `--set` example in plan --help is a key a fleet file takes, and runs on the shipped fleet."""
     help_text = " ".join(_run("plan", "--help").stdout.replace("\u2502", " ").split())  # without the box
     m = re.search(r"e\.g\. --set (\S+)", help_text)
     assert m and m.group(1) == PLAN_SET_EXAMPLE, help_text
@@ -60,7 +60,7 @@ def _readme_commands(prefix: str) -> list[str]:
 
 
 def test_every_readme_plan_example_runs():
-    """Before: the README's `--set constraints.deadline_days=9 --json` example was infeasible (exit 1)."""
+    """Every `mltrain plan` command in the README runs and exits 0 (no infeasible example)."""
     cmds = _readme_commands("mltrain plan ")
     assert len(cmds) >= 2
     for cmd in cmds:
@@ -78,7 +78,8 @@ def test_export_takes_o_like_cluster_render():
 
 
 def test_pyproject_license_is_an_spdx_string():
-    """Before: `license = {text = ...}` printed setuptools' deprecation box at every install."""
+    """The license is an SPDX string with setuptools >= 77: `license = {text = ...}` prints setuptools'
+    deprecation box at every install."""
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())

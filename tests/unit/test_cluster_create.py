@@ -124,8 +124,8 @@ def _files(root: Path) -> set[str]:
 
 
 def test_dry_run_writes_nothing(tmp_path):
-    """A dry run without --config leaves the working directory as it was (it used to drop
-    ./<name>.pcluster.yaml there) and says the config was rendered and validated, not written."""
+    """A dry run without --config leaves the working directory as it was (no ./<name>.pcluster.yaml)
+    and says the config was rendered and validated, not written."""
     (tmp_path / "configs").mkdir()
     shutil.copy(P5E, tmp_path / "configs" / "p5e-80.yaml")
     before = _files(tmp_path)

@@ -140,7 +140,8 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_hf_source_without_datasets_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: one test accepted either message, so it passed whichever path ran (and probed the hub)."""
+    """Without `datasets` an hf: source is one clear error, checked with no network (each path has its own test,
+    so a test that accepted either message cannot pass whichever path ran)."""
     _no_network(monkeypatch)
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError, installed or not
     with pytest.raises(DataError, match=r"^hf:some/dataset: Hugging Face datasets need the `datasets` package"):

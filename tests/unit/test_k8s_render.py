@@ -1,6 +1,7 @@
 """The Kubernetes manifests mltrain renders: golden files for the shipped EKS spec, validation against the
 Kubeflow CRD schemas (jsonschema, vendored in tests/data/k8s/) and the core pod/job schemas
-(kubernetes-validate), and the recovery/scheduling pieces the issue asks for.
+(kubernetes-validate), and the recovery/scheduling pieces (restart budget, exit-code policy, Kueue and pod
+groups, anti-affinity for failed nodes).
 
 Regenerate the golden files after an intended change:  UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_k8s_render.py
 """

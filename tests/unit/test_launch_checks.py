@@ -1,4 +1,4 @@
-"""Launch-time checks on one machine (#9 item 6): each bad value is one line and a non-zero exit."""
+"""Launch-time checks on one machine: each bad value is one line and a non-zero exit."""
 
 from __future__ import annotations
 

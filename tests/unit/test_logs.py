@@ -58,7 +58,7 @@ def test_interleave_by_time_keeps_each_files_order() -> None:
 
 
 def test_slurm_logs_interleaved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: all of stdout, then all of stderr."""
+    """Slurm stdout and stderr lines come interleaved in time order, not all of stdout then all of stderr."""
     run = _run(tmp_path)
     _slurm_job(run)
     c = Console(record=True, width=200, color_system=None)

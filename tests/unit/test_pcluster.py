@@ -335,7 +335,7 @@ def test_render_command_stdout(tmp_path):
 
 @pytest.mark.parametrize("content", [bytes(range(256)), b"Region: us-east-1\n\x00\x01\x02"], ids=["binary", "nul"])
 def test_validate_binary_file_is_one_line(tmp_path, content):
-    """Before: a UnicodeDecodeError traceback. Now: one line naming the file, exit 1."""
+    """A binary file is one line naming the file and exit 1, not a UnicodeDecodeError traceback."""
     f = tmp_path / "cluster.yaml"
     f.write_bytes(content)
     r = subprocess.run(

@@ -173,7 +173,7 @@ def test_seven_models_headline_figures_are_pinned():
 
 
 def test_plan_table_fits_80_columns_without_truncating_a_cell():
-    """Before: ~135 columns wide, every cell truncated at 80 (`qwe…`, `10…`)."""
+    """The plan table fits 80 columns with no cell truncated (no `qwe…`); --json has the columns left out."""
     c = Console(record=True, width=80, color_system=None)
     plan = plan_command(SEVEN, console=c)
     text = c.export_text()

@@ -114,7 +114,8 @@ def test_smoothing_eta_and_durations() -> None:
 
 
 def test_cancelled_pending_job_is_cancelled_not_requeued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: "stopped for preemption ...; requeued, resumes from step 20; cancelled" and an ETA."""
+    """A job cancelled while pending after a requeue reads cancelled (it would resume from step 20), with no ETA;
+    neither "stopped for preemption" nor "requeued"."""
     _fake_slurm(tmp_path, monkeypatch, scontrol="JobId=7 JobState=CANCELLED Reason=None NodeList=(null) Restarts=1")
     run = _slurm_run(tmp_path)
     _jsonl(
@@ -186,7 +187,7 @@ def test_local_config_error_does_not_point_at_a_slurm_log(tmp_path: Path, monkey
 
 
 def test_status_table_fits_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: rows wrapped over up to 7 lines and run names were split at 80 columns."""
+    """At 80 columns each run is one table row and its name is never split."""
     _fake_slurm(tmp_path, monkeypatch, squeue="RUNNING|None|node[1-2]")
     now = time.time()
     names = ["llama31-8b-continued-pretraining-v2", "q", "qwen25-7b-cpt-restart-after-node-failure"]

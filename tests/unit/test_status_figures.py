@@ -34,7 +34,8 @@ def _train(t: float, step: int, loss: float) -> dict:
 def test_a_stop_between_logged_steps_is_the_step_reached_everywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: report said 310 steps (the last logged record) while status said 317 (the exit record)."""
+    """A stop between logged steps: status, report and the summary line all say the exit record's step (317),
+    not the last logged record's (310)."""
     run = _local_run(tmp_path, monkeypatch)
     recs = [{"kind": "start", "time": 0.0, "step": 0}]
     recs += [_train(float(s), s, 9.0 - s / 100) for s in range(10, 311, 10)]
@@ -87,7 +88,7 @@ def test_short_run_loss_labels_say_how_many_records() -> None:
 
 def test_a_continuation_is_running_with_no_exit_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A finished run started again (train.max_steps raised): its old control/exit_reason "done" is not this
-    attempt's. Before: `status --json` said "exit_reason": "done" and "running": true together."""
+    attempt's, so `status --json` never says "exit_reason": "done" and "running": true together."""
     run = _local_run(tmp_path, monkeypatch, max_steps=60)
     now = time.time()
     recs = [{"kind": "start", "time": now - 500, "step": 0}]

@@ -96,7 +96,7 @@ def test_cancelled_run_says_where_a_new_submit_resumes(tmp_path: Path, monkeypat
 def test_finished_run_always_says_why_it_last_restarted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str | None
 ) -> None:
-    """Before: only a restart that named a node was mentioned once the run was done."""
+    """A finished run names the cause of its last restart, with or without a node."""
     _fake_slurm(tmp_path, monkeypatch, scontrol="JobId=7 JobState=COMPLETED Reason=None NodeList=(null)")
     run = _run(tmp_path, max_steps=40, ckpt=40)
     _jsonl(run / "metrics.jsonl", [*_trains(0.0, 1, 40), {"kind": "exit", "time": 50.0, "step": 40, "reason": "done"}])
@@ -141,7 +141,7 @@ def _long_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_status_lines_fit_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: the table fit, the line under each run was 96-112 columns and grew with the node list."""
+    """The detail lines under each run fit 80 columns too (wrapped between their parts), whatever the node list."""
     run = _long_run(tmp_path, monkeypatch)
     st = status.run_status(run)
     assert st.nodes == "p5-48xl-st-p548xl-[001-016]"

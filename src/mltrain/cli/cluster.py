@@ -99,32 +99,29 @@ def _cluster_action(
     )
 
 
-@app.command("create")
-def cluster_create(
-    cluster_yaml: ClusterYaml,
-    config: ConfigOpt = None,
-    dry_run: DryRunOpt = False,
-    skip_preflight: SkipPreflightOpt = False,
-    wait: WaitOpt = True,
-    poll_s: PollOpt = 30.0,
-    timeout_min: TimeoutOpt = 120.0,
-) -> None:
-    """Render the config, run preflight, then `pcluster create-cluster` and follow it to CREATE_COMPLETE."""
-    _cluster_action("create", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+def _render_and_apply(action: str) -> None:
+    """Register `mltrain cluster <action>` for create and update: the same options, one `pcluster` verb apart."""
+
+    def command(
+        cluster_yaml: ClusterYaml,
+        config: ConfigOpt = None,
+        dry_run: DryRunOpt = False,
+        skip_preflight: SkipPreflightOpt = False,
+        wait: WaitOpt = True,
+        poll_s: PollOpt = 30.0,
+        timeout_min: TimeoutOpt = 120.0,
+    ) -> None:
+        _cluster_action(action, cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+
+    command.__doc__ = (
+        f"Render the config, run preflight, then `pcluster {action}-cluster` and follow it to "
+        f"{action.upper()}_COMPLETE."
+    )
+    app.command(action)(command)
 
 
-@app.command("update")
-def cluster_update(
-    cluster_yaml: ClusterYaml,
-    config: ConfigOpt = None,
-    dry_run: DryRunOpt = False,
-    skip_preflight: SkipPreflightOpt = False,
-    wait: WaitOpt = True,
-    poll_s: PollOpt = 30.0,
-    timeout_min: TimeoutOpt = 120.0,
-) -> None:
-    """Render the config, run preflight, then `pcluster update-cluster` and follow it to UPDATE_COMPLETE."""
-    _cluster_action("update", cluster_yaml, config, dry_run, skip_preflight, wait, poll_s, timeout_min)
+_render_and_apply("create")
+_render_and_apply("update")
 
 
 @app.command("delete")

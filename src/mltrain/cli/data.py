@@ -4,7 +4,7 @@ with every object checked against the manifest."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NamedTuple, Optional
 
 import typer
 
@@ -67,15 +67,21 @@ def data_validate(
     raise typer.Exit(0 if ok else 1)
 
 
+class _S3Args(NamedTuple):
+    """The connection and transfer options every S3 transfer command takes."""
+
+    endpoint_url: Optional[str]
+    profile: Optional[str]
+    region: Optional[str]
+    concurrency: int
+    part_mib: int
+
+
 def _transfer(
     src: str,
     dst: str,
+    s3: _S3Args,
     *,
-    endpoint_url: Optional[str],
-    profile: Optional[str],
-    region: Optional[str],
-    concurrency: int,
-    part_mib: int,
     checksum: str,
     json_out: bool,
     to_s3: Optional[bool],
@@ -94,9 +100,9 @@ def _transfer(
         usage = "upload LOCAL s3://bucket/prefix" if to_s3 else "download s3://bucket/prefix LOCAL"
         raise StorageError(f"{src} -> {dst}: expected `mltrain data {usage}`")
 
-    opts = S3Options(endpoint_url, profile, region, max_pool_connections=max(10, concurrency + 4))
-    mib = part_mib << 20
-    settings = TransferSettings(concurrency=concurrency, part_size=mib, threshold=mib, checksum=checksum)
+    opts = S3Options(s3.endpoint_url, s3.profile, s3.region, max_pool_connections=max(10, s3.concurrency + 4))
+    mib = s3.part_mib << 20
+    settings = TransferSettings(concurrency=s3.concurrency, part_size=mib, threshold=mib, checksum=checksum)
     summary = sync(src, dst, opts, settings, delete=delete, yes=yes, console=err_console, unlisted=unlisted)
     print_plain(json.dumps(summary.as_dict()) if json_out else summary.line())
 
@@ -114,18 +120,8 @@ def data_upload(
     json_out: JsonOpt = False,
 ) -> None:
     """Upload to S3 (parallel multipart, S3 checksums, manifest written last). A rerun sends only what is missing."""
-    _transfer(
-        local,
-        dest,
-        endpoint_url=endpoint_url,
-        profile=profile,
-        region=region,
-        concurrency=concurrency,
-        part_mib=part_size_mib,
-        checksum=checksum,
-        json_out=json_out,
-        to_s3=True,
-    )
+    s3 = _S3Args(endpoint_url, profile, region, concurrency, part_size_mib)
+    _transfer(local, dest, s3, checksum=checksum, json_out=json_out, to_s3=True)
 
 
 @app.command("download")
@@ -141,19 +137,8 @@ def data_download(
     json_out: JsonOpt = False,
 ) -> None:
     """Download what the manifest lists; every file is hashed against it before it replaces anything."""
-    _transfer(
-        src,
-        local,
-        endpoint_url=endpoint_url,
-        profile=profile,
-        region=region,
-        concurrency=concurrency,
-        part_mib=part_size_mib,
-        checksum="auto",
-        json_out=json_out,
-        to_s3=False,
-        unlisted=unlisted,
-    )
+    s3 = _S3Args(endpoint_url, profile, region, concurrency, part_size_mib)
+    _transfer(src, local, s3, checksum="auto", json_out=json_out, to_s3=False, unlisted=unlisted)
 
 
 @app.command("sync")
@@ -174,21 +159,8 @@ def data_sync(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy only changed files (size + checksum) in either direction; --delete lists, --yes deletes."""
-    _transfer(
-        src,
-        dst,
-        endpoint_url=endpoint_url,
-        profile=profile,
-        region=region,
-        concurrency=concurrency,
-        part_mib=part_size_mib,
-        checksum=checksum,
-        json_out=json_out,
-        to_s3=None,
-        delete=delete,
-        yes=yes,
-        unlisted=unlisted,
-    )
+    s3 = _S3Args(endpoint_url, profile, region, concurrency, part_size_mib)
+    _transfer(src, dst, s3, checksum=checksum, json_out=json_out, to_s3=None, delete=delete, yes=yes, unlisted=unlisted)
 
 
 @app.command("verify")

@@ -55,6 +55,38 @@ def _ref(name: str) -> dict[str, str]:
     return {"Ref": name}
 
 
+def _subnet(spec: ClusterSpec, side: str, cidr: str, az: Any) -> dict[str, Any]:
+    """The `side` ("public" or "private") subnet; only the public one gives its instances public IPs."""
+    return {
+        "Type": "AWS::EC2::Subnet",
+        "Properties": {
+            "VpcId": _ref("Vpc"),
+            "CidrBlock": cidr,
+            "AvailabilityZone": az,
+            "MapPublicIpOnLaunch": side == "public",
+            "Tags": _tags(spec, side),
+        },
+    }
+
+
+def _add_routes(
+    r: dict[str, Any], spec: ClusterSpec, side: str, gateway: dict[str, Any], depends_on: str | None = None
+) -> None:
+    """The `side` subnet's route table, its default route through `gateway` and the subnet's association."""
+    prefix = side.capitalize()
+    table = f"{prefix}RouteTable"
+    r[table] = {"Type": "AWS::EC2::RouteTable", "Properties": {"VpcId": _ref("Vpc"), "Tags": _tags(spec, side)}}
+    route: dict[str, Any] = {"Type": "AWS::EC2::Route"}
+    if depends_on:
+        route["DependsOn"] = depends_on
+    route["Properties"] = {"RouteTableId": _ref(table), "DestinationCidrBlock": "0.0.0.0/0", **gateway}
+    r[f"{prefix}DefaultRoute"] = route
+    r[f"{prefix}SubnetRoutes"] = {
+        "Type": "AWS::EC2::SubnetRouteTableAssociation",
+        "Properties": {"SubnetId": _ref(f"{prefix}Subnet"), "RouteTableId": _ref(table)},
+    }
+
+
 def render_network(spec: ClusterSpec, availability_zone: str | None = None) -> dict[str, Any]:
     """The CloudFormation template (a dict) for `spec`'s VPC, subnets, gateways, security groups and
     ECR pull policy. `availability_zone` overrides aws.availability_zone (e.g. the ODCR's, looked up)."""
@@ -89,43 +121,9 @@ def render_network(spec: ClusterSpec, availability_zone: str | None = None) -> d
         "Type": "AWS::EC2::VPCGatewayAttachment",
         "Properties": {"VpcId": _ref("Vpc"), "InternetGatewayId": _ref("InternetGateway")},
     }
-    r["PublicSubnet"] = {
-        "Type": "AWS::EC2::Subnet",
-        "Properties": {
-            "VpcId": _ref("Vpc"),
-            "CidrBlock": public_cidr,
-            "AvailabilityZone": az_value,
-            "MapPublicIpOnLaunch": True,
-            "Tags": _tags(spec, "public"),
-        },
-    }
-    r["PrivateSubnet"] = {
-        "Type": "AWS::EC2::Subnet",
-        "Properties": {
-            "VpcId": _ref("Vpc"),
-            "CidrBlock": private_cidr,
-            "AvailabilityZone": az_value,
-            "MapPublicIpOnLaunch": False,
-            "Tags": _tags(spec, "private"),
-        },
-    }
-    r["PublicRouteTable"] = {
-        "Type": "AWS::EC2::RouteTable",
-        "Properties": {"VpcId": _ref("Vpc"), "Tags": _tags(spec, "public")},
-    }
-    r["PublicDefaultRoute"] = {
-        "Type": "AWS::EC2::Route",
-        "DependsOn": "InternetGatewayAttachment",
-        "Properties": {
-            "RouteTableId": _ref("PublicRouteTable"),
-            "DestinationCidrBlock": "0.0.0.0/0",
-            "GatewayId": _ref("InternetGateway"),
-        },
-    }
-    r["PublicSubnetRoutes"] = {
-        "Type": "AWS::EC2::SubnetRouteTableAssociation",
-        "Properties": {"SubnetId": _ref("PublicSubnet"), "RouteTableId": _ref("PublicRouteTable")},
-    }
+    r["PublicSubnet"] = _subnet(spec, "public", public_cidr, az_value)
+    r["PrivateSubnet"] = _subnet(spec, "private", private_cidr, az_value)
+    _add_routes(r, spec, "public", {"GatewayId": _ref("InternetGateway")}, depends_on="InternetGatewayAttachment")
     r["NatEip"] = {
         "Type": "AWS::EC2::EIP",
         "DependsOn": "InternetGatewayAttachment",
@@ -139,22 +137,7 @@ def render_network(spec: ClusterSpec, availability_zone: str | None = None) -> d
             "Tags": _tags(spec, "nat"),
         },
     }
-    r["PrivateRouteTable"] = {
-        "Type": "AWS::EC2::RouteTable",
-        "Properties": {"VpcId": _ref("Vpc"), "Tags": _tags(spec, "private")},
-    }
-    r["PrivateDefaultRoute"] = {
-        "Type": "AWS::EC2::Route",
-        "Properties": {
-            "RouteTableId": _ref("PrivateRouteTable"),
-            "DestinationCidrBlock": "0.0.0.0/0",
-            "NatGatewayId": _ref("NatGateway"),
-        },
-    }
-    r["PrivateSubnetRoutes"] = {
-        "Type": "AWS::EC2::SubnetRouteTableAssociation",
-        "Properties": {"SubnetId": _ref("PrivateSubnet"), "RouteTableId": _ref("PrivateRouteTable")},
-    }
+    _add_routes(r, spec, "private", {"NatGatewayId": _ref("NatGateway")})
     # S3 traffic (FSx data repository, checkpoints, images) bypasses the NAT gateway: no per-GB NAT fee.
     r["S3GatewayEndpoint"] = {
         "Type": "AWS::EC2::VPCEndpoint",

@@ -50,6 +50,17 @@ def _fs_relative(path: str, mount_dir: str) -> str | None:
     return "/" + str(rel) if str(rel) != "." else "/"
 
 
+def _iam(buckets: dict[str, bool], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    """A node's Iam section (head node or queue): S3Access to `buckets` (name -> write access) and the
+    extra policies, only the keys that have something; empty if neither."""
+    iam: dict[str, Any] = {}
+    if buckets:
+        iam["S3Access"] = [{"BucketName": b, **({"EnableWriteAccess": True} if w else {})} for b, w in buckets.items()]
+    if policies:
+        iam["AdditionalIamPolicies"] = policies
+    return iam
+
+
 def render(spec: ClusterSpec) -> dict[str, Any]:
     """A ParallelCluster 3 config (as a dict, keys in the documented order) for `spec`."""
     aws = spec.aws
@@ -93,13 +104,11 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
             s3[b] = s3.get(b, False) or write
     for extra in aws.buckets:
         s3[extra.name] = s3.get(extra.name, False) or extra.write
-    s3_access = [{"BucketName": b, **({"EnableWriteAccess": True} if w else {})} for b, w in s3.items()]
     script_bucket = _bucket(aws.pyxis_script_url) if pyxis else None
     # The head node: the bootstrap script (read) plus the buckets the spec names (staging data, images).
     head_s3: dict[str, bool] = {script_bucket: False} if script_bucket else {}
     for extra in aws.buckets:
         head_s3[extra.name] = head_s3.get(extra.name, False) or extra.write
-    head_s3_access = [{"BucketName": b, **({"EnableWriteAccess": True} if w else {})} for b, w in head_s3.items()]
     # ECR pull: a managed policy of the network stack (AdditionalIamPolicies takes ARNs only).
     policies = [{"Policy": aws.ecr_policy_arn}] if aws.ecr_policy_arn else []
     if aws.ecr_repository and not aws.ecr_policy_arn:
@@ -129,12 +138,7 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
     head["LocalStorage"] = {"RootVolume": {"Size": aws.head_node_root_volume_gib, "Encrypted": True}}
     if pyxis_action:
         head["CustomActions"] = pyxis_action
-    head_iam: dict[str, Any] = {}
-    if head_s3_access:
-        head_iam["S3Access"] = head_s3_access
-    if policies:
-        head_iam["AdditionalIamPolicies"] = policies
-    if head_iam:
+    if head_iam := _iam(head_s3, policies):
         head["Iam"] = head_iam
 
     cr: dict[str, Any] = {
@@ -167,12 +171,7 @@ def render(spec: ClusterSpec) -> dict[str, Any]:
     }
     if pyxis_action:
         queue["CustomActions"] = pyxis_action
-    queue_iam: dict[str, Any] = {}
-    if s3_access:
-        queue_iam["S3Access"] = s3_access
-    if policies:
-        queue_iam["AdditionalIamPolicies"] = policies
-    if queue_iam:
+    if queue_iam := _iam(s3, policies):
         queue["Iam"] = queue_iam
 
     config: dict[str, Any] = {

@@ -152,18 +152,22 @@ def _as_dict(x: Any) -> dict[str, Any]:
     return x if isinstance(x, dict) else {}
 
 
-def _check_name(kind: str, name: Any, where: str, errors: list[str]) -> None:
-    if not isinstance(name, str):
-        return
-    if not NAME_RE.match(name):
-        errors.append(
-            f"{where}.Name: {kind} name {name!r} must start with a letter and contain only lowercase "
-            "letters, digits and hyphens (no '_', no capitals)"
-        )
-    if len(name) > NAME_MAX:
-        errors.append(f"{where}.Name: {kind} name {name!r} is {len(name)} characters, at most {NAME_MAX}")
-    if name == "default":
-        errors.append(f"{where}.Name: 'default' is not allowed as a {kind} name")
+def _check_name(kind: str, name: Any, where: str, errors: list[str], seen: set[Any]) -> None:
+    """A queue's or compute resource's Name: ParallelCluster's naming rules, and not one of `seen` (the names
+    of its siblings so far, which this one joins)."""
+    if isinstance(name, str):
+        if not NAME_RE.match(name):
+            errors.append(
+                f"{where}.Name: {kind} name {name!r} must start with a letter and contain only lowercase "
+                "letters, digits and hyphens (no '_', no capitals)"
+            )
+        if len(name) > NAME_MAX:
+            errors.append(f"{where}.Name: {kind} name {name!r} is {len(name)} characters, at most {NAME_MAX}")
+        if name == "default":
+            errors.append(f"{where}.Name: 'default' is not allowed as a {kind} name")
+    if name in seen:
+        errors.append(f"{where}.Name: duplicate {kind} name {name!r}")
+    seen.add(name)
 
 
 def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -183,10 +187,7 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     for qi, q in enumerate(queues):
         q = _as_dict(q)
         qp = f"{qbase}[{qi}]"
-        _check_name("queue", q.get("Name"), qp, errors)
-        if q.get("Name") in seen_q:
-            errors.append(f"{qp}.Name: duplicate queue name {q.get('Name')!r}")
-        seen_q.add(q.get("Name"))
+        _check_name("queue", q.get("Name"), qp, errors, seen_q)
         captype = q.get("CapacityType", "ONDEMAND")
         net = _as_dict(q.get("Networking"))
         subnets = [s for s in _as_list(net.get("SubnetIds")) if isinstance(s, str)]
@@ -215,10 +216,7 @@ def semantic_problems(data: dict[str, Any]) -> tuple[list[str], list[str]]:
         for ci, cr in enumerate(_as_list(q.get("ComputeResources"))):
             cr = _as_dict(cr)
             cp = f"{qp}.ComputeResources[{ci}]"
-            _check_name("compute resource", cr.get("Name"), cp, errors)
-            if cr.get("Name") in seen_cr:
-                errors.append(f"{cp}.Name: duplicate compute resource name {cr.get('Name')!r}")
-            seen_cr.add(cr.get("Name"))
+            _check_name("compute resource", cr.get("Name"), cp, errors, seen_cr)
             mn, mx = cr.get("MinCount", 0), cr.get("MaxCount", 10)
             if isinstance(mn, int) and isinstance(mx, int):
                 if mn > mx:

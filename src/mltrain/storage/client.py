@@ -9,12 +9,14 @@ Throttling (SlowDown, 503) and dropped connections are retried by botocore's ret
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mltrain.storage.url import StorageError
 
 DEFAULT_MAX_ATTEMPTS = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,21 @@ def is_not_found(e: BaseException) -> bool:
         return False
     code = str(e.response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
+
+
+def unless_missing(request: Callable[[], T], where: str) -> T | None:
+    """`request()`'s result, or None when S3 says the object is not there; any other failure is a
+    StorageError naming `where`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return request()
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise storage_error(e, where) from None
+    except BotoCoreError as e:
+        raise storage_error(e, where) from None
 
 
 def check_bucket(client: Any, bucket: str) -> None:

@@ -51,20 +51,12 @@ class Manifest:
 
 def read_manifest(client: Any, url: S3Url) -> Manifest | None:
     """The manifest under `url`, or None when there is none."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from mltrain.storage.client import is_not_found, storage_error
+    from mltrain.storage.client import unless_missing
 
     key = url.key(MANIFEST_NAME)
-    try:
-        body = client.get_object(Bucket=url.bucket, Key=key)["Body"].read()
-    except ClientError as e:
-        if is_not_found(e):
-            return None
-        raise storage_error(e, f"s3://{url.bucket}/{key}") from None
-    except BotoCoreError as e:
-        raise storage_error(e, f"s3://{url.bucket}/{key}") from None
-    return Manifest.from_json(body.decode("utf-8", "replace"), f"s3://{url.bucket}/{key}")
+    where = f"s3://{url.bucket}/{key}"
+    body = unless_missing(lambda: client.get_object(Bucket=url.bucket, Key=key)["Body"].read(), where)
+    return None if body is None else Manifest.from_json(body.decode("utf-8", "replace"), where)
 
 
 def write_manifest(client: Any, url: S3Url, manifest: Manifest) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mltrain.storage.client import S3Options, check_bucket, is_not_found, make_client, storage_error
+from mltrain.storage.client import S3Options, check_bucket, make_client, storage_error, unless_missing
 from mltrain.storage.digest import (
     CRC64NVME,
     SHA256,
@@ -183,16 +183,9 @@ def list_objects(client: Any, url: S3Url) -> dict[str, int]:
 
 def head(client: Any, bucket: str, key: str) -> dict | None:
     """HeadObject with the stored additional checksum; None when the object does not exist."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    except ClientError as e:
-        if is_not_found(e):
-            return None
-        raise storage_error(e, f"s3://{bucket}/{key}") from None
-    except BotoCoreError as e:
-        raise storage_error(e, f"s3://{bucket}/{key}") from None
+    return unless_missing(
+        lambda: client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"), f"s3://{bucket}/{key}"
+    )
 
 
 def abort_stale_uploads(client: Any, url: S3Url, keys: set[str] | None = None) -> int:

@@ -227,9 +227,17 @@ def _metadata(cfg: RunConfig, spec: EksSpec, name: str, *, gang_label: bool) -> 
     }
 
 
-def _common(
-    cfg: RunConfig, spec: EksSpec, spec_source: str, run_dir_local: Path | None
-) -> tuple[RunConfig, str, list[str], list[str]]:
+def _job_pod(
+    cfg: RunConfig,
+    spec: EksSpec,
+    *,
+    spec_source: str,
+    run_dir_local: Path | None,
+    job_id: str | None,
+    container_name: str,
+    restart_policy: str | None = None,
+) -> tuple[RunConfig, str, Any, list[str]]:
+    """What both kinds start from: the pods' config, the job name, the pod template and the warnings so far."""
     warnings = check_fit(cfg, spec, spec_source)
     run_dir = str(run_path(spec.storage.run_base_dir, cfg.name))
     # the pods train from this config: same run, base_dir = the shared base on the PVC
@@ -238,7 +246,19 @@ def _common(
         warnings.append(
             "no gang scheduling (scheduling.kueue_queue or scheduling.pod_group): pods may start one by one"
         )
-    return cfg, run_dir, policy.failed_nodes(run_dir_local), warnings
+    name = job_name(cfg.name)
+    template = pod_template(
+        cfg,
+        spec,
+        container_name=container_name,
+        run_dir=run_dir,
+        job_id=job_id or name,
+        failed=policy.failed_nodes(run_dir_local),
+        warnings=warnings,
+        spec_source=spec_source,
+        restart_policy=restart_policy,
+    )
+    return cfg, name, template, warnings
 
 
 def render_pytorchjob(
@@ -252,17 +272,8 @@ def render_pytorchjob(
     """A kubeflow.org/v1 PyTorchJob: Master + (nodes-1) Workers, restartPolicy ExitCode, backoffLimit = max_restarts."""
     from kubeflow.training import models as m
 
-    cfg, run_dir, failed, warnings = _common(cfg, spec, spec_source, run_dir_local)
-    name = job_name(cfg.name)
-    template = pod_template(
-        cfg,
-        spec,
-        container_name="pytorch",
-        run_dir=run_dir,
-        job_id=job_id or name,
-        failed=failed,
-        warnings=warnings,
-        spec_source=spec_source,
+    cfg, name, template, warnings = _job_pod(
+        cfg, spec, spec_source=spec_source, run_dir_local=run_dir_local, job_id=job_id, container_name="pytorch"
     )
     replicas = {"Master": m.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="ExitCode", template=template)}
     if spec.nodes > 1:
@@ -305,20 +316,16 @@ def render_trainjob(
     """A Trainer v2 TrainJob and the namespaced TrainingRuntime it references (a JobSet with the restart table)."""
     from kubeflow_trainer_api import models as t
 
-    cfg, run_dir, failed, warnings = _common(cfg, spec, spec_source, run_dir_local)
-    name = job_name(cfg.name)
-    runtime_name = f"mltrain-{name}"
-    template = pod_template(
+    cfg, name, template, warnings = _job_pod(
         cfg,
         spec,
-        container_name="node",
-        run_dir=run_dir,
-        job_id=job_id or name,
-        failed=failed,
-        warnings=warnings,
         spec_source=spec_source,
+        run_dir_local=run_dir_local,
+        job_id=job_id,
+        container_name="node",
         restart_policy="Never",
     )
+    runtime_name = f"mltrain-{name}"
     pod_dict = _sanitize(template)
     job_spec = {
         "backoffLimit": 0,  # any charged failure fails the Job, the JobSet restarts it (failurePolicy.maxRestarts)

@@ -20,6 +20,7 @@ import torch
 
 from mltrain.config import HF_CONFIG_FILE, ModelConfig
 from mltrain.errors import CheckpointError, ConfigError, DataError
+from mltrain.fsutil import default_file_mode
 from mltrain.model.hf.names import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -270,7 +271,7 @@ def export_state_dict(
                 tensors[ours_to_hf(k)] = t.detach().to(device="cpu", dtype=tdtype).contiguous()
                 weight_map[ours_to_hf(k)] = fname
             save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
-            os.chmod(tmp / fname, 0o666 & ~_umask())  # safetensors creates 0600; exports are meant to be shared
+            os.chmod(tmp / fname, default_file_mode())  # safetensors creates 0600; exports are meant to be shared
             del tensors
         if len(shards) > 1:
             _write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -295,12 +296,6 @@ def export_state_dict(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_json(path: Path, data: Any) -> None:
