@@ -10,7 +10,6 @@ missing and apt-get is not available.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -133,8 +132,6 @@ def wait_state(job_id: str, want: set[str], timeout_s: float = 60.0) -> str:
 
 
 # ------------------------------------------------------------------ end-to-end helpers (test_slurm*.py)
-
-TRAINER_READY = all(importlib.util.find_spec(m) is not None for m in ("mltrain.train.trainer", "mltrain.data.prepare"))
 
 RUN_TEMPLATE = """
 name: ref

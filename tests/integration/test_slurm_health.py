@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from slurm_fixture import TRAINER_READY, Env, job_field, make_env, records, wait_job
+from slurm_fixture import Env, job_field, make_env, records, wait_job
 
 from mltrain.launch.status import detail_line, run_status
 from mltrain.telemetry import file_sd
@@ -23,7 +23,6 @@ from mltrain.telemetry import file_sd
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
-    pytest.mark.skipif(not TRAINER_READY, reason="waits for the trainer (mltrain.train.trainer)"),
 ]
 
 

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import TRAINER_READY, Env, job_field, make_env, records, starts, wait_job, wait_step
+from slurm_fixture import Env, job_field, make_env, records, starts, wait_job, wait_step
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
-    pytest.mark.skipif(not TRAINER_READY, reason="waits for the trainer (mltrain.train.trainer)"),
 ]
 PACE = {"MLTRAIN_FAULT_STEP_S": "0.15"}  # steps of >= 0.15 s: "at step N" does not race a fast machine
 
@@ -63,7 +62,7 @@ def test_no_spare_continues_on_min_nodes(env: Env) -> None:
     """A 3-node job (no spare in the 3-node partition) with launch.min_nodes=2: the rank on node2 is killed,
     node2 is excluded anyway and the job is requeued on the 2 usable nodes (the real ExcNodeList and
     NumNodes/NumTasks). The kill comes before the first checkpoint, so the run restarts from step 0 on
-    world size 2; resuming a checkpoint on another world size is the trainer's part (branch i9-ckpt)."""
+    world size 2; resuming a checkpoint on another world size is the trainer's part (tests/integration/test_train_torchrun.py)."""
     spec = env.root / "local3.yaml"
     spec.write_text(env.cluster.read_text().replace("nodes: 2", "nodes: 3"))
     out = env.mltrain(

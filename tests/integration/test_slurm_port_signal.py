@@ -1,9 +1,8 @@
 """On a REAL Slurm 22.05 (3 local nodes, jobs of 2): the rendezvous port cannot collide with a port another
 process holds on the first node, and a SIGTERM that reaches a rank but not the batch script (what torchrun's
-agent sends its workers when it tears them down) is a counted rank failure, not a preemption.
-
-Before: the port was 29500 + job id % 2000 (job 4015 joined job 2015's c10d store on a shared node), and that
-torn-down job was recorded `preempted`, not counted (status `1 (1p)`).
+agent sends its workers when it tears them down) is a counted rank failure, not a preemption (status `1`,
+not `1 (1p)`). The held ports are every port a job-id rule (29500 + job id % 2000) could pick: under such a
+rule job 4015 would join job 2015's c10d store on a shared node.
 """
 
 from __future__ import annotations
@@ -18,17 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_fixture import TRAINER_READY, Env, make_env, records, starts, wait_job, wait_step
+from slurm_fixture import Env, make_env, records, starts, wait_job, wait_step
 
 from mltrain.launch.status import _cells, run_status
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
-    pytest.mark.skipif(not TRAINER_READY, reason="waits for the trainer (mltrain.train.trainer)"),
 ]
 PACE = {"MLTRAIN_FAULT_STEP_S": "0.15"}
-OLD_RULE = range(29500, 31500)  # 29500 + job id % 2000: every port the old rule could pick
+JOB_ID_RULE_PORTS = range(29500, 31500)  # 29500 + job id % 2000: every port a job-id rule could pick
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +36,12 @@ def env(local_slurm: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
 
 @pytest.fixture
 def held_ports() -> Iterator[set[int]]:
-    """Another job's stores: every port of the old rule, listening on this host (all local nodes are it)."""
+    """Another job's stores: every port of a job-id rule, listening on this host (all local nodes are it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     socks, held = [], set()
     try:
-        for port in OLD_RULE:
+        for port in JOB_ID_RULE_PORTS:
             s = socket.socket()
             try:
                 s.bind(("", port))
@@ -91,6 +89,6 @@ def test_held_port_is_not_chosen_and_a_rank_sigterm_is_a_counted_failure(env: En
     assert rec["step"] == starts(run)[1]["step"] > 12
     st = run_status(run)
     assert st.state == "done" and st.restarts == 1 and st.preemptions == 0
-    assert _cells(st)[6] == "1"  # before: "1 (1p)"
+    assert _cells(st)[6] == "1"  # a counted restart, no preemption: not "1 (1p)"
     assert st.notes == ["last restart: rank_failure"]
     time.sleep(0.5)

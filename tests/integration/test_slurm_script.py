@@ -159,7 +159,7 @@ def test_hf_trainer_usr1_checkpoint_requeue_resume(work: Work) -> None:
     logs = work.mltrain("logs", str(run)).stdout
     assert "training finished" in logs and "USR1" in logs
 
-    # submitted again, the finished run says so and trains nothing (was: step 15 and checkpoint-15)
+    # submitted again, the finished run says so and trains nothing (no step 15, no checkpoint-15)
     again, _ = work.submit(EXAMPLE / "run.yaml", "name=hfslurm", f"script.args={args}")
     assert wait_job(again, 180) == "COMPLETED"
     out = (run / "slurm" / f"{again}.out").read_text()

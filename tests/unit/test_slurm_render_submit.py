@@ -1,14 +1,13 @@
 """`mltrain submit` refuses what can only fail, with one line and before sbatch runs: bad --nodes, an unknown
 instance type (plan and `cluster render` refuse it too), a requeue grace as long as the time limit,
 launch.min_nodes above the job's nodes, a run whose trainer prechecks fail (no prepared data), a run dir
-held by a live trainer (the lease of branch i9-lease; faked here until it exists). Also: the rendezvous
-port is derived from the job id unless the spec pins it, and min_nodes reaches the script."""
+whose lease a live process holds. Also: the rendezvous port is a free port of the first node unless the
+spec pins it, and min_nodes reaches the script."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -69,9 +68,10 @@ def _rdzv_port_function(script: str) -> str:
 
 
 def test_rendezvous_port_is_a_free_port_of_the_first_node() -> None:
-    """Before: 29500 + job id % 2000, which job 4015 shared with job 2015 on one node (its agents joined the
-    other job's c10d store). Now the batch script (on the allocation's first node, where the store listens)
-    asks its OS for a free port below the ephemeral range before each torchrun start; --dry-run shows it."""
+    """The batch script (on the allocation's first node, where the c10d store listens) asks its OS for a
+    free port below the ephemeral range before each torchrun start, so two jobs sharing a node never share
+    a store (a port derived from the job id would: jobs 4015 and 2015 under 29500 + id % 2000); --dry-run
+    shows it."""
     import socket
 
     p = _cli("submit", str(RUN_YAML), "--cluster", str(P5), "--dry-run")
@@ -132,14 +132,32 @@ def test_submit_runs_trainer_prechecks_before_sbatch(tmp_path: Path, fake_sbatch
 def test_submit_refuses_a_run_dir_held_by_a_live_trainer(
     tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, tiny_data_dir: Path
 ) -> None:
-    """mltrain.lease comes from branch i9-lease; a stand-in module with the agreed lease_holder() signature."""
-    fake = types.ModuleType("mltrain.lease")
-    fake.lease_holder = lambda run_dir: {"host": "node7", "pid": 4242, "job_id": "99"}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mltrain.lease", fake)
-    with pytest.raises(RunDirError, match="in use by a running trainer \\(host node7, pid 4242, job_id 99\\)"):
-        submit_run(RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tiny_data_dir}", "model.vocab_size=1024"])
-    assert not fake_sbatch.exists()
-    fake.lease_holder = lambda run_dir: None  # type: ignore[attr-defined]
+    """A real lease (mltrain.lease) held by another live process, as a running trainer holds it: refused
+    with who holds it; once that process is gone the submit goes through."""
+    run_dir = tmp_path / "runs" / "golden"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mltrain.lease import acquire_lease; "
+            "acquire_lease(sys.argv[1], job_id='99'); print('held', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(
+            RunDirError, match=f"in use by a running trainer \\(host .+, pid {holder.pid}, job_id 99\\)"
+        ):
+            submit_run(
+                RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tiny_data_dir}", "model.vocab_size=1024"]
+            )
+        assert not fake_sbatch.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     job = submit_run(RUN_YAML, _local_spec(tmp_path), overrides=[f"data.dir={tiny_data_dir}", "model.vocab_size=1024"])
     assert job == "123" and fake_sbatch.exists()
 
@@ -164,7 +182,7 @@ def test_launch_errors_are_mltrain_errors() -> None:
     ],
 )
 def test_time_takes_every_slurm_form(given: str, normal: str, seconds: int) -> None:
-    """Before: `--time 2` (two minutes to Slurm) was refused; only HH:MM:SS and D-HH:MM:SS were taken."""
+    """`--time` takes every form sbatch takes (`2` is two minutes to Slurm), not only HH:MM:SS and D-HH:MM:SS."""
     from mltrain.launch.slurm import normalize_time
 
     assert normalize_time(given) == (normal, seconds)
@@ -189,7 +207,7 @@ def test_cli_time_in_minutes_and_one_line_refusals() -> None:
 
 
 def test_every_submit_refusal_exits_2(tmp_path: Path, fake_sbatch: Path) -> None:
-    """Before: no prepared data (no manifest) exited 1 while the other refusals before sbatch exited 2."""
+    """Every refusal before sbatch exits 2, the missing prepared data (no manifest) too."""
     spec = _local_spec(tmp_path)
     nodata = _cli("submit", str(RUN_YAML), "--cluster", str(spec), "--set", f"data.dir={tmp_path / 'nodata'}")
     assert nodata.returncode == 2 and "no prepared data" in nodata.stderr, nodata.stderr
