@@ -1,0 +1,248 @@
+"""The small pieces `mltrain status` is built from, each pinned exactly: the error line it shows for a
+failed run, the lease check, the node lists, the line wrapping, the straggler line and the --json shape.
+A wrong word or a lost column here is what an operator reads at 3 a.m., so every branch is asserted
+with the exact text (bench/mutate.py runs these against launch/status.py's mutants)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mltrain.launch import status
+from mltrain.launch.status import RunStatus, compress_nodes, status_json, straggler_line, wrap_line
+
+
+def _run(tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "r"
+    (run / "control").mkdir(parents=True)
+    (run / "slurm").mkdir()
+    return run
+
+
+# ------------------------------------------------------------------ _error_line
+
+
+def test_error_line_is_the_first_line_of_the_exit_message(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    (run / "control" / "exit_message").write_text("\n  data.dir: no manifest\nsecond line\n")
+    (run / "slurm" / "7.err").write_text("error: from the job's stderr\n")
+    assert status._error_line(run, "7") == "data.dir: no manifest"
+
+
+@pytest.mark.parametrize("message", [None, "", "\n\n"])
+def test_error_line_falls_back_to_the_jobs_stderr_error_line(tmp_path: Path, message: str | None) -> None:
+    run = _run(tmp_path)
+    if message is not None:
+        (run / "control" / "exit_message").write_text(message)
+    (run / "slurm" / "7.err").write_text(
+        "Traceback: noise\n  mistake: not an error line\n   error:   model.dim: must be even  \nerror: second\n"
+    )
+    assert status._error_line(run, "7") == "model.dim: must be even"
+
+
+def test_error_line_without_a_job_or_its_stderr_is_none(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    (run / "slurm" / "7.err").write_text("error: of job 7\n")
+    assert status._error_line(run, None) is None
+    assert status._error_line(run, "8") is None  # no 8.err
+    (run / "slurm" / "9.err").write_text("no error line here\n")
+    assert status._error_line(run, "9") is None
+
+
+def test_error_line_reads_a_stderr_with_bad_bytes(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    (run / "slurm" / "7.err").write_bytes(b"\xff\xfe garbage\nerror: bad \xff byte\n")
+    assert status._error_line(run, "7") == "bad \ufffd byte"
+
+
+# ------------------------------------------------------------------ _local_holder
+
+
+def test_local_holder_without_a_lease_file(tmp_path: Path) -> None:
+    assert status._local_holder(_run(tmp_path)) == (False, None)
+
+
+def test_local_holder_with_a_lease_file(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    (run / "control" / "lease.lock").write_text("")
+    assert status._local_holder(run) == (True, None)  # nobody holds it
+    (run / "control" / "lease.json").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "job_id": None, "heartbeat": 4e9, "started": 1})
+    )
+    has, holder = status._local_holder(run)
+    assert has is True and holder is not None and holder["pid"] == os.getpid()
+
+
+def test_local_holder_of_a_damaged_lease_is_no_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mltrain.lease
+
+    run = _run(tmp_path)
+    (run / "control" / "lease.lock").write_text("")
+
+    def broken(run_dir: Path) -> None:
+        raise ValueError("damaged")
+
+    monkeypatch.setattr(mltrain.lease, "lease_holder", broken)
+    assert status._local_holder(run) == (True, None)
+
+
+# ------------------------------------------------------------------ nodes
+
+
+@pytest.mark.parametrize(
+    "decision, shown",
+    [
+        ({"node": "node2"}, " on node2"),
+        ({"node": "node1,node2,node3"}, " on node[1-3]"),
+        ({"node": "a1,b7"}, " on a1,b7"),
+        ({"node": ""}, ""),
+        ({"node": None}, ""),
+        ({}, ""),
+    ],
+)
+def test_on_node(decision: dict, shown: str) -> None:
+    assert status._on_node(decision) == shown
+
+
+@pytest.mark.parametrize(
+    "nodes, short",
+    [
+        (["node1", "node2", "node3", "gpu7"], "node[1-3],gpu7"),
+        (["node3", "node1", "node2"], "node[1-3]"),
+        (["node1", "node3", "node4", "node9"], "node[1,3-4,9]"),
+        (["node9", "node10", "node11"], "node[9-11]"),
+        (["node08", "node09", "node10"], "node[08-10]"),
+        (["node007", "node008"], "node[007-008]"),
+        (["node07", "node8"], "node[07,8]"),
+        (["node7", "node08"], "node[7,08]"),
+        (["node01", "node1"], "node[01,1]"),
+        (["node0", "node1"], "node[0-1]"),
+        (["node5", "node5"], "node5"),
+        (["login", "node1", "login"], "login,node1"),
+        (["a1b2", "a1b3"], "a1b[2-3]"),
+        (["7", "8"], "[7-8]"),
+        ([], ""),
+    ],
+)
+def test_compress_nodes(nodes: list[str], short: str) -> None:
+    assert compress_nodes(nodes) == short
+
+
+@pytest.mark.parametrize("digits, padded", [("0", False), ("00", True), ("01", True), ("10", False), ("7", False)])
+def test_padded(digits: str, padded: bool) -> None:
+    assert status._padded(digits) is padded
+
+
+# ------------------------------------------------------------------ wrap_line
+
+
+def test_wrap_line_keeps_whole_parts_and_marks_each_with_its_separator() -> None:
+    text = "job 7 RUNNING; on node[1-2]; allocation 1h02m in, 3h left; ckpt step 200 (5m ago)"
+    assert wrap_line("  ", text, 40) == [
+        "  job 7 RUNNING; on node[1-2];",
+        "  allocation 1h02m in, 3h left;",
+        "  ckpt step 200 (5m ago)",
+    ]
+
+
+def test_wrap_line_fits_on_one_line_when_it_can() -> None:
+    assert wrap_line(">> ", "a; b; c", 80) == [">> a; b; c"]
+    assert wrap_line("", "one part only", 80) == ["one part only"]
+
+
+def test_wrap_line_breaks_a_long_word_and_never_cuts() -> None:
+    path = "/fsx/" + "x" * 50
+    lines = wrap_line("  ", f"see {path}; then retry", 24)
+    assert all(len(line) <= 24 for line in lines), lines
+    assert "".join(line.strip() for line in lines).replace(" ", "") == f"see{path};thenretry"
+    assert lines == ["  see /fsx/xxxxxxxxxxxxx", "  xxxxxxxxxxxxxxxxxxxxxx", "  xxxxxxxxxxxxxxx;", "  then retry"]
+
+
+def test_wrap_line_width_is_at_least_20() -> None:
+    lines = wrap_line("", "alpha beta gamma delta epsilon zeta", 5)
+    assert lines == ["alpha beta gamma", "  delta epsilon zeta"]
+
+
+def test_wrap_line_a_part_wider_than_the_line_is_broken_inside() -> None:
+    assert wrap_line("  ", "aaaa; bbbbbbbbbbbbbbbbbbbb; cc", 20) == ["  aaaa;", "  bbbbbbbbbbbbbbbbbb", "  bb; cc"]
+    assert wrap_line("", "", 30) == []
+
+
+# ------------------------------------------------------------------ straggler_line
+
+
+def _strag(count: int, last: dict | None) -> RunStatus:
+    return RunStatus(name="r", run_dir=Path("/r"), stragglers=count, last_straggler=last)
+
+
+def test_straggler_line_with_times() -> None:
+    last = {"step": 500, "rank": 13, "host": "p5-7", "gpu": "NVIDIA H100", "rank_time_s": 1.42, "median_s": 1.0}
+    assert (
+        straggler_line(_strag(3, last))
+        == "stragglers: 3 (last at step 500: rank 13 on p5-7, NVIDIA H100, 1.42x the median)"
+    )
+
+
+def test_straggler_line_from_the_slowdown_when_times_are_missing_or_zero() -> None:
+    last = {"step": 9, "rank": 0, "host": "h", "slowdown": 0.5, "rank_time_s": 3.0, "median_s": 0}
+    assert straggler_line(_strag(1, last)) == "stragglers: 1 (last at step 9: rank 0 on h, 1.50x the median)"
+    last = {"step": 9, "rank": 0, "host": "h", "slowdown": 0.25, "median_s": 2.0}
+    assert straggler_line(_strag(1, last)) == "stragglers: 1 (last at step 9: rank 0 on h, 1.25x the median)"
+    last = {"step": 9, "rank": 0, "host": "h", "slowdown": 0.25, "rank_time_s": "3", "median_s": 2.0}
+    assert straggler_line(_strag(1, last)) == "stragglers: 1 (last at step 9: rank 0 on h, 1.25x the median)"
+
+
+def test_straggler_line_without_a_ratio_or_names() -> None:
+    assert straggler_line(_strag(2, {"slowdown": "n/a"})) == "stragglers: 2 (last at step ?: rank ? on ?)"
+    assert straggler_line(_strag(2, {"step": 4, "rank": 1, "host": "h", "gpu": ""})) == (
+        "stragglers: 2 (last at step 4: rank 1 on h)"
+    )
+
+
+def test_no_straggler_line_without_stragglers() -> None:
+    assert straggler_line(_strag(0, {"step": 1})) is None
+    assert straggler_line(_strag(3, None)) is None
+
+
+# ------------------------------------------------------------------ status_json, goodput, eta, discovery
+
+
+def test_status_json_shape() -> None:
+    last = {"step": 5, "rank": 1}
+    r = RunStatus(name="r", run_dir=Path("/base/runs/r"), job_id="7", stragglers=2, last_straggler=last, notes=["n"])
+    doc = status_json(r)
+    assert doc["run_dir"] == "/base/runs/r" and isinstance(doc["run_dir"], str)
+    assert doc["stragglers"] == {"count": 2, "last": {"step": 5, "rank": 1}}
+    assert "last_straggler" not in doc
+    assert (doc["name"], doc["job_id"], doc["notes"], doc["state"]) == ("r", "7", ["n"], "-")
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_goodput_and_eta_are_runstats() -> None:
+    from mltrain import runstats
+
+    metrics = [
+        {"kind": "start", "time": 0.0, "step": 0},
+        {"kind": "train", "time": 50.0, "step": 10, "step_time_s": 2.0},
+        {"kind": "exit", "time": 100.0, "step": 10, "reason": "done"},
+    ]
+    assert status.goodput(metrics, now=100.0) == runstats.goodput(metrics, now=100.0)
+    assert status.goodput(metrics, now=100.0) is not None
+    assert (status._fmt_eta(None), status._fmt_eta(75), status._fmt_eta(7300)) == ("-", "1m15s", "2h01m")
+
+
+def test_discover_finds_local_and_slurm_runs_only(tmp_path: Path) -> None:
+    assert status._discover(tmp_path) == []
+    runs = tmp_path / "runs"
+    (runs / "b").mkdir(parents=True)
+    (runs / "b" / "config.yaml").write_text("name: b\n")
+    (runs / "a" / "slurm").mkdir(parents=True)
+    (runs / "a" / "slurm" / "jobs.jsonl").write_text("{}\n")
+    (runs / "c" / "slurm").mkdir(parents=True)  # a slurm dir without a job record
+    (runs / "d").mkdir()
+    (runs / "e.yaml").write_text("not a run dir\n")
+    (runs / "f" / "config.yaml").mkdir(parents=True)  # a directory named config.yaml
+    assert status._discover(tmp_path) == [runs / "a", runs / "b"]
