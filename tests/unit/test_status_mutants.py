@@ -207,7 +207,7 @@ def test_no_straggler_line_without_stragglers() -> None:
     assert straggler_line(_strag(3, None)) is None
 
 
-# ------------------------------------------------------------------ status_json, goodput, eta, discovery
+# ------------------------------------------------------------------ status_json, discovery
 
 
 def test_status_json_shape() -> None:
@@ -219,19 +219,6 @@ def test_status_json_shape() -> None:
     assert "last_straggler" not in doc
     assert (doc["name"], doc["job_id"], doc["notes"], doc["state"]) == ("r", "7", ["n"], "-")
     assert json.loads(json.dumps(doc)) == doc
-
-
-def test_goodput_and_eta_are_runstats() -> None:
-    from mltrain import runstats
-
-    metrics = [
-        {"kind": "start", "time": 0.0, "step": 0},
-        {"kind": "train", "time": 50.0, "step": 10, "step_time_s": 2.0},
-        {"kind": "exit", "time": 100.0, "step": 10, "reason": "done"},
-    ]
-    assert status.goodput(metrics, now=100.0) == runstats.goodput(metrics, now=100.0)
-    assert status.goodput(metrics, now=100.0) is not None
-    assert (status._fmt_eta(None), status._fmt_eta(75), status._fmt_eta(7300)) == ("-", "1m15s", "2h01m")
 
 
 def test_discover_finds_local_and_slurm_runs_only(tmp_path: Path) -> None:
@@ -246,3 +233,72 @@ def test_discover_finds_local_and_slurm_runs_only(tmp_path: Path) -> None:
     (runs / "e.yaml").write_text("not a run dir\n")
     (runs / "f" / "config.yaml").mkdir(parents=True)  # a directory named config.yaml
     assert status._discover(tmp_path) == [runs / "a", runs / "b"]
+
+
+@pytest.mark.parametrize(
+    "prefix, text, width, lines",
+    [
+        # hyphens are not break points: a long word is cut at the width, not after its last hyphen
+        ("", "x" * 25 + "ff-gg-hh-ii-jj-kk", 20, ["x" * 20, "  xxxxxff-gg-hh-ii-j", "  j-kk"]),
+        # a part that fits beside the last line's text stays on it (exactly the width counts as fitting)
+        ("    ", "ccc ff-gg-hh-ii-jj-kk; a dddd-eeee", 18, ["    ccc ff-gg-hh-ii-", "  jj-kk; a dddd-eeee"]),
+        # ... and one that does not, with the separating space counted, starts a new line
+        (
+            ">> ",
+            "bbff-gg-hh-ii-jj-kk; ff-gg-hh-ii-jj-kkdddd-eeee  ; a  ccc ",
+            19,
+            [">> bbff-gg-hh-ii-jj-", "  kk;", "  ff-gg-hh-ii-jj-kkd", "  ddd-eeee  ;", "  a  ccc"],
+        ),
+        # a blank last part adds nothing
+        (
+            ">> ",
+            "node[1-2]" + "x" * 25 + " ccc ; dddd-eeee dddd-eeee ;   ",
+            23,
+            [">> node[1-2]xxxxxxxxxxx", "  xxxxxxxxxxxxxx ccc ;", "  dddd-eeee dddd-eeee ;"],
+        ),
+        # a word that fits the line only without the indent still gets it: continuation lines are indented
+        ("", "bbbb anode[1-2]; " + "x" * 25 + " ccca", 26, ["bbbb anode[1-2];", "  " + "x" * 24, "  x ccca"]),
+    ],
+)
+def test_wrap_line_edges(prefix: str, text: str, width: int, lines: list[str]) -> None:
+    assert wrap_line(prefix, text, width) == lines
+
+
+# ------------------------------------------------------------------ the table's cells and the detail line
+
+
+def test_cells_of_a_run_with_every_figure() -> None:
+    r = RunStatus(
+        name="r", run_dir=Path("/r"), job_id="7", state="running", step=0, total_steps=10, loss=2.34567,
+        eta_s=75, goodput=0.876, restarts=2, preemptions=1, tokens_per_s=12345.6, ckpt_step=0, mfu=0.4123,
+    )  # fmt: skip
+    assert status._cells(r) == ["r", "running", "0/10", "2.346", "1m15s", "88%", "2 (1p)", "12,346", "7", "0", "41.2%"]
+
+
+def test_cells_of_a_run_that_knows_nothing_yet() -> None:
+    r = RunStatus(name="r", run_dir=Path("/r"))
+    assert status._cells(r) == ["r", "-", "-/?", "-", "-", "-", "0", "-", "-", "-", "-"]
+    r = RunStatus(name="r", run_dir=Path("/r"), step=5, goodput=0.0, mfu=0.0, tokens_per_s=0.0, loss=0.0)
+    assert status._cells(r)[2:8] == ["5/?", "0.000", "-", "0%", "0", "0"] and status._cells(r)[10] == "0.0%"
+
+
+@pytest.mark.parametrize(
+    "fields, line",
+    [
+        ({"job_id": "7", "scheduler_state": "RUNNING", "scheduler": "RUNNING node[1-2]"}, "job 7 RUNNING"),
+        ({"job_id": "7", "scheduler": "PENDING (Priority)"}, "PENDING (Priority)"),
+        ({"job_id": "7"}, "job 7"),
+        ({"scheduler_state": "RUNNING"}, ""),
+        ({"nodes": "node[1-2]"}, "on node[1-2]"),
+        ({"alloc_elapsed_s": 3700}, "allocation 1h01m in"),
+        ({"alloc_elapsed_s": 3700, "alloc_left_s": 120}, "allocation 1h01m in, 2m00s left"),
+        ({"ckpt_step": 200, "ckpt_age_s": 300}, "ckpt step 200 (5m00s ago)"),
+        ({"ckpt_step": 0}, "ckpt step 0 (- ago)"),
+        (
+            {"job_id": "7", "scheduler_state": "RUNNING", "nodes": "n1", "explanation": "why", "notes": ["a", "b"]},
+            "job 7 RUNNING; on n1; why; a; b",
+        ),
+    ],
+)
+def test_detail_line(fields: dict, line: str) -> None:
+    assert status.detail_line(RunStatus(name="r", run_dir=Path("/r"), **fields)) == line
