@@ -302,3 +302,108 @@ def test_cells_of_a_run_that_knows_nothing_yet() -> None:
 )
 def test_detail_line(fields: dict, line: str) -> None:
     assert status.detail_line(RunStatus(name="r", run_dir=Path("/r"), **fields)) == line
+
+
+# ------------------------------------------------------------------ show_status: the table, the lines, --json
+
+
+def _local_run(base: Path, name: str, **cfg: object) -> Path:
+    from tests.helpers import write_jsonl
+
+    run = base / "runs" / name
+    (run / "control").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"name: {name}\ntrain:\n  max_steps: 100\n")
+    write_jsonl(
+        run / "metrics.jsonl",
+        [{"kind": "start", "time": 1.0, "step": 0}]
+        + [{"kind": "train", "time": 2.0 + s, "step": s, "loss": 4.5, "tokens_per_s": 1234.0, "step_time_s": 1.0}
+           for s in (10, 20)]
+        + [{"kind": "exit", "time": 30.0, "step": 20, "reason": "done"}],
+    )  # fmt: skip
+    return run
+
+
+def _console(width: int = 120) -> tuple[object, Console]:
+    import io
+
+    out = io.StringIO()
+    return out, Console(file=out, width=width, force_terminal=True, color_system="truecolor")
+
+
+from rich.console import Console  # noqa: E402
+
+
+def _row_shown(plain: str, r: RunStatus) -> bool:
+    """The table has r's row: its cells under the headers shown (columns with nothing in them are left out)."""
+    header = next(line for line in plain.splitlines() if line.split()[:2] == ["run", "state"])
+    names = [c.header for c in status.STATUS_COLUMNS]
+    cells = status._cells(r)
+    want = [cells[names.index(h)] for h in header.split()]
+    return any(line.split() == want for line in plain.splitlines())
+
+
+def test_no_runs_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLTRAIN_BASE_DIR", str(tmp_path))
+    out, con = _console(400)
+    assert status.show_status(None, console=con) == []
+    assert out.getvalue() == f"no runs under {tmp_path / 'runs'} (set MLTRAIN_BASE_DIR or pass a run dir)\n"
+    out, con = _console()
+    assert status.show_status(None, console=con, json_out=True) == []
+    assert out.getvalue() == "[]\n"
+
+
+def test_json_is_the_status_json_of_each_run_indented_and_plain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLTRAIN_BASE_DIR", str(tmp_path))
+    _local_run(tmp_path, "a")
+    _local_run(tmp_path, "b")
+    out, con = _console()
+    rows = status.show_status(None, console=con, json_out=True)
+    assert [r.name for r in rows] == ["a", "b"]
+    assert out.getvalue() == json.dumps([status_json(r) for r in rows], indent=2) + "\n"  # no colour codes
+
+
+def test_table_without_slurm_has_no_job_column_and_lines_are_plain(tmp_path: Path) -> None:
+    import re
+
+    run = _local_run(tmp_path, "a")
+    out, con = _console(200)
+    (row,) = status.show_status(str(run), console=con)
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "state" in line)
+    assert "job" not in re.sub(r"\x1b\[[0-9;]*m", "", header)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert _row_shown(plain, row), plain
+    detail = [line for line in text.splitlines() if line.startswith("a: ")]
+    assert detail == [f"a: {status.detail_line(row)}"]  # printed as is: no highlighting of its numbers
+
+
+def test_table_with_a_slurm_run_keeps_the_job_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from tests.helpers import fake_slurm_bin, write_jsonl
+
+    fake_slurm_bin(tmp_path, monkeypatch)
+    local = _local_run(tmp_path, "a")
+    slurm = _local_run(tmp_path, "b")
+    write_jsonl(slurm / "slurm" / "jobs.jsonl", [{"event": "submit", "job_id": "4242", "time": 0.0}])
+    out, con = _console(200)
+    rows = status.show_status([str(local), str(slurm)], console=con)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    header = next(line for line in plain.splitlines() if "state" in line)
+    assert "job" in header.split() and [r.job_id for r in rows] == [None, "4242"]
+    assert all(_row_shown(plain, r) for r in rows), plain
+
+
+def test_a_narrow_terminal_says_which_columns_it_left_out(tmp_path: Path) -> None:
+    import re
+
+    run = _local_run(tmp_path, "a")
+    out, con = _console(30)
+    status.show_status(str(run), console=con)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().splitlines()]
+    first = next(i for i, line in enumerate(lines) if "narrow terminal" in line)
+    said = " ".join(line.strip() for line in lines[first:])
+    assert lines[first].startswith("(narrow terminal: ") and all(line.startswith("  ") for line in lines[first + 1 :])
+    assert said == "(narrow terminal: good, rst, tok/s not shown)" and all(len(line) <= 30 for line in lines)
