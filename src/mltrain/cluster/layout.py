@@ -45,6 +45,16 @@ class LayoutModel:
     largest_unit_params: float
     n_heads: int | None = None
     n_kv_heads: int | None = None
+    matmul_params: float | None = None  # N of 6N; None: params
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """What the step-time estimate needs: compute rate and the links (None anywhere: no estimate)."""
+
+    peak_flops: float  # per GPU, bf16 dense
+    mfu: float
+    efa_gbytes_per_s: float  # per GPU, across nodes (instance network / GPUs per node)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class LayoutAssumptions:
     overhead_gib: float = 6.0
     headroom: float = 0.9  # a layout must fit in this fraction of the GPU's memory
     max_shard_nodes: int = 32  # an FSDP shard group spans at most this many nodes, else HSDP
+    nvlink_gbytes_per_s: float = 450.0  # per GPU per direction (H100 / H200 NVLink 4)
+    fsdp_bytes_per_param: float = 8.0  # bf16 all-gather forward + backward, fp32 reduce-scatter
+    tp_bytes_per_token_hidden_layer: float = 16.0  # 8 SP all-gathers / reduce-scatters per layer, bf16
+    recompute_factor: float = 4.0 / 3.0  # full checkpointing: one more forward (8N instead of 6N)
+    min_layers_per_stage: int = 4  # fewer and a pipeline stage is mostly bubble and point-to-point sends
 
 
 DEFAULT_LAYOUT_ASSUMPTIONS = LayoutAssumptions()
@@ -79,6 +94,7 @@ class Layout:
     pp_microbatches: int | None = None
     loss_parallel: bool = False
     memory_gib: dict[str, float] = field(default_factory=dict)
+    step_estimate_s: dict[str, float] | None = None  # compute, fsdp, tp, bubble, step, per_token_us
     reason: str = ""
 
     @property
@@ -171,10 +187,13 @@ def choose_layout(
     seq_len: int,
     micro_batch_size: int = 1,
     activation_checkpointing: bool = False,
+    bandwidth: Bandwidth | None = None,
     a: LayoutAssumptions = DEFAULT_LAYOUT_ASSUMPTIONS,
 ) -> Layout | None:
-    """The preferred layout that fits `nodes` x `gpus_per_node` GPUs (see the module docstring), or None.
+    """The layout for `nodes` x `gpus_per_node` GPUs (see the module docstring), or None when none fits.
 
+    Without `bandwidth` the first candidate that fits wins; with it, the fitting candidate of the lowest
+    estimated time per token (a later candidate must be 5% faster to displace an earlier one).
     activation_checkpointing=True asks for full checkpointing in every candidate (the user's choice)."""
     world = nodes * gpus_per_node
     budget = gpu_memory_gib * a.headroom
@@ -182,10 +201,13 @@ def choose_layout(
     cps = [c for c in _powers_of_two(world) if c >= 2] if long else [1]
     tps = [t for t in _powers_of_two(gpus_per_node) if _tp_ok(m, t)]
     acs = [True] if activation_checkpointing else [False, True]
-    # smallest tp without recompute first; then the whole node's tp, with checkpointing, then with pipeline stages
-    order = [(1, tp, acs[0]) for tp in tps] + [(pp, tps[-1], ac) for pp in _powers_of_two(m.n_layers) for ac in acs]
-    seen: set[tuple[int, int, bool]] = set()
+    # smallest tp without recompute first; then the whole node's tp with checkpointing, then pipeline stages
+    order = [(1, tp, acs[0]) for tp in tps] + [
+        (pp, tps[-1], ac) for pp in _powers_of_two(m.n_layers // a.min_layers_per_stage or 1) for ac in acs
+    ]
     for cp in cps:
+        fits: list[Layout] = []
+        seen: set[tuple[int, int, bool]] = set()
         for pp, tp, ac in order:
             if (pp, tp, ac) in seen or world % (tp * cp * pp) or seq_len % (2 * tp * cp):
                 continue
@@ -193,23 +215,103 @@ def choose_layout(
             found = _fit_dp(
                 m, world // (tp * cp * pp), tp, cp, pp, ac, micro_batch_size, seq_len, gpus_per_node, budget, a
             )
-            if found is not None:
-                rep, shard, mem = found
-                lay = Layout(
-                    dp_replicate=rep,
-                    dp_shard=shard,
-                    tp=tp,
-                    cp=cp,
-                    pp=pp,
-                    activation_checkpointing="full" if ac else "none",
-                    pp_microbatches=2 * pp if pp > 1 else None,
-                    loss_parallel=tp > 1,
-                    memory_gib=mem,
-                )
+            if found is None:
+                continue
+            rep, shard, mem = found
+            lay = Layout(
+                dp_replicate=rep,
+                dp_shard=shard,
+                tp=tp,
+                cp=cp,
+                pp=pp,
+                activation_checkpointing="full" if ac else "none",
+                pp_microbatches=2 * pp if pp > 1 else None,
+                loss_parallel=tp > 1,
+                memory_gib=mem,
+            )
+            if bandwidth is None:
                 lay.reason = _reason(lay, m, seq_len, gpus_per_node, gpu_memory_gib, a, activation_checkpointing)
                 return lay
-        seen.clear()
+            lay.step_estimate_s = step_time_s(lay, m, micro_batch_size, seq_len, gpus_per_node, bandwidth, a)
+            fits.append(lay)
+        if fits:
+            best = _fastest([x for x in fits if x.pp == 1]) or _fastest(fits)
+            assert best is not None and best.step_estimate_s is not None
+            if best.pp == 1 and best.step_estimate_s["fsdp"] > best.step_estimate_s["compute"]:
+                # FSDP traffic is exposed: pipeline stages shrink it (each GPU gathers only its stage)
+                staged = _fastest([x for x in fits if x.pp > 1])
+                if staged is not None and _faster(staged, best):
+                    best = staged
+            flat = any(x.pp == 1 for x in fits)
+            best.reason = _reason(best, m, seq_len, gpus_per_node, gpu_memory_gib, a, activation_checkpointing, flat)
+            return best
     return None
+
+
+def _faster(x: Layout, y: Layout) -> bool:
+    """x beats y by 5% in estimated time per token (smaller differences are within the model's error)."""
+    assert x.step_estimate_s is not None and y.step_estimate_s is not None
+    return x.step_estimate_s["per_token_us"] < 0.95 * y.step_estimate_s["per_token_us"]
+
+
+def _fastest(layouts: list[Layout]) -> Layout | None:
+    """The first of `layouts` (in order of preference) unless a later one is 5% faster."""
+    best = layouts[0] if layouts else None
+    for lay in layouts[1:]:
+        if _faster(lay, best):  # type: ignore[arg-type]
+            best = lay
+    return best
+
+
+def step_time_s(
+    lay: Layout,
+    m: LayoutModel,
+    micro_batch_size: int,
+    seq_len: int,
+    gpus_per_node: int,
+    bw: Bandwidth,
+    a: LayoutAssumptions = DEFAULT_LAYOUT_ASSUMPTIONS,
+) -> dict[str, float]:
+    """Rough seconds of one optimizer step (no gradient accumulation) by part, and microseconds per token.
+
+    compute: (6N + 12 L hidden seq) FLOPs per token over tp x cp x pp GPUs at peak x MFU (x 4/3 with full
+    checkpointing), plus the 1F1B bubble (pp - 1) / micro batches; fsdp: 8 B per parameter of the stage
+    over the shard group (EFA when it spans nodes, else NVLink), overlapped with compute, once per step
+    with pp (the stage stays gathered over its micro batches) and once per micro batch without; HSDP adds
+    an fp32 all-reduce of the shard over EFA; tp: 16 B x tokens x hidden per layer over NVLink, not
+    overlapped. CP's ring exchange and PP's point-to-point sends are not counted."""
+    micro = lay.pp_microbatches or 1
+    tokens = micro_batch_size * seq_len * micro  # per data-parallel rank per step
+    n = m.matmul_params if m.matmul_params is not None else m.params
+    flops_tok = 6.0 * n + 12.0 * m.n_layers * m.hidden_size * seq_len
+    compute = flops_tok * tokens / (lay.tp * lay.cp * lay.pp) / (bw.peak_flops * bw.mfu)
+    if lay.activation_checkpointing == "full":
+        compute *= a.recompute_factor
+    bubble = compute * (lay.pp - 1) / micro
+    stage_layers = math.ceil(m.n_layers / lay.pp)
+    rest = m.params - m.n_layers * m.layer_params
+    if lay.pp > 1:
+        rest = min(rest, float(m.vocab_size * m.hidden_size + m.hidden_size))
+    stage_params = (stage_layers * m.layer_params + rest) / lay.tp
+    group = lay.dp_shard * lay.cp
+    spans_nodes = group * lay.tp > gpus_per_node
+    link = bw.efa_gbytes_per_s if spans_nodes else a.nvlink_gbytes_per_s
+    fsdp = a.fsdp_bytes_per_param * stage_params * (group - 1) / group / (link * 1e9) if group > 1 else 0.0
+    if lay.dp_replicate > 1:
+        fsdp += 2 * 4.0 * stage_params / group * (lay.dp_replicate - 1) / lay.dp_replicate / (bw.efa_gbytes_per_s * 1e9)
+    tp = (
+        a.tp_bytes_per_token_hidden_layer * tokens / lay.cp * m.hidden_size * stage_layers * (lay.tp - 1) / lay.tp
+    ) / (a.nvlink_gbytes_per_s * 1e9)
+    step = max(compute + bubble, fsdp) + tp
+    dp = lay.dp_replicate * lay.dp_shard
+    return {
+        "compute": compute,
+        "bubble": bubble,
+        "fsdp": fsdp,
+        "tp": tp,
+        "step": step,
+        "per_token_us": step / (tokens * dp) * 1e6,
+    }
 
 
 def _fit_dp(
@@ -256,6 +358,7 @@ def _reason(
     gpu_gib: float,
     a: LayoutAssumptions,
     ac_asked: bool,
+    flat_fits: bool = False,
 ) -> str:
     fit = f"{lay.memory_gib['total']:.1f} of {gpu_gib:g} GiB/GPU"
     parts = []
@@ -266,8 +369,13 @@ def _reason(
     else:
         parts.append("no tp: FSDP alone fits")
     if lay.pp > 1:
+        pp_why = (
+            "FSDP traffic would exceed compute without stages"
+            if lay.step_estimate_s is not None and flat_fits
+            else f"tp {gpn} + FSDP does not fit"
+        )
         parts.append(
-            f"pp {lay.pp}: tp {gpn} + FSDP does not fit; {math.ceil(m.n_layers / lay.pp)} layers per stage, "
+            f"pp {lay.pp}: {pp_why}; {math.ceil(m.n_layers / lay.pp)} layers per stage, "
             f"{lay.pp_microbatches} micro batches (bubble ~{(lay.pp - 1) / ((lay.pp_microbatches or 1) + lay.pp - 1):.0%})"
         )
     shard_nodes = math.ceil(lay.dp_shard * lay.tp * lay.cp / gpn)
@@ -281,12 +389,18 @@ def _reason(
     if lay.activation_checkpointing == "full":
         parts.append("full activation checkpointing: " + ("asked for" if ac_asked else "needed to fit"))
     parts.append(f"fits {fit}")
+    est = lay.step_estimate_s
+    if est is not None:
+        parts.append(
+            f"est. step {est['step']:.2f} s (compute {est['compute'] + est['bubble']:.2f}, FSDP {est['fsdp']:.2f} "
+            f"overlapped, TP {est['tp']:.2f})"
+        )
     return "; ".join(parts)
 
 
 def layout_model_from_config(cfg: Any) -> LayoutModel:
     """LayoutModel of a ModelConfig (the trainer's analytic counts, mltrain.model.flops)."""
-    from mltrain.model.flops import param_count
+    from mltrain.model.flops import matmul_params, param_count
 
     d = cfg.hidden_size
     emb = cfg.vocab_size * d
@@ -301,4 +415,5 @@ def layout_model_from_config(cfg: Any) -> LayoutModel:
         largest_unit_params=float(max(per_layer, emb)),
         n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_kv_heads,
+        matmul_params=float(matmul_params(cfg)),
     )
