@@ -396,7 +396,16 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
     for m in fleet.models:
         shape = model_shape(m)
         mfu = m.mfu if m.mfu is not None else read_bench_mfu(m.bench_result or "")
-        fit = min_nodes_to_fit(shape, inst, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+        if m.fit == "layout":
+            fit = min_nodes_by_layout(m, inst, c.nodes, a)
+            if fit is None:
+                raise ClusterError(
+                    f"model {m.name}: no layout (tp, cp, pp, activation checkpointing) fits on {c.nodes} x "
+                    f"{inst.name} ({inst.gpu_memory_gib} GiB per GPU) at micro_batch_size={m.micro_batch_size}, "
+                    f"seq_len={m.seq_len}"
+                )
+        else:
+            fit = min_nodes_to_fit(shape, inst, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
         if fit is None:
             mem = memory_per_gpu_gib(shape, 10**9, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
             raise ClusterError(
@@ -451,8 +460,8 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         mem = memory_per_gpu_gib(shape, n * gpn, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
         lay = plan_layout(m, inst, n, mfu, a)
         mem_total = mem["total"]
-        if lay is not None and mem_total > inst.gpu_memory_gib:
-            mem_total = lay.memory_gib["total"]  # flat FSDP would not fit: the layout's figure
+        if lay is not None and m.fit == "layout":
+            mem_total = lay.memory_gib["total"]
         plans.append(
             ModelPlan(
                 name=m.name,
