@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from mltrain.cluster.catalog import get_instance
+from mltrain.cluster.fleet import load_fleet
 from mltrain.cluster.layout import (
     GIB,
     Bandwidth,
@@ -243,3 +244,43 @@ def test_plan_carries_each_models_layout(tmp_path: Path):
     data["cluster"]["nodes"] = 2
     with pytest.raises(ClusterError, match=r"model big: no layout \(tp, cp, pp, activation checkpointing\) fits on 2"):
         plan_fleet(Fleet.model_validate(data))
+
+
+def test_fleet_submit_passes_the_layout_as_overrides(tmp_path: Path, monkeypatch):
+    """submit_run monkeypatched: the overrides fleet submit hands it are the planned layout's."""
+    import mltrain.launch.slurm as slurm
+    from mltrain.config import RunConfig
+    from mltrain.launch.fleet import fleet_submit_command, planned_overrides
+
+    calls = []
+    monkeypatch.setattr(slurm, "submit_run", lambda *a, **k: calls.append(k) or "job")
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"name": "big", "model": {"preset": "llama3.1-70b"}, "train": {"parallel": "fsdp"}}))
+    script_run = tmp_path / "script.yaml"
+    script_run.write_text(yaml.safe_dump({"name": "s", "script": {"path": "train.py"}}))
+    fleet = tmp_path / "fleet.yaml"
+    model = {"name": "big", "preset": "llama3.1-70b", "tokens": "100B", "mfu": 0.4, "seq_len": 8192}
+    fleet.write_text(
+        yaml.safe_dump(
+            {
+                "cluster": {"instance_type": "p5.48xlarge", "nodes": 32, "price_per_node_hour": 55.0},
+                "models": [{**model, "fit": "layout", "run_config": "run.yaml"}],
+            }
+        )
+    )
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        yaml.safe_dump(
+            {"name": "t", "instance_type": "p5.48xlarge", "nodes": 32, "gpus_per_node": 8,
+             "run_base_dir": str(tmp_path / "shared"), "slurm": {"partition": "gpu"}}
+        )
+    )  # fmt: skip
+    from rich.console import Console
+
+    c = Console(record=True, width=200, color_system=None)
+    fleet_submit_command(fleet, cluster, console=c)
+    plan = plan_fleet(load_fleet(fleet))
+    want = layout_overrides(plan.models[0].layout, with_parallel_block="parallel" in RunConfig.model_fields)
+    assert calls[0]["overrides"] == want and calls[0]["nodes"] == 32
+    assert "layout fsdp" in c.export_text()
+    assert planned_overrides(script_run, plan.models[0].layout) == []  # a script run parallelizes itself
