@@ -407,6 +407,8 @@ def test_a_narrow_terminal_says_which_columns_it_left_out(tmp_path: Path) -> Non
     said = " ".join(line.strip() for line in lines[first:])
     assert lines[first].startswith("(narrow terminal: ") and all(line.startswith("  ") for line in lines[first + 1 :])
     assert said == "(narrow terminal: good, rst, tok/s not shown)" and all(len(line) <= 30 for line in lines)
+    raw = out.getvalue().splitlines()[first]
+    assert raw == f"\x1b[2m{lines[first]}\x1b[0m"  # dim, and nothing else: no highlighting of its brackets
 
 
 # ------------------------------------------------------------------ the run's config, its length, a current exit reason
