@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import write_jsonl
 
 from mltrain import runstats
+from mltrain.fsutil import read_jsonl
 from mltrain.launch import status
 
 NOW = 10_000.0
@@ -108,15 +109,18 @@ def test_running_slurm_job_every_field(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     "nodes, shown",
-    [("node[1-2],gpu3", "node[1-2],gpu3"), ("gpu3,node1,node2", "gpu3,node[1-2]"), ("n5", "n5")],
+    [("gpu[1,3],gpu[5,7]", "gpu[1,3],gpu[5,7]"), ("gpu3,node1,node2", "gpu3,node[1-2]"), ("n5", "n5")],
 )
 def test_running_nodes_come_from_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: str, shown: str) -> None:
     _slurm(monkeypatch, _info("RUNNING", "None", nodes))
     run = _run(tmp_path, job=True)
     write_jsonl(run / "metrics.jsonl", _trains(NOW - 50, 1, 5))
     write_jsonl(run / "slurm" / "allocations.jsonl", [{"event": "start", "job_id": "7", "time": NOW - 60}])
+    (run / "control" / "exit_reason").write_text("preempted\n")
+    os.utime(run / "control" / "exit_reason", (NOW, NOW))
     st = status.run_status(run, now=NOW)
     assert st.running and st.nodes == shown and st.scheduler == f"RUNNING {nodes}"
+    assert st.exit_reason is None and st.explanation == "running"
     assert st.alloc_elapsed_s == pytest.approx(60.0) and st.alloc_left_s is None
 
 
@@ -205,6 +209,20 @@ def test_ended_job_takes_nodes_from_the_last_allocation_not_the_lease(
     assert st.alloc_elapsed_s is None and st.eta_s is None
 
 
+def test_ended_jobs_open_allocation_stops_at_its_last_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job Slurm no longer runs is not live: an allocation without its end event does not count up to now."""
+    _slurm(monkeypatch, _info("FAILED"))
+    run = _run(tmp_path, job=True)
+    metrics = _trains(NOW - 1000, 1, 10)
+    write_jsonl(run / "metrics.jsonl", metrics)
+    write_jsonl(run / "slurm" / "allocations.jsonl", [{"event": "start", "job_id": "7", "time": NOW - 1010}])
+    st = status.run_status(run, now=NOW)
+    allocs = runstats.read_allocations(run)
+    expected = runstats.goodput(metrics, allocs, now=NOW, live_job_id=None, local_live=False)
+    assert st.running is False and st.goodput == pytest.approx(expected)
+    assert expected != pytest.approx(runstats.goodput(metrics, allocs, now=NOW, live_job_id="7", local_live=False))
+
+
 def test_ended_job_whose_last_allocation_has_no_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _slurm(monkeypatch, _info("FAILED", "None", ""))
     _holder(monkeypatch, True, {"host": "lease-host"})
@@ -248,6 +266,10 @@ def test_local_run_whose_lease_holder_is_gone(tmp_path: Path, monkeypatch: pytes
     write_jsonl(run / "metrics.jsonl", _trains(NOW - 20, 1, 3, job=None))
     st = status.run_status(run, now=NOW)
     assert st.running is False and st.nodes is None and st.alloc_elapsed_s is None and st.eta_s is None
+    metrics = read_jsonl(run / "metrics.jsonl")
+    expected = runstats.goodput(metrics, [], now=NOW, live_job_id=None, local_live=False)
+    assert st.goodput == pytest.approx(expected)  # a dead run's time stops at its last record
+    assert expected != pytest.approx(runstats.goodput(metrics, [], now=NOW, live_job_id=None, local_live=True))
     assert (st.state, st.explanation) == ("stopped", "not running, no exit recorded (killed?); starts from step 0")
 
 
