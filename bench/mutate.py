@@ -69,6 +69,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/unit/test_status_ops.py",
             "tests/unit/test_status_words.py",
             "tests/unit/test_status_figures.py",
+            "tests/unit/test_status_run_mutants.py",
         ],
     ),
     "health": ("src/mltrain/ops/health.py", ["tests/unit/test_ops_health.py"]),
