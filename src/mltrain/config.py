@@ -615,6 +615,18 @@ def resolve_parallel(cfg: RunConfig, world_size: int, device_type: str = "cpu") 
     return p
 
 
+def layout_warning(cfg: RunConfig, world_size: int) -> str | None:
+    """Why the `parallel:` block cannot start on `world_size` GPU ranks (the trainer would refuse it),
+    for launchers that render a job before any rank runs; None when it fits or there is no block."""
+    if cfg.parallel is None:
+        return None
+    try:
+        resolve_parallel(cfg, world_size, "cuda")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def _device_type(cfg: RunConfig) -> str:
     """cpu or cuda, as the trainer will pick it (torch is asked only for `device: auto`)."""
     if cfg.train.device != "auto":

@@ -2,8 +2,9 @@
 pp, dp_replicate, dp_shard, cp, tp.
 
 Only axes of degree > 1 are in the mesh, so a degree-1 axis creates no process group. The data-parallel
-ranks (dp_replicate x dp_shard) are also flattened into one "dp" axis when both are present: the loss
-and the loader's sample split are over dp, while tp ranks of one dp group see the same batch.
+sub-mesh is (dp_replicate, dp_shard): 2-D for HSDP, 1-D for FSDP2 or DDP; the loader's sample split is
+over its ranks, while the tp ranks of one dp group see the same batch. No flattened axis is made until
+something needs one (each is another process group on every rank).
 
 Ranks are laid out row-major over the axes in that order (tp innermost, so a tp group is consecutive
 ranks, i.e. one node's GPUs), which `dp_coordinate` reproduces without a process group.
@@ -45,10 +46,7 @@ def build_mesh(p: ParallelConfig, device_type: str) -> DeviceMesh | None:
     if not active:
         return None
     names = tuple(name for name, _ in active)
-    mesh = init_device_mesh(device_type, tuple(n for _, n in active), mesh_dim_names=names)
-    if "dp_replicate" in names and "dp_shard" in names:
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
-    return mesh
+    return init_device_mesh(device_type, tuple(n for _, n in active), mesh_dim_names=names)
 
 
 def dp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:

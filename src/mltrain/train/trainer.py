@@ -88,14 +88,15 @@ def resumed_config(cfg: RunConfig, trainer_state: dict[str, Any]) -> tuple[dict[
 
 
 def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
-    """(ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not recorded)."""
+    """(data-parallel ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not
+    recorded); the data-parallel ranks are the world unless a `parallel:` block split it further."""
     loader = state.get("loader") or {}
 
     def num(v: Any) -> int | None:
         return int(v) if v else None
 
     return (
-        num(state.get("world_size") or loader.get("world_size")),
+        num(state.get("dp_size") or state.get("world_size") or loader.get("world_size")),
         num(state.get("micro_batch_size") or loader.get("micro_batch_size")),
         num(state.get("grad_accum_steps")),
     )
