@@ -803,6 +803,8 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 
 def dump_yaml(model: BaseModel) -> str:
     data = model.model_dump(mode="json")
+    if isinstance(model, RunConfig) and model.parallel is None:
+        data.pop("parallel", None)  # train.parallel's shorthand sets the layout: no parallel: key
     if isinstance(model, RunConfig) and model.script is None:
         data.pop("script", None)  # a built-in trainer run: no script: key in its config.yaml
     elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)
