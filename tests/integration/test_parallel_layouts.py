@@ -46,6 +46,10 @@ def records(run_dir: Path) -> dict[int, tuple[float, float]]:
     return {r["step"]: (r["loss"], r["grad_norm"]) for r in read_metrics(run_dir) if r["kind"] == "train"}
 
 
+def val_losses(run_dir: Path) -> list[float]:
+    return [r["val_loss"] for r in read_metrics(run_dir) if r["kind"] == "eval"]
+
+
 def config(base: Path, data: Path, name: str, parallel: dict | None, micro: int, accum: int, **train) -> dict:
     """The tiny model with untied embeddings and 8 query / 4 KV heads (tp 4 needs both divisible by 4);
     every layout trains a global batch of 8 sequences per step."""
@@ -72,16 +76,23 @@ def assert_close(got: dict, want: dict, steps: range, what: str) -> None:
 
 
 def test_layouts_match_one_process(tmp_path, tiny_data_dir):
-    ref = records(train(tmp_path, tiny_data_dir, "ref", 1, None, micro=4, accum=2))
+    ref_dir = train(tmp_path, tiny_data_dir, "ref", 1, None, micro=4, accum=2)
+    ref = records(ref_dir)
     assert sorted(ref) == list(range(1, STEPS + 1))
     layouts = {
         "fsdp2-tp2": ({"dp_shard": 2, "tp": 2}, 4, 1),
         "tp4": ({"tp": 4}, 4, 2),
         "hsdp2x2": ({"dp_replicate": 2, "dp_shard": -1}, 2, 1),
     }
+    vals = {}
     for name, (parallel, micro, accum) in layouts.items():
         run_dir = train(tmp_path, tiny_data_dir, name, 4, parallel, micro, accum)
         assert_close(records(run_dir), ref, range(1, STEPS + 1), name)
+        vals[name] = val_losses(run_dir)
+    # The eval at the end reads eval_batches x dp x micro batch validation samples: tp 4 reads the reference's
+    # 8, both other layouts the same 16 (dp 2 x 4 and dp 4 x 2).
+    assert vals["tp4"] == pytest.approx(val_losses(ref_dir), rel=LOSS_RTOL)
+    assert vals["hsdp2x2"] == pytest.approx(vals["fsdp2-tp2"], rel=LOSS_RTOL)
 
     # One run across three layouts, resharded by DCP at each resume: stopped at step 4 on dp_shard 2 x tp 2
     # with loss_parallel, resumed on HSDP and stopped at step 8, finished on one process without a parallel:
