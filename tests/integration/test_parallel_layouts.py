@@ -79,14 +79,14 @@ def test_layouts_match_one_process(tmp_path, tiny_data_dir):
     ref_dir = train(tmp_path, tiny_data_dir, "ref", 1, None, micro=4, accum=2)
     ref = records(ref_dir)
     assert sorted(ref) == list(range(1, STEPS + 1))
-    layouts = {
-        "fsdp2-tp2": ({"dp_shard": 2, "tp": 2}, 4, 1),
-        "tp4": ({"tp": 4}, 4, 2),
-        "hsdp2x2": ({"dp_replicate": 2, "dp_shard": -1}, 2, 1),
+    layouts = {  # name: (parallel, micro batch, grad_accum, activation checkpointing)
+        "fsdp2-tp2": ({"dp_shard": 2, "tp": 2}, 4, 1, False),
+        "tp4": ({"tp": 4}, 4, 2, True),  # recomputing a block in backward gives the same numbers
+        "hsdp2x2": ({"dp_replicate": 2, "dp_shard": -1}, 2, 1, False),
     }
     vals = {}
-    for name, (parallel, micro, accum) in layouts.items():
-        run_dir = train(tmp_path, tiny_data_dir, name, 4, parallel, micro, accum)
+    for name, (parallel, micro, accum, ac) in layouts.items():
+        run_dir = train(tmp_path, tiny_data_dir, name, 4, parallel, micro, accum, activation_checkpointing=ac)
         assert_close(records(run_dir), ref, range(1, STEPS + 1), name)
         vals[name] = val_losses(run_dir)
     # The eval at the end reads eval_batches x dp x micro batch validation samples: tp 4 reads the reference's
