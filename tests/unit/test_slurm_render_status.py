@@ -1,7 +1,6 @@
 """`mltrain status` from run-dir files alone: goodput, explanations, and no crash without Slurm.
 
-(Named test_slurm_render_* to stay inside the Slurm launcher's files; the live-Slurm status checks
-are in tests/integration/test_slurm.py.)
+(The live-Slurm status checks are in tests/integration/test_slurm.py.)
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from mltrain import runstats
 from mltrain.launch import slurm, status
 
 
@@ -30,8 +30,8 @@ def test_goodput_counts_only_surviving_steps() -> None:
     m += [{"kind": "exit", "time": 150.0, "step": 100, "reason": "done"}]
     # productive: 20 + 80 steps of 1 s = 100 s; allocated: 0..40 and 60..150 = 130 s (the idle gap
     # between the crash's last record and the next start is not the run's time; runstats.goodput)
-    assert status.goodput(m, now=999.0) == pytest.approx(100 / 130)
-    assert status.goodput([], now=1.0) is None
+    assert runstats.goodput(m, now=999.0) == pytest.approx(100 / 130)
+    assert runstats.goodput([], now=1.0) is None
 
 
 def test_local_run_without_slurm_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,7 +207,7 @@ def test_no_straggler_line_without_stragglers() -> None:
     assert straggler_line(_strag(3, None)) is None
 
 
-# ------------------------------------------------------------------ status_json, goodput, eta, discovery
+# ------------------------------------------------------------------ status_json, discovery
 
 
 def test_status_json_shape() -> None:
@@ -219,19 +219,6 @@ def test_status_json_shape() -> None:
     assert "last_straggler" not in doc
     assert (doc["name"], doc["job_id"], doc["notes"], doc["state"]) == ("r", "7", ["n"], "-")
     assert json.loads(json.dumps(doc)) == doc
-
-
-def test_goodput_and_eta_are_runstats() -> None:
-    from mltrain import runstats
-
-    metrics = [
-        {"kind": "start", "time": 0.0, "step": 0},
-        {"kind": "train", "time": 50.0, "step": 10, "step_time_s": 2.0},
-        {"kind": "exit", "time": 100.0, "step": 10, "reason": "done"},
-    ]
-    assert status.goodput(metrics, now=100.0) == runstats.goodput(metrics, now=100.0)
-    assert status.goodput(metrics, now=100.0) is not None
-    assert (status._fmt_eta(None), status._fmt_eta(75), status._fmt_eta(7300)) == ("-", "1m15s", "2h01m")
 
 
 def test_discover_finds_local_and_slurm_runs_only(tmp_path: Path) -> None:
@@ -246,3 +233,177 @@ def test_discover_finds_local_and_slurm_runs_only(tmp_path: Path) -> None:
     (runs / "e.yaml").write_text("not a run dir\n")
     (runs / "f" / "config.yaml").mkdir(parents=True)  # a directory named config.yaml
     assert status._discover(tmp_path) == [runs / "a", runs / "b"]
+
+
+@pytest.mark.parametrize(
+    "prefix, text, width, lines",
+    [
+        # hyphens are not break points: a long word is cut at the width, not after its last hyphen
+        ("", "x" * 25 + "ff-gg-hh-ii-jj-kk", 20, ["x" * 20, "  xxxxxff-gg-hh-ii-j", "  j-kk"]),
+        # a part that fits beside the last line's text stays on it (exactly the width counts as fitting)
+        ("    ", "ccc ff-gg-hh-ii-jj-kk; a dddd-eeee", 18, ["    ccc ff-gg-hh-ii-", "  jj-kk; a dddd-eeee"]),
+        # ... and one that does not, with the separating space counted, starts a new line
+        (
+            ">> ",
+            "bbff-gg-hh-ii-jj-kk; ff-gg-hh-ii-jj-kkdddd-eeee  ; a  ccc ",
+            19,
+            [">> bbff-gg-hh-ii-jj-", "  kk;", "  ff-gg-hh-ii-jj-kkd", "  ddd-eeee  ;", "  a  ccc"],
+        ),
+        # a blank last part adds nothing
+        (
+            ">> ",
+            "node[1-2]" + "x" * 25 + " ccc ; dddd-eeee dddd-eeee ;   ",
+            23,
+            [">> node[1-2]xxxxxxxxxxx", "  xxxxxxxxxxxxxx ccc ;", "  dddd-eeee dddd-eeee ;"],
+        ),
+        # a word that fits the line only without the indent still gets it: continuation lines are indented
+        ("", "bbbb anode[1-2]; " + "x" * 25 + " ccca", 26, ["bbbb anode[1-2];", "  " + "x" * 24, "  x ccca"]),
+    ],
+)
+def test_wrap_line_edges(prefix: str, text: str, width: int, lines: list[str]) -> None:
+    assert wrap_line(prefix, text, width) == lines
+
+
+# ------------------------------------------------------------------ the table's cells and the detail line
+
+
+def test_cells_of_a_run_with_every_figure() -> None:
+    r = RunStatus(
+        name="r", run_dir=Path("/r"), job_id="7", state="running", step=0, total_steps=10, loss=2.34567,
+        eta_s=75, goodput=0.876, restarts=2, preemptions=1, tokens_per_s=12345.6, ckpt_step=0, mfu=0.4123,
+    )  # fmt: skip
+    assert status._cells(r) == ["r", "running", "0/10", "2.346", "1m15s", "88%", "2 (1p)", "12,346", "7", "0", "41.2%"]
+
+
+def test_cells_of_a_run_that_knows_nothing_yet() -> None:
+    r = RunStatus(name="r", run_dir=Path("/r"))
+    assert status._cells(r) == ["r", "-", "-/?", "-", "-", "-", "0", "-", "-", "-", "-"]
+    r = RunStatus(name="r", run_dir=Path("/r"), step=5, goodput=0.0, mfu=0.0, tokens_per_s=0.0, loss=0.0)
+    assert status._cells(r)[2:8] == ["5/?", "0.000", "-", "0%", "0", "0"] and status._cells(r)[10] == "0.0%"
+
+
+@pytest.mark.parametrize(
+    "fields, line",
+    [
+        ({"job_id": "7", "scheduler_state": "RUNNING", "scheduler": "RUNNING node[1-2]"}, "job 7 RUNNING"),
+        ({"job_id": "7", "scheduler": "PENDING (Priority)"}, "PENDING (Priority)"),
+        ({"job_id": "7"}, "job 7"),
+        ({"scheduler_state": "RUNNING"}, ""),
+        ({"nodes": "node[1-2]"}, "on node[1-2]"),
+        ({"alloc_elapsed_s": 3700}, "allocation 1h01m in"),
+        ({"alloc_elapsed_s": 3700, "alloc_left_s": 120}, "allocation 1h01m in, 2m00s left"),
+        ({"ckpt_step": 200, "ckpt_age_s": 300}, "ckpt step 200 (5m00s ago)"),
+        ({"ckpt_step": 0}, "ckpt step 0 (- ago)"),
+        (
+            {"job_id": "7", "scheduler_state": "RUNNING", "nodes": "n1", "explanation": "why", "notes": ["a", "b"]},
+            "job 7 RUNNING; on n1; why; a; b",
+        ),
+    ],
+)
+def test_detail_line(fields: dict, line: str) -> None:
+    assert status.detail_line(RunStatus(name="r", run_dir=Path("/r"), **fields)) == line
+
+
+# ------------------------------------------------------------------ show_status: the table, the lines, --json
+
+
+def _local_run(base: Path, name: str, **cfg: object) -> Path:
+    from tests.helpers import write_jsonl
+
+    run = base / "runs" / name
+    (run / "control").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"name: {name}\ntrain:\n  max_steps: 100\n")
+    write_jsonl(
+        run / "metrics.jsonl",
+        [{"kind": "start", "time": 1.0, "step": 0}]
+        + [{"kind": "train", "time": 2.0 + s, "step": s, "loss": 4.5, "tokens_per_s": 1234.0, "step_time_s": 1.0}
+           for s in (10, 20)]
+        + [{"kind": "exit", "time": 30.0, "step": 20, "reason": "done"}],
+    )  # fmt: skip
+    return run
+
+
+def _console(width: int = 120) -> tuple[object, Console]:
+    import io
+
+    out = io.StringIO()
+    return out, Console(file=out, width=width, force_terminal=True, color_system="truecolor")
+
+
+from rich.console import Console  # noqa: E402
+
+
+def _row_shown(plain: str, r: RunStatus) -> bool:
+    """The table has r's row: its cells under the headers shown (columns with nothing in them are left out)."""
+    header = next(line for line in plain.splitlines() if line.split()[:2] == ["run", "state"])
+    names = [c.header for c in status.STATUS_COLUMNS]
+    cells = status._cells(r)
+    want = [cells[names.index(h)] for h in header.split()]
+    return any(line.split() == want for line in plain.splitlines())
+
+
+def test_no_runs_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLTRAIN_BASE_DIR", str(tmp_path))
+    out, con = _console(400)
+    assert status.show_status(None, console=con) == []
+    assert out.getvalue() == f"no runs under {tmp_path / 'runs'} (set MLTRAIN_BASE_DIR or pass a run dir)\n"
+    out, con = _console()
+    assert status.show_status(None, console=con, json_out=True) == []
+    assert out.getvalue() == "[]\n"
+
+
+def test_json_is_the_status_json_of_each_run_indented_and_plain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLTRAIN_BASE_DIR", str(tmp_path))
+    _local_run(tmp_path, "a")
+    _local_run(tmp_path, "b")
+    out, con = _console()
+    rows = status.show_status(None, console=con, json_out=True)
+    assert [r.name for r in rows] == ["a", "b"]
+    assert out.getvalue() == json.dumps([status_json(r) for r in rows], indent=2) + "\n"  # no colour codes
+
+
+def test_table_without_slurm_has_no_job_column_and_lines_are_plain(tmp_path: Path) -> None:
+    import re
+
+    run = _local_run(tmp_path, "a")
+    out, con = _console(200)
+    (row,) = status.show_status(str(run), console=con)
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "state" in line)
+    assert "job" not in re.sub(r"\x1b\[[0-9;]*m", "", header)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert _row_shown(plain, row), plain
+    detail = [line for line in text.splitlines() if line.startswith("a: ")]
+    assert detail == [f"a: {status.detail_line(row)}"]  # printed as is: no highlighting of its numbers
+
+
+def test_table_with_a_slurm_run_keeps_the_job_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from tests.helpers import fake_slurm_bin, write_jsonl
+
+    fake_slurm_bin(tmp_path, monkeypatch)
+    local = _local_run(tmp_path, "a")
+    slurm = _local_run(tmp_path, "b")
+    write_jsonl(slurm / "slurm" / "jobs.jsonl", [{"event": "submit", "job_id": "4242", "time": 0.0}])
+    out, con = _console(200)
+    rows = status.show_status([str(local), str(slurm)], console=con)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    header = next(line for line in plain.splitlines() if "state" in line)
+    assert "job" in header.split() and [r.job_id for r in rows] == [None, "4242"]
+    assert all(_row_shown(plain, r) for r in rows), plain
+
+
+def test_a_narrow_terminal_says_which_columns_it_left_out(tmp_path: Path) -> None:
+    import re
+
+    run = _local_run(tmp_path, "a")
+    out, con = _console(30)
+    status.show_status(str(run), console=con)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().splitlines()]
+    first = next(i for i, line in enumerate(lines) if "narrow terminal" in line)
+    said = " ".join(line.strip() for line in lines[first:])
+    assert lines[first].startswith("(narrow terminal: ") and all(line.startswith("  ") for line in lines[first + 1 :])
+    assert said == "(narrow terminal: good, rst, tok/s not shown)" and all(len(line) <= 30 for line in lines)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -61,6 +61,10 @@ class FleetModel(StrictModel):
     seq_len: int = Field(default=4096, gt=0)
     micro_batch_size: int = Field(default=1, gt=0, description="sequences per GPU per micro-step")
     activation_checkpointing: bool = False
+    fit: Literal["fsdp", "layout"] = Field(
+        default="fsdp",
+        description="node count that fits: flat FSDP's, or the planner's layout's (tp, cp, pp, checkpointing)",
+    )
     mfu: float | None = Field(default=None, gt=0, le=1, description="expected model FLOPs utilisation")
     bench_result: str | None = Field(default=None, description="bench JSON / metrics.jsonl to read the MFU from")
     min_nodes: int | None = Field(default=None, gt=0)

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mltrain.cluster.fleet import load_fleet
+from mltrain.cluster.layout import Layout
 from mltrain.cluster.planner import Plan, SplitTotals, plan_fleet
 from mltrain.errors import ClusterError
 from mltrain.tables import Column, fit_table
@@ -42,7 +43,16 @@ PLAN_COLUMNS = [
     Column("tokens", "right", 6),
     Column("MFU", "right", 7),
     Column("GiB/GPU", "right", 8),
+    Column("layout", "left", 9),
 ]
+
+
+def layout_short(layout: dict | None) -> str:
+    """A layout dict (ModelPlan.layout) as a table cell: `fsdp64`, `hsdp2x32 tp8 ac`, `-` when none fits."""
+    if layout is None:
+        return "-"
+    lay = Layout(**{k: v for k, v in layout.items() if k in Layout.__dataclass_fields__})
+    return lay.short()
 
 
 def plan_title(plan: Plan) -> str:
@@ -72,6 +82,7 @@ def plan_rows(plan: Plan) -> tuple[list[Column], list[list[str]]]:
             "tokens": _si(m.tokens),
             "MFU": f"{m.mfu:.2f}",
             "GiB/GPU": f"{m.mem_gib_per_gpu:.1f}",
+            "layout": layout_short(m.layout),
         }
         rows.append([cell[c.header] for c in cols])
     tt, st = plan.totals, plan.seed_totals
@@ -118,6 +129,12 @@ def print_plan(plan: Plan, console: Console) -> None:
                 f"plan vs seed: makespan {tt.makespan_days - st.makespan_days:+.2f} days, cluster cost "
                 f"{tt.cluster_dollars - st.cluster_dollars:+,.0f} USD (per-model node-hours do not change "
                 f"with the split; the idle tail does)",
+                highlight=False,
+            )
+    for m in plan.models:
+        if m.layout_reason:
+            console.print(
+                f"[dim]layout[/] {escape(m.name)}: {escape(layout_short(m.layout))}: {escape(m.layout_reason)}",
                 highlight=False,
             )
     for m in plan.models:

@@ -31,6 +31,14 @@ from typing import Any
 
 from mltrain.cluster.catalog import InstanceType, get_instance
 from mltrain.cluster.fleet import Fleet, FleetModel
+from mltrain.cluster.layout import (
+    Bandwidth,
+    Layout,
+    LayoutAssumptions,
+    LayoutModel,
+    choose_layout,
+    layout_model_from_config,
+)
 from mltrain.config import ModelConfig
 from mltrain.errors import ClusterError
 
@@ -100,6 +108,56 @@ def model_shape(m: FleetModel) -> ModelShape:
         vocab_size=vocab,
         largest_unit_params=max(m.params / m.n_layers, float(vocab * m.hidden_size)),
     )
+
+
+def layout_model(m: FleetModel) -> LayoutModel:
+    """The layout search's view of a fleet model (explicit `params`: no heads to check, every parameter
+    in the layers)."""
+    cfg = m.architecture()
+    if cfg is not None:
+        return layout_model_from_config(cfg)
+    shape = model_shape(m)
+    return LayoutModel(
+        params=shape.params,
+        n_layers=shape.n_layers,
+        hidden_size=shape.hidden_size,
+        vocab_size=shape.vocab_size,
+        layer_params=shape.params / shape.n_layers,
+        largest_unit_params=shape.largest_unit_params,
+    )
+
+
+def plan_layout(
+    m: FleetModel, inst: InstanceType, nodes: int, mfu: float | None, a: Assumptions = DEFAULT_ASSUMPTIONS
+) -> Layout | None:
+    """The parallel layout of model `m` on `nodes` nodes (None when none fits); with an MFU the choice
+    among fitting layouts weighs their estimated step times (network: the instance's, split over its GPUs)."""
+    bw = (
+        None
+        if mfu is None
+        else Bandwidth(peak_flops=inst.peak_flops, mfu=mfu, efa_gbytes_per_s=inst.network_gbps / 8 / inst.accelerators)
+    )
+    return choose_layout(
+        layout_model(m),
+        nodes=nodes,
+        gpus_per_node=inst.accelerators,
+        gpu_memory_gib=inst.gpu_memory_gib,
+        seq_len=m.seq_len,
+        micro_batch_size=m.micro_batch_size,
+        activation_checkpointing=m.activation_checkpointing,
+        bandwidth=bw,
+        a=LayoutAssumptions(**asdict(a)),
+    )
+
+
+def min_nodes_by_layout(
+    m: FleetModel, inst: InstanceType, max_nodes: int, a: Assumptions = DEFAULT_ASSUMPTIONS
+) -> int | None:
+    """Smallest node count (up to max_nodes) on which some layout (TP, CP, PP, checkpointing) fits."""
+    for n in range(1, max_nodes + 1):
+        if plan_layout(m, inst, n, None, a) is not None:
+            return n
+    return None
 
 
 def memory_per_gpu_gib(
@@ -264,6 +322,8 @@ class ModelPlan:
     seed_node_hours: float | None = None
     seed_dollars: float | None = None
     seed_note: str | None = None
+    layout: dict[str, Any] | None = None  # the parallel layout at `nodes` (mltrain.cluster.layout.Layout)
+    layout_reason: str | None = None
 
 
 @dataclass
@@ -336,7 +396,16 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
     for m in fleet.models:
         shape = model_shape(m)
         mfu = m.mfu if m.mfu is not None else read_bench_mfu(m.bench_result or "")
-        fit = min_nodes_to_fit(shape, inst, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+        if m.fit == "layout":
+            fit = min_nodes_by_layout(m, inst, c.nodes, a)
+            if fit is None:
+                raise ClusterError(
+                    f"model {m.name}: no layout (tp, cp, pp, activation checkpointing) fits on {c.nodes} x "
+                    f"{inst.name} ({inst.gpu_memory_gib} GiB per GPU) at micro_batch_size={m.micro_batch_size}, "
+                    f"seq_len={m.seq_len}"
+                )
+        else:
+            fit = min_nodes_to_fit(shape, inst, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
         if fit is None:
             mem = memory_per_gpu_gib(shape, 10**9, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
             raise ClusterError(
@@ -389,6 +458,10 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         days.append(d)
         nh = n * d * HOURS_PER_DAY
         mem = memory_per_gpu_gib(shape, n * gpn, m.micro_batch_size, m.seq_len, m.activation_checkpointing, a)
+        lay = plan_layout(m, inst, n, mfu, a)
+        mem_total = mem["total"]
+        if lay is not None and m.fit == "layout":
+            mem_total = lay.memory_gib["total"]
         plans.append(
             ModelPlan(
                 name=m.name,
@@ -399,11 +472,13 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
                 flops=f,
                 node_days_work=w / 86400,
                 min_nodes_fit=fit,
-                mem_gib_per_gpu=mem["total"],
+                mem_gib_per_gpu=mem_total,
                 nodes=n,
                 days=d,
                 node_hours=nh,
                 dollars=None if price is None else nh * price,
+                layout=None if lay is None else lay.to_dict(),
+                layout_reason=None if lay is None else lay.reason,
             )
         )
     totals = _totals(nodes, days, c.nodes, price)

@@ -4,13 +4,27 @@ node count (each one a `mltrain submit` of the model's run config)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from mltrain.cluster.fleet import load_fleet
+from mltrain.cluster.layout import layout_overrides
+from mltrain.cluster.plan_cli import layout_short
 from mltrain.cluster.planner import plan_fleet
 from mltrain.cluster.spec import load_cluster_spec
 from mltrain.errors import ClusterError
+
+
+def planned_overrides(run_yaml: Path, layout: dict[str, Any] | None) -> list[str]:
+    """The planned layout as `--set` overrides of a model's run config; none for a script run (its script
+    parallelizes itself). The `parallel:` block is written when the run config schema has one."""
+    from mltrain.config import RunConfig, _read_yaml
+
+    data = _read_yaml(run_yaml)
+    if isinstance(data, dict) and data.get("script") is not None:
+        return []
+    return layout_overrides(layout, with_parallel_block="parallel" in RunConfig.model_fields)
 
 
 def fleet_submit_command(
@@ -38,12 +52,15 @@ def fleet_submit_command(
         raise ClusterError(f"{cluster_yaml}: nodes {spec.nodes} < the {plan.totals.nodes_used} nodes the plan uses")
     results = []
     for m, p in zip(fleet.models, plan.models, strict=True):
-        console.print(f"[bold]{m.name}[/]: {p.nodes} nodes, ~{p.days:.2f} days ({m.run_config})", highlight=False)
+        console.print(
+            f"[bold]{m.name}[/]: {p.nodes} nodes, ~{p.days:.2f} days ({m.run_config}); layout {layout_short(p.layout)}",
+            highlight=False,
+        )
         results.append(
             submit_run(
                 Path(m.run_config),
                 cluster_yaml,
-                overrides=[],
+                overrides=planned_overrides(Path(m.run_config), p.layout),
                 nodes=p.nodes,
                 time=None,
                 dry_run=dry_run,

@@ -116,11 +116,6 @@ def _total_steps(config: dict[str, Any], metrics: list[dict[str, Any]]) -> int |
     return None
 
 
-def goodput(metrics: list[dict[str, Any]], now: float | None = None) -> float | None:
-    """Goodput of a run from its metrics alone (local runs); see mltrain.runstats.goodput."""
-    return runstats.goodput(metrics, now=now)
-
-
 def _error_line(run_dir: Path, job_id: str | None) -> str | None:
     """The first line of the trainer's error: control/exit_message, else the job's stderr `error:` line."""
     try:
@@ -380,15 +375,22 @@ def wrap_line(prefix: str, text: str, width: int) -> list[str]:
     cur = prefix
     for i, part in enumerate(text.split("; ")):
         piece = part + (";" if i < text.count("; ") else "")
-        sep = "" if cur in (prefix, "  ") else " "
+        sep = "" if cur == prefix else " "
         if len(cur) + len(sep) + len(piece) <= width:
             cur += sep + piece
             continue
         if cur.strip() and cur != prefix:
             lines.append(cur)
             cur = "  "
+        # `cur` (the prefix, or the continuation indent) as initial_indent: textwrap would drop it as leading
+        # whitespace of the text when the first word fits the line only without it
         wrapped = textwrap.wrap(
-            cur + piece, width=width, subsequent_indent="  ", break_on_hyphens=False, break_long_words=True
+            piece,
+            width=width,
+            initial_indent=cur,
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+            break_long_words=True,
         )
         lines.extend(wrapped[:-1])
         cur = wrapped[-1] if wrapped else cur
@@ -427,10 +429,6 @@ def status_json(r: RunStatus) -> dict[str, Any]:
     doc.pop("last_straggler")
     doc["stragglers"] = {"count": r.stragglers, "last": r.last_straggler}
     return doc
-
-
-def _fmt_eta(s: float | None) -> str:
-    return runstats.fmt_duration(s)
 
 
 def _discover(base: Path) -> list[Path]:
