@@ -538,10 +538,6 @@ class RunConfig(StrictModel):
             for key in ("n_heads", "n_kv_heads"):
                 if getattr(m, key) % p.tp:
                     raise ValueError(f"parallel.tp {p.tp}: model.{key} {getattr(m, key)} is not divisible by it")
-            if m.tie_embeddings:
-                raise ValueError(
-                    f"parallel.tp {p.tp}: model.tie_embeddings is not supported under tensor parallel yet; use tp: 1"
-                )
             if t.loss_chunk_tokens:
                 raise ValueError(f"parallel.tp {p.tp}: train.loss_chunk_tokens must be 0 under tensor parallel")
         if t.seq_len % (2 * p.tp * p.cp):

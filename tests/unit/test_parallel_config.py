@@ -50,11 +50,6 @@ def load(tmp_path: Path, parallel: dict | None = None, **sections: dict):
         ),
         (
             {"tp": 2},
-            {"model": {"tie_embeddings": True}},
-            "(top level): parallel.tp 2: model.tie_embeddings is not supported under tensor parallel yet; use tp: 1",
-        ),
-        (
-            {"tp": 2},
             {"train": {"loss_chunk_tokens": 64}},
             "(top level): parallel.tp 2: train.loss_chunk_tokens must be 0 under tensor parallel",
         ),

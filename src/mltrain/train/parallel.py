@@ -4,9 +4,10 @@ DDP or shard with FSDP2 / HSDP (`fully_shard` per block, then root, on the data-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mltrain.train.distributed import DistInfo
@@ -44,6 +45,19 @@ def apply_fsdp(
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 
+class TiedHead(nn.Module):
+    """The vocabulary head of a tied model as a module, so tensor parallel can place its input and output:
+    logits = h @ embedding.weight^T. It holds no parameter (the embedding is kept outside the module tree,
+    so state-dict keys do not change)."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "_embedding", embedding)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self._embedding.weight)
+
+
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool) -> None:
     """Tensor parallel on the projections and sequence parallel on the norms (Megatron's layout).
 
@@ -56,24 +70,39 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool) -> None
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         PrepareModuleInput,
+        PrepareModuleInputOutput,
         RowwiseParallel,
         SequenceParallel,
         parallelize_module,
     )
 
-    parallelize_module(
-        model,
-        tp_mesh,
-        {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "norm": SequenceParallel(),
-            "output": ColwiseParallel(
-                input_layouts=Shard(1),
-                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+    logits = Shard(-1) if loss_parallel else Replicate()
+    plan: dict[str, Any] = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+    }
+    if model.output is not None:
+        plan["output"] = ColwiseParallel(
+            input_layouts=Shard(1), output_layouts=logits, use_local_output=not loss_parallel
+        )
+    parallelize_module(model, tp_mesh, plan)
+    if model.output is None:
+        # Tied: the embedding's vocab-sharded weight (Shard(0)) is already the column split of the head.
+        head = TiedHead(model.tok_embeddings)
+        parallelize_module(
+            head,
+            tp_mesh,
+            PrepareModuleInputOutput(
+                input_layouts=(Shard(1),),
+                desired_input_layouts=(Replicate(),),
+                output_layouts=(Shard(-1),),
+                desired_output_layouts=(logits,),
                 use_local_output=not loss_parallel,
             ),
-        },
-    )
+        )
+        # the model calls self._head(h): an instance attribute in front of the method, kept out of the
+        # module tree (no parameters of its own, nothing for FSDP or the state dict to see)
+        object.__setattr__(model, "_head", head)
     for block in model.layers:
         plan = {
             "attention_norm": SequenceParallel(),
