@@ -270,9 +270,9 @@ def test_wrap_line_edges(prefix: str, text: str, width: int, lines: list[str]) -
 def test_cells_of_a_run_with_every_figure() -> None:
     r = RunStatus(
         name="r", run_dir=Path("/r"), job_id="7", state="running", step=0, total_steps=10, loss=2.34567,
-        eta_s=75, goodput=0.876, restarts=2, preemptions=1, tokens_per_s=12345.6, ckpt_step=0, mfu=0.4123,
+        eta_s=75, goodput=0.6, restarts=2, preemptions=1, tokens_per_s=12345.6, ckpt_step=0, mfu=0.4123,
     )  # fmt: skip
-    assert status._cells(r) == ["r", "running", "0/10", "2.346", "1m15s", "88%", "2 (1p)", "12,346", "7", "0", "41.2%"]
+    assert status._cells(r) == ["r", "running", "0/10", "2.346", "1m15s", "60%", "2 (1p)", "12,346", "7", "0", "41.2%"]
 
 
 def test_cells_of_a_run_that_knows_nothing_yet() -> None:
@@ -407,3 +407,54 @@ def test_a_narrow_terminal_says_which_columns_it_left_out(tmp_path: Path) -> Non
     said = " ".join(line.strip() for line in lines[first:])
     assert lines[first].startswith("(narrow terminal: ") and all(line.startswith("  ") for line in lines[first + 1 :])
     assert said == "(narrow terminal: good, rst, tok/s not shown)" and all(len(line) <= 30 for line in lines)
+    raw = out.getvalue().splitlines()[first]
+    assert raw == f"\x1b[2m{lines[first]}\x1b[0m"  # dim, and nothing else: no highlighting of its brackets
+
+
+# ------------------------------------------------------------------ the run's config, its length, a current exit reason
+
+
+def test_total_steps_from_the_config_else_the_newest_start_record() -> None:
+    starts = [
+        {"kind": "start", "max_steps": 100},
+        {"kind": "train", "max_steps": 7},
+        {"kind": "start", "max_steps": 300},
+        {"kind": "train", "step": 5},
+    ]
+    assert status._total_steps({"train": {"max_steps": "50"}}, starts) == 50
+    assert status._total_steps({}, starts) == 300
+    assert status._total_steps({"train": {"max_steps": None}}, starts[:2]) == 100
+    assert status._total_steps({"train": None}, [{"kind": "train", "max_steps": 7}, {"kind": "start"}]) is None
+    assert status._total_steps({}, [{"kind": "start", "max_steps": "9"}]) is None
+    assert status._total_steps({}, []) is None
+
+
+def test_run_config_falls_back_to_the_slurm_copy(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    (run / "slurm" / "run.yaml").write_text("name: from-slurm\n")
+    assert status._run_config(run) == {"name": "from-slurm"}
+    (run / "config.yaml").write_text("name: [unclosed\n")  # unreadable YAML: the copy still serves
+    assert status._run_config(run) == {"name": "from-slurm"}
+    (run / "config.yaml").write_text("name: local\n")
+    assert status._run_config(run) == {"name": "local"}
+    (run / "config.yaml").write_text("- a list\n")
+    (run / "slurm" / "run.yaml").write_text("just text\n")
+    assert status._run_config(run) == {}
+
+
+@pytest.mark.parametrize(
+    "written, current",
+    [(None, False), (99.0, True), (98.5, False), (100.5, True), (150.0, True)],
+)
+def test_an_exit_reason_is_current_unless_the_latest_start_began_after_it(
+    tmp_path: Path, written: float | None, current: bool
+) -> None:
+    """A start at t=100 (and a train record at 200, which is no start): the exit reason is about it when it was
+    written at most 1 s before (clock skew between the writer and the start record), not when older."""
+    run = _run(tmp_path)
+    metrics = [{"kind": "start", "time": 100}, {"kind": "train", "time": 200.0}, {"kind": "start", "time": "x"}]
+    if written is not None:
+        (run / "control" / "exit_reason").write_text("done\n")
+        os.utime(run / "control" / "exit_reason", (written, written))
+    assert status._exit_reason_is_current(run, metrics) is current
+    assert status._exit_reason_is_current(run, [{"kind": "train", "time": 1.0}]) is True  # no start at all

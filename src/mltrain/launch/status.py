@@ -390,7 +390,6 @@ def wrap_line(prefix: str, text: str, width: int) -> list[str]:
             initial_indent=cur,
             subsequent_indent="  ",
             break_on_hyphens=False,
-            break_long_words=True,
         )
         lines.extend(wrapped[:-1])
         cur = wrapped[-1] if wrapped else cur
@@ -479,11 +478,7 @@ def detail_line(r: RunStatus) -> str:
     """Everything the table has no room for: job and its state, nodes, allocation time, checkpoint, why."""
     parts: list[str] = []
     if r.job_id:
-        parts.append(
-            f"job {r.job_id} {r.scheduler_state or ''}".strip()
-            if r.scheduler_state
-            else (r.scheduler or f"job {r.job_id}")
-        )
+        parts.append(f"job {r.job_id} {r.scheduler_state}" if r.scheduler_state else (r.scheduler or f"job {r.job_id}"))
     if r.nodes:
         parts.append(f"on {r.nodes}")
     if r.alloc_elapsed_s is not None:
