@@ -374,6 +374,34 @@ class TrainConfig(StrictModel):
         return self
 
 
+class ParallelConfig(StrictModel):
+    """The layout of a run on one DeviceMesh (torchtitan's axes, outermost first: pp, dp_replicate,
+    dp_shard, cp, tp). The product of the degrees is the world size; `dp_shard: -1` takes what the
+    others leave. Data parallel is dp_replicate x dp_shard (DDP when only dp_replicate > 1, FSDP2 on
+    dp_shard, HSDP on both); tp is tensor + sequence parallel inside each block."""
+
+    dp_replicate: int = Field(default=1, ge=1, description="replicas (DDP, or HSDP's replicate dim)")
+    dp_shard: int = Field(default=-1, ge=-1, description="FSDP2 shards; -1 = the world size / the other degrees")
+    tp: int = Field(default=1, ge=1, description="tensor + sequence parallel degree (within a node)")
+    cp: int = Field(default=1, ge=1, description="context parallel degree (sequence split across ranks)")
+    pp: int = Field(default=1, ge=1, description="pipeline stages")
+    pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
+    pp_microbatches: int | None = Field(default=None, gt=0, description="none = pp stages")
+    loss_parallel: bool = Field(default=False, description="tp > 1: cross-entropy on vocab-sharded logits")
+
+    @model_validator(mode="after")
+    def _check_degrees(self) -> ParallelConfig:
+        if self.dp_shard == 0:
+            raise ValueError("dp_shard 0: give a degree >= 1, or -1 to infer it from the world size")
+        if self.pp > 1:
+            raise ValueError(f"pp {self.pp}: pipeline parallel is not built yet; use pp: 1")
+        return self
+
+    def fixed_product(self) -> int:
+        """The product of every degree but an inferred dp_shard."""
+        return self.dp_replicate * max(self.dp_shard, 1) * self.tp * self.cp * self.pp
+
+
 class CheckpointConfig(StrictModel):
     """Distributed checkpoints: cadence, retention, async save."""
 
@@ -480,6 +508,9 @@ class RunConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    parallel: ParallelConfig | None = Field(
+        default=None, description="the layout on a device mesh; none = train.parallel's shorthand"
+    )
 
     @model_validator(mode="after")
     def _tokenizer_from_init_dir(self) -> RunConfig:
@@ -494,6 +525,33 @@ class RunConfig(StrictModel):
     def _check_lengths(self) -> RunConfig:
         if self.model is not None and self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_parallel(self) -> RunConfig:
+        """What a layout needs of the model and batch, knowable without the world size."""
+        p = self.parallel
+        if p is None or self.model is None:
+            return self
+        m, t = self.model, self.train
+        if p.tp > 1:
+            for key in ("n_heads", "n_kv_heads"):
+                if getattr(m, key) % p.tp:
+                    raise ValueError(f"parallel.tp {p.tp}: model.{key} {getattr(m, key)} is not divisible by it")
+            if t.loss_chunk_tokens:
+                raise ValueError(f"parallel.tp {p.tp}: train.loss_chunk_tokens must be 0 under tensor parallel")
+        if t.seq_len % (2 * p.tp * p.cp):
+            raise ValueError(
+                f"train.seq_len {t.seq_len} is not divisible by 2 x parallel.tp {p.tp} x parallel.cp {p.cp} "
+                f"= {2 * p.tp * p.cp} (sequence parallel splits it across ranks)"
+            )
+        if p.loss_parallel and p.tp == 1:
+            raise ValueError("parallel.loss_parallel needs parallel.tp > 1 (it shards the logits over tp)")
+        if p.dp_replicate > 1 and p.dp_shard == 1 and p.tp > 1:
+            raise ValueError(
+                f"parallel.dp_replicate {p.dp_replicate} with tp {p.tp} and dp_shard 1: DDP does not compose with "
+                "tensor parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -534,11 +592,83 @@ def check_nproc(cfg: RunConfig, nproc: int, path: str | Path | None = None) -> N
     source = f"{path}: --nproc" if path else "--nproc"
     if nproc < 1:
         raise ConfigError(f"{source} {nproc}: must be at least 1")
+    if cfg.parallel is not None and cfg.script is None:
+        try:
+            resolve_parallel(cfg, nproc, _device_type(cfg))
+        except ConfigError as e:
+            raise ConfigError(f"{source} {nproc}: {e}") from None
+        return
     if nproc > 1 and cfg.train.parallel == "none" and cfg.script is None:
         raise ConfigError(
             f"{source} {nproc} with train.parallel: none would train {nproc} unsynchronised copies; "
             "use --set train.parallel=ddp (or fsdp), or --nproc 1"
         )
+
+
+def resolve_parallel(cfg: RunConfig, world_size: int, device_type: str = "cpu") -> ParallelConfig:
+    """The layout for `world_size` ranks, every degree known: the `parallel:` block, or the shorthand
+    `train.parallel` (ddp = dp_replicate over the world, fsdp = dp_shard over the world, none = one rank).
+
+    ConfigError (one line) when the degrees do not multiply to the world size, or when the layout
+    cannot run on this device."""
+    p = cfg.parallel
+    if p is None:
+        mode = cfg.train.parallel
+        if mode == "ddp":
+            return ParallelConfig(dp_replicate=world_size, dp_shard=1)
+        return ParallelConfig(dp_shard=world_size if mode == "fsdp" else 1)
+    if p.cp > 1:
+        if device_type == "cpu":
+            raise ConfigError(
+                f"parallel.cp {p.cp}: context parallel cannot run on CPU (torch's context parallel needs the "
+                "CUDA flash / efficient / cuDNN attention kernels); use cp: 1"
+            )
+        raise ConfigError(f"parallel.cp {p.cp}: context parallel training is not built yet; use cp: 1")
+    fixed = p.fixed_product()
+    if p.dp_shard == -1:
+        if world_size % fixed:
+            raise ConfigError(
+                f"parallel: dp_replicate {p.dp_replicate} x tp {p.tp} x cp {p.cp} x pp {p.pp} = {fixed} does not "
+                f"divide the world size {world_size}, so dp_shard: -1 cannot be inferred"
+            )
+        return p.model_copy(update={"dp_shard": world_size // fixed})
+    if fixed != world_size:
+        raise ConfigError(
+            f"parallel: dp_replicate {p.dp_replicate} x dp_shard {p.dp_shard} x tp {p.tp} x cp {p.cp} x pp {p.pp} "
+            f"= {fixed}, but the world size is {world_size}"
+        )
+    return p
+
+
+def layout_warning(cfg: RunConfig, world_size: int) -> str | None:
+    """Why the `parallel:` block cannot start on `world_size` GPU ranks (the trainer would refuse it),
+    for launchers that render a job before any rank runs; None when it fits or there is no block."""
+    if cfg.parallel is None:
+        return None
+    try:
+        resolve_parallel(cfg, world_size, "cuda")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _device_type(cfg: RunConfig) -> str:
+    """cpu or cuda, as the trainer will pick it (torch is asked only for `device: auto`)."""
+    if cfg.train.device != "auto":
+        return cfg.train.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parallel_note(cfg: RunConfig) -> str | None:
+    """One line when both the `parallel:` block and the shorthand `train.parallel` are given."""
+    if cfg.parallel is not None and cfg.train.parallel != "none":
+        return (
+            f"train.parallel: {cfg.train.parallel} is ignored: the parallel: block sets the layout "
+            "(ddp = dp_replicate over the world, fsdp = dp_shard over the world)"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- loading
@@ -698,6 +828,8 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 
 def dump_yaml(model: BaseModel) -> str:
     data = model.model_dump(mode="json")
+    if isinstance(model, RunConfig) and model.parallel is None:
+        data.pop("parallel", None)  # train.parallel's shorthand sets the layout: no parallel: key
     if isinstance(model, RunConfig) and model.script is None:
         data.pop("script", None)  # a built-in trainer run: no script: key in its config.yaml
     elif isinstance(model, RunConfig):  # a script run: the built-in trainer's defaults would mislead (max_steps)

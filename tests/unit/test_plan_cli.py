@@ -82,7 +82,14 @@ def _fleet_files(tmp_path: Path, with_run_configs: bool = True) -> tuple[Path, P
         if with_run_configs:
             run = tmp_path / f"run{i}.yaml"
             run.write_text(
-                yaml.safe_dump({"name": f"fleet-m{i}", "model": {"preset": "tiny"}, "train": {"parallel": "fsdp"}})
+                yaml.safe_dump(
+                    {
+                        "name": f"fleet-m{i}",
+                        # heads that divide by any tp up to 8, untied: the planned layout validates
+                        "model": {"preset": "tiny", "n_heads": 8, "n_kv_heads": 8, "tie_embeddings": False},
+                        "train": {"parallel": "fsdp"},
+                    }
+                )
             )
             m["run_config"] = run.name  # relative to the fleet file
         models.append(m)

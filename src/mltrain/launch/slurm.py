@@ -27,7 +27,7 @@ import yaml
 from rich.console import Console
 
 from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
-from mltrain.config import RunConfig, dump_yaml, load_run_config
+from mltrain.config import RunConfig, dump_yaml, layout_warning, load_run_config
 from mltrain.errors import ConfigError, DataError, LaunchError, RunDirError
 from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import batch_helper, nccl_env
@@ -310,8 +310,10 @@ def prepare_submission(
             if not any(str(path).startswith(d.rstrip("/") + "/") for d in dsts):
                 warnings.append(f"{what} {path} is not under any container mount ({', '.join(dsts)})")
     world = (nodes or cluster.nodes) * nproc_per_node(cluster)
-    if world > 1 and cfg.script is None and cfg.train.parallel == "none":
+    if world > 1 and cfg.script is None and cfg.train.parallel == "none" and cfg.parallel is None:
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
+    if cfg.script is None and (layout_problem := layout_warning(cfg, world)):
+        warnings.append(layout_problem)
     return Submission(
         cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script, nodes or cluster.nodes, warnings
     )

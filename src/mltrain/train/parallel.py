@@ -1,12 +1,19 @@
-"""Parallelisms applied to a plain model in small composable steps (torchtitan's recipe):
-compile each block, then wrap with DDP or shard with FSDP2 (`fully_shard` per block, then root)."""
+"""Parallelisms applied to a plain model in small composable steps (torchtitan's recipe, in its order):
+tensor + sequence parallel on each block, activation checkpointing, compile each block, then wrap with
+DDP or shard with FSDP2 / HSDP (`fully_shard` per block, then root, on the data-parallel mesh)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mltrain.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -23,16 +30,132 @@ def apply_compile(model: nn.Module) -> None:
         block.compile(fullgraph=True)
 
 
-def apply_fsdp(model: nn.Module, param_dtype: torch.dtype, reduce_dtype: torch.dtype) -> None:
-    """FSDP2: shard each block, then the root (embeddings, final norm, head)."""
+def apply_fsdp(
+    model: nn.Module, param_dtype: torch.dtype, reduce_dtype: torch.dtype, mesh: DeviceMesh | None = None
+) -> None:
+    """FSDP2: shard each block, then the root (embeddings, final norm, head). A 2-D `mesh`
+    (dp_replicate, dp_shard) is HSDP: sharded within a replica, gradients all-reduced across replicas."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     n = len(model.layers)
     for i, block in enumerate(model.layers):
         # The last block's params are needed again right away by the root: don't reshard them.
-        fully_shard(block, mp_policy=mp, reshard_after_forward=i < n - 1)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+class TiedHead(nn.Module):
+    """The vocabulary head of a tied model as a module, so tensor parallel can place its input and output:
+    logits = h @ embedding.weight^T. It holds no parameter (the embedding is kept outside the module tree,
+    so state-dict keys do not change)."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "_embedding", embedding)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self._embedding.weight)
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool) -> None:
+    """Tensor parallel on the projections and sequence parallel on the norms (Megatron's layout).
+
+    Between blocks the residual stream is sharded over the sequence (Shard(1)); each norm runs on its
+    slice; attention and the MLP all-gather it (Replicate) and split heads / hidden units column-wise,
+    then reduce-scatter back to sequence slices row-wise. The embedding is split over the vocabulary.
+    The head's logits come back whole, or vocab-sharded for loss_parallel (the loss then runs inside
+    torch's loss_parallel() context)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        PrepareModuleInputOutput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    logits = Shard(-1) if loss_parallel else Replicate()
+    plan: dict[str, Any] = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+    }
+    if model.output is not None:
+        plan["output"] = ColwiseParallel(
+            input_layouts=Shard(1), output_layouts=logits, use_local_output=not loss_parallel
+        )
+    parallelize_module(model, tp_mesh, plan)
+    if model.output is None:
+        # Tied: the embedding's vocab-sharded weight (Shard(0)) is already the column split of the head.
+        head = TiedHead(model.tok_embeddings)
+        parallelize_module(
+            head,
+            tp_mesh,
+            PrepareModuleInputOutput(
+                input_layouts=(Shard(1),),
+                desired_input_layouts=(Replicate(),),
+                output_layouts=(Shard(-1),),
+                desired_output_layouts=(logits,),
+                use_local_output=not loss_parallel,
+            ),
+        )
+        # the model calls self._head(h): an instance attribute in front of the method, kept out of the
+        # module tree (no parameters of its own, nothing for FSDP or the state dict to see)
+        object.__setattr__(model, "_head", head)
+    for block in model.layers:
+        plan = {
+            "attention_norm": SequenceParallel(),
+            # every positional input named: x (sequence-sharded), then cos, sin, cache (left alone)
+            "attention": PrepareModuleInput(
+                input_layouts=(Shard(1), None, None, None), desired_input_layouts=(Replicate(), None, None, None)
+            ),
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+            "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            "feed_forward.w3": ColwiseParallel(),
+        }
+        parallelize_module(block, tp_mesh, plan)
+
+
+def parallelize_mesh(
+    model: nn.Module,
+    mesh: DeviceMesh | None,
+    info: DistInfo,
+    *,
+    bf16: bool,
+    compile_blocks: bool,
+    activation_checkpointing: bool,
+    loss_parallel: bool,
+) -> tuple[nn.Module, bool]:
+    """Apply a `parallel:` layout on `mesh` (from train.mesh.build_mesh): TP + SP, activation
+    checkpointing, per-block compile, then FSDP2/HSDP when dp_shard > 1, or DDP when only dp_replicate
+    is. Returns the module to train and whether FSDP's mixed precision casts (else autocast does)."""
+    from mltrain.train.mesh import dp_mesh, tp_mesh
+
+    tp = tp_mesh(mesh)
+    if tp is not None:
+        apply_tp(model, tp, loss_parallel)
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if compile_blocks:
+        apply_compile(model)
+    dp = dp_mesh(mesh)
+    if dp is None:  # one process, or tp alone: nothing to replicate or shard
+        return model, False
+    if "dp_shard" in (dp.mesh_dim_names or ()):
+        param_dtype = torch.bfloat16 if bf16 else torch.float32
+        apply_fsdp(model, param_dtype=param_dtype, reduce_dtype=torch.float32, mesh=dp)
+        return model, True
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids, process_group=dp.get_group()), False
 
 
 def parallelize(

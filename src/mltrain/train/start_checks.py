@@ -46,6 +46,15 @@ def precheck(cfg: RunConfig) -> Any:
     return manifest
 
 
+def check_layout(cfg: RunConfig, world_size: int, device_type: str) -> None:
+    """ConfigError (one line) when the `parallel:` block does not fit `world_size` ranks on this device:
+    the degrees' product, or context parallel on CPU. Nothing to check without the block."""
+    from mltrain.config import resolve_parallel
+
+    if cfg.parallel is not None and cfg.script is None:
+        resolve_parallel(cfg, world_size, device_type)
+
+
 def verify_data_once(cfg: RunConfig, manifest: Any) -> None:
     """Full sha256 + id-range check of every shard the first time this run uses it (recorded in the
     run dir: later starts, and the trainer's call after the launcher's, pay nothing)."""

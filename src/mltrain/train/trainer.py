@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mltrain import exit_codes, rundir
-from mltrain.config import RunConfig, dump_yaml
+from mltrain.config import ParallelConfig, RunConfig, dump_yaml, parallel_note, resolve_parallel
 from mltrain.errors import ConfigError, DataError, MltrainError, RunDirError
 from mltrain.fsutil import atomic_write
 from mltrain.model.flops import flops_per_token, matmul_params
@@ -31,8 +31,8 @@ from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_
 from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
-from mltrain.train.parallel import parallelize
-from mltrain.train.start_checks import flatten, precheck
+from mltrain.train.parallel import parallelize, parallelize_mesh
+from mltrain.train.start_checks import check_layout, flatten, precheck
 
 # Distributed workers never destroy their trainer: DDP's Reducer destructor runs ~ProcessGroupGloo in
 # the thread holding the GIL, which joins a gloo thread waiting for the GIL (a deadlock seen here ~1 run
@@ -88,14 +88,15 @@ def resumed_config(cfg: RunConfig, trainer_state: dict[str, Any]) -> tuple[dict[
 
 
 def _checkpoint_layout(state: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
-    """(ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not recorded)."""
+    """(data-parallel ranks, micro batch, grad_accum_steps) a checkpoint was trained with (None where not
+    recorded); the data-parallel ranks are the world unless a `parallel:` block split it further."""
     loader = state.get("loader") or {}
 
     def num(v: Any) -> int | None:
         return int(v) if v else None
 
     return (
-        num(state.get("world_size") or loader.get("world_size")),
+        num(state.get("dp_size") or state.get("world_size") or loader.get("world_size")),
         num(state.get("micro_batch_size") or loader.get("micro_batch_size")),
         num(state.get("grad_accum_steps")),
     )
@@ -153,6 +154,16 @@ class Trainer:
         tc = cfg.train
         self.bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and info.device.type == "cuda")
         self.fsdp_active = tc.parallel == "fsdp" and info.world_size > 1
+        # A `parallel:` block: this rank's place on the device mesh; the loader splits over dp ranks only.
+        self.layout: ParallelConfig | None = None
+        self.dp_rank, self.dp_size = info.rank, info.world_size
+        if cfg.parallel is not None:
+            from mltrain.train.mesh import dp_coordinate
+
+            self.layout = resolve_parallel(cfg, info.world_size, info.device.type)
+            self.dp_rank, self.dp_size = dp_coordinate(self.layout, info.rank)
+            if note := parallel_note(cfg):
+                _log(info, note)
         self.ckpt = CheckpointManager(
             self.run_dir,
             cfg.checkpoint.keep_last,
@@ -176,22 +187,38 @@ class Trainer:
         self.config_changes: dict[str, list[Any]] = {}  # resumed: setting -> [checkpoint's, this start's]
         if resume is not None:
             state = read_trainer_state(resume[1])
-            # A checkpoint from another world size keeps its global batch: grad_accum absorbs the change.
+            # A checkpoint from another data-parallel size keeps its global batch: grad_accum absorbs the change.
+            batch_state = {**state, "world_size": state.get("dp_size") or state.get("world_size")}
             self.grad_accum_steps = resume_grad_accum(
-                state, resume[1], info.world_size, tc.micro_batch_size, tc.grad_accum_steps
+                batch_state, resume[1], self.dp_size, tc.micro_batch_size, tc.grad_accum_steps
             )
             if self.grad_accum_steps != tc.grad_accum_steps:
                 old_world, old_micro, _ = _checkpoint_layout(state)
                 _log(
                     info,
                     f"{resume[1].name} was written by {old_world} rank(s) x micro batch {old_micro}: grad_accum_steps "
-                    f"{tc.grad_accum_steps} -> {self.grad_accum_steps} on {info.world_size} rank(s) keeps its "
-                    f"global batch of {self.grad_accum_steps * tc.micro_batch_size * info.world_size} sequences",
+                    f"{tc.grad_accum_steps} -> {self.grad_accum_steps} on {self.dp_size} rank(s) keeps its "
+                    f"global batch of {self.grad_accum_steps * tc.micro_batch_size * self.dp_size} sequences",
                 )
             self._report_config_changes(resume[0], state)
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        self.loss_parallel = self.layout is not None and self.layout.loss_parallel
+        if self.layout is None:
+            self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
+        else:
+            from mltrain.train.mesh import build_mesh
+
+            self.mesh = build_mesh(self.layout, info.device.type)
+            self.module, self.fsdp_active = parallelize_mesh(
+                self.model,
+                self.mesh,
+                info,
+                bf16=self.bf16,
+                compile_blocks=tc.compile,
+                activation_checkpointing=tc.activation_checkpointing,
+                loss_parallel=self.loss_parallel,
+            )
         self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if resume is None and cfg.model.init_from:
             from mltrain.model.hf.load import load_hf_weights
@@ -208,7 +235,7 @@ class Trainer:
         self.peak = M.device_peak_flops(torch.cuda.get_device_name(info.device)) if n_dev else None
         self.n_devices = n_dev
         self.flops_per_token = flops_per_token(cfg.model, tc.seq_len)
-        self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * info.world_size
+        self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * self.dp_size
 
     def _report_config_changes(self, step: int, state: dict[str, Any]) -> None:
         """Say in one line (rank 0) which settings differ from the ones the checkpoint trained with.
@@ -227,7 +254,7 @@ class Trainer:
         old_world, old_micro, old_accum = _checkpoint_layout(state)
         if old_world and old_micro and old_accum:
             before = old_world * old_micro * old_accum
-            now = self.info.world_size * self.cfg.train.micro_batch_size * self.grad_accum_steps
+            now = self.dp_size * self.cfg.train.micro_batch_size * self.grad_accum_steps
             if before != now:
                 line += f"; global batch {before} -> {now} sequences per step"
         _log(self.info, line)
@@ -236,14 +263,14 @@ class Trainer:
         """This rank's loader for `split`; a fresh val loader starts from the same batches every eval."""
         from mltrain.data.loader import TokenLoader
 
-        tc, info = self.cfg.train, self.info
+        tc = self.cfg.train
         return TokenLoader(
             Path(self.cfg.data.dir),
             split,
             tc.seq_len,
             tc.micro_batch_size,
-            info.rank,
-            info.world_size,
+            self.dp_rank,
+            self.dp_size,
             self.cfg.seed,
             grad_accum_steps=self.grad_accum_steps if split == "train" else 1,
         )
@@ -271,6 +298,7 @@ class Trainer:
             "step": self.step,
             "loader": self.loader.state_dict(),
             "world_size": self.info.world_size,
+            "dp_size": self.dp_size,  # the ranks the global batch is split over (world / tp, cp, pp)
             "micro_batch_size": self.cfg.train.micro_batch_size,
             "grad_accum_steps": self.grad_accum_steps,
             "config_name": self.cfg.name,
@@ -284,6 +312,14 @@ class Trainer:
         world_size > 1: `parallel: fsdp` on one GPU trains unsharded and needs autocast)."""
         if self.bf16 and not self.fsdp_active:
             return torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loss_ctx(self) -> contextlib.AbstractContextManager[Any]:
+        """torch's loss_parallel() around forward and backward when the head's logits are vocab-sharded."""
+        if self.loss_parallel:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            return loss_parallel()
         return contextlib.nullcontext()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,12 +336,14 @@ class Trainer:
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
-            with ctx, self._autocast():
-                loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens)
-            if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
-                loss = loss / accum
-            loss.backward()
-            total = loss.detach() if total is None else total + loss.detach()
+            with self._loss_ctx():
+                with ctx, self._autocast():
+                    loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens)
+                if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
+                    loss = loss / accum
+                loss.backward()
+            done = _local(loss.detach())
+            total = done if total is None else total + done
         if tc.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
         else:
@@ -330,12 +368,19 @@ class Trainer:
         total = torch.zeros((), device=self.info.device)
         for _ in range(tc.eval_batches):
             x, y = val.next_batch()
-            with self._autocast():
-                total += self.module(
-                    x.to(self.info.device), y.to(self.info.device), loss_chunk_tokens=tc.loss_chunk_tokens
-                ).float()
+            with self._loss_ctx(), self._autocast():
+                total += _local(
+                    self.module(
+                        x.to(self.info.device), y.to(self.info.device), loss_chunk_tokens=tc.loss_chunk_tokens
+                    ).float()
+                )
         self.module.train()
         return float(all_reduce_mean(total / tc.eval_batches).item())
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: loss_parallel's loss is a replicated DTensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _fmt_rate(x: float) -> str:
@@ -483,6 +528,16 @@ def train_loop(
     return exit_codes.REASON_DONE
 
 
+def _layout_words(trainer: Trainer) -> str:
+    """train.parallel's word, or the `parallel:` block's degrees above 1 ('dp_shard 2 x tp 2')."""
+    if trainer.layout is None:
+        return trainer.cfg.train.parallel
+    from mltrain.train.mesh import degrees
+
+    parts = [f"{k} {v}" for k, v in degrees(trainer.layout).items() if v > 1]
+    return " x ".join(parts) or "none"
+
+
 def _eval(trainer: Trainer, writer: M.MetricsWriter | None) -> float | None:
     val = trainer.evaluate()
     if val is None:
@@ -534,6 +589,7 @@ def run_training(cfg: RunConfig) -> int:
     try:
         try:
             if info.is_main:
+                check_layout(cfg, info.world_size, info.device.type)
                 precheck(cfg)
                 held = _take_lease(cfg, info)
             ok: list[Any] = [True]
@@ -575,7 +631,7 @@ def run_training(cfg: RunConfig) -> int:
             )
         _log(
             info,
-            f"run {cfg.name}: {info.world_size} x {info.device.type}, parallel={cfg.train.parallel}, "
+            f"run {cfg.name}: {info.world_size} x {info.device.type}, parallel={_layout_words(trainer)}, "
             f"{'bf16' if trainer.bf16 else 'fp32'}, steps {trainer.step}->{cfg.train.max_steps}, "
             f"{trainer.tokens_per_step} tokens/step, run dir {run_dir}",
         )

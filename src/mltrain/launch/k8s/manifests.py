@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mltrain.cluster.spec import EksSpec
-from mltrain.config import RunConfig, dump_yaml
+from mltrain.config import RunConfig, dump_yaml, layout_warning
 from mltrain.errors import ConfigError
 from mltrain.launch import nccl_env
 from mltrain.launch.k8s import policy
@@ -77,8 +77,10 @@ def check_fit(cfg: RunConfig, spec: EksSpec, spec_source: str) -> list[str]:
             "FI_PROVIDER=efa makes NCCL fail; set efa_per_node (32 on p5.48xlarge)"
         )
     world = spec.nodes * spec.procs_per_node
-    if world > 1 and cfg.train.parallel == "none":
+    if world > 1 and cfg.train.parallel == "none" and cfg.parallel is None:
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
+    if layout_problem := layout_warning(cfg, world):
+        warnings.append(layout_problem)
     return warnings
 
 
