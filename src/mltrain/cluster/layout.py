@@ -419,18 +419,17 @@ def layout_model_from_config(cfg: Any) -> LayoutModel:
     )
 
 
-def layout_overrides(layout: dict[str, Any] | None, with_parallel_block: bool = True) -> list[str]:
-    """`--set` overrides that write a planned layout into a run config: the `parallel:` block (when the run
-    config schema has one) and `train.activation_checkpointing=true` when the layout needs it (never false:
-    a run that asks for checkpointing keeps it)."""
+def layout_overrides(layout: dict[str, Any] | None) -> list[str]:
+    """`--set` overrides that write a planned layout into a run config: the `parallel:` block, and
+    `train.activation_checkpointing=true` when the layout needs it (never false: a run that asks for
+    checkpointing keeps it)."""
     if layout is None:
         return []
     out = []
-    if with_parallel_block:
-        for key in ("dp_replicate", "dp_shard", "tp", "cp", "pp", "pp_schedule", "pp_microbatches", "loss_parallel"):
-            value = layout[key]
-            text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-            out.append(f"parallel.{key}={text}")
+    for key in ("dp_replicate", "dp_shard", "tp", "cp", "pp", "pp_schedule", "pp_microbatches", "loss_parallel"):
+        value = layout[key]
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        out.append(f"parallel.{key}={text}")
     if layout.get("activation_checkpointing", "none") != "none":
         out.append("train.activation_checkpointing=true")
     return out

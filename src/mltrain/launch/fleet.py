@@ -18,13 +18,13 @@ from mltrain.errors import ClusterError
 
 def planned_overrides(run_yaml: Path, layout: dict[str, Any] | None) -> list[str]:
     """The planned layout as `--set` overrides of a model's run config; none for a script run (its script
-    parallelizes itself). The `parallel:` block is written when the run config schema has one."""
-    from mltrain.config import RunConfig, _read_yaml
+    parallelizes itself)."""
+    from mltrain.config import _read_yaml
 
     data = _read_yaml(run_yaml)
     if isinstance(data, dict) and data.get("script") is not None:
         return []
-    return layout_overrides(layout, with_parallel_block="parallel" in RunConfig.model_fields)
+    return layout_overrides(layout)
 
 
 def fleet_submit_command(
