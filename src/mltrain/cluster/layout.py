@@ -58,8 +58,9 @@ class Bandwidth:
 
 
 @dataclass(frozen=True)
-class LayoutAssumptions:
-    """Memory constants (the planner's) and the layout rules' knobs."""
+class MemoryAssumptions:
+    """The memory model's constants, the planner's and the layout search's (cluster/planner.py's docstring
+    says what each one counts)."""
 
     state_bytes_per_param: float = 16.0
     working_bytes_per_param: float = 6.0
@@ -68,6 +69,12 @@ class LayoutAssumptions:
     checkpointed_bytes_per_token_hidden: float = 2.0
     logits_bytes_per_token_vocab: float = 6.0
     overhead_gib: float = 6.0
+
+
+@dataclass(frozen=True)
+class LayoutAssumptions(MemoryAssumptions):
+    """The memory constants and the layout rules' knobs."""
+
     headroom: float = 0.9  # a layout must fit in this fraction of the GPU's memory
     max_shard_nodes: int = 32  # an FSDP shard group spans at most this many nodes, else HSDP
     nvlink_gbytes_per_s: float = 450.0  # per GPU per direction (H100 / H200 NVLink 4)

@@ -36,6 +36,7 @@ from mltrain.cluster.layout import (
     Layout,
     LayoutAssumptions,
     LayoutModel,
+    MemoryAssumptions,
     choose_layout,
     layout_model_from_config,
 )
@@ -47,16 +48,8 @@ HOURS_PER_DAY = 24.0
 
 
 @dataclass(frozen=True)
-class Assumptions:
+class Assumptions(MemoryAssumptions):
     """The memory model's constants (see the module docstring)."""
-
-    state_bytes_per_param: float = 16.0
-    working_bytes_per_param: float = 6.0
-    units_in_flight: int = 2
-    activation_bytes_per_token_hidden: float = 34.0
-    checkpointed_bytes_per_token_hidden: float = 2.0
-    logits_bytes_per_token_vocab: float = 6.0
-    overhead_gib: float = 6.0
 
 
 DEFAULT_ASSUMPTIONS = Assumptions()
