@@ -330,12 +330,32 @@ def test_the_previous_attempt_is_recorded_once_with_slurms_cause(tmp_path: Path)
         "node_failure",
         1,
         "requeue",
-        False,
+        True,  # counted as the killed script would have counted it
         None,
     )
-    assert (rec["slurm_restart_count"], rec["step"], rec["failures"]) == (1, 30, 0)
+    assert (rec["slurm_restart_count"], rec["step"], rec["failures"]) == (1, 30, 1)
     assert "the previous attempt was requeued by Slurm (node_failure); recorded" in _out(job)
     assert bh.record_previous_attempt(job) is None and len(_restarts(job)) == 1  # recorded: not again
+
+
+@pytest.mark.parametrize(
+    "line, cause, counted",
+    [
+        ("DUE TO TIME LIMIT", "time_limit", True),
+        ("DUE TO PREEMPTION", "preempted", False),
+        ("DUE TO JOB REQUEUE", "admin_requeue", False),
+    ],
+)
+def test_the_previous_attempt_is_counted_as_its_own_script_would_have(
+    tmp_path: Path, line: str, cause: str, counted: bool
+) -> None:
+    """A script SIGKILLed at KillWait before its record was written: the next attempt's record of it counts
+    (or not) by term_plan's rule for that cause, so a lost record never makes a time limit free."""
+    job = _job(tmp_path, attempt=1, restart_count_set=True)
+    _err_log(job, (0, f"*** JOB 7 ON n1 CANCELLED AT t {line} ***"))
+    rec = bh.record_previous_attempt(job)
+    assert rec is not None and (rec["cause"], rec["action"], rec["counted"]) == (cause, "requeue", counted)
+    assert counted == bh.term_plan(_job(tmp_path / "plan", attempt=0), cause)[2]
 
 
 def test_the_previous_attempt_without_slurms_words_is_unknown(tmp_path: Path) -> None:

@@ -301,7 +301,10 @@ def record_previous_attempt(job: Job) -> dict | None:
     if any(r.get("attempt") == prev and r.get("action") == REQUEUE for r in _restarts(job)):
         return None
     cause = kill_cause(job, prev)
-    rec = record(job, cause or UNKNOWN, None, REQUEUE, False, attempt=prev)
+    # counted by the rule the killed script would have applied (term_plan): a lost record must not make a
+    # node failure or a time limit free
+    counted = cause in (NODE_FAILURE, TIME_LIMIT)
+    rec = record(job, cause or UNKNOWN, None, REQUEUE, counted, attempt=prev)
     job.log(f"the previous attempt was requeued by Slurm ({cause or 'cause unknown'}); recorded")
     return rec
 
