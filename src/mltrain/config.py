@@ -54,6 +54,17 @@ class RopeScaling(StrictModel):
     original_max_position_embeddings: int = 8192
 
 
+# what the Llama 3.1 sizes share (Meta's published config.json): vocabulary, context, RoPE, norms
+_LLAMA31: dict[str, Any] = dict(
+    vocab_size=128256,
+    max_seq_len=131072,
+    rope_theta=500000.0,
+    norm_eps=1e-5,
+    qkv_bias=False,
+    tie_embeddings=False,
+    rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
+)
+
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A few M parameters: learns visibly on 2 CPU cores in a couple of minutes.
     "tiny": dict(
@@ -99,47 +110,29 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         ),
     ),
     "llama3.1-8b": dict(
-        vocab_size=128256,
+        **_LLAMA31,
         hidden_size=4096,
         n_layers=32,
         n_heads=32,
         n_kv_heads=8,
         ffn_hidden_size=14336,
-        max_seq_len=131072,
-        rope_theta=500000.0,
-        norm_eps=1e-5,
-        qkv_bias=False,
-        tie_embeddings=False,
-        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
     ),
     # Meta's published config.json shapes; at this size only the planner's layouts (TP/PP/FSDP) fit them.
     "llama3.1-70b": dict(
-        vocab_size=128256,
+        **_LLAMA31,
         hidden_size=8192,
         n_layers=80,
         n_heads=64,
         n_kv_heads=8,
         ffn_hidden_size=28672,
-        max_seq_len=131072,
-        rope_theta=500000.0,
-        norm_eps=1e-5,
-        qkv_bias=False,
-        tie_embeddings=False,
-        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
     ),
     "llama3.1-405b": dict(
-        vocab_size=128256,
+        **_LLAMA31,
         hidden_size=16384,
         n_layers=126,
         n_heads=128,
         n_kv_heads=8,
         ffn_hidden_size=53248,
-        max_seq_len=131072,
-        rope_theta=500000.0,
-        norm_eps=1e-5,
-        qkv_bias=False,
-        tie_embeddings=False,
-        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
     ),
 }
 
