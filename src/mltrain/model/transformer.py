@@ -263,6 +263,29 @@ class TransformerBlock(nn.Module):
 # --------------------------------------------------------------------------- the model
 
 
+class LayerStack(nn.ModuleDict):
+    """The blocks keyed by their layer index ("0", "1", ...), indexed and iterated like a ModuleList.
+
+    A pipeline stage keeps only its own blocks, and their state-dict keys (`layers.<i>.`) stay those of
+    the whole model, so a checkpoint reshards between any two layouts."""
+
+    def __getitem__(self, i: int | str) -> nn.Module:
+        return super().__getitem__(str(i))
+
+    def __setitem__(self, i: int | str, module: nn.Module) -> None:
+        super().__setitem__(str(i), module)
+
+    def __delitem__(self, i: int | str) -> None:
+        super().__delitem__(str(i))
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.values())
+
+    def indices(self) -> list[int]:
+        """The layer indices this stack holds, in order."""
+        return [int(k) for k in self.keys()]
+
+
 class Transformer(nn.Module):
     """The whole decoder. Construct under `torch.device("meta")`, `to_empty(device=...)`, `init_weights()`."""
 
@@ -271,7 +294,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rope = RotaryEmbedding(cfg)
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.layers = LayerStack({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.init_weights()
@@ -326,7 +349,7 @@ class Transformer(nn.Module):
                 h = layer(h, cos, sin)
             return self.norm(h)
         cos, sin = self.rope(input_ids.shape[1], offset=cache.pos)
-        for i, layer in enumerate(self.layers):
+        for i, layer in zip(self.layers.indices(), self.layers, strict=True):
             h = layer(h, cos, sin, (cache, i))
         cache.pos += input_ids.shape[1]
         return self.norm(h)

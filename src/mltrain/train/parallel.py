@@ -20,8 +20,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward: trades ~1/3 more compute for memory."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    for key, block in list(model.layers.items()):
+        model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module) -> None:
