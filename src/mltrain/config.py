@@ -332,7 +332,11 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | Literal["full", "selective"] = Field(
+        default=False,
+        description="true/full: recompute each block in backward; selective: keep every other matmul's output "
+        "and attention's, recompute the rest (less memory than none, less compute than full)",
+    )
     loss_chunk_tokens: int = Field(default=0, ge=0, description="0 = full logits; >0 = chunked cross-entropy")
     seq_len: int = Field(default=256, gt=0)
     micro_batch_size: int = Field(default=8, gt=0)

@@ -16,12 +16,65 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in backward: trades ~1/3 more compute for memory."""
+# Ops whose outputs selective checkpointing keeps: the matmuls (every other one, see below), attention
+# (its recompute costs the most per byte saved) and the tensor-parallel reductions (recomputing them would
+# repeat a collective).
+def _selective_save_ops() -> set[Any]:
+    aten = torch.ops.aten
+    ops = {
+        aten.mm.default,
+        aten.addmm.default,
+        aten._scaled_dot_product_flash_attention.default,
+        aten._scaled_dot_product_efficient_attention.default,
+        aten._scaled_dot_product_flash_attention_for_cpu.default,
+    }
+    for name in ("_scaled_dot_product_cudnn_attention",):
+        if hasattr(aten, name):
+            ops.add(getattr(aten, name).default)
+    if hasattr(torch.ops, "_c10d_functional"):
+        ops.add(torch.ops._c10d_functional.reduce_scatter_tensor.default)
+    return ops
+
+
+def selective_context_fn() -> Any:
+    """A `context_fn` for checkpoint_wrapper: per block, save the outputs of attention, of the TP
+    reductions and of every other matmul; recompute the rest (norms, activations, RoPE, the other half of
+    the matmuls) in backward. torch decides at forward time (the policy is not asked again in recompute)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    save = _selective_save_ops()
+    matmuls = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
+
+    def make() -> Any:
+        seen = [0]  # matmuls so far in this block's forward
+
+        def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+            keep = op in save
+            if op in matmuls:
+                seen[0] += 1
+                keep = seen[0] % 2 == 1
+            return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
+
+    return make
+
+
+def ac_mode(setting: bool | str) -> str:
+    """train.activation_checkpointing as one word: none, full (true) or selective."""
+    if setting is True:
+        return "full"
+    return setting or "none"
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> None:
+    """Recompute activations in backward, block by block: `full` recomputes the whole block (~1/3 more
+    compute for the least memory); `selective` keeps the costly outputs (selective_context_fn)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+    kw: dict[str, Any] = {"context_fn": selective_context_fn()} if mode == "selective" else {}
     for key, block in list(model.layers.items()):
-        model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False)
+        model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False, **kw)
 
 
 def apply_compile(model: nn.Module) -> None:
@@ -130,7 +183,7 @@ def parallelize_mesh(
     *,
     bf16: bool,
     compile_blocks: bool,
-    activation_checkpointing: bool,
+    activation_checkpointing: bool | str,
     loss_parallel: bool,
 ) -> tuple[nn.Module, bool]:
     """Apply a `parallel:` layout on `mesh` (from train.mesh.build_mesh): TP + SP, activation
@@ -142,7 +195,7 @@ def parallelize_mesh(
     if tp is not None:
         apply_tp(model, tp, loss_parallel)
     if activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, ac_mode(activation_checkpointing))
     if compile_blocks:
         apply_compile(model)
     dp = dp_mesh(mesh)
@@ -159,11 +212,16 @@ def parallelize_mesh(
 
 
 def parallelize(
-    model: nn.Module, mode: str, info: DistInfo, bf16: bool, compile_blocks: bool, activation_checkpointing: bool
+    model: nn.Module,
+    mode: str,
+    info: DistInfo,
+    bf16: bool,
+    compile_blocks: bool,
+    activation_checkpointing: bool | str,
 ) -> nn.Module:
     """Return the module to train (DDP wraps; FSDP and compile act in place)."""
     if activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, ac_mode(activation_checkpointing))
     if compile_blocks:
         apply_compile(model)
     if mode == "fsdp" and info.world_size > 1:
