@@ -157,3 +157,14 @@ def test_resume_switched_off_says_it_starts_over(tmp_path, tiny_data_dir, capsys
     out = capsys.readouterr().out
     assert "[mltrain] checkpoint.resume is false: training from step 0, not from the committed step 3\n" in out
     assert "config changed" not in out  # not a resume: nothing is compared
+
+
+def test_a_block_added_or_removed_is_a_change():
+    from mltrain.train.trainer import config_changes, describe_changes
+
+    with_block = {"train": {"lr": 0.1}, "parallel": {"tp": 2, "dp_shard": -1}}
+    without = {"train": {"lr": 0.1}, "parallel": None}
+    assert config_changes(with_block, without) == {"parallel": [{"tp": 2, "dp_shard": -1}, None]}
+    assert config_changes(without, with_block) == {"parallel": [None, {"tp": 2, "dp_shard": -1}]}
+    assert describe_changes(config_changes(with_block, without)) == 'parallel {"tp": 2, "dp_shard": -1} -> null'
+    assert config_changes(with_block, with_block) == {} and config_changes(without, without) == {}

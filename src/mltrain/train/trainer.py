@@ -48,9 +48,21 @@ def _log(info: DistInfo, msg: str) -> None:
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     """{dotted key: [old, new]} for every setting both configs have and that differs, in config order.
 
-    A key only one side has (a setting added to mltrain since) is left out: its value then is unknown."""
+    A key only one side has (a setting added to mltrain since) is left out: its value then is unknown. A
+    whole block given on one side and null on the other (a `parallel:` block added or removed) is one
+    change, `key: {block} -> null` or back."""
     a, b = flatten(old), flatten(new)
-    return {k: [a[k], b[k]] for k in b if k in a and a[k] != b[k]}
+    out = {k: [a[k], b[k]] for k in b if k in a and a[k] != b[k]}
+    for key in sorted(set(_null_blocks(old)) ^ set(_null_blocks(new))):
+        was, now = old.get(key) if isinstance(old, dict) else None, new.get(key) if isinstance(new, dict) else None
+        if (was is None) != (now is None):
+            out[key] = [was, now]
+    return out
+
+
+def _null_blocks(cfg: dict[str, Any]) -> list[str]:
+    """Top-level keys whose value is null (a block left out)."""
+    return [k for k, v in cfg.items() if v is None] if isinstance(cfg, dict) else []
 
 
 def _fmt_value(v: Any) -> str:
