@@ -46,12 +46,12 @@ ONE_GPU_NOTE = (
 )
 
 # torchtitan's published H100 figures (the torchtitan repository's Llama 3.1 H100 benchmark of December 2024,
-# benchmarks/llama3_h100_202412_torchtitan.md, the figures of the TorchTitan paper): Grand Teton hosts of 8 H100
-# (96 GB HBM2e, 500 W) on NVLink, 400 Gb/s RDMA per GPU, tokens/s/GPU read at the 90th iteration, sequence
-# length 8192 (its Llama 3.1 training configs), torch.compile and Float8 on the linear layers.
+# benchmarks/llama3_h100_202412_torchtitan.md, Tables 4 and 5): Grand Teton hosts of 8 H100 (96 GB HBM2e,
+# 500 W) on NVLink, 400 Gb/s RDMA per GPU, tokens/s/GPU read at the 90th iteration, sequence length 8192 (its
+# Llama 3.1 training configs), torch.compile and Float8 on the linear layers.
 TORCHTITAN_SOURCE = (
-    "torchtitan, Llama 3.1 H100 benchmark (Dec 2024, benchmarks/llama3_h100_202412_torchtitan.md; TorchTitan "
-    "paper): 8 x H100 96 GB per host, NVLink, 400 Gb/s RDMA per GPU, seq 8192, torch.compile + Float8"
+    "torchtitan repository, Llama 3.1 H100 benchmark (Dec 2024, benchmarks/llama3_h100_202412_torchtitan.md, "
+    "Tables 4-5): 8 x H100 96 GB per host, NVLink, 400 Gb/s RDMA per GPU, seq 8192, torch.compile + Float8"
 )
 TORCHTITAN = [
     {
