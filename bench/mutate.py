@@ -73,7 +73,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "health": ("src/mltrain/ops/health.py", ["tests/unit/test_ops_health.py"]),
-    "planner": ("src/mltrain/cluster/planner.py", ["tests/unit/test_plan.py"]),
+    "planner": ("src/mltrain/cluster/planner.py", ["tests/unit/test_plan.py", "tests/unit/test_layout.py"]),
 }
 # What the tests read besides src/ and tests/ (relative to the repo root), linked into each work dir.
 LINKED = ["src", "tests", "configs", "examples", "scripts"]
