@@ -371,6 +371,11 @@ class TrainConfig(StrictModel):
         return self
 
 
+# Pipeline stages each pp rank runs per schedule: the interleaved schedule loops over 2 "virtual" stages per
+# rank (rank r holds stages r and r + pp), the others run one.
+STAGES_PER_RANK = {"1F1B": 1, "GPipe": 1, "Interleaved1F1B": 2}
+
+
 class ParallelConfig(StrictModel):
     """The layout of a run on one DeviceMesh (torchtitan's axes, outermost first: pp, dp_replicate,
     dp_shard, cp, tp). The product of the degrees is the world size; `dp_shard: -1` takes what the
@@ -383,16 +388,24 @@ class ParallelConfig(StrictModel):
     cp: int = Field(default=1, ge=1, description="context parallel degree (sequence split across ranks)")
     pp: int = Field(default=1, ge=1, description="pipeline stages")
     pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
-    pp_microbatches: int | None = Field(default=None, gt=0, description="none = pp stages")
+    pp_microbatches: int | None = Field(
+        default=None, gt=0, description="pipeline micro batches per local batch; none = the number of stages"
+    )
     loss_parallel: bool = Field(default=False, description="tp > 1: cross-entropy on vocab-sharded logits")
 
     @model_validator(mode="after")
     def _check_degrees(self) -> ParallelConfig:
         if self.dp_shard == 0:
             raise ValueError("dp_shard 0: give a degree >= 1, or -1 to infer it from the world size")
-        if self.pp > 1:
-            raise ValueError(f"pp {self.pp}: pipeline parallel is not built yet; use pp: 1")
         return self
+
+    def n_stages(self) -> int:
+        """Pipeline stages in all: pp ranks x the schedule's stages per rank (1 without pp)."""
+        return self.pp * STAGES_PER_RANK[self.pp_schedule] if self.pp > 1 else 1
+
+    def microbatches(self) -> int:
+        """Pipeline micro batches each local batch is split into (pp_microbatches, default one per stage)."""
+        return self.pp_microbatches or self.n_stages()
 
     def fixed_product(self) -> int:
         """The product of every degree but an inferred dp_shard."""
@@ -549,6 +562,8 @@ class RunConfig(StrictModel):
                 f"parallel.dp_replicate {p.dp_replicate} with tp {p.tp} and dp_shard 1: DDP does not compose with "
                 "tensor parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
             )
+        if p.pp > 1:
+            _check_pipeline(p, m, t)
         return self
 
     @model_validator(mode="after")
@@ -568,6 +583,37 @@ class RunConfig(StrictModel):
         from mltrain.rundir import run_path
 
         return run_path(self.base_dir, self.name)
+
+
+def _check_pipeline(p: ParallelConfig, m: ModelConfig, t: TrainConfig) -> None:
+    """What pipeline parallel needs of the model and the batch (ValueError, one line each)."""
+    n, mb = p.n_stages(), p.microbatches()
+    if m.tie_embeddings:
+        raise ValueError(
+            f"parallel.pp {p.pp}: model.tie_embeddings must be false under pipeline parallel (the embedding is on "
+            "the first stage, the head on the last: one tied matrix cannot be on both)"
+        )
+    if m.n_layers < n:
+        raise ValueError(
+            f"parallel.pp {p.pp} with {p.pp_schedule} makes {n} pipeline stages, but model.n_layers is {m.n_layers}: "
+            "each stage needs at least one layer"
+        )
+    if t.loss_chunk_tokens:
+        raise ValueError(f"parallel.pp {p.pp}: train.loss_chunk_tokens must be 0 under pipeline parallel")
+    which = f"parallel.pp_microbatches {mb}" + ("" if p.pp_microbatches else f" (the default: {n} stages)")
+    if t.micro_batch_size % mb:
+        raise ValueError(
+            f"train.micro_batch_size {t.micro_batch_size} is not divisible by {which}: each pipeline micro batch "
+            "takes an equal share of the local batch"
+        )
+    if p.pp_schedule == "1F1B" and mb < p.pp:
+        raise ValueError(f"{which}: 1F1B needs at least one micro batch per stage ({p.pp})")
+    rounds = max(1, mb // p.pp)
+    if p.pp_schedule == "Interleaved1F1B" and mb % rounds:
+        raise ValueError(
+            f"{which}: Interleaved1F1B runs them in {rounds} equal rounds ({mb} // pp {p.pp}); "
+            f"use a multiple of pp or fewer than {2 * p.pp}"
+        )
 
 
 def require_builtin(cfg: RunConfig, what: str, source: str | Path = "") -> None:
@@ -628,11 +674,17 @@ def resolve_parallel(cfg: RunConfig, world_size: int, device_type: str = "cpu") 
                 f"parallel: dp_replicate {p.dp_replicate} x tp {p.tp} x cp {p.cp} x pp {p.pp} = {fixed} does not "
                 f"divide the world size {world_size}, so dp_shard: -1 cannot be inferred"
             )
-        return p.model_copy(update={"dp_shard": world_size // fixed})
-    if fixed != world_size:
+        p = p.model_copy(update={"dp_shard": world_size // fixed})
+    elif fixed != world_size:
         raise ConfigError(
             f"parallel: dp_replicate {p.dp_replicate} x dp_shard {p.dp_shard} x tp {p.tp} x cp {p.cp} x pp {p.pp} "
             f"= {fixed}, but the world size is {world_size}"
+        )
+    if p.pp > 1 and p.dp_replicate > 1 and p.dp_shard == 1:
+        # torch's pipeline stages drive DDP's reducer by hand, and it fails on its second step (bucket rebuild)
+        raise ConfigError(
+            f"parallel.dp_replicate {p.dp_replicate} with pp {p.pp} and dp_shard 1: DDP does not compose with "
+            "pipeline parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
         )
     return p
 

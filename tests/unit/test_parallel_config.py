@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mltrain.config import ParallelConfig, check_nproc, load_run_config, parallel_note, resolve_parallel
+from mltrain.config import (
+    ParallelConfig,
+    check_nproc,
+    layout_warning,
+    load_run_config,
+    parallel_note,
+    resolve_parallel,
+)
 from mltrain.errors import ConfigError
 from mltrain.train.mesh import dp_coordinate
 
@@ -35,7 +42,46 @@ def load(tmp_path: Path, parallel: dict | None = None, **sections: dict):
             "(top level): train.seq_len 66 is not divisible by 2 x parallel.tp 2 x parallel.cp 1 = 4 "
             "(sequence parallel splits it across ranks)",
         ),
-        ({"pp": 2}, {}, "parallel: pp 2: pipeline parallel is not built yet; use pp: 1"),
+        (
+            {"pp": 2},
+            {"model": {"tie_embeddings": True}},
+            "(top level): parallel.pp 2: model.tie_embeddings must be false under pipeline parallel (the embedding "
+            "is on the first stage, the head on the last: one tied matrix cannot be on both)",
+        ),
+        (
+            {"pp": 3, "pp_schedule": "Interleaved1F1B"},
+            {},
+            "(top level): parallel.pp 3 with Interleaved1F1B makes 6 pipeline stages, but model.n_layers is 4: "
+            "each stage needs at least one layer",
+        ),
+        (
+            {"pp": 2},
+            {"train": {"loss_chunk_tokens": 64}},
+            "(top level): parallel.pp 2: train.loss_chunk_tokens must be 0 under pipeline parallel",
+        ),
+        (
+            {"pp": 2},
+            {"train": {"micro_batch_size": 3}},
+            "(top level): train.micro_batch_size 3 is not divisible by parallel.pp_microbatches 2 (the default: 2 "
+            "stages): each pipeline micro batch takes an equal share of the local batch",
+        ),
+        (
+            {"pp": 2, "pp_microbatches": 4},
+            {"train": {"micro_batch_size": 6}},
+            "(top level): train.micro_batch_size 6 is not divisible by parallel.pp_microbatches 4: each pipeline "
+            "micro batch takes an equal share of the local batch",
+        ),
+        (
+            {"pp": 4, "pp_microbatches": 2},
+            {"train": {"micro_batch_size": 8}},
+            "(top level): parallel.pp_microbatches 2: 1F1B needs at least one micro batch per stage (4)",
+        ),
+        (
+            {"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_microbatches": 5},
+            {"train": {"micro_batch_size": 10}},
+            "(top level): parallel.pp_microbatches 5: Interleaved1F1B runs them in 2 equal rounds (5 // pp 2); "
+            "use a multiple of pp or fewer than 4",
+        ),
         ({"dp_shard": 0}, {}, "parallel: dp_shard 0: give a degree >= 1, or -1 to infer it from the world size"),
         (
             {"loss_parallel": True},
@@ -78,6 +124,43 @@ def test_world_size_must_be_the_product(tmp_path):
         "so dp_shard: -1 cannot be inferred"
     )
     assert resolve_parallel(cfg, 12).dp_shard == 2
+
+
+def test_pipeline_layouts_that_run(tmp_path):
+    """Stages = pp x the schedule's stages per rank; micro batches default to one per stage; GPipe takes
+    fewer micro batches than stages, Interleaved1F1B any count its rounds divide."""
+    cfg, _ = load(tmp_path, {"pp": 2}, train={"micro_batch_size": 4})
+    p = resolve_parallel(cfg, 4)
+    assert (p.pp, p.dp_shard, p.n_stages(), p.microbatches()) == (2, 2, 2, 2)
+    cfg, _ = load(tmp_path, {"pp": 2, "tp": 2, "pp_schedule": "Interleaved1F1B"}, train={"micro_batch_size": 8})
+    assert (cfg.parallel.n_stages(), cfg.parallel.microbatches()) == (4, 4)
+    cfg, _ = load(tmp_path, {"pp": 4, "pp_schedule": "GPipe", "pp_microbatches": 2}, train={"micro_batch_size": 2})
+    assert cfg.parallel.microbatches() == 2
+    cfg, _ = load(
+        tmp_path,
+        {"pp": 4, "pp_schedule": "Interleaved1F1B", "pp_microbatches": 10},
+        train={"micro_batch_size": 10},
+        model={"n_layers": 8},
+    )
+    assert cfg.parallel.n_stages() == 8
+    assert ParallelConfig().n_stages() == 1 and ParallelConfig().microbatches() == 1
+
+
+def test_pipeline_with_ddp_alone_is_refused_once_the_world_is_known(tmp_path):
+    """dp_replicate without dp_shard is DDP; torch's stages cannot drive it (given or inferred dp_shard 1)."""
+    want = (
+        "parallel.dp_replicate 2 with pp 2 and dp_shard 1: DDP does not compose with pipeline parallel; use "
+        "dp_shard instead (HSDP when dp_replicate > 1 too)"
+    )
+    for parallel in ({"pp": 2, "dp_replicate": 2, "dp_shard": 1}, {"pp": 2, "dp_replicate": 2}):
+        cfg, path = load(tmp_path, parallel, train={"micro_batch_size": 4})
+        with pytest.raises(ConfigError) as e:
+            resolve_parallel(cfg, 4)
+        assert str(e.value) == want
+        assert layout_warning(cfg, 4) == want
+    cfg, _ = load(tmp_path, {"pp": 2, "dp_replicate": 2}, train={"micro_batch_size": 4})
+    assert resolve_parallel(cfg, 8).dp_shard == 2  # HSDP per stage
+    assert layout_warning(cfg, 8) is None
 
 
 def test_context_parallel_is_refused_on_cpu_and_not_built_on_gpu(tmp_path):

@@ -297,6 +297,9 @@ class Transformer(nn.Module):
         self.layers = LayerStack({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # Ranks the sequence of the hidden states between blocks is split over (tp under sequence parallel):
+        # a pipeline stage without the embedding derives the positions for RoPE from its input's length x this.
+        self.sequence_shards = 1
         self.init_weights()
 
     @torch.no_grad()
@@ -341,18 +344,25 @@ class Transformer(nn.Module):
         """Final-normed hidden states [B, T, D] (before the vocabulary head).
 
         With a cache, input_ids continue the cached positions and the cache is advanced past them.
+        A pipeline stage (train.stages.cut_to_stage) without the embedding takes the previous stage's hidden
+        states instead of input_ids, and one without the final norm returns its last block's output.
         """
-        h = self.tok_embeddings(input_ids)
+        if self.tok_embeddings is None:
+            h = input_ids
+            seq_len = h.shape[1] * self.sequence_shards  # positions 0..T-1 even when this rank holds T / tp
+        else:
+            h = self.tok_embeddings(input_ids)
+            seq_len = input_ids.shape[1]
         if cache is None:
-            cos, sin = self.rope(input_ids.shape[1])
+            cos, sin = self.rope(seq_len)
             for layer in self.layers:
                 h = layer(h, cos, sin)
-            return self.norm(h)
-        cos, sin = self.rope(input_ids.shape[1], offset=cache.pos)
-        for i, layer in zip(self.layers.indices(), self.layers, strict=True):
-            h = layer(h, cos, sin, (cache, i))
-        cache.pos += input_ids.shape[1]
-        return self.norm(h)
+        else:
+            cos, sin = self.rope(seq_len, offset=cache.pos)
+            for i, layer in zip(self.layers.indices(), self.layers, strict=True):
+                h = layer(h, cos, sin, (cache, i))
+            cache.pos += seq_len
+        return h if self.norm is None else self.norm(h)
 
     def forward(
         self,
@@ -365,8 +375,11 @@ class Transformer(nn.Module):
         """targets None -> logits [B, T, V]; else mean cross-entropy (fp32 scalar, ignore_index=-100).
 
         `cache` (inference): attend to the cached positions too, then append these tokens to it.
+        A pipeline stage before the last returns its hidden states (the next stage's input).
         """
         h = self.hidden_states(input_ids, cache)
+        if self.norm is None:
+            return h
         if targets is None:
             return self._head(h)
         if loss_chunk_tokens > 0:

@@ -118,7 +118,10 @@ def instrument(trainer: Any, writer: Any, cfg: Any) -> None:
     trainer.save = timed_save
 
     every = cfg.log.stragglers.every_steps
-    if every and info.world_size > 1 and not cfg.train.compile:  # Python-timing hooks would break compiled graphs
+    # Not under pipeline parallel: its stages do different work by design, and the monitor's gather (in a
+    # forward hook) would wait inside the schedule on ranks still waiting for their stage's input.
+    pipelined = getattr(trainer, "pipeline", None) is not None
+    if every and info.world_size > 1 and not cfg.train.compile and not pipelined:  # (hooks break compiled graphs)
         from mltrain.telemetry.stragglers import StragglerMonitor
 
         _KEEP.append(StragglerMonitor(trainer, writer, every, cfg.log.stragglers.threshold))

@@ -55,6 +55,12 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor (a loss_parallel loss, a gradient norm over sharded parameters) reduced
+    and gathered to its full value."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True on every rank when `flag` is true on at least one. Without a device, the backend's
     (NCCL reduces only CUDA tensors)."""

@@ -19,13 +19,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if _decays(p) else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+
+
+def _decays(p: torch.Tensor) -> bool:
+    return p.ndim >= 2
+
+
+def group_names(model: nn.Module) -> list[list[str]]:
+    """The parameter names of build_optimizer's groups (decay, no decay) for `model`, in its order: what a
+    checkpoint's optimizer param groups list when the whole model is on one rank."""
+    groups: list[list[str]] = [[], []]
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[0 if _decays(p) else 1].append(name)
+    return groups
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

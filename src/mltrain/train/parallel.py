@@ -84,18 +84,24 @@ def apply_compile(model: nn.Module) -> None:
 
 
 def apply_fsdp(
-    model: nn.Module, param_dtype: torch.dtype, reduce_dtype: torch.dtype, mesh: DeviceMesh | None = None
+    model: nn.Module,
+    param_dtype: torch.dtype,
+    reduce_dtype: torch.dtype,
+    mesh: DeviceMesh | None = None,
+    pipelined: bool = False,
 ) -> None:
     """FSDP2: shard each block, then the root (embeddings, final norm, head). A 2-D `mesh`
-    (dp_replicate, dp_shard) is HSDP: sharded within a replica, gradients all-reduced across replicas."""
+    (dp_replicate, dp_shard) is HSDP: sharded within a replica, gradients all-reduced across replicas.
+    A pipeline stage keeps its blocks gathered from forward to backward (`pipelined`): the schedule runs
+    every micro batch's forward through them, and resharding would all-gather them again for each."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     n = len(model.layers)
     for i, block in enumerate(model.layers):
         # The last block's params are needed again right away by the root: don't reshard them.
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1 and not pipelined)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=not pipelined)
 
 
 class TiedHead(nn.Module):
@@ -130,16 +136,19 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool) -> None
     )
 
     logits = Shard(-1) if loss_parallel else Replicate()
-    plan: dict[str, Any] = {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-    }
+    plan: dict[str, Any] = {}  # a pipeline stage has the embedding only first, the norm and head only last
+    if model.tok_embeddings is not None:
+        plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if model.norm is not None:
+        plan["norm"] = SequenceParallel()
     if model.output is not None:
         plan["output"] = ColwiseParallel(
             input_layouts=Shard(1), output_layouts=logits, use_local_output=not loss_parallel
         )
-    parallelize_module(model, tp_mesh, plan)
-    if model.output is None:
+    if plan:
+        parallelize_module(model, tp_mesh, plan)
+    model.sequence_shards = tp_mesh.size()  # the hidden states between blocks hold T / tp positions
+    if model.output is None and model.norm is not None:
         # Tied: the embedding's vocab-sharded weight (Shard(0)) is already the column split of the head.
         head = TiedHead(model.tok_embeddings)
         parallelize_module(
@@ -185,10 +194,12 @@ def parallelize_mesh(
     compile_blocks: bool,
     activation_checkpointing: bool | str,
     loss_parallel: bool,
+    pipelined: bool = False,
 ) -> tuple[nn.Module, bool]:
     """Apply a `parallel:` layout on `mesh` (from train.mesh.build_mesh): TP + SP, activation
     checkpointing, per-block compile, then FSDP2/HSDP when dp_shard > 1, or DDP when only dp_replicate
-    is. Returns the module to train and whether FSDP's mixed precision casts (else autocast does)."""
+    is. Returns the module to train and whether FSDP's mixed precision casts (else autocast does).
+    `pipelined`: `model` is one pipeline stage (train.pipeline applies this to each)."""
     from mltrain.train.mesh import dp_mesh, tp_mesh
 
     tp = tp_mesh(mesh)
@@ -203,7 +214,7 @@ def parallelize_mesh(
         return model, False
     if "dp_shard" in (dp.mesh_dim_names or ()):
         param_dtype = torch.bfloat16 if bf16 else torch.float32
-        apply_fsdp(model, param_dtype=param_dtype, reduce_dtype=torch.float32, mesh=dp)
+        apply_fsdp(model, param_dtype=param_dtype, reduce_dtype=torch.float32, mesh=dp, pipelined=pipelined)
         return model, True
     from torch.nn.parallel import DistributedDataParallel as DDP
 

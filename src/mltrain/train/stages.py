@@ -4,10 +4,17 @@ see the same stages."""
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-# Schedules that run more than one stage per pp rank ("virtual stages", looped: rank r holds r, r+pp, ...).
-STAGES_PER_RANK = {"1F1B": 1, "GPipe": 1, "Interleaved1F1B": 2}
+# Schedules that run more than one stage per pp rank ("virtual stages", looped: rank r holds r, r+pp, ...);
+# the config's validation needs it too, so it is defined there.
+from mltrain.config import STAGES_PER_RANK
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["STAGES_PER_RANK", "cut_to_stage", "rank_stage_ids", "split_words", "stage_layer_ranges"]
 
 
 def stage_layer_ranges(n_layers: int, n_stages: int) -> list[range]:
@@ -36,9 +43,10 @@ def split_words(n_layers: int, pp: int, schedule: str) -> str:
     return "layers per stage " + "/".join(str(len(r)) for r in ranges)
 
 
-def cut_to_stage(model: nn.Module, layers: range, *, first: bool, last: bool) -> nn.Module:
+def cut_to_stage(model: nn.Module, layers: Collection[int], *, first: bool, last: bool) -> nn.Module:
     """Keep only this stage's part of a whole Transformer, in place: its blocks (keys unchanged), the
-    token embedding on the first stage, the final norm and head on the last. Returns the model."""
+    token embedding on the first stage, the final norm and head on the last. Returns the model. `layers`
+    may also be the union of several stages' ranges (what one pp rank holds of the model)."""
     for i in model.layers.indices():
         if i not in layers:
             del model.layers[i]

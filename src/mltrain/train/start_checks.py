@@ -48,7 +48,8 @@ def precheck(cfg: RunConfig) -> Any:
 
 def check_layout(cfg: RunConfig, world_size: int, device_type: str) -> None:
     """ConfigError (one line) when the `parallel:` block does not fit `world_size` ranks on this device:
-    the degrees' product, or context parallel on CPU. Nothing to check without the block."""
+    the degrees' product, context parallel on CPU, or pipeline stages over DDP alone (config.resolve_parallel).
+    Nothing to check without the block."""
     from mltrain.config import resolve_parallel
 
     if cfg.parallel is not None and cfg.script is None:

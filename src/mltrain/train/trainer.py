@@ -27,7 +27,7 @@ from mltrain.model.flops import flops_per_token, matmul_params
 from mltrain.telemetry.instrument import instrument
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
-from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, init_distributed, shutdown
+from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, full_value, init_distributed, shutdown
 from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
@@ -216,28 +216,35 @@ class Trainer:
         self.model = build_model(cfg, info.device)
         self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.loss_parallel = self.layout is not None and self.layout.loss_parallel
+        # Pipeline parallel: this rank's stages and their schedule (train.pipeline); None otherwise.
+        self.pipeline: Any = None
+        init_from = cfg.model.init_from if resume is None else None
         if self.layout is None:
             self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
         else:
             from mltrain.train.mesh import build_mesh
 
             self.mesh = build_mesh(self.layout, info.device.type)
-            self.module, self.fsdp_active = parallelize_mesh(
-                self.model,
-                self.mesh,
-                info,
-                bf16=self.bf16,
-                compile_blocks=tc.compile,
-                activation_checkpointing=tc.activation_checkpointing,
-                loss_parallel=self.loss_parallel,
-            )
-        self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
-        if resume is None and cfg.model.init_from:
-            from mltrain.model.hf.load import load_hf_weights
+            kw = {
+                "bf16": self.bf16,
+                "compile_blocks": tc.compile,
+                "activation_checkpointing": tc.activation_checkpointing,
+                "loss_parallel": self.loss_parallel,
+            }
+            if self.layout.pp > 1:
+                from mltrain.train.pipeline import build_pipeline
 
-            # After sharding: under FSDP each rank reads only its slice of every tensor from the files.
-            load_hf_weights(self.model, cfg.model.init_from, show_progress=info.is_main)
-            _log(info, f"initialised from {cfg.model.init_from}")
+                if init_from:  # into the whole model, before it is cut into stages
+                    self._init_from(init_from)
+                    init_from = None
+                self.module, self.pipeline, self.fsdp_active = build_pipeline(
+                    self.model, self.mesh, self.layout, info, **kw
+                )
+            else:
+                self.module, self.fsdp_active = parallelize_mesh(self.model, self.mesh, info, **kw)
+        self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
+        if init_from:  # after sharding: under FSDP each rank reads only its slice of every tensor from the files
+            self._init_from(init_from)
         self.optimizer = build_optimizer(self.module, tc, info.device)
         self.loader = self.make_loader("train")
         self.step = 0
@@ -248,6 +255,12 @@ class Trainer:
         self.n_devices = n_dev
         self.flops_per_token = flops_per_token(cfg.model, tc.seq_len)
         self.tokens_per_step = tc.micro_batch_size * tc.seq_len * self.grad_accum_steps * self.dp_size
+
+    def _init_from(self, path: str) -> None:
+        from mltrain.model.hf.load import load_hf_weights
+
+        load_hf_weights(self.model, path, show_progress=self.info.is_main)
+        _log(self.info, f"initialised from {path}")
 
     def _report_config_changes(self, step: int, state: dict[str, Any]) -> None:
         """Say in one line (rank 0) which settings differ from the ones the checkpoint trained with.
@@ -292,6 +305,8 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        if self.pipeline is not None:
+            self.pipeline.name_every_param(optim_sd)
         return {"model": model_sd, "optim": optim_sd}
 
     def _resume(self, step: int, path: Path) -> None:
@@ -343,6 +358,11 @@ class Trainer:
             x, y = self.loader.next_batch()
             x = x.to(self.info.device, non_blocking=True)
             y = y.to(self.info.device, non_blocking=True)
+            if self.pipeline is not None:  # the schedule runs forward and backward of every stage
+                with self._loss_ctx(), self._autocast():
+                    done = self.pipeline.step(x, y, accum)
+                total = done if total is None else total + done
+                continue
             sync = micro == accum - 1
             no_sync = getattr(self.module, "no_sync", None)
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
@@ -354,9 +374,13 @@ class Trainer:
                 if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
                     loss = loss / accum
                 loss.backward()
-            done = _local(loss.detach())
+            done = full_value(loss.detach())
             total = done if total is None else total + done
-        if tc.grad_clip > 0:
+        if self.pipeline is not None:
+            from mltrain.train.pipeline import clip_grad_norm
+
+            gnorm = clip_grad_norm(self.params, tc.grad_clip, self.pipeline.group)
+        elif tc.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
         else:
             gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
@@ -380,19 +404,18 @@ class Trainer:
         total = torch.zeros((), device=self.info.device)
         for _ in range(tc.eval_batches):
             x, y = val.next_batch()
+            if self.pipeline is not None:
+                with self._loss_ctx(), self._autocast():
+                    total += self.pipeline.eval(x.to(self.info.device), y.to(self.info.device))
+                continue
             with self._loss_ctx(), self._autocast():
-                total += _local(
+                total += full_value(
                     self.module(
                         x.to(self.info.device), y.to(self.info.device), loss_chunk_tokens=tc.loss_chunk_tokens
                     ).float()
                 )
         self.module.train()
         return float(all_reduce_mean(total / tc.eval_batches).item())
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor: loss_parallel's loss is a replicated DTensor."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _fmt_rate(x: float) -> str:
@@ -546,8 +569,14 @@ def _layout_words(trainer: Trainer) -> str:
         return trainer.cfg.train.parallel
     from mltrain.train.mesh import degrees
 
-    parts = [f"{k} {v}" for k, v in degrees(trainer.layout).items() if v > 1]
-    return " x ".join(parts) or "none"
+    layout = trainer.layout
+    words = " x ".join(f"{k} {v}" for k, v in degrees(layout).items() if v > 1) or "none"
+    if layout.pp > 1:
+        from mltrain.train.stages import split_words
+
+        split = split_words(trainer.cfg.model.n_layers, layout.pp, layout.pp_schedule)
+        words += f" ({layout.pp_schedule}, {layout.microbatches()} micro batches, {split})"
+    return words
 
 
 def _eval(trainer: Trainer, writer: M.MetricsWriter | None) -> float | None:
