@@ -264,8 +264,6 @@ def test_the_shorthand_none_is_one_process(tmp_path):
     "parallel, train, world, expect",
     [
         ({"dp_shard": 4, "tp": 2}, {}, 16, "parallel: dp_replicate 1 x dp_shard 4 x tp 2 x cp 1 x pp 1 = 8, but"),
-        ({"pp": 4}, {}, 4, "parallel.pp 4 (1F1B): 3 layers cannot be split into 4 pipeline stages"),
-        ({"pp": 2, "pp_microbatches": 4}, {"micro_batch_size": 2}, 2, "train.micro_batch_size 2 is not divisible"),
         ({"cp": 2}, {}, 2, "parallel.cp 2: context parallel training is not built yet"),
     ],
 )
@@ -277,11 +275,27 @@ def test_layouts_the_run_could_not_start_with(tmp_path, parallel, train, world, 
     assert not dist.is_initialized()
 
 
-def test_the_trainer_still_refuses_pp(tmp_path):
-    """Only the dry run's loader admits pp > 1; `load_run_config` keeps the trainer's refusal."""
+@pytest.mark.parametrize(
+    "parallel, train, expect",
+    [
+        ({"pp": 4}, {}, "parallel.pp 4 with 1F1B makes 4 pipeline stages, but model.n_layers is 3"),
+        ({"pp": 2, "pp_microbatches": 4}, {"micro_batch_size": 2}, "train.micro_batch_size 2 is not divisible"),
+    ],
+)
+def test_pipeline_layouts_the_run_could_not_start_with(tmp_path, parallel, train, expect):
+    """The trainer's own config validation refuses these pipelines as the run config loads."""
+    data = {**SMALL, "parallel": parallel, "train": {**SMALL["train"], **train}}
+    path = write_config(tmp_path / "bad.yaml", data)
+    with pytest.raises(
+        ConfigError, match="^" + f"{path}: (top level): {expect}".replace("(", r"\(").replace(")", r"\)")
+    ):
+        load_dry_run_config(path, [])
+    assert not dist.is_initialized()
+
+
+def test_the_trainer_and_the_dry_run_load_pp_alike(tmp_path):
     path = write_config(tmp_path / "pp.yaml", {**SMALL, "parallel": {"pp": 2}})
-    with pytest.raises(ConfigError, match="pipeline parallel is not built yet"):
-        load_run_config(path)
+    assert load_run_config(path).parallel.pp == 2
     cfg = load_dry_run_config(path, ["train.micro_batch_size=4"])
     assert cfg.parallel is not None and cfg.parallel.pp == 2 and cfg.train.micro_batch_size == 4
 
