@@ -666,7 +666,11 @@ def resolve_parallel(cfg: RunConfig, world_size: int, device_type: str = "cpu") 
                 f"parallel.cp {p.cp}: context parallel cannot run on CPU (torch's context parallel needs the "
                 "CUDA flash / efficient / cuDNN attention kernels); use cp: 1"
             )
-        raise ConfigError(f"parallel.cp {p.cp}: context parallel training is not built yet; use cp: 1")
+        if p.pp > 1:
+            raise ConfigError(
+                f"parallel.cp {p.cp} with pp {p.pp}: context parallel inside pipeline stages is not supported; "
+                "use one of them"
+            )
     fixed = p.fixed_product()
     if p.dp_shard == -1:
         if world_size % fixed:

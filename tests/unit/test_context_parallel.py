@@ -24,3 +24,27 @@ def test_bad_shapes_are_refused():
         local_positions(20, 4, 0)
     with pytest.raises(ValueError, match="outside 0..3"):
         cp_chunks(4, 4)
+
+
+def test_fsdp_shards_over_dp_shard_and_cp_together(tmp_path):
+    """The cp ranks of a group hold the same parameters: FSDP shards them over dp_shard x cp (one flattened
+    axis), so dp_shard 2 x cp 2 x tp 2 on 8 ranks holds exactly dp_shard 4 x tp 2's shards. Built on the
+    fake process group (the dry run), since context parallel itself needs CUDA."""
+    import torch.distributed as dist
+    from tests.helpers import write_config
+
+    from mltrain.train.dry_run import dry_run_ranks, load_dry_run_config
+
+    model = {"vocab_size": 1000, "hidden_size": 36, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2}
+    base = {"name": "cp", "model": {**model, "ffn_hidden_size": 100, "max_seq_len": 64}}
+    base["train"] = {"seq_len": 32, "micro_batch_size": 2}
+
+    def shapes(parallel: dict) -> dict:
+        path = write_config(tmp_path / "cp.yaml", {**base, "parallel": parallel})
+        (kind,) = dry_run_ranks(load_dry_run_config(path, []), 8).kinds
+        assert not dist.is_initialized()
+        return kind.shapes
+
+    with_cp = shapes({"dp_shard": 2, "cp": 2, "tp": 2})
+    assert with_cp == shapes({"dp_shard": 4, "tp": 2})
+    assert with_cp["layers.0.feed_forward.w1.weight"] == (13, 36)  # 100 / tp 2 = 50 rows, over 4 = 13

@@ -264,7 +264,7 @@ def test_the_shorthand_none_is_one_process(tmp_path):
     "parallel, train, world, expect",
     [
         ({"dp_shard": 4, "tp": 2}, {}, 16, "parallel: dp_replicate 1 x dp_shard 4 x tp 2 x cp 1 x pp 1 = 8, but"),
-        ({"cp": 2}, {}, 2, "parallel.cp 2: context parallel training is not built yet"),
+        ({"cp": 2, "dp_shard": 1}, {}, 4, "parallel: dp_replicate 1 x dp_shard 1 x tp 1 x cp 2 x pp 1 = 2, but"),
     ],
 )
 def test_layouts_the_run_could_not_start_with(tmp_path, parallel, train, world, expect):

@@ -163,7 +163,7 @@ def test_pipeline_with_ddp_alone_is_refused_once_the_world_is_known(tmp_path):
     assert layout_warning(cfg, 8) is None
 
 
-def test_context_parallel_is_refused_on_cpu_and_not_built_on_gpu(tmp_path):
+def test_context_parallel_is_refused_on_cpu_and_inside_pipelines(tmp_path):
     cfg, _ = load(tmp_path, {"tp": 2, "cp": 2})
     with pytest.raises(ConfigError) as e:
         resolve_parallel(cfg, 4, "cpu")
@@ -171,9 +171,13 @@ def test_context_parallel_is_refused_on_cpu_and_not_built_on_gpu(tmp_path):
         "parallel.cp 2: context parallel cannot run on CPU (torch's context parallel needs the CUDA flash / "
         "efficient / cuDNN attention kernels); use cp: 1"
     )
+    assert (resolve_parallel(cfg, 8, "cuda").dp_shard, resolve_parallel(cfg, 8, "cuda").cp) == (2, 2)
+    cfg, _ = load(tmp_path, {"cp": 2, "pp": 2})
     with pytest.raises(ConfigError) as e:
         resolve_parallel(cfg, 4, "cuda")
-    assert str(e.value) == "parallel.cp 2: context parallel training is not built yet; use cp: 1"
+    assert str(e.value) == (
+        "parallel.cp 2 with pp 2: context parallel inside pipeline stages is not supported; use one of them"
+    )
 
 
 def test_shorthand_maps_onto_the_block(tmp_path):

@@ -201,6 +201,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.repeat_kv = False  # always repeat KV heads, never SDPA's enable_gqa (context parallel sets it)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None
@@ -222,7 +223,7 @@ class Attention(nn.Module):
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         gqa = self.n_kv_heads != self.n_heads
-        if gqa and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+        if gqa and (self.repeat_kv or not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16))):
             # SDPA's enable_gqa only has flash (CUDA half/bf16) and math kernels; elsewhere repeat the
             # KV heads so the memory-efficient / cuDNN / CPU-flash kernels stay eligible.
             n_rep = self.n_heads // self.n_kv_heads
@@ -340,10 +341,17 @@ class Transformer(nn.Module):
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Final-normed hidden states [B, T, D] (before the vocabulary head).
 
         With a cache, input_ids continue the cached positions and the cache is advanced past them.
+        `rope`: the cos/sin tables of exactly these tokens' positions (context parallel hands each rank the
+        rows of its sequence chunks, which are not positions 0..T-1).
         A pipeline stage (train.stages.cut_to_stage) without the embedding takes the previous stage's hidden
         states instead of input_ids, and one without the final norm returns its last block's output.
         """
@@ -354,7 +362,7 @@ class Transformer(nn.Module):
             h = self.tok_embeddings(input_ids)
             seq_len = input_ids.shape[1]
         if cache is None:
-            cos, sin = self.rope(seq_len)
+            cos, sin = rope if rope is not None else self.rope(seq_len)
             for layer in self.layers:
                 h = layer(h, cos, sin)
         else:
@@ -371,13 +379,14 @@ class Transformer(nn.Module):
         *,
         loss_chunk_tokens: int = 0,
         cache: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """targets None -> logits [B, T, V]; else mean cross-entropy (fp32 scalar, ignore_index=-100).
 
         `cache` (inference): attend to the cached positions too, then append these tokens to it.
         A pipeline stage before the last returns its hidden states (the next stage's input).
         """
-        h = self.hidden_states(input_ids, cache)
+        h = self.hidden_states(input_ids, cache, rope)
         if self.norm is None:
             return h
         if targets is None:

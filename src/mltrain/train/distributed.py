@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -47,11 +48,11 @@ def init_distributed(requested_device: str, timeout_s: float = 600.0) -> DistInf
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (gloo has no AVG op, so SUM / world)."""
+def all_reduce_mean(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Mean over the ranks of `group` (default: all; gloo has no AVG op, so SUM / size)."""
     if dist.is_initialized():
-        dist.all_reduce(t)
-        t = t / dist.get_world_size()
+        dist.all_reduce(t, group=group)
+        t = t / dist.get_world_size(group)
     return t
 
 

@@ -50,11 +50,38 @@ def build_mesh(p: ParallelConfig, device_type: str) -> DeviceMesh | None:
 
 
 def dp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
-    """The data-parallel sub-mesh for FSDP2/HSDP (2-D: replicate x shard) or DDP (1-D), None without one."""
+    """The data-parallel sub-mesh for FSDP2/HSDP (2-D: replicate x shard) or DDP (1-D), None without one.
+
+    The cp ranks of a group hold the same parameters and each computes gradients from its own slice of
+    the sequence, so FSDP shards and reduces over dp_shard x cp together (one flattened axis,
+    "dp_shard_cp", torchtitan's name); the loss is a per-token mean, so that average is the whole
+    sequence's."""
     if mesh is None or mesh.mesh_dim_names is None:
         return None
-    names = tuple(n for n in ("dp_replicate", "dp_shard") if n in mesh.mesh_dim_names)
+    dims = mesh.mesh_dim_names
+    shard = tuple(n for n in ("dp_shard", "cp") if n in dims)
+    if len(shard) == 2:
+        # kept on the world mesh: flattening twice would make a second process group
+        flat = getattr(mesh, "_mltrain_dp_shard_cp", None)
+        if flat is None:
+            flat = mesh[shard]._flatten("dp_shard_cp")
+            mesh._mltrain_dp_shard_cp = flat
+        if "dp_replicate" not in dims:
+            return flat
+        shard = ("dp_shard_cp",)  # HSDP: the 2-D (replicate, dp_shard_cp) slice of the world mesh
+    names = (("dp_replicate",) if "dp_replicate" in dims else ()) + shard
     return mesh[names] if names else None
+
+
+def shards_parameters(dp: DeviceMesh) -> bool:
+    """Whether the data-parallel mesh shards (FSDP2/HSDP) rather than only replicates (DDP)."""
+    return bool(set(dp.mesh_dim_names or ()) & {"dp_shard", "cp", "dp_shard_cp"})
+
+
+def cp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    if mesh is None or mesh.mesh_dim_names is None or "cp" not in mesh.mesh_dim_names:
+        return None
+    return mesh["cp"]
 
 
 def tp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:

@@ -185,6 +185,13 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool) -> None
         parallelize_module(block, tp_mesh, plan)
 
 
+def repeat_kv_heads(model: nn.Module) -> None:
+    """Attention repeats its KV heads instead of SDPA's enable_gqa: context parallel's ring attention
+    is built (and torchtitan tests it) on plain multi-head SDPA calls."""
+    for block in model.layers:
+        block.attention.repeat_kv = True
+
+
 def parallelize_mesh(
     model: nn.Module,
     mesh: DeviceMesh | None,
@@ -200,8 +207,10 @@ def parallelize_mesh(
     checkpointing, per-block compile, then FSDP2/HSDP when dp_shard > 1, or DDP when only dp_replicate
     is. Returns the module to train and whether FSDP's mixed precision casts (else autocast does).
     `pipelined`: `model` is one pipeline stage (train.pipeline applies this to each)."""
-    from mltrain.train.mesh import dp_mesh, tp_mesh
+    from mltrain.train.mesh import cp_mesh, dp_mesh, shards_parameters, tp_mesh
 
+    if cp_mesh(mesh) is not None:
+        repeat_kv_heads(model)
     tp = tp_mesh(mesh)
     if tp is not None:
         apply_tp(model, tp, loss_parallel)
@@ -212,7 +221,7 @@ def parallelize_mesh(
     dp = dp_mesh(mesh)
     if dp is None:  # one process, or tp alone: nothing to replicate or shard
         return model, False
-    if "dp_shard" in (dp.mesh_dim_names or ()):
+    if shards_parameters(dp):
         param_dtype = torch.bfloat16 if bf16 else torch.float32
         apply_fsdp(model, param_dtype=param_dtype, reduce_dtype=torch.float32, mesh=dp, pipelined=pipelined)
         return model, True

@@ -13,6 +13,7 @@ import os
 import random
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,7 @@ class Trainer:
         self.loss_parallel = self.layout is not None and self.layout.loss_parallel
         # Pipeline parallel: this rank's stages and their schedule (train.pipeline); None otherwise.
         self.pipeline: Any = None
+        self.cp_mesh: Any = None  # context parallel: the cp axis (train.context_parallel)
         init_from = cfg.model.init_from if resume is None else None
         if self.layout is None:
             self.module = parallelize(self.model, tc.parallel, info, self.bf16, tc.compile, tc.activation_checkpointing)
@@ -241,6 +243,9 @@ class Trainer:
                     self.model, self.mesh, self.layout, info, **kw
                 )
             else:
+                from mltrain.train.mesh import cp_mesh
+
+                self.cp_mesh = cp_mesh(self.mesh)
                 self.module, self.fsdp_active = parallelize_mesh(self.model, self.mesh, info, **kw)
         self.params = list(self.module.parameters())  # walked once, not every step (loads copy in place)
         if init_from:  # after sharding: under FSDP each rank reads only its slice of every tensor from the files
@@ -349,6 +354,26 @@ class Trainer:
             return loss_parallel()
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def _cp_ctx(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Context parallel around one forward and backward: x, y and the RoPE tables sharded over the cp
+        ranks (train.context_parallel), ring attention inside; yields the tables for the model. Without cp,
+        nothing (the model makes its own tables)."""
+        if self.cp_mesh is None:
+            yield None
+            return
+        from mltrain.train.context_parallel import sequence_sharded
+
+        cos, sin = self.model.rope(x.shape[1])
+        with sequence_sharded(self.cp_mesh, [x, y, cos, sin], [1, 1, 0, 0]):
+            yield cos, sin
+
+    def _cp_mean(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step loss over the whole sequence: each cp rank's loss is its chunks' token mean."""
+        if self.cp_mesh is None:
+            return loss
+        return all_reduce_mean(loss.clone(), self.cp_mesh.get_group())
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train
         set_lr(self.optimizer, lr_at(self.step + 1, tc))
@@ -368,13 +393,13 @@ class Trainer:
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
-            with self._loss_ctx():
+            with self._loss_ctx(), self._cp_ctx(x, y) as rope:
                 with ctx, self._autocast():
-                    loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens)
+                    loss = self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens, rope=rope)
                 if accum > 1:  # no extra ops (or autograd node) per step without accumulation: same values
                     loss = loss / accum
                 loss.backward()
-            done = full_value(loss.detach())
+            done = self._cp_mean(full_value(loss.detach()))
             total = done if total is None else total + done
         if self.pipeline is not None:
             from mltrain.train.pipeline import clip_grad_norm
