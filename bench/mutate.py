@@ -56,6 +56,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/integration/test_s3_transfer_rules.py",
             "tests/integration/test_s3_transfer.py",
             "tests/integration/test_s3_throttling.py",
+            "tests/integration/test_s3_transfer_mutants.py",
         ],
     ),
     "verify": (
