@@ -33,7 +33,8 @@ def test_fsdp_shards_over_dp_shard_and_cp_together(tmp_path):
     import torch.distributed as dist
     from tests.helpers import write_config
 
-    from mltrain.train.dry_run import dry_run_ranks, load_dry_run_config
+    from mltrain.config import load_run_config
+    from mltrain.train.dry_run import dry_run_ranks
 
     model = {"vocab_size": 1000, "hidden_size": 36, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2}
     base = {"name": "cp", "model": {**model, "ffn_hidden_size": 100, "max_seq_len": 64}}
@@ -41,7 +42,7 @@ def test_fsdp_shards_over_dp_shard_and_cp_together(tmp_path):
 
     def shapes(parallel: dict) -> dict:
         path = write_config(tmp_path / "cp.yaml", {**base, "parallel": parallel})
-        (kind,) = dry_run_ranks(load_dry_run_config(path, []), 8).kinds
+        (kind,) = dry_run_ranks(load_run_config(path), 8).kinds
         assert not dist.is_initialized()
         return kind.shapes
 

@@ -14,7 +14,7 @@ from tests.helpers import mltrain_cmd, write_config
 from mltrain.cluster.layout import GIB, layout_memory_gib, layout_model_from_config
 from mltrain.config import ModelConfig, load_run_config
 from mltrain.errors import ConfigError
-from mltrain.train.dry_run import DryRun, dry_run_ranks, in_flight_microbatches, load_dry_run_config
+from mltrain.train.dry_run import DryRun, dry_run_ranks, in_flight_microbatches
 
 OVERHEAD = 6 * GIB  # the planner's CUDA context + NCCL + allocator allowance
 
@@ -34,12 +34,13 @@ def numel(shapes) -> int:
 D, LAYERS, HEADS, KV, HEAD_DIM, FFN, VOCAB = 16384, 126, 128, 8, 128, 53248, 128256
 TP, DP, PP = 8, 8, 8
 SEQ, MICRO, N_MB = 8192, 8, 8  # each rank's micro batch of 8 sequences runs as 8 pipeline micro batches of 1
+# (1F1B's default: one per stage)
 
 
 @pytest.fixture(scope="module")
 def llama405(tmp_path_factory) -> DryRun:
-    """torchtitan's published 405B layout, dp_shard 8 x tp 8 x pp 8, read from a run config (pp > 1 is
-    admitted by the dry run's loader even while the trainer refuses it)."""
+    """torchtitan's published 405B layout, dp_shard 8 x tp 8 x pp 8, read from a run config as the trainer
+    reads it."""
     path = write_config(
         tmp_path_factory.mktemp("dry") / "405b.yaml",
         {
@@ -50,7 +51,7 @@ def llama405(tmp_path_factory) -> DryRun:
         },
     )
     start = time.perf_counter()
-    result = dry_run_ranks(load_dry_run_config(path, []), 512)
+    result = dry_run_ranks(load_run_config(path), 512)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -137,6 +138,56 @@ def test_405b_activations_agree_with_the_planner(llama405):
     assert llama405.kinds[-1].part("logits").bytes / GIB == pytest.approx(planner["logits"], rel=1e-12)
 
 
+def test_405b_total_is_the_planners_but_for_where_the_logits_are(llama405):
+    """The planner sizes one worst stage: the first stage's state, working set and in-flight activations
+    plus the last stage's logits. The dry run puts the logits on the last stage alone, so its first stage is
+    the planner's total less the logits. The rest differs by 1.2 MB: the planner splits every parameter
+    over tp, but tensor parallel keeps each block's two norms whole on every tp rank (16 layers x 2 x 16384
+    x (7/8 of them) x 16 B of state + 2 gathered blocks' worth x 6 B; the optimizer's step tensors and the
+    final norm the planner counts on the first stage are bytes)."""
+    m = layout_model_from_config(ModelConfig(preset="llama3.1-405b"))
+    planner = layout_memory_gib(m, dp_shard=DP, tp=TP, cp=1, pp=PP, micro_batch_size=1, seq_len=SEQ, checkpointing=True)
+    assert round(planner["total"], 2) == 28.08
+    first, last = llama405.kinds[0], llama405.kinds[-1]
+    assert first.total_bytes == max(k.total_bytes for k in llama405.kinds)
+    norms = 16 * 2 * D * (TP - 1) // TP // DP * 16 + 2 * 2 * D * (TP - 1) // TP * 6  # bytes the planner leaves out
+    assert first.total_bytes - norms == pytest.approx((planner["total"] - planner["logits"]) * GIB, abs=8 * 1024)
+    assert last.part("logits").bytes / GIB == pytest.approx(planner["logits"], rel=1e-12)
+
+
+def test_the_planners_pipeline_layout_renders_a_run_the_dry_run_sizes_alike(tmp_path):
+    """The planner's 405B layout on a slow network (pipeline stages), written into a run config by the
+    overrides fleet submit uses: the trainer's config loads, the pipeline splits the run's micro batch into
+    the planner's micro batches, and the dry run's worst rank is the planner's total less the logits."""
+    from mltrain.cluster.catalog import get_instance
+    from mltrain.cluster.layout import Bandwidth, choose_layout, layout_overrides
+
+    h100 = get_instance("p5.48xlarge")
+    m = layout_model_from_config(ModelConfig(preset="llama3.1-405b"))
+    slow = Bandwidth(peak_flops=h100.peak_flops, mfu=0.4, efa_gbytes_per_s=5.0)
+    lay = choose_layout(
+        m, nodes=64, gpus_per_node=8, gpu_memory_gib=h100.gpu_memory_gib, seq_len=SEQ, micro_batch_size=1,
+        bandwidth=slow,
+    )  # fmt: skip
+    assert lay is not None and lay.pp == 4 and lay.pp_microbatches == 8
+    run = write_config(
+        tmp_path / "run.yaml",
+        {"name": "p", "model": {"preset": "llama3.1-405b"}, "train": {"seq_len": SEQ, "micro_batch_size": 1}},
+    )
+    cfg = load_run_config(run, layout_overrides(lay.to_dict()))
+    assert cfg.train.micro_batch_size == 8 and cfg.train.activation_checkpointing is True
+    d = dry_run_ranks(cfg, 512)
+    assert (d.n_microbatches, d.micro_batch_size) == (8, 1)  # 8 pipeline micro batches of the planner's 1
+    assert d.stage_layers == [32, 32, 31, 31]
+    worst = max(d.kinds, key=lambda k: k.total_bytes)
+    assert worst is d.kinds[0] and worst.in_flight == 4
+    mem = lay.memory_gib
+    assert worst.part("activations").bytes / GIB == pytest.approx(mem["activations"], rel=1e-12)
+    assert d.kinds[-1].part("logits").bytes / GIB == pytest.approx(mem["logits"], rel=1e-12)
+    # within the norms tensor parallel keeps whole (previous test): 32 layers over dp_shard 16 here, 1.3 MB
+    assert worst.total_bytes / GIB == pytest.approx(mem["total"] - mem["logits"], abs=0.002)
+
+
 # --------------------------------------------------------------------------- a small layout, exactly
 
 SMALL = {
@@ -158,7 +209,7 @@ SMALL = {
 
 def test_small_layout_every_figure(tmp_path):
     path = write_config(tmp_path / "small.yaml", SMALL)
-    d = dry_run_ranks(load_dry_run_config(path, []), 8)
+    d = dry_run_ranks(load_run_config(path), 8)
     assert not dist.is_initialized()
     (kind,) = d.kinds
     assert kind.ranks_words() == "ranks 0-7" and kind.column_words() == "every rank"
@@ -206,7 +257,7 @@ def test_small_layout_every_figure(tmp_path):
 
 def test_ddp_keeps_whole_tensors_and_its_buckets(tmp_path):
     path = write_config(tmp_path / "ddp.yaml", {**SMALL, "parallel": {"dp_replicate": 4, "dp_shard": 1}})
-    (kind,) = dry_run_ranks(load_dry_run_config(path, []), 4).kinds
+    (kind,) = dry_run_ranks(load_run_config(path), 4).kinds
     n = 3 * (2 * 36 + 36 * 36 * 2 + 12 * 36 * 2 + 3 * 100 * 36) + 1000 * 36 * 2 + 36
     assert kind.part("parameters").elements == n
     assert kind.shapes["layers.0.attention.wk.weight"] == (12, 36)
@@ -221,7 +272,7 @@ def test_interleaved_stages_and_in_flight_micro_batches(tmp_path):
         "parallel": {"dp_shard": 2, "pp": 2, "pp_schedule": "Interleaved1F1B", "pp_microbatches": 4},
     }
     path = write_config(tmp_path / "pp.yaml", data)
-    d = dry_run_ranks(load_dry_run_config(path, []), 4)
+    d = dry_run_ranks(load_run_config(path), 4)
     assert [k.stages for k in d.kinds] == [[0, 2], [1, 3]]
     assert [k.layers for k in d.kinds] == [[range(0, 2), range(4, 6)], [range(2, 4), range(6, 8)]]
     assert (d.kinds[0].first, d.kinds[0].last, d.kinds[1].first, d.kinds[1].last) == (True, False, False, True)
@@ -241,7 +292,7 @@ def test_pp_ranks_with_the_same_figures_are_one_kind(tmp_path):
         "train": {"seq_len": 32, "micro_batch_size": 4},
         "parallel": {"pp": 4, "pp_schedule": "GPipe"},
     }
-    d = dry_run_ranks(load_dry_run_config(write_config(tmp_path / "gpipe.yaml", data), []), 4)
+    d = dry_run_ranks(load_run_config(write_config(tmp_path / "gpipe.yaml", data)), 4)
     assert [k.pp_ranks for k in d.kinds] == [[0], [1, 2], [3]]
     middle = d.kinds[1]
     assert middle.column_words() == "pp 1-2" and middle.ranks_words() == "pp ranks 1-2 (ranks 1-2)"
@@ -252,7 +303,7 @@ def test_pp_ranks_with_the_same_figures_are_one_kind(tmp_path):
 
 def test_the_shorthand_none_is_one_process(tmp_path):
     data = {key: value for key, value in SMALL.items() if key != "parallel"}
-    cfg = load_dry_run_config(write_config(tmp_path / "none.yaml", data), [])
+    cfg = load_run_config(write_config(tmp_path / "none.yaml", data))
     assert dry_run_ranks(cfg, 1).kinds[0].part("parameters").elements == 115_020
     with pytest.raises(ConfigError, match="^train.parallel: none trains one process, not 4"):
         dry_run_ranks(cfg, 4)
@@ -271,7 +322,7 @@ def test_layouts_the_run_could_not_start_with(tmp_path, parallel, train, world, 
     data = {**SMALL, "parallel": parallel, "train": {**SMALL["train"], **train}}
     path = write_config(tmp_path / "bad.yaml", data)
     with pytest.raises(ConfigError, match="^" + expect.replace("(", r"\(").replace(")", r"\)")):
-        dry_run_ranks(load_dry_run_config(path, []), world)
+        dry_run_ranks(load_run_config(path), world)
     assert not dist.is_initialized()
 
 
@@ -289,15 +340,37 @@ def test_pipeline_layouts_the_run_could_not_start_with(tmp_path, parallel, train
     with pytest.raises(
         ConfigError, match="^" + f"{path}: (top level): {expect}".replace("(", r"\(").replace(")", r"\)")
     ):
-        load_dry_run_config(path, [])
+        load_run_config(path)
     assert not dist.is_initialized()
 
 
-def test_the_trainer_and_the_dry_run_load_pp_alike(tmp_path):
-    path = write_config(tmp_path / "pp.yaml", {**SMALL, "parallel": {"pp": 2}})
-    assert load_run_config(path).parallel.pp == 2
-    cfg = load_dry_run_config(path, ["train.micro_batch_size=4"])
-    assert cfg.parallel is not None and cfg.parallel.pp == 2 and cfg.train.micro_batch_size == 4
+def test_the_dry_run_splits_the_batch_as_the_trainer_does(tmp_path, capsys):
+    """Without pp_microbatches the trainer runs one micro batch per stage: Interleaved1F1B on pp 2 has 4
+    stages, so 4 micro batches of 1 sequence, and the in-flight counts are torch's for 4 micro batches."""
+    from mltrain.cli.train import print_dry_run
+
+    data = {
+        **SMALL,
+        "model": {**SMALL["model"], "n_layers": 8},
+        "train": {"seq_len": 32, "micro_batch_size": 4},
+        "parallel": {"dp_shard": 2, "pp": 2, "pp_schedule": "Interleaved1F1B"},
+    }
+    path = write_config(tmp_path / "pp.yaml", data)
+    cfg = load_run_config(path)
+    assert cfg.parallel is not None and cfg.parallel.microbatches() == 4
+    d = dry_run_ranks(cfg, 4)
+    assert (d.n_microbatches, d.micro_batch_size) == (4, 1)
+    # the same figures as with pp_microbatches: 4 given (test_interleaved_stages_and_in_flight_micro_batches)
+    assert [k.in_flight for k in d.kinds] == [5, 3]
+    # 5 chunk forwards, each through one stage of 2 layers, of 1 x 32 tokens at 34 B x hidden 36
+    assert d.kinds[0].part("activations").bytes == 1 * 32 * 36 * 2 * 5 * 34
+    print_dry_run(d, path)
+    out = capsys.readouterr().out
+    assert "Interleaved1F1B with 4 micro batches of 1 sequence, layers per stage 2/2/2/2" in out
+    assert "5 micro batches of 1 x 32 tokens in flight" in out
+    # 1F1B's default is one per stage too: pp 2 splits the 4 sequences into 2 micro batches of 2
+    d = dry_run_ranks(load_run_config(path, ["parallel.pp_schedule=1F1B"]), 4)
+    assert (d.n_microbatches, d.micro_batch_size) == (2, 2) and [k.in_flight for k in d.kinds] == [2, 1]
 
 
 # --------------------------------------------------------------------------- the command

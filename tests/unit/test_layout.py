@@ -203,6 +203,35 @@ def test_overrides_write_the_parallel_block():
     assert not any(x.startswith("train.") for x in layout_overrides(flat.to_dict())) and layout_overrides(None) == []
 
 
+def test_pipeline_overrides_write_the_runs_micro_batch():
+    """With pp the trainer splits train.micro_batch_size into pp_microbatches pieces: the planner's micro batch
+    (what its memory model counts) is one piece, so the run's micro batch is it x pp_microbatches."""
+    _, m = _model("llama3.1-405b")
+    slow = Bandwidth(peak_flops=H100.peak_flops, mfu=0.4, efa_gbytes_per_s=5.0)
+    lay = choose_layout(
+        m, nodes=64, gpus_per_node=8, gpu_memory_gib=H100.gpu_memory_gib, seq_len=8192, micro_batch_size=2,
+        bandwidth=slow,
+    )  # fmt: skip
+    assert lay is not None and lay.pp > 1 and lay.pp_microbatches == 2 * lay.pp
+    assert lay.train_micro_batch_size == 2 * lay.pp_microbatches
+    sets = layout_overrides(lay.to_dict())
+    assert f"parallel.pp_microbatches={2 * lay.pp}" in sets and f"train.micro_batch_size={4 * lay.pp}" in sets
+    assert f"micro batches of 2 sequences (train.micro_batch_size {4 * lay.pp};" in lay.reason
+    # the memory is the planner's micro batch's, as before: one pipeline micro batch of 2 sequences
+    assert lay.memory_gib == layout_memory_gib(
+        m, dp_shard=lay.dp_shard, tp=8, cp=1, pp=lay.pp, micro_batch_size=2, seq_len=8192, checkpointing=True
+    )
+    hand = Layout(dp_replicate=1, dp_shard=8, tp=8, cp=1, pp=8, activation_checkpointing="full", pp_microbatches=16)
+    with pytest.raises(ValueError, match="a pipeline layout needs train_micro_batch_size"):
+        layout_overrides(hand.to_dict())
+    # without pp the run's micro batch is the planner's: no override
+    flat = choose_layout(
+        m, nodes=64, gpus_per_node=8, gpu_memory_gib=H100.gpu_memory_gib, seq_len=8192, micro_batch_size=2
+    )
+    assert flat is not None and flat.pp == 1 and flat.train_micro_batch_size == 2
+    assert not any(x.startswith("train.micro_batch_size") for x in layout_overrides(flat.to_dict()))
+
+
 def test_plan_carries_each_models_layout(tmp_path: Path):
     from mltrain.cluster.fleet import Fleet
 
@@ -283,3 +312,78 @@ def test_fleet_submit_passes_the_layout_as_overrides(tmp_path: Path, monkeypatch
     assert calls[0]["overrides"] == want and calls[0]["nodes"] == 32
     assert "layout fsdp" in c.export_text()
     assert planned_overrides(script_run, plan.models[0].layout) == []  # a script run parallelizes itself
+
+
+# --------------------------------------------------------------------------- the trainer accepts what is planned
+
+_SLOW = Bandwidth(peak_flops=H100.peak_flops, mfu=0.4, efa_gbytes_per_s=5.0)
+_VERY_SLOW = Bandwidth(peak_flops=H100.peak_flops, mfu=0.4, efa_gbytes_per_s=0.5)
+
+# (preset, nodes, GPU GiB, seq, planner micro batch, choose_layout's other arguments): the layouts the tests
+# above plan, and a tied model on a network slow enough that stages would otherwise pay
+PLANNED = {
+    "70b-mb1": ("llama3.1-70b", 32, H100.gpu_memory_gib, 8192, 1, {}),
+    "70b-mb8": ("llama3.1-70b", 32, H100.gpu_memory_gib, 8192, 8, {"bandwidth": _bw()}),
+    "405b": ("llama3.1-405b", 64, H100.gpu_memory_gib, 8192, 1, {"bandwidth": _bw()}),
+    "405b-slow-network": ("llama3.1-405b", 64, H100.gpu_memory_gib, 8192, 1, {"bandwidth": _SLOW}),
+    "405b-slow-network-mb2": ("llama3.1-405b", 64, H100.gpu_memory_gib, 8192, 2, {"bandwidth": _SLOW}),
+    "8b": ("llama3.1-8b", 8, H100.gpu_memory_gib, 8192, 1, {"bandwidth": _bw()}),
+    "8b-long-context": ("llama3.1-8b", 8, H100.gpu_memory_gib, 131072, 1, {}),
+    "8b-16k": ("llama3.1-8b", 8, H100.gpu_memory_gib, 16384, 1, {}),
+    "8b-ac-asked": ("llama3.1-8b", 8, H100.gpu_memory_gib, 8192, 1, {"activation_checkpointing": True}),
+    "8b-small-shard-groups": (
+        "llama3.1-8b",
+        8,
+        H100.gpu_memory_gib,
+        8192,
+        1,
+        {"a": LayoutAssumptions(max_shard_nodes=2)},
+    ),
+    "qwen-4k": ("qwen2.5-0.5b", 1, 24.0, 4096, 1, {}),
+    "qwen-32k": ("qwen2.5-0.5b", 1, 24.0, 32768, 1, {}),
+    "qwen-tied-very-slow-network": ("qwen2.5-0.5b", 4, 80.0, 4096, 1, {"bandwidth": _VERY_SLOW}),
+    # no shard group within the node limit: replicas of unsharded tp ranks (DDP + TP) would be tried first
+    "qwen-32k-no-shard-group-fits-the-limit": (
+        "qwen2.5-0.5b",
+        1,
+        24.0,
+        32768,
+        1,
+        {"a": LayoutAssumptions(max_shard_nodes=0)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLANNED))
+def test_the_trainer_accepts_every_planned_layout(tmp_path: Path, case: str):
+    """The overrides fleet submit writes, applied to a run config of the planned model, load as the trainer
+    loads them and resolve on the planned GPUs; the run's micro batch is what the planner sized."""
+    from mltrain.config import load_run_config, resolve_parallel
+
+    preset, nodes, gib, seq, micro, kwargs = PLANNED[case]
+    cfg, m = _model(preset)
+    lay = choose_layout(
+        m, nodes=nodes, gpus_per_node=8, gpu_memory_gib=gib, seq_len=seq, micro_batch_size=micro, **kwargs
+    )
+    assert lay is not None
+    run = tmp_path / "run.yaml"
+    # the run config as a user writes it for this fleet model: the fleet's seq_len and micro batch
+    run.write_text(
+        yaml.safe_dump(
+            {
+                "name": "r",
+                "model": {"preset": preset},
+                "train": {"seq_len": seq, "micro_batch_size": micro, "parallel": "fsdp"},
+            }
+        )
+    )
+    rendered = load_run_config(run, layout_overrides(lay.to_dict()))
+    assert rendered.parallel is not None
+    assert rendered.parallel.model_dump() == lay.parallel_block()
+    # the trainer's local batch: the planner's micro batch, split by the pipeline into pp_microbatches pieces
+    p = rendered.parallel
+    assert rendered.train.micro_batch_size == lay.train_micro_batch_size
+    assert rendered.train.micro_batch_size // (p.microbatches() if p.pp > 1 else 1) == micro
+    assert rendered.train.activation_checkpointing is (lay.activation_checkpointing == "full")
+    resolved = resolve_parallel(rendered, nodes * 8, "cuda")
+    assert resolved.model_dump() == lay.parallel_block()

@@ -59,10 +59,11 @@ def train(
 
 def _dry_run(run_yaml: Path, overrides: list[str], world_size: int, gpu_memory_gib: float) -> None:
     from mltrain.cli.common import builtin_only
+    from mltrain.config import load_run_config
     from mltrain.errors import ConfigError
-    from mltrain.train.dry_run import dry_run_ranks, load_dry_run_config
+    from mltrain.train.dry_run import dry_run_ranks
 
-    cfg = load_dry_run_config(run_yaml, overrides)
+    cfg = load_run_config(run_yaml, overrides)
     builtin_only(cfg, "--dry-run-ranks", run_yaml)
     try:
         result = dry_run_ranks(cfg, world_size, gpu_memory_gib)

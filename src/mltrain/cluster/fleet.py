@@ -59,7 +59,12 @@ class FleetModel(StrictModel):
     vocab_size: int | None = Field(default=None, gt=0)
     tokens: float = Field(gt=0, description="tokens to train, e.g. 250e9 or '250B'")
     seq_len: int = Field(default=4096, gt=0)
-    micro_batch_size: int = Field(default=1, gt=0, description="sequences per GPU per micro-step")
+    micro_batch_size: int = Field(
+        default=1,
+        gt=0,
+        description="sequences per data-parallel rank per micro-step (per pipeline micro batch when the layout "
+        "has pp > 1: the run's train.micro_batch_size is then this x pp_microbatches)",
+    )
     activation_checkpointing: bool = False
     fit: Literal["fsdp", "layout"] = Field(
         default="fsdp",

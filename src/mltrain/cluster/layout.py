@@ -13,12 +13,18 @@ Pure functions (no torch). Memory per GPU of one layout, extending the planner's
                     + one layer recomputed at 34 B
   logits          = micro_batch x seq / cp x vocab / tp x 6 B   (loss parallel shards the vocabulary)
   overhead        = 6 GiB
+micro_batch is the planner's micro batch: the sequences one data-parallel rank runs through the model at
+once. Without pp that is the run's train.micro_batch_size; with pp it is one pipeline micro batch, and the
+run's train.micro_batch_size (which the trainer's pipeline splits into pp_microbatches equal pieces) is
+micro_batch x pp_microbatches: the layout carries it as train_micro_batch_size and the overrides write it.
 Search, in order of preference (the first layout that fits with headroom wins):
   cp: 1 below 32k tokens; from 32k the smallest cp >= 2 that fits (attention memory and time grow with seq)
   tp: 1, 2, 4, 8 without activation checkpointing (never more than one node: TP+SP all-reduces per
       layer need NVLink, not EFA); when none fits, tp = GPUs per node with full checkpointing (it costs a
       recomputed forward, so it comes after TP)
-  pp: 1; pipeline stages (2, 4, 8, ...) only when tp = GPUs per node + FSDP + full checkpointing cannot fit
+  pp: 1; pipeline stages (2, 4, 8, ..., 1F1B with 2 x pp micro batches) only when tp = GPUs per node + FSDP
+      + full checkpointing cannot fit, or FSDP's traffic would exceed compute; never for a tied embedding
+      (the trainer cannot put one matrix on the first and the last stage)
   dp: the rest; HSDP (dp_replicate > 1) when the shard group would span more than `max_shard_nodes`
       nodes, with the smallest replication that still fits (all-gathers stay within the shard group).
 """
@@ -46,6 +52,7 @@ class LayoutModel:
     n_heads: int | None = None
     n_kv_heads: int | None = None
     matmul_params: float | None = None  # N of 6N; None: params
+    tie_embeddings: bool = False  # the head is the embedding: no pipeline stages (first and last would share it)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,10 @@ class Layout:
     pp_schedule: str = "1F1B"
     pp_microbatches: int | None = None
     loss_parallel: bool = False
+    # the run's train.micro_batch_size this layout is sized for (sequences per data-parallel rank per optimizer
+    # micro step): the planner's micro batch, x pp_microbatches with pp > 1 (the pipeline splits it); None: a
+    # layout made by hand
+    train_micro_batch_size: int | None = None
     memory_gib: dict[str, float] = field(default_factory=dict)
     step_estimate_s: dict[str, float] | None = None  # compute, fsdp, tp, bubble, step, per_token_us
     reason: str = ""
@@ -145,7 +156,8 @@ def layout_memory_gib(
     checkpointing: bool,
     a: LayoutAssumptions = DEFAULT_LAYOUT_ASSUMPTIONS,
 ) -> dict[str, float]:
-    """GiB per GPU by part (state, working, activations, logits, overhead, total) for one layout."""
+    """GiB per GPU by part (state, working, activations, logits, overhead, total) for one layout.
+    micro_batch_size: the planner's micro batch (one pipeline micro batch with pp > 1; module docstring)."""
     if min(dp_shard, tp, cp, pp) <= 0:
         raise ValueError(f"layout degrees must be positive, got dp_shard {dp_shard} tp {tp} cp {cp} pp {pp}")
     stage_layers = math.ceil(m.n_layers / pp)
@@ -208,10 +220,9 @@ def choose_layout(
     cps = [c for c in _powers_of_two(world) if c >= 2] if long else [1]
     tps = [t for t in _powers_of_two(gpus_per_node) if _tp_ok(m, t)]
     acs = [True] if activation_checkpointing else [False, True]
+    pps = [1] if m.tie_embeddings else _powers_of_two(m.n_layers // a.min_layers_per_stage or 1)
     # smallest tp without recompute first; then the whole node's tp with checkpointing, then pipeline stages
-    order = [(1, tp, acs[0]) for tp in tps] + [
-        (pp, tps[-1], ac) for pp in _powers_of_two(m.n_layers // a.min_layers_per_stage or 1) for ac in acs
-    ]
+    order = [(1, tp, acs[0]) for tp in tps] + [(pp, tps[-1], ac) for pp in pps for ac in acs]
     for cp in cps:
         fits: list[Layout] = []
         seen: set[tuple[int, int, bool]] = set()
@@ -225,6 +236,7 @@ def choose_layout(
             if found is None:
                 continue
             rep, shard, mem = found
+            n_micro = 2 * pp if pp > 1 else None
             lay = Layout(
                 dp_replicate=rep,
                 dp_shard=shard,
@@ -232,8 +244,9 @@ def choose_layout(
                 cp=cp,
                 pp=pp,
                 activation_checkpointing="full" if ac else "none",
-                pp_microbatches=2 * pp if pp > 1 else None,
+                pp_microbatches=n_micro,
                 loss_parallel=tp > 1,
+                train_micro_batch_size=micro_batch_size * (n_micro or 1),
                 memory_gib=mem,
             )
             if bandwidth is None:
@@ -280,6 +293,8 @@ def step_time_s(
     a: LayoutAssumptions = DEFAULT_LAYOUT_ASSUMPTIONS,
 ) -> dict[str, float]:
     """Rough seconds of one optimizer step (no gradient accumulation) by part, and microseconds per token.
+    micro_batch_size: the planner's micro batch, so a data-parallel rank's step takes it x pp_microbatches
+    sequences (the run's train.micro_batch_size).
 
     compute: (6N + 12 L hidden seq) FLOPs per token over tp x cp x pp GPUs at peak x MFU (x 4/3 with full
     checkpointing), plus the 1F1B bubble (pp - 1) / micro batches; fsdp: 8 B per parameter of the stage
@@ -334,9 +349,10 @@ def _fit_dp(
     budget: float,
     a: LayoutAssumptions,
 ) -> tuple[int, int, dict[str, float]] | None:
-    """(dp_replicate, dp_shard, memory) with the shard group within max_shard_nodes if memory allows."""
+    """(dp_replicate, dp_shard, memory) with the shard group within max_shard_nodes if memory allows.
+    Replicas without sharding (DDP) are left out under tp or pp: the trainer runs neither with DDP."""
     inner = tp * cp  # ranks of one shard-group member (pp is outermost)
-    options = [s for s in range(dp, 0, -1) if dp % s == 0]
+    options = [s for s in range(dp, 0, -1) if dp % s == 0 and (s > 1 or s == dp or (tp == 1 and pp == 1))]
     within = [s for s in options if math.ceil(s * inner / gpus_per_node) <= a.max_shard_nodes]
     # shard as widely as the node limit allows, then more replication; wider groups only if nothing fits
     ordered = within + [s for s in reversed(options) if s not in within]
@@ -381,9 +397,12 @@ def _reason(
             if lay.step_estimate_s is not None and flat_fits
             else f"tp {gpn} + FSDP does not fit"
         )
+        n_micro = lay.pp_microbatches or lay.pp
+        per_micro = (lay.train_micro_batch_size or n_micro) // n_micro
         parts.append(
             f"pp {lay.pp}: {pp_why}; {math.ceil(m.n_layers / lay.pp)} layers per stage, "
-            f"{lay.pp_microbatches} micro batches (bubble ~{(lay.pp - 1) / ((lay.pp_microbatches or 1) + lay.pp - 1):.0%})"
+            f"{n_micro} micro batches of {per_micro} sequence{'s' if per_micro != 1 else ''} "
+            f"(train.micro_batch_size {per_micro * n_micro}; bubble ~{(lay.pp - 1) / (n_micro + lay.pp - 1):.0%})"
         )
     shard_nodes = math.ceil(lay.dp_shard * lay.tp * lay.cp / gpn)
     if lay.dp_replicate > 1:
@@ -423,13 +442,16 @@ def layout_model_from_config(cfg: Any) -> LayoutModel:
         n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_kv_heads,
         matmul_params=float(matmul_params(cfg)),
+        tie_embeddings=cfg.tie_embeddings,
     )
 
 
 def layout_overrides(layout: dict[str, Any] | None) -> list[str]:
-    """`--set` overrides that write a planned layout into a run config: the `parallel:` block, and
+    """`--set` overrides that write a planned layout into a run config: the `parallel:` block; with pp > 1
+    `train.micro_batch_size` = the planner's micro batch x pp_microbatches (the trainer's pipeline splits the
+    run's micro batch into pp_microbatches pieces, each the micro batch the planner sized); and
     `train.activation_checkpointing=true` when the layout needs it (never false: a run that asks for
-    checkpointing keeps it)."""
+    checkpointing keeps it). Without pp the run's micro batch is the planner's and is left as it is."""
     if layout is None:
         return []
     out = []
@@ -437,6 +459,10 @@ def layout_overrides(layout: dict[str, Any] | None) -> list[str]:
         value = layout[key]
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         out.append(f"parallel.{key}={text}")
+    if layout["pp"] > 1:
+        if layout.get("train_micro_batch_size") is None:
+            raise ValueError("a pipeline layout needs train_micro_batch_size (the run's micro batch it was sized for)")
+        out.append(f"train.micro_batch_size={layout['train_micro_batch_size']}")
     if layout.get("activation_checkpointing", "none") != "none":
         out.append("train.activation_checkpointing=true")
     return out

@@ -22,17 +22,9 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mltrain.cluster.layout import DEFAULT_LAYOUT_ASSUMPTIONS, MemoryAssumptions
-from mltrain.config import (
-    ParallelConfig,
-    RunConfig,
-    apply_overrides,
-    load_config_yaml,
-    load_run_config,
-    resolve_parallel,
-)
+from mltrain.config import STAGES_PER_RANK, ParallelConfig, RunConfig, resolve_parallel
 from mltrain.errors import ConfigError
 
 GIB = 1024**3
@@ -46,10 +38,8 @@ CANNOT_CHECK = (
     "(the overhead row is the planner's assumption)",
     "CUDA kernels: which attention kernel runs, compile, bf16 numerics",
     "activations: estimated by formula, since nothing runs forward on meta tensors",
-    "context parallel: its numerics need the CUDA attention kernels (and the trainer refuses cp > 1 for now)",
+    "context parallel: its numerics need the CUDA attention kernels",
 )
-
-_PP_NOT_BUILT = "pipeline parallel is not built yet"
 
 
 @dataclass(frozen=True)
@@ -142,24 +132,6 @@ class DryRun:
         return kind.total_bytes <= self.gpu_memory_gib * GIB
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_dry_run_config(path: str | Path, overrides: list[str]) -> RunConfig:
-    """The run config as `mltrain train` loads it, except that pp > 1 is admitted: the dry run sizes a
-    pipeline layout whether or not the trainer runs one yet (its refusal is the only error let through)."""
-    try:
-        return load_run_config(path, overrides)
-    except ConfigError as e:
-        if _PP_NOT_BUILT not in str(e):
-            raise
-    data = apply_overrides(load_config_yaml(Path(path).read_text()), overrides, str(path))
-    pp = int(data["parallel"]["pp"])
-    cfg = load_run_config(path, [*overrides, "parallel.pp=1"])
-    assert cfg.parallel is not None
-    return cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"pp": pp})})
-
-
 # --------------------------------------------------------------------------- formulas
 
 
@@ -168,9 +140,8 @@ def in_flight_microbatches(schedule: str, pp_rank: int, pp: int, n_microbatches:
     holds at its peak, as torch.distributed.pipelining schedules them: GPipe runs every forward before
     any backward; 1F1B warms up with pp - rank forwards and then does a backward before each forward (the
     first stage holds pp, as the planner assumes); Interleaved1F1B warms up with (v - 1) x micro batches
-    per round + 2 x (pp - 1 - rank) chunk forwards and does one more forward before its first backward."""
-    from mltrain.train.stages import STAGES_PER_RANK
-
+    per round + 2 x (pp - 1 - rank) chunk forwards and does one more forward before its first backward.
+    n_microbatches: the trainer's count (ParallelConfig.microbatches())."""
     if pp == 1:
         return 1
     if schedule == "GPipe":
@@ -226,7 +197,8 @@ class _Shards:
 
 def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB) -> DryRun:
     """Size `cfg`'s layout on `world_size` ranks (see the module docstring). ConfigError (one line) for a
-    layout the run could not start with."""
+    layout the run could not start with on that many ranks (what needs no world size, e.g. a pipeline's
+    stages and micro batches, the config's own validation refused as it loaded)."""
     start = time.perf_counter()
     if cfg.model is None:
         raise ConfigError("the dry run sizes the built-in trainer's model; this run config has no model:")
@@ -239,27 +211,13 @@ def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAU
             f"train.parallel: none trains one process, not {world_size}; use --set train.parallel=fsdp (or ddp), "
             "or a parallel: block"
         )
-    from mltrain.train.stages import STAGES_PER_RANK, rank_stage_ids, stage_layer_ranges
+    from mltrain.train.stages import rank_stage_ids, stage_layer_ranges
 
     m, t = cfg.model, cfg.train
     per_rank = STAGES_PER_RANK[layout.pp_schedule] if layout.pp > 1 else 1
-    n_stages = layout.pp * per_rank
-    try:
-        ranges = stage_layer_ranges(m.n_layers, n_stages)
-    except ValueError as e:
-        raise ConfigError(f"parallel.pp {layout.pp} ({layout.pp_schedule}): {e}") from None
-    n_mb = (layout.pp_microbatches or layout.pp) if layout.pp > 1 else 1
-    if layout.pp > 1:
-        if t.micro_batch_size % n_mb:
-            raise ConfigError(
-                f"train.micro_batch_size {t.micro_batch_size} is not divisible by the {n_mb} pipeline micro "
-                "batches (parallel.pp_microbatches, default pp): the pipeline splits each rank's micro batch"
-            )
-        if m.tie_embeddings:
-            raise ConfigError(
-                f"parallel.pp {layout.pp} with model.tie_embeddings: the first and last stages would share the "
-                "embedding; use an untied model"
-            )
+    n_stages = layout.n_stages()
+    ranges = stage_layer_ranges(m.n_layers, n_stages)
+    n_mb = layout.microbatches() if layout.pp > 1 else 1  # the trainer's split of each local batch
     bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device == "cuda")
     inner = world_size // layout.pp  # ranks per pp coordinate
     fsdp = layout.dp_shard > 1
