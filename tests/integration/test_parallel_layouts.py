@@ -114,23 +114,16 @@ def test_layouts_match_one_process(tmp_path, tiny_data_dir):
     # One run across three layouts, resharded by DCP at each resume: stopped at step 4 on dp_shard 2 x tp 2
     # with loss_parallel, resumed on HSDP and stopped at step 8, finished on one process without a parallel:
     # block. Its losses and gradient norms are the uninterrupted one-process run's, step for step.
-    path = tmp_path / "part.yaml"
-    run_dir = tmp_path / "runs" / "part"
     legs = [
         (4, {"dp_shard": 2, "tp": 2, "loss_parallel": True}, 4, 1, "stop:4:3"),
         (4, {"dp_replicate": 2, "dp_shard": 2}, 2, 1, "stop:8:0"),
         (1, None, 4, 2, ""),
     ]
-    for i, (nproc, parallel, micro, accum, fault) in enumerate(legs):
-        write_config(path, config(tmp_path, tiny_data_dir, "part", parallel, micro, accum))
-        if (run_dir / "control" / "fault_done").exists():
-            (run_dir / "control" / "fault_done").unlink()  # allow the next leg's injected stop
-        r = run_train(path, nproc, fault)
-        assert r.returncode == (0 if i == len(legs) - 1 else 75), r.stdout[-3000:] + r.stderr[-3000:]
-        if i:
-            assert f"resumed from {run_dir / 'checkpoints'}" in r.stdout
-            assert "resume: config changed since the checkpoint" in r.stdout
-            assert "global batch" not in r.stdout  # 8 sequences per step on every layout
+    run_dir, outs = resume_legs(tmp_path, tiny_data_dir, "part", legs)
+    for out in outs[1:]:
+        assert "resume: config changed since the checkpoint" in out
+        assert "global batch" not in out  # 8 sequences per step on every layout
+    assert 'parallel {"dp_replicate": 2, "dp_shard": 2' in outs[2]  # the block removed, named in one change
     starts = [(r["step"], r["world_size"]) for r in read_metrics(run_dir) if r["kind"] == "start"]
     assert starts == [(0, 4), (4, 4), (8, 1)]
     # the data order: every checkpoint sits exactly step x 8 samples into the epoch, as in the reference
