@@ -557,11 +557,8 @@ class RunConfig(StrictModel):
             )
         if p.loss_parallel and p.tp == 1:
             raise ValueError("parallel.loss_parallel needs parallel.tp > 1 (it shards the logits over tp)")
-        if p.dp_replicate > 1 and p.dp_shard == 1 and p.tp > 1:
-            raise ValueError(
-                f"parallel.dp_replicate {p.dp_replicate} with tp {p.tp} and dp_shard 1: DDP does not compose with "
-                "tensor parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
-            )
+        if p.dp_shard == 1 and (ddp := _ddp_refusal(p, ("tp",))):  # given; inferred ones: resolve_parallel
+            raise ValueError(ddp)
         if p.pp > 1:
             _check_pipeline(p, m, t)
         return self
@@ -684,13 +681,24 @@ def resolve_parallel(cfg: RunConfig, world_size: int, device_type: str = "cpu") 
             f"parallel: dp_replicate {p.dp_replicate} x dp_shard {p.dp_shard} x tp {p.tp} x cp {p.cp} x pp {p.pp} "
             f"= {fixed}, but the world size is {world_size}"
         )
-    if p.pp > 1 and p.dp_replicate > 1 and p.dp_shard == 1:
-        # torch's pipeline stages drive DDP's reducer by hand, and it fails on its second step (bucket rebuild)
-        raise ConfigError(
-            f"parallel.dp_replicate {p.dp_replicate} with pp {p.pp} and dp_shard 1: DDP does not compose with "
-            "pipeline parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
-        )
+    if p.dp_shard == 1 and (ddp := _ddp_refusal(p)):
+        raise ConfigError(ddp)
     return p
+
+
+def _ddp_refusal(p: ParallelConfig, axes: tuple[str, ...] = ("tp", "pp")) -> str | None:
+    """Why replicas without sharding (DDP) cannot carry this layout, for a dp_shard of 1: DDP does not
+    compose with tensor parallel's DTensors, and torch's pipeline stages drive DDP's reducer by hand,
+    which fails on its second step (bucket rebuild)."""
+    if p.dp_replicate == 1:
+        return None
+    for axis, what in (("tp", "tensor"), ("pp", "pipeline")):
+        if axis in axes and getattr(p, axis) > 1:
+            return (
+                f"parallel.dp_replicate {p.dp_replicate} with {axis} {getattr(p, axis)} and dp_shard 1: DDP does not "
+                f"compose with {what} parallel; use dp_shard instead (HSDP when dp_replicate > 1 too)"
+            )
+    return None
 
 
 def layout_warning(cfg: RunConfig, world_size: int) -> str | None:

@@ -218,3 +218,18 @@ def test_mesh_names_only_the_axes_above_one():
         assert build_mesh(ParallelConfig(dp_shard=1), "cpu") is None
     finally:
         dist.destroy_process_group()
+
+
+def test_tensor_parallel_with_ddp_alone_is_refused_when_dp_shard_is_inferred(tmp_path):
+    """The config's own check sees only a given dp_shard 1; an inferred one (dp_replicate x tp = the world)
+    is DDP under tensor parallel too, refused by the same rule once the world is known."""
+    cfg, _ = load(tmp_path, {"dp_replicate": 2, "tp": 2})
+    want = (
+        "parallel.dp_replicate 2 with tp 2 and dp_shard 1: DDP does not compose with tensor parallel; use "
+        "dp_shard instead (HSDP when dp_replicate > 1 too)"
+    )
+    with pytest.raises(ConfigError) as e:
+        resolve_parallel(cfg, 4)
+    assert str(e.value) == want
+    assert layout_warning(cfg, 4) == want
+    assert resolve_parallel(cfg, 8).dp_shard == 2  # sharded: HSDP x tp is fine
