@@ -412,3 +412,21 @@ def test_cli_bad_layout_is_one_line_exit_2(tmp_path):
         f"error: {path}: --dry-run-ranks 16: parallel: dp_replicate 1 x dp_shard 4 x tp 2 x cp 1 x pp 1 = 8, but "
         "the world size is 16"
     ]
+
+
+def test_selective_checkpointing_is_counted_as_the_memory_model_counts_it(tmp_path):
+    """The planner's memory model leaves out what selective checkpointing saves, so selective costs what no
+    checkpointing costs; only full checkpointing keeps just each layer's input. The header names the mode."""
+
+    def kind(ac):
+        data = {**SMALL, "train": {**SMALL["train"], "activation_checkpointing": ac}}
+        d = dry_run_ranks(load_run_config(write_config(tmp_path / "ac.yaml", data)), 8)
+        return d, d.kinds[0].part("activations").bytes
+
+    (none, act_none), (sel, act_sel), (full, act_full) = kind(False), kind("selective"), kind(True)
+    assert act_sel == act_none > act_full
+    assert (none.activation_checkpointing, sel.activation_checkpointing, full.activation_checkpointing) == (
+        "none",
+        "selective",
+        "full",
+    )

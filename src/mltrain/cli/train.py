@@ -93,7 +93,7 @@ def print_dry_run(d: DryRun, source: Path) -> None:
     print_plain(
         f"dry run of {source} on {d.world_size} ranks: {d.layout_words()}{pp}; "
         f"{'bf16' if d.bf16 else 'fp32'} compute on {d.device}, activation checkpointing "
-        f"{'full' if d.activation_checkpointing else 'off'}; fake process group and meta tensors, "
+        f"{d.activation_checkpointing}; fake process group and meta tensors, "
         f"nothing allocated ({d.seconds:.1f} s)"
     )
     names = [p.name for p in d.kinds[0].parts]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 from mltrain.cluster.layout import DEFAULT_LAYOUT_ASSUMPTIONS, MemoryAssumptions
@@ -112,7 +111,7 @@ class DryRun:
     layout: ParallelConfig
     device: str  # the device the real run trains on ("cuda" unless the config says cpu)
     bf16: bool
-    activation_checkpointing: bool
+    activation_checkpointing: str  # none, full or selective (train.parallel.ac_mode)
     micro_batch_size: int  # sequences per pipeline micro batch (the run's micro batch / pp micro batches)
     seq_len: int
     n_microbatches: int
@@ -211,9 +210,13 @@ def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAU
             f"train.parallel: none trains one process, not {world_size}; use --set train.parallel=fsdp (or ddp), "
             "or a parallel: block"
         )
+    from mltrain.train.parallel import ac_mode
     from mltrain.train.stages import rank_stage_ids, stage_layer_ranges
 
     m, t = cfg.model, cfg.train
+    ac = ac_mode(t.activation_checkpointing)
+    # the memory model leaves out what selective checkpointing saves: only full keeps just the layer inputs
+    full_ac = ac == "full"
     per_rank = STAGES_PER_RANK[layout.pp_schedule] if layout.pp > 1 else 1
     n_stages = layout.n_stages()
     ranges = stage_layer_ranges(m.n_layers, n_stages)
@@ -245,7 +248,7 @@ def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAU
             tp=layout.tp,
             layers=max(len(r) for r, _, _ in stages),
             in_flight=in_flight,
-            checkpointing=t.activation_checkpointing,
+            checkpointing=full_ac,
         )
         lgt = logits_bytes(tokens=tokens, vocab=m.vocab_size, tp=layout.tp, loss_parallel=layout.loss_parallel)
         parts = _parts(
@@ -255,7 +258,7 @@ def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAU
             ddp=ddp,
             bf16=bf16,
             act=act,
-            checkpointing=t.activation_checkpointing,
+            checkpointing=full_ac,
             logits=lgt if last else 0.0,
         )
         kind = RankKind(
@@ -280,7 +283,7 @@ def dry_run_ranks(cfg: RunConfig, world_size: int, gpu_memory_gib: float = DEFAU
         layout=layout,
         device=device,
         bf16=bf16,
-        activation_checkpointing=t.activation_checkpointing,
+        activation_checkpointing=ac,
         micro_batch_size=mb,
         seq_len=t.seq_len,
         n_microbatches=n_mb,
@@ -442,17 +445,15 @@ def _measure(
                 model = Transformer(cfg.model.model_copy(update={"n_layers": layers.stop}))
             cut_to_stage(model, layers, first=first, last=last)
             if wrap:
-                with warnings.catch_warnings():  # a cut stage lacks the embedding or the head: plan keys skipped
-                    warnings.filterwarnings("ignore", message="Parallelize plan key")
-                    parallelize_mesh(
-                        model,
-                        mesh,
-                        info,
-                        bf16=bf16,
-                        compile_blocks=False,  # compiling changes no shape
-                        activation_checkpointing=cfg.train.activation_checkpointing,
-                        loss_parallel=layout.loss_parallel,
-                    )
+                parallelize_mesh(
+                    model,
+                    mesh,
+                    info,
+                    bf16=bf16,
+                    compile_blocks=False,  # compiling changes no shape
+                    activation_checkpointing=cfg.train.activation_checkpointing,
+                    loss_parallel=layout.loss_parallel,
+                )
             in_blocks = 0
             for block in model.layers:
                 size = 0
