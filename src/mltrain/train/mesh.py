@@ -3,8 +3,8 @@ pp, dp_replicate, dp_shard, cp, tp.
 
 Only axes of degree > 1 are in the mesh, so a degree-1 axis creates no process group. The data-parallel
 sub-mesh is (dp_replicate, dp_shard): 2-D for HSDP, 1-D for FSDP2 or DDP; the loader's sample split is
-over its ranks, while the tp ranks of one dp group see the same batch. No flattened axis is made until
-something needs one (each is another process group on every rank).
+over its ranks, while the tp and cp ranks of one dp group see the same batch. FSDP shards over dp_shard x
+cp; that one flattened axis is made only with cp > 1 (each is another process group on every rank).
 
 Ranks are laid out row-major over the axes in that order (tp innermost, so a tp group is consecutive
 ranks, i.e. one node's GPUs), which `dp_coordinate` reproduces without a process group.
@@ -78,13 +78,16 @@ def shards_parameters(dp: DeviceMesh) -> bool:
     return bool(set(dp.mesh_dim_names or ()) & {"dp_shard", "cp", "dp_shard_cp"})
 
 
-def cp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
-    if mesh is None or mesh.mesh_dim_names is None or "cp" not in mesh.mesh_dim_names:
+def axis_mesh(mesh: DeviceMesh | None, name: str) -> DeviceMesh | None:
+    """The 1-D sub-mesh of axis `name`, None when the world mesh has no such axis (degree 1)."""
+    if mesh is None or mesh.mesh_dim_names is None or name not in mesh.mesh_dim_names:
         return None
-    return mesh["cp"]
+    return mesh[name]
+
+
+def cp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    return axis_mesh(mesh, "cp")
 
 
 def tp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
-    if mesh is None or mesh.mesh_dim_names is None or "tp" not in mesh.mesh_dim_names:
-        return None
-    return mesh["tp"]
+    return axis_mesh(mesh, "tp")

@@ -28,9 +28,8 @@ def _selective_save_ops() -> set[Any]:
         aten._scaled_dot_product_efficient_attention.default,
         aten._scaled_dot_product_flash_attention_for_cpu.default,
     }
-    for name in ("_scaled_dot_product_cudnn_attention",):
-        if hasattr(aten, name):
-            ops.add(getattr(aten, name).default)
+    if hasattr(aten, "_scaled_dot_product_cudnn_attention"):
+        ops.add(aten._scaled_dot_product_cudnn_attention.default)
     if hasattr(torch.ops, "_c10d_functional"):
         ops.add(torch.ops._c10d_functional.reduce_scatter_tensor.default)
     return ops

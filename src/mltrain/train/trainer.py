@@ -428,17 +428,12 @@ class Trainer:
         self.module.eval()
         total = torch.zeros((), device=self.info.device)
         for _ in range(tc.eval_batches):
-            x, y = val.next_batch()
-            if self.pipeline is not None:
-                with self._loss_ctx(), self._autocast():
-                    total += self.pipeline.eval(x.to(self.info.device), y.to(self.info.device))
-                continue
+            x, y = (t.to(self.info.device) for t in val.next_batch())
             with self._loss_ctx(), self._autocast():
-                total += full_value(
-                    self.module(
-                        x.to(self.info.device), y.to(self.info.device), loss_chunk_tokens=tc.loss_chunk_tokens
-                    ).float()
-                )
+                if self.pipeline is not None:
+                    total += self.pipeline.eval(x, y)
+                else:
+                    total += full_value(self.module(x, y, loss_chunk_tokens=tc.loss_chunk_tokens).float())
         self.module.train()
         return float(all_reduce_mean(total / tc.eval_batches).item())
 
