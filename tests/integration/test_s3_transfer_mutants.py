@@ -364,18 +364,25 @@ def test_transfer_config_carries_the_knobs():
     assert (cfg.max_io_queue_size, cfg.io_chunksize, cfg.use_threads) == (1000, 256 * 1024, True)
 
 
-def test_parallel_keeps_order_and_runs_at_most_workers_at_once():
+def counting_overlap(fn):
+    """`fn` wrapped to hold each call 10 ms and count how many run at once; (wrapped, peak): peak[0] is the
+    most seen together."""
     running, peak, lock = [0], [0], threading.Lock()
 
-    def work(x):
+    def wrapped(*args, **kwargs):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         time.sleep(0.01)
         with lock:
             running[0] -= 1
-        return x * 10
+        return fn(*args, **kwargs)
 
+    return wrapped, peak
+
+
+def test_parallel_keeps_order_and_runs_at_most_workers_at_once():
+    work, peak = counting_overlap(lambda x: x * 10)
     for workers in (1, 2):
         peak[0] = 0
         assert list(transfer._parallel(work, list(range(6)), workers)) == [0, 10, 20, 30, 40, 50]
@@ -823,17 +830,7 @@ def test_a_file_that_vanishes_after_hashing_is_named(tmp_path, client, bucket, m
 
 def test_hash_workers_bound_the_files_read_at_once(tmp_path, client, bucket, monkeypatch):
     src = tree(tmp_path / "src", {f"f{i}": b"x" for i in range(6)})
-    real, running, peak, lock = transfer.digest_file, [0], [0], threading.Lock()
-
-    def counting(path, part_size, algorithm="SHA256"):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.01)
-        with lock:
-            running[0] -= 1
-        return real(path, part_size, algorithm)
-
+    counting, peak = counting_overlap(transfer.digest_file)
     monkeypatch.setattr(transfer, "digest_file", counting)
     settings = TransferSettings(checksum="sha256", concurrency=4, hash_workers=1)
     assert upload(src, parse_s3_url(f"s3://{bucket}/hw"), client, settings, progress=False).transferred == 6
