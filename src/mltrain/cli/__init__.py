@@ -7,7 +7,7 @@ raises `MltrainError`; `main()` turns it into one line on stderr and its exit co
     train.py    train, report             (a run on this machine)
     infer.py    export, eval, sample      (a trained checkpoint)
     launch.py   submit, status, logs, cancel, stop
-    plan.py     plan, fleet submit
+    plan.py     plan [simulate|checkpoint-interval], fleet submit|status|rebalance
     ops.py      doctor, health, bench collectives
     config.py   config show|from-deepspeed
     data.py     data prepare|validate|upload|download|sync|verify
@@ -38,7 +38,7 @@ app = typer.Typer(
 app.add_typer(train.commands)
 app.add_typer(infer.commands)
 app.add_typer(launch.commands)
-app.add_typer(plan.commands)
+app.add_typer(plan.plan_app, name="plan")
 app.add_typer(ops.commands)
 app.add_typer(config.app, name="config")
 app.add_typer(data.app, name="data")

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from mltrain.cluster.capacity import Capacity
 from mltrain.cluster.catalog import InstanceType
+from mltrain.cluster.reliability import Failures
 from mltrain.config import (
     MODEL_PRESETS,
     ModelConfig,
@@ -76,6 +78,7 @@ class FleetModel(StrictModel):
     max_nodes: int | None = Field(default=None, gt=0)
     deadline_days: float | None = Field(default=None, gt=0)
     run_config: str | None = Field(default=None, description="run YAML for `mltrain fleet submit`")
+    capacity: Capacity | None = Field(default=None, description="this model's own capacity (default: the fleet's)")
 
     @field_validator("tokens", "params", mode="before")
     @classmethod
@@ -130,6 +133,8 @@ class Fleet(StrictModel):
     )
     models: list[FleetModel] = Field(min_length=1)
     constraints: FleetConstraints = Field(default_factory=FleetConstraints)
+    capacity: Capacity = Field(default_factory=Capacity, description="how the nodes are bought (default on-demand)")
+    failures: Failures = Field(default_factory=Failures, description="failure rate and recovery costs")
     seed_split: list[int] | None = Field(default=None, description="a hand split to compare with, per model")
 
     @model_validator(mode="after")

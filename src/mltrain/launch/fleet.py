@@ -3,6 +3,7 @@ node count (each one a `mltrain submit` of the model's run config)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mltrain.cluster.plan_cli import layout_short
 from mltrain.cluster.planner import plan_fleet
 from mltrain.cluster.spec import load_cluster_spec
 from mltrain.errors import ClusterError
+from mltrain.launch.fleet_state import FleetState, ModelRecord, fleet_state_path, read_fleet_state, write_fleet_state
 
 
 def planned_overrides(run_yaml: Path, layout: dict[str, Any] | None) -> list[str]:
@@ -51,20 +53,55 @@ def fleet_submit_command(
     if plan.totals.nodes_used > spec.nodes:
         raise ClusterError(f"{cluster_yaml}: nodes {spec.nodes} < the {plan.totals.nodes_used} nodes the plan uses")
     results = []
+    state_path = fleet_state_path(spec.run_base_dir, fleet_yaml)
+    state = None if dry_run else read_fleet_state(state_path)
+    if state is None:
+        state = FleetState(
+            fleet=str(Path(fleet_yaml).resolve()),
+            cluster=str(Path(cluster_yaml).resolve()),
+            submitted_at=time.time(),
+            price_per_node_hour=plan.price_per_node_hour,
+            cluster_nodes=spec.nodes,
+        )
     for m, p in zip(fleet.models, plan.models, strict=True):
         console.print(
             f"[bold]{m.name}[/]: {p.nodes} nodes, ~{p.days:.2f} days ({m.run_config}); layout {layout_short(p.layout)}",
             highlight=False,
         )
-        results.append(
-            submit_run(
-                Path(m.run_config),
-                cluster_yaml,
-                overrides=planned_overrides(Path(m.run_config), p.layout),
-                nodes=p.nodes,
-                time=None,
-                dry_run=dry_run,
-                console=console,
-            )
+        job_id = submit_run(
+            Path(m.run_config),
+            cluster_yaml,
+            overrides=planned_overrides(Path(m.run_config), p.layout),
+            nodes=p.nodes,
+            time=None,
+            dry_run=dry_run,
+            console=console,
+        )
+        results.append(job_id)
+        if job_id is not None:
+            _record_submit(state, m.name, Path(m.run_config), cluster_yaml, p.nodes, p.days, job_id)
+            write_fleet_state(state_path, state)  # after each job: a refusal further on keeps what was submitted
+    if not dry_run:
+        console.print(
+            f"fleet record: {state_path}    status: mltrain fleet status {fleet_yaml} --cluster {cluster_yaml}"
         )
     return results
+
+
+def _record_submit(
+    state: FleetState, name: str, run_yaml: Path, cluster_yaml: Path, nodes: int, days: float, job_id: str
+) -> None:
+    """The model's record: a first submit starts its clock; a resubmit keeps the clock and adds the job."""
+    from mltrain.config import load_run_config
+    from mltrain.launch.slurm import run_dir_for
+
+    run_dir = str(run_dir_for(load_run_config(run_yaml), load_cluster_spec(cluster_yaml)))
+    rec = state.models.get(name)
+    t = time.time()
+    if rec is None or rec.run_dir != run_dir:
+        rec = ModelRecord(
+            run_dir=run_dir, nodes=nodes, planned_days=days, submitted_at=t, planned_finish=t + days * 86400
+        )
+        state.models[name] = rec
+    rec.nodes = nodes
+    rec.job_ids.append(job_id)
