@@ -29,7 +29,7 @@ class _PlanGroup(TyperGroup):
 plan_app = typer.Typer(
     cls=_PlanGroup,
     help="Plan a fleet. `mltrain plan FLEET.yaml [--json|--yaml] [--set KEY=VALUE]`: nodes, days, capacity, "
-    f"dollars and checkpoint interval per model (e.g. --set {PLAN_SET_EXAMPLE}); `plan simulate FLEET.yaml`: "
+    f"dollars and checkpoint interval per model, e.g. --set {PLAN_SET_EXAMPLE} ; `plan simulate FLEET.yaml`: "
     "the fleet with failures, Monte Carlo; `plan checkpoint-interval --save-s S --mtbf-h H`.",
     no_args_is_help=True,
 )
