@@ -28,3 +28,26 @@ class Capacity(StrictModel):
     interruptions_per_node_hour: float | None = Field(
         default=None, ge=0, description="spot: reclaim rate assumed per instance-hour (default from the table)"
     )
+
+
+# EC2 Capacity Blocks for ML (AWS user guide, "Capacity Blocks"): 1-14 days in 1-day steps, then 7-day steps
+# up to 182 days; a block starts and ends at 11:30 UTC; its instances start terminating 30 minutes before the end.
+BLOCK_MAX_DAILY_DAYS = 14
+BLOCK_WEEKLY_STEP_DAYS = 7
+BLOCK_MAX_DAYS = 182
+BLOCK_TERMINATION_LEAD_S = 30 * 60
+SPOT_NOTICE_S = 120  # the spot interruption notice
+
+
+def block_duration_days(days: float) -> int:
+    """The shortest block length AWS sells that covers `days`: whole days up to 14, then multiples of 7 up to
+    182; ValueError above 182 (split the work over several blocks)."""
+    if days <= 0:
+        raise ValueError(f"a capacity block covers a positive duration, not {days:g} days")
+    whole = max(1, -int(-days // 1))
+    if whole <= BLOCK_MAX_DAILY_DAYS:
+        return whole
+    weeks = -(-whole // BLOCK_WEEKLY_STEP_DAYS) * BLOCK_WEEKLY_STEP_DAYS
+    if weeks > BLOCK_MAX_DAYS:
+        raise ValueError(f"{days:g} days is longer than the longest capacity block ({BLOCK_MAX_DAYS} days)")
+    return weeks
