@@ -148,6 +148,40 @@ def test_fleet_submit_passes_planned_nodes_to_submit_run(tmp_path, monkeypatch):
     ]
 
 
+def test_fleet_submit_keeps_a_fleet_record_beside_the_runs(tmp_path, monkeypatch):
+    """submit_run monkeypatched (no sbatch here): the record fleet status and rebalance read says which run
+    dir, nodes and jobs serve each model and when the plan's clock started; a second submit keeps the clock."""
+    import json
+
+    import mltrain.launch.slurm as slurm
+    from mltrain.launch.fleet_state import fleet_state_path, read_fleet_state
+
+    ids = iter(["11", "12", "13", "14"])
+    monkeypatch.setattr(slurm, "submit_run", lambda *a, **k: next(ids))
+    fleet, cluster = _fleet_files(tmp_path)
+    fleet_submit_command(fleet, cluster, console=_console())
+    path = fleet_state_path(str(tmp_path / "shared"), fleet)
+    assert path == tmp_path / "shared" / "fleets" / "fleet.json"
+    state = read_fleet_state(path)
+    plan = plan_command(fleet, console=_console())
+    assert state is not None and state.cluster_nodes == 8 and state.price_per_node_hour == 55.0
+    m0, m1 = state.models["m0"], state.models["m1"]
+    assert (m0.nodes, m0.job_ids, m1.nodes, m1.job_ids) == (6, ["11"], 2, ["12"])
+    assert m0.run_dir == str(tmp_path / "shared" / "runs" / "fleet-m0")
+    assert m0.planned_days == pytest.approx(plan.models[0].days)
+    assert m0.planned_finish == pytest.approx(m0.submitted_at + plan.models[0].days * 86400)
+    first = m0.submitted_at
+    fleet_submit_command(fleet, cluster, console=_console())
+    again = read_fleet_state(path)
+    assert again.models["m0"].submitted_at == first and again.models["m0"].job_ids == ["11", "13"]
+    path.write_text("{not json")
+    with pytest.raises(ClusterError, match=r"fleet\.json: cannot read the fleet record"):
+        read_fleet_state(path)
+    path.write_text(json.dumps({"fleet": "x", "surprise": 1}))
+    with pytest.raises(ClusterError, match="not a fleet record"):
+        read_fleet_state(path)
+
+
 def test_fleet_submit_needs_run_configs_and_a_matching_cluster(tmp_path):
     fleet, cluster = _fleet_files(tmp_path, with_run_configs=False)
     with pytest.raises(ClusterError, match="models.run_config is missing for m0, m1"):
