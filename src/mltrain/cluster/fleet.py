@@ -74,6 +74,10 @@ class FleetModel(StrictModel):
     )
     mfu: float | None = Field(default=None, gt=0, le=1, description="expected model FLOPs utilisation")
     bench_result: str | None = Field(default=None, description="bench JSON / metrics.jsonl to read the MFU from")
+    checkpoint_result: str | None = Field(
+        default=None,
+        description="a run's metrics.jsonl (or run dir) or a bench/checkpoint.py JSON to read the save seconds from",
+    )
     min_nodes: int | None = Field(default=None, gt=0)
     max_nodes: int | None = Field(default=None, gt=0)
     deadline_days: float | None = Field(default=None, gt=0)
@@ -152,7 +156,8 @@ class Fleet(StrictModel):
 
 
 def load_fleet(path: str | Path, overrides: list[str] | None = None) -> Fleet:
-    """Load a fleet YAML; relative bench_result / run_config paths resolve against the file's dir."""
+    """Load a fleet YAML; relative bench_result / checkpoint_result / run_config paths resolve against the
+    file's dir."""
     path = Path(path)
     data = _read_yaml(path)
     try:
@@ -163,7 +168,7 @@ def load_fleet(path: str | Path, overrides: list[str] | None = None) -> Fleet:
         raise
     base = path.resolve().parent
     for m in fleet.models:
-        for key in ("bench_result", "run_config"):
+        for key in ("bench_result", "checkpoint_result", "run_config"):
             value = getattr(m, key)
             if value is not None and not Path(value).is_absolute() and not Path(value).exists():
                 candidate = base / value

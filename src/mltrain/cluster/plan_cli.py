@@ -14,6 +14,7 @@ from rich.table import Table
 from mltrain.cluster.fleet import load_fleet
 from mltrain.cluster.layout import Layout
 from mltrain.cluster.planner import Plan, SplitTotals, plan_fleet
+from mltrain.cluster.reliability import ModelReliability, fleet_reliability, reliability_line
 from mltrain.errors import ClusterError
 from mltrain.tables import Column, fit_table
 
@@ -114,7 +115,7 @@ def _totals_line(label: str, t: SplitTotals) -> str:
     )
 
 
-def print_plan(plan: Plan, console: Console) -> None:
+def print_plan(plan: Plan, console: Console, reliability: list[ModelReliability] | None = None) -> None:
     console.print(escape(plan_title(plan)), highlight=False)
     table, dropped = plan_table(plan, console.width)
     console.print(table)
@@ -137,6 +138,8 @@ def print_plan(plan: Plan, console: Console) -> None:
                 f"[dim]layout[/] {escape(m.name)}: {escape(layout_short(m.layout))}: {escape(m.layout_reason)}",
                 highlight=False,
             )
+    for r in reliability or []:
+        console.print(escape(reliability_line(r)), highlight=False)
     for m in plan.models:
         if m.seed_note:
             console.print(f"[yellow]seed split, {escape(m.name)}: {escape(m.seed_note)}[/]")
@@ -162,15 +165,16 @@ def plan_command(
 ) -> Plan:
     """`mltrain plan`: the table, or the plan as JSON / YAML on stdout."""
     console = console or Console()
-    plan = plan_fleet(load_fleet(fleet_yaml, overrides))
+    fleet = load_fleet(fleet_yaml, overrides)
+    plan = plan_fleet(fleet)
     if json_out and yaml_out:
         raise ClusterError("--json and --yaml are exclusive: pick one")
+    reliability = fleet_reliability(fleet, plan)
+    data = {**plan.to_dict(), "reliability": {r.name: r.to_dict() for r in reliability}}
     if json_out:
-        console.print(json.dumps(plan.to_dict(), indent=2), markup=False, highlight=False, soft_wrap=True)
+        console.print(json.dumps(data, indent=2), markup=False, highlight=False, soft_wrap=True)
     elif yaml_out:
-        console.print(
-            yaml.safe_dump(plan.to_dict(), sort_keys=False), markup=False, highlight=False, soft_wrap=True, end=""
-        )
+        console.print(yaml.safe_dump(data, sort_keys=False), markup=False, highlight=False, soft_wrap=True, end="")
     else:
-        print_plan(plan, console)
+        print_plan(plan, console, reliability)
     return plan
