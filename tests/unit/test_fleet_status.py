@@ -322,6 +322,13 @@ def test_without_a_fleet_record_the_run_configs_find_the_runs(tmp_path, monkeypa
     text = c.export_text()
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "no plan clock" in " ".join(text.split())
+    # a run config that does not load: that model's row is all "-", the others still show
+    (tmp_path / "gamma.yaml").write_text("model: [unclosed\n")
+    fs = collect_fleet_status(fleet, cluster, now=NOW)
+    g = next(x for x in fs.models if x.name == "gamma")
+    assert g.run_dir is None and g.step is None and g.state == "-"
+    assert any(n.startswith("gamma: ") and "gamma.yaml" in n for n in fs.notes)
+    assert next(x for x in fs.models if x.name == "alpha").step == 20
 
 
 def test_bad_input_is_one_clear_error(tmp_path):

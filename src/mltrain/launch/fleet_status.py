@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from mltrain import runstats
-from mltrain.errors import ClusterError
+from mltrain.errors import ClusterError, MltrainError
 from mltrain.tables import Column, fit_table
 
 HOUR_S = 3600.0
@@ -272,7 +272,6 @@ def _plan_nodes(fleet: Any) -> tuple[dict[str, int], float | None]:
     """Nodes per model and the price from the plan, for a fleet never submitted; ({}, None) when it cannot
     be planned (the row then shows "-")."""
     from mltrain.cluster.planner import plan_fleet
-    from mltrain.errors import MltrainError
 
     try:
         plan = plan_fleet(fleet)
@@ -324,8 +323,8 @@ def collect_fleet_status(fleet_yaml: Path, cluster_yaml: Path, now: float | None
         elif m is not None and m.run_config:
             try:
                 run_dir = run_dir_for(load_run_config(m.run_config), spec)
-            except Exception as e:  # a broken run config is that model's "-" row, not the fleet's failure
-                notes.append(f"{name}: {m.run_config}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            except MltrainError as e:  # a broken run config is that model's "-" row, not the fleet's failure
+                notes.append(f"{name}: {(str(e).splitlines() or [type(e).__name__])[0]}")
             nodes = plan_nodes.get(name)
         ms = model_status(name, run_dir, nodes, now, price, rec)
         if state is not None and rec is None:
