@@ -219,9 +219,12 @@ def test_json_keys(tmp_path):
     assert (b["old_nodes"], b["new_nodes"], b["moves"]) == (1, 2, True)
 
 
-def test_no_record_is_one_line(tmp_path):
+def test_no_record_or_another_instance_type_is_one_line(tmp_path):
     fleet, cluster = _fleet(tmp_path, ["a"])
     with pytest.raises(ClusterError, match="no fleet record: `mltrain fleet submit"):
+        propose(fleet, cluster)
+    cluster.write_text(cluster.read_text().replace("instance_type: local", "instance_type: p5.48xlarge"))
+    with pytest.raises(ClusterError, match="instance_type p5.48xlarge differs from the fleet's local"):
         propose(fleet, cluster)
 
 

@@ -239,14 +239,19 @@ def propose(
     from mltrain.launch.slurm import nproc_per_node
 
     now = time.time() if now is None else now
+    planned = _Planned(fleet_yaml)
     spec = load_cluster_spec(cluster_yaml)
+    if spec.instance_type != planned.fleet.cluster.instance_type:
+        raise ClusterError(
+            f"{cluster_yaml}: instance_type {spec.instance_type} differs from the fleet's "
+            f"{planned.fleet.cluster.instance_type} ({fleet_yaml})"
+        )
     path = fleet_state_path(spec.run_base_dir, fleet_yaml)
     state = read_fleet_state(path)
     if state is None:
         raise ClusterError(
             f"{path}: no fleet record: `mltrain fleet submit {fleet_yaml} --cluster {cluster_yaml}` writes it"
         )
-    planned = _Planned(fleet_yaml)
     nproc = nproc_per_node(spec)
     g = planned.granularity
     moves: list[ModelMove] = []
