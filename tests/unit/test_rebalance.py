@@ -265,6 +265,7 @@ class _FakeSlurm:
         self.run, self.left, self.stop_step, self.ckpt_step = run, running_polls, stop_step, ckpt_step
         self.submits: list[tuple] = []
         self.stop_seen: str | None = None
+        self.marked_cancelled = False  # the batch script would not requeue the stopped job
 
     def state(self, job_id):
         if self.left > 0:
@@ -273,6 +274,7 @@ class _FakeSlurm:
         if self.stop_step is not None and self.stop_seen is None:
             stop = self.run / rundir.STOP_FILE
             self.stop_seen = stop.read_text() if stop.exists() else ""
+            self.marked_cancelled = (self.run / CANCELLED_FILE).exists()
             stop.unlink(missing_ok=True)  # rank 0 consumes it
             _write_jsonl(self.run / "metrics.jsonl", [
                 {"kind": "exit", "step": self.stop_step, "reason": "preempted", "time": time.time()}
@@ -295,7 +297,7 @@ def test_apply_stops_at_a_checkpoint_resubmits_and_updates_the_record_then_nothi
     c = _console()
     rebalance_command(fleet, cluster, apply=True, console=c, scheduler=fake, poll_s=0.01)
     text = c.export_text()
-    assert fake.stop_seen == "mltrain fleet rebalance\n"
+    assert fake.stop_seen == "mltrain fleet rebalance\n" and fake.marked_cancelled
     assert len(fake.submits) == 1 and fake.submits[0][:2] == ("b.yaml", 2)
     assert "parallel.dp_shard=2" in fake.submits[0][2]
     assert "b: moved 1 -> 2 nodes at step 23: job 99" in text
@@ -351,3 +353,27 @@ def test_apply_leaves_a_run_that_is_not_running_alone(tmp_path):
         rebalance_command(fleet, cluster, apply=True, console=c, scheduler=Gone())
     assert "b: job 12 is COMPLETED, not RUNNING: not moved" in c.export_text()
     assert not (b / rundir.STOP_FILE).exists() and not (b / CANCELLED_FILE).exists()
+
+
+def test_apply_does_not_resubmit_a_run_that_finished_before_the_stop(tmp_path):
+    fleet, cluster, rec, b = _a_done_b_behind(tmp_path)
+    before = rec.read_text()
+
+    class Finished(_FakeSlurm):
+        def state(self, job_id):
+            if self.left > 0:
+                self.left -= 1
+                return "RUNNING"
+            if self.stop_seen is None:
+                self.stop_seen = ""
+                _write_jsonl(self.run / "metrics.jsonl", [{"kind": "exit", "step": 120, "reason": "done",
+                                                           "time": time.time()}])  # fmt: skip
+            return "COMPLETED"
+
+    fake = Finished(b, running_polls=1)
+    c = _console()
+    with pytest.raises(LaunchError, match="not moved: b"):
+        rebalance_command(fleet, cluster, apply=True, console=c, scheduler=fake, poll_s=0.01)
+    assert "b: finished (step 120) before the stop: nothing to resubmit" in " ".join(c.export_text().split())
+    assert not fake.submits and rec.read_text() == before
+    assert not (b / CANCELLED_FILE).exists() and not (b / rundir.STOP_FILE).exists()

@@ -117,9 +117,11 @@ def _resume_shape(run_dir: Path, old_world: int) -> _ResumeShape:
     from mltrain.launch.slurm import RUN_CONFIG_NAME
 
     cfg = _read_yaml_dict(run_dir / rundir.SLURM_DIR / RUN_CONFIG_NAME) or _read_yaml_dict(run_dir / rundir.CONFIG_FILE)
+    from mltrain.config import TrainConfig
+
     train = cfg.get("train") or {}
-    micro = int(train.get("micro_batch_size") or 8)
-    accum = int(train.get("grad_accum_steps") or 1)
+    micro = int(train.get("micro_batch_size") or TrainConfig.model_fields["micro_batch_size"].default)
+    accum = int(train.get("grad_accum_steps") or TrainConfig.model_fields["grad_accum_steps"].default)
     par = cfg.get("parallel") or {}
     tp, cp, pp = (int(par.get(k) or 1) for k in ("tp", "cp", "pp"))
     dp_shard = par.get("dp_shard", -1) if par else -1
@@ -497,6 +499,8 @@ def move_one(
             )
             return None
         time.sleep(poll_s)
+    # the job is gone: a stop file it did not consume would stop the run's next start at once
+    (run_dir / rundir.STOP_FILE).unlink(missing_ok=True)
     ex = _exit_after(run_dir, t0)
     ckpts = rundir.committed_checkpoints(run_dir)
     newest = ckpts[-1][0] if ckpts else None
