@@ -303,10 +303,14 @@ def test_more_than_256_block_instances_is_one_clear_error():
     assert str(e.value).startswith("the plan needs 300 instances in capacity blocks; an account holds at most 256")
 
 
-def test_a_block_to_buy_cannot_start_in_the_past():
+def test_a_block_to_buy_starting_in_the_past_moves_to_the_next_1130():
     f = _fleet([_model("a", 5, 80)], capacity={"type": "capacity-block", "start": "2026-12-01T11:30:00Z"})
-    with pytest.raises(ClusterError, match=r"^capacity.start 2026-12-01T11:30Z is in the past"):
-        plan_fleet(f, now=NOW)
+    p = plan_fleet(f, now=NOW)
+    assert p.capacity["blocks"][0]["start"] == "2026-12-07T11:30Z"
+    assert p.capacity["warnings"] == [
+        "capacity.start is in the past: the block to buy is planned from 2026-12-07T11:30Z (for a block you hold, "
+        "give its end or reservation_id)"
+    ]
     # a block you hold may have started: training starts now, and its end is checked
     f = _fleet([_model("a", 5, 80)], capacity={"type": "capacity-block", "start": "2026-12-01T11:30:00Z",
                                               "end": "2026-12-15T11:30:00Z"})  # fmt: skip
@@ -402,6 +406,9 @@ def test_seven_models_stays_on_demand():
          "capacity: end 2027-01-01T11:30Z is not after start 2027-01-02T11:30Z"),
         ({"type": "spot", "interruptions_per_node_hour": -1}, "capacity.interruptions_per_node_hour"),
         ({"type": "spot", "notice_s": 60}, "capacity.notice_s: unknown key"),
+        ({"type": "on-demand", "interruptions_per_node_hour": 0.1},
+         "capacity: interruptions_per_node_hour is for spot capacity, not on-demand"),
+        ({"type": "spot", "reservation_id": "cr-1"}, "capacity: reservation_id is for odcr or capacity-block"),
     ],
 )  # fmt: skip
 def test_bad_capacity_is_one_line_from_the_cli(tmp_path, capacity, message):

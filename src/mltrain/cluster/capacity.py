@@ -42,6 +42,10 @@ class Capacity(StrictModel):
     def _check(self) -> Capacity:
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError(f"end {_iso(self.end)} is not after start {_iso(self.start)}")
+        if self.interruptions_per_node_hour is not None and self.type != "spot":
+            raise ValueError(f"interruptions_per_node_hour is for spot capacity, not {self.type}")
+        if self.reservation_id is not None and self.type not in ("odcr", "capacity-block"):
+            raise ValueError(f"reservation_id is for odcr or capacity-block capacity, not {self.type}")
         return self
 
 

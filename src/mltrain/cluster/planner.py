@@ -447,13 +447,22 @@ def capacity_price(
 
 
 def _blocks(
-    covers: str, instances: int, days: float, start: datetime, price: float | None, now: datetime
+    covers: str,
+    instances: int,
+    days: float,
+    start: datetime,
+    price: float | None,
+    now: datetime,
+    warnings: list[str],
 ) -> list[BlockPurchase]:
+    """The blocks for one set of nodes; a start in the past (a block is bought for later) moves to the next
+    11:30 UTC, with a warning, so that a plan read after its start (e.g. by `fleet submit`) still works."""
     if start < now:
         key = "capacity" if covers == "fleet" else f"model {covers}: capacity"
-        raise ClusterError(
-            f"{key}.start {_iso(start)} is in the past: a block to buy starts later (for a block you hold, give its "
-            "end or reservation_id)"
+        start = next_block_start(now)
+        warnings.append(
+            f"{key}.start is in the past: the block to buy is planned from {_iso(start)} (for a block you hold, "
+            "give its end or reservation_id)"
         )
     try:
         return plan_blocks(covers, instances, days, start, price)
@@ -492,7 +501,7 @@ def plan_capacity(
         }
         held = cap.end is not None or cap.reservation_id is not None
         if own and cap.type == "capacity-block" and not held:
-            mine = _blocks(p.name, p.nodes, p.days, start, p.price_per_node_hour, now)
+            mine = _blocks(p.name, p.nodes, p.days, start, p.price_per_node_hour, now, warnings)
             blocks += mine
             entry["usable_end"] = _iso(mine[0].usable_end)
         else:
@@ -519,7 +528,7 @@ def plan_capacity(
     fleet_blocks: list[BlockPurchase] = []
     if fc.type == "capacity-block" and shared and fc.end is None and fc.reservation_id is None:
         fleet_blocks = _blocks(
-            "fleet", sum(p.nodes for p in shared), max(p.days for p in shared), fstart, fleet_price[0], now
+            "fleet", sum(p.nodes for p in shared), max(p.days for p in shared), fstart, fleet_price[0], now, warnings
         )
         for e in models:
             if not e["own"]:
