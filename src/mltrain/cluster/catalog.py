@@ -1,7 +1,8 @@
-"""The instance catalog: accelerator shapes, peak FLOP/s, EFA and prices, read from catalog.yaml.
+"""The instance catalog: accelerator shapes, peak FLOP/s and EFA from catalog.yaml, on-demand prices from the
+dated price table (prices.yaml, mltrain.cluster.prices), so every figure lives in one place.
 
-A data file (with its sources in comments) rather than code, so a price or a new instance type is
-a one-line change that reviewers can check against the AWS pages. Users describe a type it lacks (or
+Data files (with their sources) rather than code, so a price or a new instance type is a one-line change
+that reviewers can check against the AWS pages. Users describe a type it lacks (or
 their own price or figures) under `instance_types:` in their fleet file or cluster spec, with the same
 fields, validated as strictly; those entries come first.
 """
@@ -9,12 +10,14 @@ fields, validated as strictly; those entries come first.
 from __future__ import annotations
 
 import difflib
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
 import yaml
 from pydantic import Field, ValidationError
 
+from mltrain.cluster.prices import PRICES_PATH, load_prices
 from mltrain.config import StrictModel, format_validation_error
 from mltrain.errors import ClusterError
 
@@ -54,17 +57,33 @@ class InstanceType(StrictModel):
         return self.prices.get(region)
 
 
+PRICE_KEYS = ("prices", "price_estimate")
+
+
 @cache
-def load_catalog(path: Path = CATALOG_PATH) -> dict[str, InstanceType]:
-    """Parse catalog.yaml once; a broken catalog is a ClusterError naming the entry."""
+def load_catalog(path: Path = CATALOG_PATH, prices_path: Path = PRICES_PATH) -> dict[str, InstanceType]:
+    """Parse catalog.yaml once, with each type's on-demand prices in effect today from the price table; a
+    broken catalog is a ClusterError naming the entry, and so is a price written into the catalog itself."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ClusterError(f"{path}: cannot read the instance catalog: {e}") from None
+    table = load_prices(prices_path)
+    today = datetime.now(UTC).date()
     out: dict[str, InstanceType] = {}
     for name, entry in (data or {}).get("instances", {}).items():
+        for key in PRICE_KEYS:
+            if isinstance(entry, dict) and key in entry:
+                raise ClusterError(
+                    f"{path}: instances.{name}.{key}: prices live in {prices_path.name} (dated, with their source)"
+                )
+        figures = table.on_demand(name, today)
+        priced = {
+            "prices": {region: f.usd_per_hour for region, f in figures.items()},
+            "price_estimate": any(f.estimate for f in figures.values()),
+        }
         try:
-            out[name] = InstanceType.model_validate({**entry, "name": name})
+            out[name] = InstanceType.model_validate({**(entry or {}), **priced, "name": name})
         except ValidationError as e:
             raise ClusterError(format_validation_error(f"{path}: instances.{name}", e)) from None
     return out

@@ -115,6 +115,60 @@ def _totals_line(label: str, t: SplitTotals) -> str:
     )
 
 
+def _hm(iso: str) -> str:
+    """2026-12-08T11:30Z -> 2026-12-08 11:30 UTC."""
+    return iso.replace("T", " ").replace("Z", " UTC")
+
+
+def _per_hour(price: float | None) -> str:
+    return "n/a" if price is None else f"${price:,.2f}/node-hour"
+
+
+def capacity_lines(cap: dict) -> list[str]:
+    """The plan's capacity section: how the nodes are bought, at what price, the blocks to buy and their cost,
+    the spot assumptions, and warnings (plain text, one item a line)."""
+    if not cap:
+        return []
+    models = cap["models"]
+    shared = [m for m in models if not m["own"]]
+    head = f"capacity: {cap['type']}"
+    if cap["reservation_id"]:
+        head += f" {cap['reservation_id']}"
+    if shared:
+        n = len(shared)
+        head += " for every model" if n == len(models) else f" for {n} model{'s' if n > 1 else ''}"
+    lines = [f"{head}, {_per_hour(cap['price_per_node_hour'])} ({cap['price_source']})"]
+    if cap["end"]:
+        lines.append(f"  held until {_hm(cap['end'])}, usable until {_hm(cap['usable_end'])}")
+    for m in models:
+        if m["own"]:
+            rid = f" {m['reservation_id']}" if m["reservation_id"] else ""
+            lines.append(
+                f"  {m['model']}: {m['type']}{rid}, {_per_hour(m['price_per_node_hour'])} ({m['price_source']})"
+                + (f", usable until {_hm(m['usable_end'])}" if m["usable_end"] else "")
+            )
+    for b in cap["blocks"]:
+        who = "the fleet" if b["covers"] == "fleet" else b["covers"]
+        lines.append(
+            f"  buy {b['count']} capacity block{'s' if b['count'] > 1 else ''} of {b['instances']} instances for "
+            f"{who}: {_hm(b['start'])} -> {_hm(b['end'])} ({b['days']} days; instances terminate from "
+            f"{_hm(b['usable_end'])}), {_usd(b['usd'])}"
+        )
+    if cap["blocks"]:
+        lines.append(f"  blocks: {cap['blocks_instances']} instances (at most 256), {_usd(cap['blocks_usd'])} up front")
+    spot = [m for m in models if m["type"] == "spot"]
+    groups = [[m for m in spot if not m["own"]]] + [[m] for m in spot if m["own"]]
+    for group in (g for g in groups if g):
+        m = group[0]
+        who = m["model"] if m["own"] else "fleet"
+        lines.append(
+            f"  spot, {who}: {m['notice_s'] // 60}-minute notice; {m['interruptions_per_node_hour']:.6f} "
+            f"interruptions per node-hour assumed ({m['interruption_rate_source']}): "
+            f"~{sum(x['expected_interruptions'] for x in group):.1f} over {'its' if m['own'] else 'their'} node-hours"
+        )
+    return lines + [f"warning: {w}" for w in cap["warnings"]]
+
+
 def print_plan(plan: Plan, console: Console, reliability: list[ModelReliability] | None = None) -> None:
     console.print(escape(plan_title(plan)), highlight=False)
     table, dropped = plan_table(plan, console.width)
@@ -132,6 +186,9 @@ def print_plan(plan: Plan, console: Console, reliability: list[ModelReliability]
                 f"with the split; the idle tail does)",
                 highlight=False,
             )
+    for line in capacity_lines(plan.capacity):
+        style = "yellow" if line.startswith("warning:") else None
+        console.print(escape(line), style=style, highlight=False)
     for m in plan.models:
         if m.layout_reason:
             console.print(

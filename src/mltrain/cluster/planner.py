@@ -26,9 +26,19 @@ import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from mltrain.cluster.capacity import (
+    SPOT_NOTICE_S,
+    BlockPurchase,
+    Capacity,
+    check_block_total,
+    next_block_start,
+    plan_blocks,
+    usable_end,
+)
 from mltrain.cluster.catalog import InstanceType, get_instance
 from mltrain.cluster.fleet import Fleet, FleetModel
 from mltrain.cluster.layout import (
@@ -40,6 +50,7 @@ from mltrain.cluster.layout import (
     choose_layout,
     layout_model_from_config,
 )
+from mltrain.cluster.prices import load_prices
 from mltrain.config import ModelConfig
 from mltrain.errors import ClusterError
 
@@ -317,6 +328,9 @@ class ModelPlan:
     seed_note: str | None = None
     layout: dict[str, Any] | None = None  # the parallel layout at `nodes` (mltrain.cluster.layout.Layout)
     layout_reason: str | None = None
+    capacity: str = "on-demand"  # how its nodes are bought (its own `capacity:` or the fleet's)
+    price_per_node_hour: float | None = None  # what its node-hours cost (`dollars` = node_hours x this)
+    price_source: str = ""
 
 
 @dataclass
@@ -346,38 +360,222 @@ class Plan:
     seed_totals: SplitTotals | None = None
     assumptions: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    capacity: dict[str, Any] = field(default_factory=dict)  # kinds, prices, blocks to buy, warnings (plan_capacity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _totals(nodes: list[int], days: list[float], cluster_nodes: int, price: float | None) -> SplitTotals:
+def _totals(
+    nodes: list[int],
+    days: list[float],
+    cluster_nodes: int,
+    price: float | None,
+    model_prices: list[float | None] | None = None,
+) -> SplitTotals:
+    """Makespan, node-hours and dollars of a split. `model_prices`: what each model's nodes cost when some
+    models buy their own capacity; the cluster's nodes no model uses cost `price`."""
     makespan_h = max(days) * HOURS_PER_DAY
     busy = sum(n * d * HOURS_PER_DAY for n, d in zip(nodes, days, strict=True))
     cluster_h = cluster_nodes * makespan_h
+    busy_usd = None if price is None else busy * price
+    cluster_usd = None if price is None else cluster_h * price
+    if model_prices is not None and any(p != price for p in model_prices):
+        spare = max(0, cluster_nodes - sum(nodes))  # nodes no model uses: held at the fleet's price
+        known = [p for p in model_prices if p is not None]
+        busy_usd = cluster_usd = None
+        if len(known) == len(nodes):
+            busy_usd = sum(n * d * HOURS_PER_DAY * p for n, d, p in zip(nodes, days, known, strict=True))
+            if spare == 0 or price is not None:
+                cluster_usd = makespan_h * (
+                    sum(n * p for n, p in zip(nodes, known, strict=True)) + spare * (price or 0)
+                )
     return SplitTotals(
         nodes_used=sum(nodes),
         makespan_days=max(days),
         busy_node_hours=busy,
         cluster_node_hours=cluster_h,
         idle_node_hours=cluster_h - busy,
-        busy_dollars=None if price is None else busy * price,
-        cluster_dollars=None if price is None else cluster_h * price,
+        busy_dollars=busy_usd,
+        cluster_dollars=cluster_usd,
     )
 
 
-def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
-    """Per-model fit, FLOPs and cost, the min-makespan split (meeting deadlines), and the seed split."""
+# --------------------------------------------------------------------------- capacity and prices
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def capacity_start(cap: Capacity, now: datetime) -> datetime:
+    """When the capacity starts: its `start`, else the next 11:30 UTC for a block to buy, else now (a block
+    you hold, `end` or `reservation_id` given, is taken as usable now)."""
+    if cap.start is not None:
+        return cap.start
+    held = cap.end is not None or cap.reservation_id is not None
+    return next_block_start(now) if cap.type == "capacity-block" and not held else now
+
+
+def capacity_price(
+    fleet: Fleet, inst: InstanceType, cap: Capacity, where: str, own: bool, when: datetime
+) -> tuple[float | None, str]:
+    """USD per node-hour and where it came from. Order: the capacity's own `price_per_node_hour`; for the
+    fleet's capacity, `cluster.price_per_node_hour`; for on-demand and ODCR, the user's `instance_types`
+    figures; then the price table's figure for the kind in effect on `when`."""
+    c = fleet.cluster
+    if cap.price_per_node_hour is not None:
+        return cap.price_per_node_hour, f"fleet file, {where}.price_per_node_hour"
+    if not own and c.price_per_node_hour is not None:
+        return c.price_per_node_hour, "fleet file"
+    on_demand = cap.type in ("on-demand", "odcr")
+    mine = {k.strip().lower() for k in fleet.instance_types}
+    if on_demand and c.instance_type.strip().lower() in mine and inst.price(c.region) is not None:
+        return inst.price(c.region), f"catalog, {c.region}" + (" (estimate)" if inst.price_estimate else "")
+    fig = load_prices().figure(inst.name, c.region, cap.type, when)
+    if fig is not None:
+        est = " (estimate)" if fig.estimate else ""
+        if on_demand:
+            return fig.usd_per_hour, f"catalog, {c.region}{est}"
+        since = f" from {fig.effective_from}" if fig.effective_from else ""
+        return fig.usd_per_hour, f"price table, {cap.type} {c.region}{since}, {fig.source} read {fig.date}{est}"
+    if on_demand and not own:
+        return None, f"unknown for {c.region or 'no region'}: set cluster.price_per_node_hour"
+    return None, (
+        f"unknown {cap.type} price for {inst.name} in {c.region or 'no region'}: set {where}.price_per_node_hour"
+    )
+
+
+def _blocks(
+    covers: str,
+    instances: int,
+    days: float,
+    start: datetime,
+    price: float | None,
+    now: datetime,
+    warnings: list[str],
+) -> list[BlockPurchase]:
+    """The blocks for one set of nodes; a start in the past (a block is bought for later) moves to the next
+    11:30 UTC, with a warning, so that a plan read after its start (e.g. by `fleet submit`) still works."""
+    if start < now:
+        key = "capacity" if covers == "fleet" else f"model {covers}: capacity"
+        start = next_block_start(now)
+        warnings.append(
+            f"{key}.start is in the past: the block to buy is planned from {_iso(start)} (for a block you hold, "
+            "give its end or reservation_id)"
+        )
+    try:
+        return plan_blocks(covers, instances, days, start, price)
+    except ValueError as e:
+        who = "the fleet" if covers == "fleet" else f"model {covers}"
+        raise ClusterError(f"{who}: capacity block: {e}") from None
+
+
+def plan_capacity(
+    fleet: Fleet,
+    plans: list[ModelPlan],
+    caps: list[tuple[Capacity, bool, datetime]],
+    fleet_price: tuple[float | None, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """The plan's `capacity`: per model its kind, price and window; the capacity blocks to buy (one set for the
+    models on the fleet's capacity, for their makespan; one per model with its own block, for its days); the
+    spot assumptions; a warning per model whose held capacity ends before it finishes."""
+    fc = fleet.capacity
+    fstart = capacity_start(fc, now)
+    models, blocks, warnings = [], [], []
+    spot_rate = load_prices().spot_interruptions_per_node_hour
+    for i, (p, (cap, own, start)) in enumerate(zip(plans, caps, strict=True)):
+        finish = max(start, now) + timedelta(days=p.days)  # capacity that started already: training starts now
+        entry: dict[str, Any] = {
+            "model": p.name,
+            "type": cap.type,
+            "own": own,
+            "price_per_node_hour": p.price_per_node_hour,
+            "price_source": p.price_source,
+            "reservation_id": cap.reservation_id,
+            "start": _iso(start),
+            "finish": _iso(finish),
+            "end": None if cap.end is None else _iso(cap.end),
+            "usable_end": None,
+        }
+        held = cap.end is not None or cap.reservation_id is not None
+        if own and cap.type == "capacity-block" and not held:
+            mine = _blocks(p.name, p.nodes, p.days, start, p.price_per_node_hour, now, warnings)
+            blocks += mine
+            entry["usable_end"] = _iso(mine[0].usable_end)
+        else:
+            ue = usable_end(cap)
+            entry["usable_end"] = None if ue is None else _iso(ue)
+            if ue is not None and ue < finish:
+                short = (finish - ue).total_seconds() / 86400
+                warnings.append(
+                    f"model {p.name}: its {cap.type} capacity is usable until {_iso(ue)}, {short:.2f} days before "
+                    f"its planned finish {_iso(finish)}"
+                )
+        if cap.type == "spot":
+            rate = cap.interruptions_per_node_hour
+            entry["notice_s"] = SPOT_NOTICE_S
+            entry["interruptions_per_node_hour"] = spot_rate.value if rate is None else rate
+            entry["interruption_rate_source"] = (
+                f"price table: {spot_rate.source} ({spot_rate.date})"
+                if rate is None
+                else f"fleet file, {f'models.{i}.' if own else ''}capacity.interruptions_per_node_hour"
+            )
+            entry["expected_interruptions"] = entry["interruptions_per_node_hour"] * p.node_hours
+        models.append(entry)
+    shared = [p for p, (_, own, _) in zip(plans, caps, strict=True) if not own]
+    fleet_blocks: list[BlockPurchase] = []
+    if fc.type == "capacity-block" and shared and fc.end is None and fc.reservation_id is None:
+        fleet_blocks = _blocks(
+            "fleet", sum(p.nodes for p in shared), max(p.days for p in shared), fstart, fleet_price[0], now, warnings
+        )
+        for e in models:
+            if not e["own"]:
+                e["usable_end"] = _iso(fleet_blocks[0].usable_end)
+    blocks = fleet_blocks + blocks
+    try:
+        check_block_total(blocks)
+    except ValueError as e:
+        raise ClusterError(str(e)) from None
+    fue = usable_end(fc, fleet_blocks[0].end if fleet_blocks else None)
+    usd = [b.usd for b in blocks]
+    return {
+        "type": fc.type,
+        "price_per_node_hour": fleet_price[0],
+        "price_source": fleet_price[1],
+        "reservation_id": fc.reservation_id,
+        "start": _iso(fstart),
+        "end": None if fc.end is None else _iso(fc.end),
+        "usable_end": None if fue is None else _iso(fue),
+        "models": models,
+        "blocks": [b.to_dict() for b in blocks],
+        "blocks_instances": sum(b.count * b.instances for b in blocks),
+        "blocks_usd": sum(u for u in usd if u is not None) if blocks and None not in usd else None,
+        "warnings": warnings,
+    }
+
+
+def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS, now: datetime | None = None) -> Plan:
+    """Per-model fit, FLOPs and cost, the min-makespan split (meeting deadlines), the seed split, and the
+    capacity (kinds, prices in effect at each capacity's start, blocks to buy). `now`: the planning time
+    (UTC, default the clock), the start of capacity with none given."""
     c, k = fleet.cluster, fleet.constraints
     inst = get_instance(c.instance_type, fleet.instance_types)
     gpn = inst.accelerators
-    if c.price_per_node_hour is not None:
-        price, price_source = c.price_per_node_hour, "fleet file"
-    elif inst.price(c.region) is not None:
-        price = inst.price(c.region)
-        price_source = f"catalog, {c.region}" + (" (estimate)" if inst.price_estimate else "")
-    else:
-        price, price_source = None, f"unknown for {c.region or 'no region'}: set cluster.price_per_node_hour"
+    now = datetime.now(UTC) if now is None else (now.replace(tzinfo=UTC) if now.tzinfo is None else now)
+    fleet_start = capacity_start(fleet.capacity, now)
+    price, price_source = capacity_price(fleet, inst, fleet.capacity, "capacity", False, fleet_start)
+    caps: list[tuple[Capacity, bool, datetime]] = []
+    model_prices: list[tuple[float | None, str]] = []
+    for i, m in enumerate(fleet.models):
+        if m.capacity is None:
+            caps.append((fleet.capacity, False, fleet_start))
+            model_prices.append((price, price_source))
+        else:
+            start = capacity_start(m.capacity, now)
+            caps.append((m.capacity, True, start))
+            model_prices.append(capacity_price(fleet, inst, m.capacity, f"models.{i}.capacity", True, start))
     g = k.node_granularity
     if g > c.nodes:
         raise ClusterError(f"constraints.node_granularity {g} is larger than the cluster ({c.nodes} nodes)")
@@ -446,7 +644,9 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
 
     plans: list[ModelPlan] = []
     days = []
-    for m, shape, w, n, mfu, fit, f in zip(fleet.models, shapes, works, nodes, mfus, fits, flops, strict=True):
+    for m, shape, w, n, mfu, fit, f, (mprice, msource), (cap, _, _) in zip(
+        fleet.models, shapes, works, nodes, mfus, fits, flops, model_prices, caps, strict=True
+    ):
         d = w / n / 86400
         days.append(d)
         nh = n * d * HOURS_PER_DAY
@@ -469,12 +669,16 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
                 nodes=n,
                 days=d,
                 node_hours=nh,
-                dollars=None if price is None else nh * price,
+                dollars=None if mprice is None else nh * mprice,
                 layout=None if lay is None else lay.to_dict(),
                 layout_reason=None if lay is None else lay.reason,
+                capacity=cap.type,
+                price_per_node_hour=mprice,
+                price_source=msource,
             )
         )
-    totals = _totals(nodes, days, c.nodes, price)
+    prices = [p for p, _ in model_prices]
+    totals = _totals(nodes, days, c.nodes, price, prices)
 
     seed_totals = None
     if fleet.seed_split is not None:
@@ -483,11 +687,11 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
             p.seed_nodes = n
             p.seed_days = p.node_days_work / n
             p.seed_node_hours = n * p.seed_days * HOURS_PER_DAY
-            p.seed_dollars = None if price is None else p.seed_node_hours * price
+            p.seed_dollars = None if p.price_per_node_hour is None else p.seed_node_hours * p.price_per_node_hour
             if n < p.min_nodes_fit:
                 p.seed_note = f"does not fit: needs {p.min_nodes_fit} nodes"
             sdays.append(p.seed_days)
-        seed_totals = _totals(list(fleet.seed_split), sdays, c.nodes, price)
+        seed_totals = _totals(list(fleet.seed_split), sdays, c.nodes, price, prices)
         if sum(fleet.seed_split) > c.nodes:
             notes.append(f"seed split uses {sum(fleet.seed_split)} nodes, the cluster has {c.nodes}")
     if sum(nodes) < c.nodes:
@@ -508,4 +712,5 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS) -> Plan:
         seed_totals=seed_totals,
         assumptions=asdict(a),
         notes=notes,
+        capacity=plan_capacity(fleet, plans, caps, (price, price_source), now),
     )
