@@ -18,6 +18,7 @@ from rich.console import Console
 from mltrain.cluster.capacity import BLOCK_TERMINATION_LEAD_S, block_duration_days
 from mltrain.cluster.fleet import Fleet
 from mltrain.cluster.planner import plan_fleet
+from mltrain.cluster.reliability import daly_interval
 from mltrain.cluster.simulate import (
     Recovery,
     SimModel,
@@ -162,6 +163,14 @@ def test_spot_capacity_reclaims_nodes():
     a = r["models"][0]
     assert a["spot_reclaims_mean"] > 0.5 and a["failures_mean"] == 0 and a["lost_work_hours_mean"] == 0
     assert a["recovery_hours_mean"] > 0
+    # Daly's interval counts only the interruptions that lose work: not reclaims a save fits in the notice of
+    spot = {"type": "spot", "interruptions_per_node_hour": 0.05}
+    fits = simulate_fleet(_fleet({"rate_per_gpu_hour": 0}, spot), runs=5, seed=0, now=NOW)
+    assert fits["models"][0]["checkpoint_interval_min"] is None
+    slow = simulate_fleet(_fleet({"rate_per_gpu_hour": 0, "checkpoint_save_s": 300}, spot), runs=5, seed=0, now=NOW)
+    nodes = slow["models"][0]["nodes"]
+    want = daly_interval(300 / 3600, 1 / (0.05 * nodes)) * 60
+    assert slow["models"][0]["checkpoint_interval_min"] == pytest.approx(want)
 
 
 def test_a_capacity_end_before_the_work_is_done_misses_every_trial():
@@ -251,8 +260,8 @@ def test_cli_json_has_the_keys_and_bad_runs_is_one_line():
 
 
 def test_progress_bar_only_for_slow_tables(monkeypatch):
-    """A clock that says each call took a second makes the trials 'slow': the table run shows a bar (and stops
-    it), the --json run never does."""
+    """A clock that says each call took a second makes the trials 'slow': the table on a terminal shows a bar (and
+    stops it); --json and a table piped elsewhere never do."""
     import rich.progress
 
     import mltrain.cluster.simulate as sim
@@ -278,7 +287,9 @@ def test_progress_bar_only_for_slow_tables(monkeypatch):
     clock = iter(range(10**6))
     monkeypatch.setattr(rich.progress, "Progress", FakeProgress)
     monkeypatch.setattr(sim.time, "monotonic", lambda: float(next(clock)))
-    simulate_command(SEVEN, runs=100, json_out=True, console=Console(record=True, width=80), now=NOW)
+    tty = {"record": True, "width": 80, "force_terminal": True}
+    simulate_command(SEVEN, runs=100, json_out=True, console=Console(**tty), now=NOW)
+    simulate_command(SEVEN, runs=100, console=Console(record=True, width=80, force_terminal=False), now=NOW)
     assert events == []
-    simulate_command(SEVEN, runs=100, console=Console(record=True, width=80), now=NOW)
+    simulate_command(SEVEN, runs=100, console=Console(**tty), now=NOW)
     assert events[:2] == ["new", "start"] and "update" in events and events[-1] == "stop"

@@ -208,12 +208,9 @@ def save_seconds(f: Failures) -> float:
     return f.checkpoint_save_s if f.checkpoint_save_s is not None else DEFAULT_SAVE_S
 
 
-def checkpoint_interval_h(f: Failures, gpus: int) -> float:
-    """The interval the fleet plans with: the configured one, else Daly's optimum (inf when nothing fails)."""
-    if f.checkpoint_interval_min is not None:
-        return f.checkpoint_interval_min / 60
-    mtbf = mtbf_hours(f.rate_per_gpu_hour, gpus)
-    return math.inf if not math.isfinite(mtbf) else daly_interval(save_seconds(f) / 3600, mtbf)
+def daly_h(save_h: float, losing_rate_h: float) -> float:
+    """Daly's optimum interval (hours) for interruptions that lose work at `losing_rate_h`; inf at rate 0."""
+    return math.inf if losing_rate_h <= 0 else daly_interval(save_h, 1.0 / losing_rate_h)
 
 
 def _utc(d: datetime) -> datetime:
@@ -269,15 +266,17 @@ def sim_models(
     for fm, mp, n in zip(fleet.models, plan.models, nodes or [p.nodes for p in plan.models], strict=True):
         cap = fm.capacity or fleet.capacity
         gpus = n * gpn
-        if tau_scale is None:
-            tau = checkpoint_interval_h(f, gpus)
-        else:
-            mtbf = mtbf_hours(f.rate_per_gpu_hour, gpus)
-            tau = math.inf if not math.isfinite(mtbf) else tau_scale * daly_interval(save_h, mtbf)
         spot = 0.0
         if cap.type == "spot":
             per_node = cap.interruptions_per_node_hour
             spot = n * (DEFAULT_SPOT_INTERRUPTIONS_PER_NODE_HOUR if per_node is None else per_node)
+        # the interruptions that lose work: failures, and spot reclaims whose notice is too short for a save
+        mtbf = mtbf_hours(f.rate_per_gpu_hour, gpus)
+        losing = (0.0 if not math.isfinite(mtbf) else 1.0 / mtbf) + (0.0 if save_seconds(f) <= SPOT_NOTICE_S else spot)
+        if tau_scale is None and f.checkpoint_interval_min is not None:
+            tau = f.checkpoint_interval_min / 60
+        else:
+            tau = (1.0 if tau_scale is None else tau_scale) * daly_h(save_h, losing)
         block_days = plan.totals.makespan_days if fm.capacity is None else mp.days
         out.append(
             SimModel(
@@ -624,7 +623,8 @@ def simulate_command(
     console: Console | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """`mltrain plan simulate`: the table (a progress bar when the trials take over a second), or --json."""
+    """`mltrain plan simulate`: the table (on a terminal, a progress bar when the trials take over a second), or
+    --json."""
     console = console or Console()
     if runs <= 0:
         raise ClusterError(f"--runs must be a positive number of trials, not {runs}")
@@ -636,7 +636,7 @@ def simulate_command(
 
     def tick(n: int) -> None:
         state["done"] += n
-        if json_out or state["done"] % 50:
+        if json_out or not console.is_terminal or state["done"] % 50:
             return
         if state["bar"] is None:
             elapsed = time.monotonic() - began
