@@ -491,7 +491,7 @@ SIM_COLUMNS = [
     Column("fails", "right", 6),
     Column("lost h", "right", 2),
     Column("late", "right", 1),
-    Column("cut", "right", 7),
+    Column("cut", "right", 1),  # "-" (so dropped) when the capacity has no end
 ]
 
 
