@@ -155,6 +155,20 @@ def test_spot_notice_saves_the_work_when_the_save_fits():
     assert run_trials([model], late, 200, np.random.default_rng(2)).lost_work_h.mean() > 1.0
 
 
+def test_spot_without_periodic_checkpoints_keeps_the_work_at_each_notice():
+    """No failures and a save that fits the notice: Daly's interval is infinite, and each reclaim still keeps
+    all the work, so the finish is the work plus the notices and replacements."""
+    model = SimModel("s", nodes=2, work_h=50.0, failure_rate_h=0, spot_rate_h=0.2, tau_h=math.inf, save_h=0.0)
+    rec = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0, spot_save_fits=True)
+    t = run_trials([model], rec, 100, np.random.default_rng(4))
+    assert t.reclaims.mean() > 5 and not np.isnan(t.finish_h).any()
+    assert t.lost_work_h.sum() == 0 and t.saves_h.sum() == 0
+    assert t.finish_h[:, 0] == pytest.approx(50.0 + t.recovery_h[:, 0])
+    # each reclaim: a replacement node (1 h) and the notice (2 min, less when it came within 2 min of a start)
+    assert (t.recovery_h[:, 0] <= t.reclaims[:, 0] * (1.0 + 120 / 3600) + 1e-9).all()
+    assert (t.recovery_h[:, 0] >= t.reclaims[:, 0] * 1.0 - 1e-9).all()
+
+
 def test_spot_capacity_reclaims_nodes():
     fleet = _fleet(
         {"rate_per_gpu_hour": 0, "checkpoint_interval_min": 30}, {"type": "spot", "interruptions_per_node_hour": 0.05}
@@ -184,6 +198,12 @@ def test_a_capacity_end_before_the_work_is_done_misses_every_trial():
     assert a["finish_days"]["p50"] is None and a["finish_date"]["p50"] is None
     assert a["dollars"]["p50"] == pytest.approx(a["nodes"] * a["usable_end_days"] * 24 * 10.0)  # billed to the cut
     assert r["fleet"]["p_not_finished"] == 1.0 and r["fleet"]["makespan_days"]["p90"] is None
+
+
+def test_a_capacity_end_before_the_start_is_refused():
+    fleet = _fleet(capacity={"type": "odcr", "start": NOW.isoformat(), "end": "2027-02-28T00:00:00Z"})
+    with pytest.raises(ClusterError, match="capacity.end 2027-02-28T00:00"):
+        simulate_fleet(fleet, runs=5, seed=0, now=NOW)
 
 
 def test_a_block_without_end_lasts_the_length_bought_for_the_plan():

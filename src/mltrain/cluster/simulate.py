@@ -167,20 +167,20 @@ def run_trials(
                 uni_buf, iu = rng.random(4096).tolist(), 0
             u_kind, u_where = uni_buf[iu], uni_buf[iu + 1]
             iu += 2
-            seg = m.tau_h + m.save_h
             spot = u_kind * rates[i] < m.spot_rate_h
-            if spot and rec.spot_save_fits:
-                # the notice stops training and saves what was done until then; nothing is lost
-                y = max(0.0, ran - notice_h)
-                full = 0 if not math.isfinite(seg) else int(y // seg)
-                done[i] += full * m.tau_h + min(y - full * seg, m.tau_h)
-                out.saves_h[r, i] += full * m.save_h + max(0.0, y - full * seg - m.tau_h)
+            saved = spot and rec.spot_save_fits  # the notice stops training and saves what was done until then
+            y = max(0.0, ran - notice_h) if saved else ran  # the run time that counts
+            # whole intervals (compute + save) completed before y, and the time since the last of them
+            full = int(y // (m.tau_h + m.save_h)) if math.isfinite(m.tau_h) else 0
+            since = y - full * (m.tau_h + m.save_h) if full else y
+            done[i] += full * m.tau_h if full else 0.0
+            out.saves_h[r, i] += full * m.save_h
+            if saved:  # nothing lost: the work since the last checkpoint is saved in the notice
+                done[i] += min(since, m.tau_h)
+                out.saves_h[r, i] += max(0.0, since - m.tau_h)
                 out.recovery_h[r, i] += ran - y
             else:
-                full = 0 if not math.isfinite(seg) else int(ran // seg)
-                done[i] += full * m.tau_h
-                out.saves_h[r, i] += full * m.save_h
-                out.lost_work_h[r, i] += ran - full * seg
+                out.lost_work_h[r, i] += since
             if spot:
                 out.reclaims[r, i] += 1
             else:
@@ -239,7 +239,14 @@ def usable_end_h(cap: Capacity, start: datetime, days: float) -> float:
     lead), or for a capacity block without `end` its start + the block bought for `days`; inf without an end."""
     lead = BLOCK_TERMINATION_LEAD_S / 3600 if cap.type == "capacity-block" else 0.0
     if cap.end is not None:
-        return (_utc(cap.end) - start).total_seconds() / 3600 - lead
+        hours = (_utc(cap.end) - start).total_seconds() / 3600 - lead
+        if hours <= 0:
+            raise ClusterError(
+                f"capacity.end {_utc(cap.end).isoformat(timespec='minutes')} leaves no time to train after the start "
+                f"{start.isoformat(timespec='minutes')}"
+                + (" (a block stops 30 minutes before its end)" if lead else "")
+            )
+        return hours
     if cap.type != "capacity-block":
         return math.inf
     block_start = _utc(cap.start) if cap.start is not None else start
