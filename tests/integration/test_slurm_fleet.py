@@ -74,14 +74,43 @@ def _mltrain(root: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     )  # fmt: skip
 
 
-def _check_fleet_status(root: Path, record: dict, runs: dict[str, Path]) -> None:
-    """What `mltrain fleet status --json` must agree with. For now the run records themselves: each model's run
-    dir and newest job as the record has them; the integrator adds the `fleet status --json` checks against
-    the record and squeue here."""
+def _squeue_state(job: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    return out or None
+
+
+def _check_fleet_status(root: Path, record: dict, runs: dict[str, Path], fleet: Path, cluster: Path) -> dict:
+    """`mltrain fleet status --json` against the fleet record, the run records and squeue: each model's run dir,
+    nodes and newest job are the record's, its step is the one its metrics reached, its Slurm state is what
+    squeue says (asked just before and just after, so a job changing state in between is not a false alarm),
+    and the idle nodes are the cluster's minus those of jobs that run or wait. Also checks the 80-column table."""
+    before = {name: _squeue_state(rec["job_ids"][-1]) for name, rec in record["models"].items()}
+    p = _mltrain(root, "fleet", "status", str(fleet), "--cluster", str(cluster), "--json")
+    after = {name: _squeue_state(rec["job_ids"][-1]) for name, rec in record["models"].items()}
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = json.loads(p.stdout)
+    by_name = {m["name"]: m for m in got["models"]}
+    assert set(by_name) == set(record["models"])
+    held = 0
     for name, rec in record["models"].items():
-        assert Path(rec["run_dir"]) == runs[name]
+        m = by_name[name]
+        assert Path(rec["run_dir"]) == runs[name] and Path(m["run_dir"]) == runs[name]
         jobs = [r["job_id"] for r in records(runs[name] / "slurm" / "jobs.jsonl") if r.get("event") == "submit"]
         assert rec["job_ids"] == jobs, (name, rec["job_ids"], jobs)
+        assert m["job_id"] == jobs[-1] and m["nodes"] == rec["nodes"]
+        assert m["slurm_state"] in {before[name], after[name]} or (
+            before[name] is None and after[name] is None and m["slurm_state"] in (None, "COMPLETED")
+        ), (name, m["slurm_state"], before[name], after[name])
+        trained = [x["step"] for x in _train(runs[name])]
+        if m["step"] is not None:  # a step read a moment before or after the train record we read
+            assert not trained or abs(m["step"] - max(trained)) <= 1, (name, m["step"], max(trained))
+        if m["state"] in ("running", "pending", "requeued"):
+            held += rec["nodes"]
+    assert got["totals"]["cluster_nodes"] == 3
+    assert got["totals"]["nodes_idle"] == 3 - held, got["totals"]
+    table = _mltrain(root, "fleet", "status", str(fleet), "--cluster", str(cluster), env={"COLUMNS": "80"})
+    assert table.returncode == 0 and all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
+    return got
 
 
 def _train(run: Path) -> list[dict]:
@@ -110,10 +139,13 @@ def test_fleet_rebalance_gives_a_finished_models_node_to_the_other(
     assert {k: (v["nodes"], v["job_ids"]) for k, v in record["models"].items()} == {
         "a": (1, [job_a]), "b": (2, [job_b])
     }  # fmt: skip
-    _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b})
+    _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b}, fleet, cluster)
 
     assert wait_job(job_a, 180) == "COMPLETED", (run_a / "slurm" / f"{job_a}.err").read_text()[-3000:]
     wait_step(run_b, B_STOP - 1, 180)  # b waits before B_STOP for the stop
+    mid = _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b}, fleet, cluster)
+    states = {m["name"]: m["state"] for m in mid["models"]}
+    assert states == {"a": "done", "b": "running"} and mid["totals"]["nodes_idle"] == 1, mid
 
     # the reference while b waits: one process, the same 6 sequences per step, no interruption
     ref_yaml = _run_yaml(tmp_path, tiny_data_dir, "ref", B_STEPS, GLOBAL_BATCH)
@@ -154,7 +186,12 @@ def test_fleet_rebalance_gives_a_finished_models_node_to_the_other(
     assert record["models"]["a"]["nodes"] == 1
     (ev,) = record["events"]
     assert (ev["model"], ev["from"], ev["to"], ev["checkpoint_step"], ev["job_id"]) == ("b", 2, 3, stop_step, job_b2)
-    _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b})
+    end = _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b}, fleet, cluster)
+    assert {m["name"]: (m["state"], m["step"]) for m in end["models"]} == {
+        "a": ("done", A_STEPS),
+        "b": ("done", B_STEPS),
+    }
+    print(_mltrain(tmp_path, "fleet", "status", str(fleet), "--cluster", str(cluster), env={"COLUMNS": "80"}).stdout)
 
     # a second --apply: b is done, a is done, nothing to move and nothing changes
     p = _mltrain(tmp_path, "fleet", "rebalance", str(fleet), "--cluster", str(cluster), "--apply")

@@ -247,3 +247,23 @@ def test_console_summary_line_uses_the_same_definitions() -> None:
     m += _trains(10_000.0, 11, 20, job=None) + [{"kind": "exit", "time": 10_020.0, "step": 20, "reason": "done"}]
     line = runstats.summary_line(m, restarts=[])
     assert line == "20 steps, train loss 5.000 -> 5.000 (mean of first/last 10 logged), restarts 1, goodput 50%"
+
+
+def test_a_decision_about_an_earlier_job_does_not_describe_the_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job 7 was cancelled at step 20 (a node move: `fleet rebalance --apply`), job 8 resumed and finished; Slurm
+    has forgotten job 8 (aged out). The run is done, not cancelled: the last launcher decision is about job 7."""
+    _fake_slurm(tmp_path, monkeypatch)  # knows no job
+    run = _slurm_run(tmp_path, max_steps=30)
+    _jsonl(
+        run / "slurm" / "jobs.jsonl",
+        [{"event": "submit", "job_id": j, "time": t} for j, t in (("7", 0.0), ("8", 50.0))],
+    )
+    recs = _trains(0.0, 1, 20) + [{"kind": "exit", "time": 40.0, "step": 20, "reason": "preempted"}]
+    recs += _trains(60.0, 21, 30, job="8") + [{"kind": "exit", "time": 90.0, "step": 30, "reason": "done"}]
+    _jsonl(run / "metrics.jsonl", recs)
+    _jsonl(run / "restarts.jsonl", [{"time": 41.0, "job_id": "7", "cause": "cancelled", "action": "none", "step": 20}])
+    (run / "control" / "exit_reason").write_text("done\n")
+    st = status.run_status(run)
+    assert st.job_id == "8" and st.state == "done", (st.state, st.explanation)

@@ -244,15 +244,17 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
             st.alloc_elapsed_s = max(0.0, now - float(starts[-1]))
 
     # ---- why it is in this state
+    # the launcher's last decision, when it is about the newest job: a decision about an earlier job (cancelled
+    # for a node move, then resubmitted) says nothing about the one that followed
+    last_decision = restarts[-1] if restarts and restarts[-1].get("job_id") in (None, st.job_id) else None
     st.cancelled = not st.running and (
         state == "CANCELLED"
         or (st.job_id is not None and (run_dir / CANCELLED_FILE).exists())
-        or (bool(restarts) and restarts[-1].get("cause") == "cancelled")
+        or (last_decision is not None and last_decision.get("cause") == "cancelled")
     )
     reason = rundir.read_exit_reason(run_dir) if _exit_reason_is_current(run_dir, metrics) else None
     # an exit reason left by an earlier attempt says nothing about the one running now
     st.exit_reason = None if st.running else reason
-    last_decision = restarts[-1] if restarts else None
     if reason is None and last_decision is not None and state not in RUNNING_STATES and state is not None:
         reason = last_decision.get("cause")
     resumes = f"resumes from step {st.ckpt_step}" if st.ckpt_step is not None else "starts from step 0"
