@@ -3,11 +3,12 @@ closed form of a periodic-checkpoint job with exponential failures, and cuts a m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def test_mean_lost_time_matches_the_closed_form():
     trial mean (a false failure about 1 in 16,000)."""
     lam, tau, work, restart_h, runs = 0.05, 1.0, 100.0, 0.1, 4000
     model = SimModel("m", nodes=1, work_h=work, failure_rate_h=lam, spot_rate_h=0, tau_h=tau, save_h=0.0)
-    rec = Recovery(1.0, restart_h, 0.25, 1.0, spare_nodes=0, spot_save_fits=True)
+    rec = Recovery(1.0, restart_h, 0.25, 1.0, spare_nodes=0)
     t = run_trials([model], rec, runs, np.random.default_rng(11))
     growth = math.expm1(lam * tau)
     per_failure = 1 / lam - tau / growth
@@ -135,7 +136,7 @@ def test_spares_shorten_a_lost_node():
     ]
 
     def per_failure(spares: int) -> float:
-        rec = Recovery(0.0, 0.05, 0.25, 2.0, spare_nodes=spares, spot_save_fits=True)
+        rec = Recovery(0.0, 0.05, 0.25, 2.0, spare_nodes=spares)
         t = run_trials(models, rec, 30, np.random.default_rng(1))
         return float(t.recovery_h.sum() / t.failures.sum())
 
@@ -146,20 +147,20 @@ def test_spares_shorten_a_lost_node():
 
 def test_spot_notice_saves_the_work_when_the_save_fits():
     model = SimModel("s", nodes=4, work_h=100.0, failure_rate_h=0, spot_rate_h=0.1, tau_h=3.0, save_h=60 / 3600)
-    fits = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0, spot_save_fits=True)
+    fits = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0)
     t = run_trials([model], fits, 200, np.random.default_rng(2))
     assert t.reclaims.mean() > 5 and t.failures.sum() == 0
     assert t.lost_work_h.sum() == 0
     assert t.finish_h[:, 0] == pytest.approx(100.0 + t.saves_h[:, 0] + t.recovery_h[:, 0])
-    late = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0, spot_save_fits=False)
-    assert run_trials([model], late, 200, np.random.default_rng(2)).lost_work_h.mean() > 1.0
+    slow = dataclasses.replace(model, save_h=180 / 3600)  # a 3-minute save does not fit the 2-minute notice
+    assert run_trials([slow], fits, 200, np.random.default_rng(2)).lost_work_h.mean() > 1.0
 
 
 def test_spot_without_periodic_checkpoints_keeps_the_work_at_each_notice():
     """No failures and a save that fits the notice: Daly's interval is infinite, and each reclaim still keeps
     all the work, so the finish is the work plus the notices and replacements."""
     model = SimModel("s", nodes=2, work_h=50.0, failure_rate_h=0, spot_rate_h=0.2, tau_h=math.inf, save_h=0.0)
-    rec = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0, spot_save_fits=True)
+    rec = Recovery(0.5, 0.05, 0.25, 1.0, spare_nodes=0)
     t = run_trials([model], rec, 100, np.random.default_rng(4))
     assert t.reclaims.mean() > 5 and not np.isnan(t.finish_h).any()
     assert t.lost_work_h.sum() == 0 and t.saves_h.sum() == 0
@@ -200,9 +201,11 @@ def test_a_capacity_end_before_the_work_is_done_misses_every_trial():
     assert r["fleet"]["p_not_finished"] == 1.0 and r["fleet"]["makespan_days"]["p90"] is None
 
 
-def test_a_capacity_end_before_the_start_is_refused():
-    fleet = _fleet(capacity={"type": "odcr", "start": NOW.isoformat(), "end": "2027-02-28T00:00:00Z"})
-    with pytest.raises(ClusterError, match="capacity.end 2027-02-28T00:00"):
+def test_a_capacity_end_that_leaves_no_time_is_refused():
+    """A block that ends 20 minutes after its start: its instances terminate 30 minutes before the end."""
+    end = (NOW + timedelta(minutes=20)).isoformat()
+    fleet = _fleet(capacity={"type": "capacity-block", "start": NOW.isoformat(), "end": end})
+    with pytest.raises(ClusterError, match="capacity.end 2027-03-01T08:20.*leaves no time to train"):
         simulate_fleet(fleet, runs=5, seed=0, now=NOW)
 
 

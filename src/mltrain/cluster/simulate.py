@@ -35,18 +35,20 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from mltrain.cluster.capacity import BLOCK_TERMINATION_LEAD_S, SPOT_NOTICE_S, Capacity, block_duration_days
+from mltrain.cluster.capacity import (
+    BLOCK_TERMINATION_LEAD_S,
+    SPOT_NOTICE_S,
+    Capacity,
+    block_duration_days,
+    next_block_start,
+)
 from mltrain.cluster.fleet import Fleet, load_fleet
 from mltrain.cluster.planner import HOURS_PER_DAY, Plan, plan_fleet
-from mltrain.cluster.reliability import Failures, daly_interval, mtbf_hours
+from mltrain.cluster.prices import load_prices
+from mltrain.cluster.reliability import Failures, daly_interval, mtbf_hours, save_cost
 from mltrain.errors import ClusterError
 from mltrain.tables import Column, fit_table
 
-DEFAULT_SAVE_S = 60.0  # a checkpoint save's blocking time when the fleet gives none
-# Spot reclaims per instance-hour when the capacity gives none: the spot instance advisor's highest bucket
-# (more than 20% of instances interrupted in a month), the usual one for GPU instances.
-DEFAULT_SPOT_INTERRUPTIONS_PER_NODE_HOUR = 0.20 / 730
-BLOCK_START_UTC = (11, 30)  # capacity blocks start and end at 11:30 UTC
 HORIZON_FACTOR = 100.0  # a trial gives up on a model after this many times its failure-free work (no hard end)
 CHECKPOINT_SCALES = (0.5, 1.0, 2.0)  # the checkpoint intervals compared, as multiples of Daly's optimum
 QUANTILES = (10, 50, 90)
@@ -78,7 +80,6 @@ class Recovery:
     requeue_h: float
     node_replace_h: float
     spare_nodes: int
-    spot_save_fits: bool  # a checkpoint save fits in the spot notice
 
 
 @dataclass
@@ -109,7 +110,6 @@ def recovery_from(f: Failures) -> Recovery:
         requeue_h=f.requeue_s / 3600,
         node_replace_h=f.node_replace_s / 3600,
         spare_nodes=f.spare_nodes,
-        spot_save_fits=save_seconds(f) <= SPOT_NOTICE_S,
     )
 
 
@@ -168,7 +168,7 @@ def run_trials(
             u_kind, u_where = uni_buf[iu], uni_buf[iu + 1]
             iu += 2
             spot = u_kind * rates[i] < m.spot_rate_h
-            saved = spot and rec.spot_save_fits  # the notice stops training and saves what was done until then
+            saved = spot and m.save_h <= notice_h  # the notice stops training and saves what was done until then
             y = max(0.0, ran - notice_h) if saved else ran  # the run time that counts
             # whole intervals (compute + save) completed before y, and the time since the last of them
             full = int(y // (m.tau_h + m.save_h)) if math.isfinite(m.tau_h) else 0
@@ -204,10 +204,6 @@ def run_trials(
 # --------------------------------------------------------------------------- from the fleet to the trials
 
 
-def save_seconds(f: Failures) -> float:
-    return f.checkpoint_save_s if f.checkpoint_save_s is not None else DEFAULT_SAVE_S
-
-
 def daly_h(save_h: float, losing_rate_h: float) -> float:
     """Daly's optimum interval (hours) for interruptions that lose work at `losing_rate_h`; inf at rate 0."""
     return math.inf if losing_rate_h <= 0 else daly_interval(save_h, 1.0 / losing_rate_h)
@@ -215,13 +211,6 @@ def daly_h(save_h: float, losing_rate_h: float) -> float:
 
 def _utc(d: datetime) -> datetime:
     return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
-
-
-def next_block_start(now: datetime) -> datetime:
-    """The next 11:30 UTC at or after `now` (when a capacity block without a given start would begin)."""
-    now = _utc(now)
-    at = now.replace(hour=BLOCK_START_UTC[0], minute=BLOCK_START_UTC[1], second=0, microsecond=0)
-    return at if at >= now else at + timedelta(days=1)
 
 
 def fleet_start(fleet: Fleet, now: datetime) -> datetime:
@@ -268,18 +257,20 @@ def sim_models(
     `tau_scale` x Daly's optimum for the model's MTBF)."""
     f = fleet.failures
     gpn = plan.gpus_per_node
-    save_h = save_seconds(f) / 3600
+    default_spot = load_prices().spot_interruptions_per_node_hour.value
     out = []
     for fm, mp, n in zip(fleet.models, plan.models, nodes or [p.nodes for p in plan.models], strict=True):
         cap = fm.capacity or fleet.capacity
         gpus = n * gpn
+        save_s = save_cost(fm, f)[0]  # measured (the model's run or bench result), else the fleet's, else 60 s
+        save_h = save_s / 3600
         spot = 0.0
         if cap.type == "spot":
             per_node = cap.interruptions_per_node_hour
-            spot = n * (DEFAULT_SPOT_INTERRUPTIONS_PER_NODE_HOUR if per_node is None else per_node)
+            spot = n * (default_spot if per_node is None else per_node)
         # the interruptions that lose work: failures, and spot reclaims whose notice is too short for a save
         mtbf = mtbf_hours(f.rate_per_gpu_hour, gpus)
-        losing = (0.0 if not math.isfinite(mtbf) else 1.0 / mtbf) + (0.0 if save_seconds(f) <= SPOT_NOTICE_S else spot)
+        losing = (0.0 if not math.isfinite(mtbf) else 1.0 / mtbf) + (0.0 if save_s <= SPOT_NOTICE_S else spot)
         if tau_scale is None and f.checkpoint_interval_min is not None:
             tau = f.checkpoint_interval_min / 60
         else:
@@ -409,7 +400,7 @@ def simulate_fleet(
                 "deadline_days": deadlines[i],
                 "finish_days": q,
                 "finish_date": _dates(q, start),
-                "dollars": _dollars(billed[:, i] * m.nodes, price),
+                "dollars": _dollars(billed[:, i] * m.nodes, mp.price_per_node_hour),
                 "failures_mean": _mean(t.failures[:, i]),
                 "spot_reclaims_mean": _mean(t.reclaims[:, i]),
                 "save_hours_mean": _mean(t.saves_h[:, i]),
@@ -453,7 +444,7 @@ def simulate_fleet(
         "spare_nodes": f.spare_nodes,
         "price_per_node_hour": price,
         "capacity": fleet.capacity.type,
-        "failures": {**f.model_dump(), "checkpoint_save_s_used": save_seconds(f)},
+        "failures": {**f.model_dump(), "checkpoint_save_s_used": sorted({round(m.save_h * 3600, 3) for m in base})},
         "models": per_model,
         "fleet": fleet_row,
         "compare": {"splits": splits, "checkpoint_intervals": intervals},
@@ -564,7 +555,7 @@ def print_report(r: dict[str, Any], console: Console) -> None:
     console.print(
         f"{r['runs']} trials, seed {r['seed']}, start {start} UTC; {r['cluster_nodes']} x {r['instance_type']} + "
         f"{r['spare_nodes']} spare, {price}/node-hour, {r['capacity']}; {fl['rate_per_gpu_hour']:.3g} failures per "
-        f"GPU-hour, checkpoint save {fl['checkpoint_save_s_used']:g} s",
+        f"GPU-hour, checkpoint save {'/'.join(f'{x:g}' for x in fl['checkpoint_save_s_used'])} s",
         highlight=False,
     )
     rows = [
