@@ -80,18 +80,6 @@ def format_utc(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def fmt_left(seconds: float) -> str:
-    """2h05m, 4m10s, 12s; past deadlines are negative and read as such by the caller."""
-    s = int(max(0.0, seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 @dataclass(frozen=True)
 class Deadline:
     at: float  # epoch seconds
