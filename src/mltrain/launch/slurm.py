@@ -260,7 +260,7 @@ def job_deadline(text: str, cluster: ClusterSpec, now: float | None = None) -> D
     deadline is BLOCK_TERMINATION_LEAD_S before it, when EC2 starts terminating the block's instances."""
     now = _time.time() if now is None else now
     at = parse_deadline(text, now)
-    if cluster.capacity_type == "capacity_block":
+    if cluster.aws is not None and cluster.aws.capacity_type == "capacity_block":
         from mltrain.cluster.capacity import BLOCK_TERMINATION_LEAD_S
 
         d = Deadline(at - BLOCK_TERMINATION_LEAD_S, SOURCE_BLOCK)

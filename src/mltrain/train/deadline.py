@@ -18,6 +18,7 @@ exits with the reason `deadline`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -60,7 +61,7 @@ def parse_deadline(text: str, now: float | None = None, what: str = "--deadline"
         secs = float(m.group(1)) * _UNIT_S[m.group(2)]
         if secs <= 0:
             raise DeadlineError(f"{what} {text!r}: must be in the future")
-        return now + secs
+        return float(math.floor(now + secs))  # whole seconds: the time handed down (ISO) is the same time
     if s.startswith("+"):
         raise DeadlineError(f"{what} {text!r}: a relative deadline is +<number><s|m|h|d>, e.g. +90m")
     iso = s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s
