@@ -142,6 +142,18 @@ def test_write_deadline_records_and_clears(tmp_path):
     assert not (tmp_path / D.DEADLINE_FILE).exists()
 
 
+def test_previous_saves_are_the_newest_synchronous_save_times(tmp_path):
+    recs = [{"kind": "checkpoint", "step": i, "ok": True, "save_s": float(i)} for i in range(1, 9)]
+    recs += [
+        {"kind": "checkpoint", "step": 9, "ok": False, "save_s": 99.0},  # failed: not a save time
+        {"kind": "checkpoint", "step": 10, "ok": True, "stall_s": 0.1},  # async: only the stall is known
+        {"kind": "train", "step": 10, "save_s": 50.0},
+    ]
+    (tmp_path / rundir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"torn')
+    assert D.previous_saves(tmp_path) == [4.0, 5.0, 6.0, 7.0, 8.0]
+    assert D.previous_saves(tmp_path / "none") == []
+
+
 def test_time_limit_source_matches_the_batch_helper():
     from mltrain.launch import batch_helper
 
@@ -157,7 +169,7 @@ def _records(run_dir):
 def test_run_checkpoints_and_stops_before_its_deadline_then_resumes(tmp_path, tiny_data_dir, monkeypatch, capsys):
     """A deadline 8 s away, steps paced to 0.25 s and a checkpoint every step (so the margin is measured from
     the first boundary): the trainer stops before the deadline with its last step committed, exit reason
-    `deadline`, exit 75; a start without the deadline resumes from that step."""
+    `deadline`, exit 75; a start with a later deadline resumes from that step, its margin measured from the start."""
     from mltrain.config import RunConfig
     from mltrain.train.checkpoint import find_checkpoints
     from mltrain.train.trainer import run_training
@@ -190,11 +202,12 @@ def test_run_checkpoints_and_stops_before_its_deadline_then_resumes(tmp_path, ti
     assert "stopped before its deadline (--deadline" in out and "exit 75" in out
     assert json.loads((run_dir / D.DEADLINE_FILE).read_text())["source"] == "--deadline"
 
-    monkeypatch.delenv("MLTRAIN_DEADLINE")
     monkeypatch.delenv("MLTRAIN_FAULT_STEP_S")
+    monkeypatch.setenv("MLTRAIN_DEADLINE", D.format_utc(time.time() + 3600))
     raw["train"]["max_steps"] = step + 2
     assert run_training(RunConfig.model_validate(raw)) == exit_codes.DONE
+    out = capsys.readouterr().out
+    assert "(measured) x 1.5" in out  # a resumed start begins with the run's measured saves
     starts = [r for r in _records(run_dir) if r.get("kind") == "start"]
-    assert starts[-1]["step"] == step and "deadline" not in starts[-1]
-    assert not (run_dir / D.DEADLINE_FILE).exists()
+    assert starts[-1]["step"] == step and starts[-1]["deadline"]["time"] > at
     assert rundir.read_exit_reason(run_dir) == exit_codes.REASON_DONE

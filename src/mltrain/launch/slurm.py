@@ -255,6 +255,10 @@ def render_sbatch(
     )
 
 
+# sbatch --signal: "the signal may be sent up to 60 seconds earlier than specified" (Slurm's event resolution)
+SIGNAL_EARLY_S = 60
+
+
 def job_deadline(text: str, cluster: ClusterSpec, now: float | None = None) -> Deadline:
     """`mltrain submit --deadline TEXT`. On a capacity-block cluster TEXT is the block's end and the run's
     deadline is BLOCK_TERMINATION_LEAD_S before it, when EC2 starts terminating the block's instances."""
@@ -276,12 +280,13 @@ def job_deadline(text: str, cluster: ClusterSpec, now: float | None = None) -> D
 
 
 def capped_time(time: str, deadline: Deadline, grace_s: int, now: float | None = None) -> str | None:
-    """The job's --time (in whole minutes, rounded up) when the time until the deadline plus the USR1 grace is
-    shorter than `time`, else None: Slurm does not hold the nodes much past the deadline, and the time limit's
-    USR1 warning never comes before it (so the stop before the deadline is the run's last, not a requeue)."""
+    """The job's --time (in whole minutes, rounded up) when the time until the deadline plus the USR1 grace (and
+    SIGNAL_EARLY_S) is shorter than `time`, else None: Slurm does not hold the nodes much past the deadline, and
+    the time limit's USR1 warning never comes before it (so the stop before the deadline is the run's last, not
+    a requeue)."""
     now = _time.time() if now is None else now
     limit_s = normalize_time(time)[1]
-    cap_s = max(60, math.ceil((deadline.at - now + grace_s) / 60) * 60)
+    cap_s = max(60, math.ceil((deadline.at - now + grace_s + SIGNAL_EARLY_S) / 60) * 60)
     return str(cap_s // 60) if cap_s < limit_s else None
 
 

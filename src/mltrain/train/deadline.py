@@ -254,3 +254,34 @@ def write_deadline(run_dir: Path, deadline: Deadline | None) -> None:
             atomic_write(path, json.dumps(deadline.record()) + "\n")
     except OSError:
         pass  # best effort: without it a deadline stop is not requeued
+
+
+PREVIOUS_SAVES = 5  # the newest save times of earlier starts that a resumed start begins with
+_TAIL_BYTES = 1 << 18
+
+
+def previous_saves(run_dir: Path) -> list[float]:
+    """The newest PREVIOUS_SAVES synchronous save times (`checkpoint` records with save_s) in the run's
+    metrics.jsonl (its last 256 KiB): a resumed start's margin is measured from its first step, not estimated."""
+    import json
+
+    from mltrain import rundir
+
+    try:
+        with open(run_dir / rundir.METRICS_FILE, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    out: list[float] = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "checkpoint" and rec.get("ok"):
+            save_s = rec.get("save_s")
+            if isinstance(save_s, (int, float)) and save_s >= 0:
+                out.append(float(save_s))
+    return out[-PREVIOUS_SAVES:]

@@ -34,6 +34,7 @@ from mltrain.train.deadline import (
     Margin,
     find_deadline,
     first_save_estimate,
+    previous_saves,
     write_deadline,
 )
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, full_value, init_distributed, shutdown
@@ -633,13 +634,17 @@ def _time_saves(trainer: Trainer, deadline: DeadlineClock) -> None:
 
 
 def deadline_clock(trainer: Trainer, deadline: Deadline | None) -> DeadlineClock | None:
-    """The loop's clock for `deadline`; the first save is estimated from this rank's share of the state
-    (parameters, gradients-free: weights + two Adam moments in fp32)."""
+    """The loop's clock for `deadline`. Before this run has measured a save, the save is estimated from this
+    rank's share of the state (weights and two Adam moments in fp32)."""
     if deadline is None:
         return None
     params = sum(p.numel() for p in trainer.params)
     state_bytes = params * 4 * 3 / max(1, trainer.info.world_size)
-    return DeadlineClock(deadline, Margin(first_save_estimate(state_bytes)))
+    margin = Margin(first_save_estimate(state_bytes))
+    if trainer.info.is_main:  # rank 0 decides: a resumed start begins with the run's measured saves
+        for seconds in previous_saves(trainer.run_dir):
+            margin.observe_save(seconds)
+    return DeadlineClock(deadline, margin)
 
 
 def _layout_words(trainer: Trainer) -> str:
