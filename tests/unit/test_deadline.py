@@ -100,14 +100,14 @@ def test_margin_is_the_measured_save_times_the_safety_factor_plus_a_step():
     assert m.first_save_s == 2 * D.MIN_SAVE_S and not m.measured
     assert D.first_save_estimate(4e9) == 2 * 4e9 / D.WRITE_BYTES_PER_S  # a big shard: by its size
     m.observe_step(0.5)
-    assert m.seconds() == pytest.approx(10 * D.SAFETY_FACTOR + 0.5)
+    assert m.seconds() == pytest.approx(10 * D.SAFETY_FACTOR + 0.5 + D.SLACK_S)
     m.observe_save(2.0)
     m.observe_save(4.0)
     m.observe_save(3.0)
     m.observe_step(0.8)
     assert m.measured and m.save_s == 4.0 and m.step_s == 0.8  # the largest save seen, the slowest recent step
-    assert m.seconds() == pytest.approx(4.0 * D.SAFETY_FACTOR + 0.8)
-    assert "save 4.0 s (measured) x 1.5 + step 0.8 s" in m.words()
+    assert m.seconds() == pytest.approx(4.0 * D.SAFETY_FACTOR + 0.8 + D.SLACK_S)
+    assert "margin 8.8 s: save 4.0 s (measured) x 1.5 + step 0.8 s + 2 s" in m.words()
     for _ in range(D.STEP_WINDOW):
         m.observe_step(0.1)
     assert m.step_s == 0.1  # only the recent steps count
@@ -118,15 +118,17 @@ def test_due_when_now_plus_margin_reaches_the_deadline():
     m = D.Margin(10.0)
     m.observe_step(1.0)
     clock = D.DeadlineClock(D.Deadline(NOW + 100, D.SOURCE_FLAG), m, clock=lambda: now[0])
-    assert not clock.due()  # 100 s left, margin 16 s
-    now[0] = NOW + 84
+    assert not clock.due()  # 100 s left, margin 18 s
+    now[0] = NOW + 81.9
+    assert not clock.due()
+    now[0] = NOW + 82
     assert clock.due()
     clock.save_started()
     clock.committed()
     assert m.measured and m.save_s < 1.0
     assert not clock.due()  # the measured save is much shorter than the estimate
-    now[0] = NOW + 99.5
-    assert clock.due() and clock.left_s() == pytest.approx(0.5)
+    now[0] = NOW + 97.5
+    assert clock.due() and clock.left_s() == pytest.approx(2.5)
 
 
 def test_write_deadline_records_and_clears(tmp_path):
@@ -167,7 +169,7 @@ def _records(run_dir):
 
 @pytest.mark.usefixtures("keep_signal_handlers")
 def test_run_checkpoints_and_stops_before_its_deadline_then_resumes(tmp_path, tiny_data_dir, monkeypatch, capsys):
-    """A deadline 8 s away, steps paced to 0.25 s and a checkpoint every step (so the margin is measured from
+    """A deadline 10 s away, steps paced to 0.25 s and a checkpoint every step (so the margin is measured from
     the first boundary): the trainer stops before the deadline with its last step committed, exit reason
     `deadline`, exit 75; a start with a later deadline resumes from that step, its margin measured from the start."""
     from mltrain.config import RunConfig
@@ -181,7 +183,7 @@ def test_run_checkpoints_and_stops_before_its_deadline_then_resumes(tmp_path, ti
     raw["checkpoint"] = {"every_steps": 1, "keep_last": 2}
     cfg = RunConfig.model_validate(raw)
     run_dir = tmp_path / "runs" / "dl"
-    at = time.time() + 8
+    at = time.time() + 10
     monkeypatch.setenv("MLTRAIN_DEADLINE", D.format_utc(at))
     at = D.parse_deadline(D.format_utc(at))  # whole seconds, as handed down
     assert run_training(cfg) == exit_codes.REQUEUE

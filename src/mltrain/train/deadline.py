@@ -10,8 +10,8 @@ The deadline is the earliest of
   SLURM_JOB_END_TIME); unknown (no squeue in the container, an unlimited job) means no such deadline.
 
 The margin is how long before the deadline the last checkpoint must start: the run's measured save time (from
-the start of a save to its commit; the largest seen) x SAFETY_FACTOR + one step (the largest of the last
-STEP_WINDOW). Before the first save it is estimated from the state's size: 2 x max(MIN_SAVE_S, bytes per rank /
+the start of a save to its commit; the largest seen, earlier starts' included) x SAFETY_FACTOR + one step (the
+largest of the last STEP_WINDOW) + SLACK_S. Before the first save it is estimated from the state's size: 2 x max(MIN_SAVE_S, bytes per rank /
 WRITE_BYTES_PER_S). At each step boundary where now + margin >= deadline the trainer checkpoints (committed) and
 exits with the reason `deadline`.
 """
@@ -42,6 +42,7 @@ SAFETY_FACTOR = 1.5
 MIN_SAVE_S = 5.0  # the unmeasured first save: at least this (process-group setup, directories, fsync)
 WRITE_BYTES_PER_S = 100e6  # the unmeasured first save: a conservative per-rank write rate
 STEP_WINDOW = 8
+SLACK_S = 2.0  # the stop itself: the ranks agreeing, the exit records, a loaded machine's jitter
 UNLIMITED_S = 365 * 86400  # a Slurm end time further away than this is an unlimited job's placeholder
 
 _RELATIVE = re.compile(r"^\+\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])$")
@@ -204,11 +205,14 @@ class Margin:
         return max(self.steps) if self.steps else 0.0
 
     def seconds(self) -> float:
-        return self.save_s * self.safety + self.step_s
+        return self.save_s * self.safety + self.step_s + SLACK_S
 
     def words(self) -> str:
         how = "measured" if self.measured else "estimated"
-        return f"margin {self.seconds():.0f} s: save {self.save_s:.1f} s ({how}) x {self.safety:g} + step {self.step_s:.1f} s"
+        return (
+            f"margin {self.seconds():.1f} s: save {self.save_s:.1f} s ({how}) x {self.safety:g} "
+            f"+ step {self.step_s:.1f} s + {SLACK_S:g} s"
+        )
 
 
 class DeadlineClock:

@@ -565,7 +565,7 @@ def train_loop(
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
             elapsed = _fmt_hms(time.perf_counter() - stats.t0)
             eta = _fmt_hms((tc.max_steps - step) * dt)
-            until = f" deadline {_fmt_hms(deadline.left_s())}" if deadline is not None else ""
+            until = f" dl {_fmt_hms(deadline.left_s())}" if deadline is not None else ""
             _log(  # <= ~100 columns: step, loss, lr, grad norm, speed, MFU, elapsed and ETA of this start
                 info,
                 f"step {step}/{tc.max_steps} loss {mean_loss:.4f} lr {rec['lr']:.1e} gnorm {rec['grad_norm']:.2f} "
