@@ -18,3 +18,6 @@ REASON_CONFIG_ERROR = "config_error"
 REASON_FAILED = "failed"
 # a second Ctrl-C: aborted by the user, not a crash (launchers treat it like a failure)
 REASON_INTERRUPTED = "interrupted"
+# stopped at a step boundary before the run's deadline (train/deadline.py), checkpointed: resumable, but the
+# Slurm batch script does not requeue it unless the deadline was only the job's time limit
+REASON_DEADLINE = "deadline"

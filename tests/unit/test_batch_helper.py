@@ -807,3 +807,49 @@ def test_job_from_slurms_environment(tmp_path: Path) -> None:
     job = bh.job_from(args, {"SLURM_JOB_ID": "9"})
     assert (job.attempt, job.restart_count_set, job.num_nodes, job.min_nodes) == (0, False, 1, 1)
     assert job.out_log == tmp_path / "slurm" / "9.out" and job.err_log == tmp_path / "slurm" / "9.err"
+
+
+# ------------------------------------------------------------------ a stop before the run's deadline
+
+
+def _deadline_file(job: bh.Job, source: str | None) -> None:
+    (job.run_dir / "control").mkdir(exist_ok=True)
+    if source is not None:
+        rec = {"at": "2026-12-20T11:00:00Z", "time": 1797764400.0, "source": source}
+        (job.run_dir / bh.DEADLINE_FILE).write_text(json.dumps(rec) + "\n")
+
+
+@pytest.mark.parametrize("source", ["--deadline", "capacity block end", None])
+@pytest.mark.parametrize("stop_requested", [False, True])
+def test_a_deadline_stop_is_not_requeued(tmp_path: Path, source: str | None, stop_requested: bool) -> None:
+    """The allocation ends at a --deadline or a capacity block's end (or nobody knows which): the checkpointed
+    stop is recorded and the job ends, even when the time limit's USR1 came at the same time."""
+    job = _job(tmp_path)
+    _commit(job.run_dir, 40)
+    _deadline_file(job, source)
+    assert _decide(job, _ended("deadline", 0, stop_requested=stop_requested)) == "exit 0"
+    (rec,) = _restarts(job)
+    assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == ("deadline", "none", False, 40)
+    words = source or "source unknown"
+    assert f"stopped before its deadline ({words}), checkpointed: not requeueing" in _out(job)
+
+
+def test_a_deadline_that_is_only_the_time_limit_requeues_like_a_time_limit_stop(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    _commit(job.run_dir, 40)
+    _deadline_file(job, bh.DEADLINE_TIME_LIMIT)
+    assert _decide(job, _ended("deadline", 0)) == "requeue"
+    (rec,) = _restarts(job)
+    assert (rec["cause"], rec["action"], rec["counted"], rec["step"]) == ("preempted", "requeue", False, 40)
+    assert "stopped before the job's time limit (checkpointed): requeueing as after a time-limit stop" in _out(job)
+    # and, like a preemption, twice without a new checkpoint counts
+    assert _decide(job, _ended("deadline", 0)) == "requeue"
+    assert _restarts(job)[-1]["counted"] is True
+
+
+def test_a_deadline_stop_of_a_cancelled_run_is_a_cancel(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    _deadline_file(job, bh.DEADLINE_TIME_LIMIT)
+    (job.run_dir / "control" / "cancelled").write_text("7\n")
+    assert _decide(job, _ended("deadline", 0)) == "exit 0"
+    assert [r["cause"] for r in _restarts(job)] == ["cancelled"]

@@ -27,6 +27,14 @@ def submit(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script, submit nothing")] = False,
+    deadline: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="TIME",
+            help="the allocation's hard end (on a capacity-block cluster: the block's end): the run checkpoints and "
+            "stops before it, not requeued; UTC like 2026-12-20T11:30Z, or +90m / +2h / +1d from now",
+        ),
+    ] = None,
     set_: SetOpt = None,
     script: Annotated[
         Optional[Path],
@@ -46,11 +54,29 @@ def submit(
             raise click.UsageError(f"unexpected extra argument(s): {' '.join(ctx.args)}", ctx=ctx)
         if run_yaml is None:
             raise typer.BadParameter("give one RUN_YAML (or --script train.py -- ARGS)")
-        submit_run(run_yaml, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
+        submit_run(
+            run_yaml,
+            cluster,
+            overrides=set_ or [],
+            nodes=nodes,
+            time=time,
+            dry_run=dry_run,
+            console=console,
+            deadline=deadline,
+        )
         return
     # with --script every argument after `--` is the script's (click hands the first one over as RUN_YAML)
     with generated_script_run(script, [*([str(run_yaml)] if run_yaml else []), *ctx.args]) as gen:
-        submit_run(gen, cluster, overrides=set_ or [], nodes=nodes, time=time, dry_run=dry_run, console=console)
+        submit_run(
+            gen,
+            cluster,
+            overrides=set_ or [],
+            nodes=nodes,
+            time=time,
+            dry_run=dry_run,
+            console=console,
+            deadline=deadline,
+        )
 
 
 @commands.command()

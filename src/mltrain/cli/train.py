@@ -45,12 +45,25 @@ def train(
     gpu_memory_gib: Annotated[
         float, typer.Option("--gpu-memory-gib", help="with --dry-run-ranks: each GPU's memory, to compare against")
     ] = 80.0,
+    deadline: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="TIME",
+            help="checkpoint and stop before this time: UTC like 2026-12-20T11:30Z, or +90m / +2h / +1d from now",
+        ),
+    ] = None,
 ) -> None:
     """Train (or resume) a run on this machine: one process, or torchrun with --nproc N. With
     --dry-run-ranks N, train nothing: print the memory each of N GPU ranks would hold in the run's layout."""
     if dry_run_ranks is not None:
         _dry_run(run_yaml, set_ or [], dry_run_ranks, gpu_memory_gib)
         return
+    if deadline is not None:
+        import os
+
+        from mltrain.train.deadline import given_deadline
+
+        os.environ.update(given_deadline(deadline).env())  # the trainer reads it (in this process or torchrun's)
     from mltrain.launch.local import train_local
 
     script_rc = _train_script(run_yaml, set_ or [], nproc)

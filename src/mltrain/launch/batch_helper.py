@@ -43,6 +43,7 @@ RESTARTS_FILE = "restarts.jsonl"
 ALLOCATIONS_FILE = "slurm/allocations.jsonl"
 CANCELLED_FILE = "control/cancelled"  # `mltrain cancel`: never requeue
 STREAK_FILE = "control/preempt_streak"  # preemptions in a row without a new checkpoint
+DEADLINE_FILE = "control/deadline"  # the trainer's deadline for this start (train/deadline.py): {at, time, source}
 HANGS_DIR = "hangs"
 
 # causes (restarts.jsonl "cause"; docs/slurm.md has the table)
@@ -56,6 +57,7 @@ RANK_FAILURE = "rank_failure"
 HANG = "hang"
 HEALTH_CHECK = "health_check"
 CONFIG_ERROR = "config_error"
+DEADLINE = "deadline"  # the trainer checkpointed and stopped before its deadline
 UNKNOWN = "unknown"
 # actions
 REQUEUE = "requeue"
@@ -76,6 +78,10 @@ _ATTEMPT_MARK = re.compile(r"\[mltrain\] attempt [0-9]+ of job")
 # workers down): the trainer checkpointed, but it is a failure
 _UNASKED_STOPS = ("SIGTERM", "SIGINT", "SIGHUP", "a signal to another rank")
 _STOP_WORDS = "[mltrain] stop requested ("
+# the source of a deadline that is only this job's time limit (train/deadline.py SOURCE_TIME_LIMIT): a stop
+# before it is requeued like the time limit's USR1 stop; any other deadline (--deadline, a capacity block's
+# end) ends the allocation for good, so a stop before it is not requeued
+DEADLINE_TIME_LIMIT = "slurm time limit"
 # torchrun's failure report: "exitcode  : -9" = its own worker died of a signal (not SIGTERM/SIGINT/SIGHUP)
 _KILLED = re.compile(r"exitcode *: *-([3-9]|1[0-46-9]|[2-9][0-9])\b")
 _THREAD_HEADER = re.compile(r"^(Current thread|Thread) 0x")
@@ -509,6 +515,8 @@ def decide(
         record(job, CONFIG_ERROR, None, NONE, False)
         notes.append(f"config/precheck error: not requeued (the error is in {job.err_log})")
         return verdict("exit 2")
+    if reason == DEADLINE:
+        return verdict(_deadline(job, failures_so_far(job), notes))
     if hyperpod:  # srun --auto-resume=1 already replaced faulty nodes and reran the step: no self-requeue
         record(job, reason or RANK_FAILURE, None, GIVE_UP, True)
         notes.append("HyperPod auto-resume did not recover the step: giving up")
@@ -552,6 +560,28 @@ def decide(
     notes.append(f"{cause} on {where}: restart {n + 1} of {job.max_restarts}")
     # a hang is not proof of a bad node (its node is recorded, not excluded); a rank failure's node is excluded
     return verdict(f"{REQUEUE} {node}" if cause == RANK_FAILURE and node else REQUEUE)
+
+
+def deadline_source(job: Job) -> str:
+    """The source of the deadline the trainer stopped before (control/deadline); '' when unknown."""
+    try:
+        rec = json.loads((job.run_dir / DEADLINE_FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(rec.get("source", "")) if isinstance(rec, dict) else ""
+
+
+def _deadline(job: Job, n: int, notes: list[str]) -> str:
+    """The trainer checkpointed and stopped before its deadline: when that deadline was only the job's time
+    limit, requeue as after the time limit's USR1 stop (the next allocation has a new limit); else the
+    allocation is ending anyway (a --deadline, a capacity block's end): recorded, not requeued."""
+    source = deadline_source(job)
+    if source == DEADLINE_TIME_LIMIT:
+        notes.append("stopped before the job's time limit (checkpointed): requeueing as after a time-limit stop")
+        return _preempted(job, n, notes)
+    record(job, DEADLINE, None, NONE, False)
+    notes.append(f"stopped before its deadline ({source or 'source unknown'}), checkpointed: not requeueing")
+    return "exit 0"
 
 
 def _preempted(job: Job, n: int, notes: list[str]) -> str:

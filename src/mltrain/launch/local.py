@@ -139,6 +139,8 @@ def _run_torchrun(cfg: Any, run_yaml: Path, overrides: list[str], nproc: int, st
         with contextlib.suppress(OSError):  # consumed (rank 0 removes it too; a race may leave ours)
             (cfg.run_dir / rundir.STOP_FILE).unlink()
         return exit_codes.REQUEUE
+    if reason == exit_codes.REASON_DEADLINE:  # checkpointed before the deadline: resumable, like a stop
+        return exit_codes.REQUEUE
     if reason == exit_codes.REASON_DONE and rc == 0:
         return exit_codes.DONE
     if reason == exit_codes.REASON_CONFIG_ERROR:

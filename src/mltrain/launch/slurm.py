@@ -11,6 +11,7 @@ records are batch_helper.py, copied beside it (BATCH_HELPER_MODULES). See docs/s
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch import batch_helper, nccl_env
 from mltrain.rundir import CONTROL_DIR, SLURM_DIR, default_base, resolve_run, run_path
 from mltrain.slurm_time import TIME_FORMS, parse_slurm_time  # noqa: F401  (TIME_FORMS re-exported)
+from mltrain.train.deadline import SOURCE_BLOCK, SOURCE_FLAG, Deadline, DeadlineError, format_utc, parse_deadline
 
 SCRIPT_NAME = "job.sbatch"
 # written beside the script and run by it with the host's python3 (stdlib only: mltrain may not be installed there)
@@ -77,6 +79,8 @@ class Submission:
     script: str
     nodes: int
     warnings: list[str] = field(default_factory=list)
+    deadline: Deadline | None = None  # handed to the trainer (MLTRAIN_DEADLINE)
+    time: str | None = None  # the job's --time when --deadline capped it
 
     @property
     def script_path(self) -> Path:
@@ -176,6 +180,7 @@ def render_sbatch(
     time: str | None = None,
     hyperpod: bool | None = None,
     run_yaml: str | os.PathLike[str] | None = None,
+    deadline: Deadline | None = None,
 ) -> str:
     """The batch script text. Deterministic for a given config, spec and run dir (golden-tested).
 
@@ -246,7 +251,43 @@ def render_sbatch(
         health_burn_in_s=f"{lc.health_burn_in_s:g}",
         health_timeout_s=int(lc.health_burn_in_s) + HEALTH_TIMEOUT_MARGIN_S,
         prometheus_port=cfg.log.prometheus.port if cfg.log.prometheus.enabled else None,
+        deadline=deadline,
     )
+
+
+# sbatch --signal: "the signal may be sent up to 60 seconds earlier than specified" (Slurm's event resolution)
+SIGNAL_EARLY_S = 60
+
+
+def job_deadline(text: str, cluster: ClusterSpec, now: float | None = None) -> Deadline:
+    """`mltrain submit --deadline TEXT`. On a capacity-block cluster TEXT is the block's end and the run's
+    deadline is BLOCK_TERMINATION_LEAD_S before it, when EC2 starts terminating the block's instances."""
+    now = _time.time() if now is None else now
+    at = parse_deadline(text, now)
+    if cluster.aws is not None and cluster.aws.capacity_type == "capacity_block":
+        from mltrain.cluster.capacity import BLOCK_TERMINATION_LEAD_S
+
+        d = Deadline(at - BLOCK_TERMINATION_LEAD_S, SOURCE_BLOCK)
+        if d.at <= now:
+            raise DeadlineError(
+                f"--deadline {text!r}: the capacity block's instances start terminating at {format_utc(d.at)} "
+                f"({BLOCK_TERMINATION_LEAD_S // 60} min before its end), which is in the past"
+            )
+        return d
+    if at <= now:
+        raise DeadlineError(f"--deadline {text!r}: {format_utc(at)} is in the past")
+    return Deadline(at, SOURCE_FLAG)
+
+
+def capped_time(time: str, deadline: Deadline, grace_s: int, now: float | None = None) -> str | None:
+    """The job's --time (in whole minutes, rounded up) when the time until the deadline plus the USR1 grace (and
+    SIGNAL_EARLY_S) is shorter than `time`, else None: Slurm does not hold the nodes much past the deadline, and
+    the time limit's USR1 warning never comes before it (so the stop before the deadline is the run's last, not
+    a requeue)."""
+    now = _time.time() if now is None else now
+    limit_s = normalize_time(time)[1]
+    cap_s = max(60, math.ceil((deadline.at - now + grace_s + SIGNAL_EARLY_S) / 60) * 60)
+    return str(cap_s // 60) if cap_s < limit_s else None
 
 
 def batch_helper_files() -> dict[str, str]:
@@ -285,6 +326,7 @@ def prepare_submission(
     nodes: int | None = None,
     time: str | None = None,
     hyperpod: bool | None = None,
+    deadline: str | None = None,
 ) -> Submission:
     """Load both configs, point the run at the cluster's shared base dir, render the script."""
     cluster = load_cluster_spec(cluster_yaml)
@@ -292,7 +334,12 @@ def prepare_submission(
     run_dir = run_dir_for(cfg, cluster)
     # the workers run `mltrain train <run>/slurm/run.yaml`: same config, base_dir = the shared base
     cfg = cfg.model_copy(update={"base_dir": str(run_dir.parent.parent)})
-    script = render_sbatch(cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod, run_yaml=run_yaml)
+    dl = job_deadline(deadline, cluster) if deadline is not None else None
+    capped = capped_time(time or cluster.slurm.time, dl, cfg.launch.requeue_grace_s) if dl is not None else None
+    time = capped or time
+    script = render_sbatch(
+        cfg, cluster, run_dir, nodes=nodes, time=time, hyperpod=hyperpod, run_yaml=run_yaml, deadline=dl
+    )
     if cfg.script is not None:
         # slurm/run.yaml lives elsewhere: its script path must not depend on the original file's directory
         from mltrain.launch.script import resolve_script
@@ -314,8 +361,21 @@ def prepare_submission(
         warnings.append(f"{world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
     if cfg.script is None and (layout_problem := layout_warning(cfg, world)):
         warnings.append(layout_problem)
+    if cfg.script is not None and dl is not None:
+        warnings.append(
+            "--deadline with a script run: only the job's --time is capped (your script gets the time limit's "
+            "USR1 stop request, at the deadline)"
+        )
     return Submission(
-        cfg, cluster, run_dir, run_dir / SLURM_DIR / RUN_CONFIG_NAME, script, nodes or cluster.nodes, warnings
+        cfg,
+        cluster,
+        run_dir,
+        run_dir / SLURM_DIR / RUN_CONFIG_NAME,
+        script,
+        nodes or cluster.nodes,
+        warnings,
+        deadline=dl,
+        time=capped,
     )
 
 
@@ -430,10 +490,11 @@ def submit_run(
     time: str | None = None,
     dry_run: bool = False,
     console: Console | None = None,
+    deadline: str | None = None,
 ) -> str | None:
     """`mltrain submit`: render `<run>/slurm/job.sbatch`, `sbatch --parsable` it, record the job id."""
     console = console or Console()
-    sub = prepare_submission(run_yaml, cluster_yaml, overrides, nodes=nodes, time=time)
+    sub = prepare_submission(run_yaml, cluster_yaml, overrides, nodes=nodes, time=time, deadline=deadline)
     if dry_run:
         console.out(sub.script, highlight=False, end="")
         for w in sub.warnings:
@@ -492,12 +553,22 @@ def submit_run(
         highlight=False,
         soft_wrap=True,
     )
+    if sub.deadline is not None:
+        console.print(f"  {deadline_note(sub)}", highlight=False, soft_wrap=True)
     console.print(
         f"  follow: mltrain logs {sub.run_dir} -f    status: mltrain status {sub.run_dir}",
         highlight=False,
         soft_wrap=True,
     )
     return job_id
+
+
+def deadline_note(sub: Submission) -> str:
+    """'deadline 2026-12-20T11:00:00Z (capacity block end): the last checkpoint comes before it, not requeued;
+    --time capped to 95 minutes'."""
+    assert sub.deadline is not None
+    note = f"deadline {sub.deadline.iso} ({sub.deadline.source}): the last checkpoint comes before it, not requeued"
+    return note + (f"; --time capped to {sub.time} minutes" if sub.time else "")
 
 
 def precheck_submission(sub: Submission) -> None:

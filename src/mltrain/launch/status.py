@@ -43,6 +43,7 @@ REASON_WORDS = {
     "config_error": "stopped: config error, not requeued",
     "terminated": "terminated by Slurm (scancel, preemption), not self-requeued",
     "health_check": "GPU health check failed (slurm/health.jsonl)",
+    "deadline": "stopped before its deadline (checkpointed)",
 }
 SHORT_WORDS = {
     "done": "done",
@@ -54,6 +55,7 @@ SHORT_WORDS = {
     "config_error": "config err",
     "terminated": "terminated",
     "health_check": "unhealthy",
+    "deadline": "deadline",
 }
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING"}
 LOCAL_STALE_S = 300.0  # a run dir without a lease file (older runs): silent this long = not running
@@ -90,6 +92,9 @@ class RunStatus:
     notes: list[str] = field(default_factory=list)
     stragglers: int = 0  # straggler records in metrics.jsonl (mltrain.telemetry.stragglers)
     last_straggler: dict[str, Any] | None = None
+    deadline_at: float | None = None  # the latest start's deadline (train/deadline.py), epoch seconds
+    deadline_source: str | None = None  # --deadline, capacity block end, slurm time limit
+    deadline_left_s: float | None = None  # only while running
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -243,6 +248,8 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         if starts and isinstance(starts[-1], (int, float)):
             st.alloc_elapsed_s = max(0.0, now - float(starts[-1]))
 
+    _deadline(st, metrics, now)
+
     # ---- why it is in this state
     # the launcher's last decision, when it is about the newest job: a decision about an earlier job (cancelled
     # for a node move, then resubmitted) says nothing about the one that followed
@@ -291,6 +298,10 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
                 words += f": {err}"
             else:
                 words += " (see the job's .err log)" if st.job_id else f" (see mltrain logs {run_dir.name})"
+        elif reason == "deadline" and st.deadline_at is not None:
+            words += f"; its deadline: {_utc(st.deadline_at)} ({st.deadline_source})"
+            if not st.job_id:
+                words += f"; mltrain train {resumes}"
         elif reason == "preempted" and not st.job_id:
             words = f"stopped on request at step {st.step} (checkpointed); mltrain train {resumes}"
         elif reason != "done" and last_decision is not None and last_decision.get("cause") == reason:
@@ -323,6 +334,31 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         else:
             st.notes.append("cancelled with mltrain cancel")
     return st
+
+
+def _deadline(st: RunStatus, metrics: list[dict[str, Any]], now: float) -> None:
+    """The deadline of the latest start record (and, while running, the time left to it)."""
+    starts = [r for r in metrics if r.get("kind") == "start"]
+    rec = starts[-1].get("deadline") if starts else None
+    if not isinstance(rec, dict) or not isinstance(rec.get("time"), (int, float)):
+        return
+    st.deadline_at = float(rec["time"])
+    st.deadline_source = str(rec.get("source") or "deadline")
+    if st.running:
+        st.deadline_left_s = st.deadline_at - now
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def deadline_words(r: RunStatus) -> str | None:
+    """'deadline in 2h05m (capacity block end)' while running; None otherwise."""
+    if r.deadline_left_s is None:
+        return None
+    if r.deadline_left_s < 0:
+        return f"deadline passed {runstats.fmt_duration(-r.deadline_left_s)} ago ({r.deadline_source})"
+    return f"deadline in {runstats.fmt_duration(r.deadline_left_s)} ({r.deadline_source})"
 
 
 def _on_node(decision: dict[str, Any]) -> str:
@@ -486,6 +522,7 @@ def detail_line(r: RunStatus) -> str:
     if r.alloc_elapsed_s is not None:
         left = f", {runstats.fmt_duration(r.alloc_left_s)} left" if r.alloc_left_s is not None else ""
         parts.append(f"allocation {runstats.fmt_duration(r.alloc_elapsed_s)} in{left}")
+    parts.append(deadline_words(r) or "")
     if r.ckpt_step is not None:
         parts.append(f"ckpt step {r.ckpt_step} ({runstats.fmt_duration(r.ckpt_age_s)} ago)")
     parts.append(r.explanation)

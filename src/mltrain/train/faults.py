@@ -5,6 +5,8 @@
   signal has to cross srun, enroot and torchrun). At the next step boundary all ranks agree, checkpoint
   and exit with exit_codes.REQUEUE; rank 0 then removes the stop file (it is consumed). A second SIGINT
   aborts at once (exit 130) with one line.
+- Deadline (train/deadline.py): with one, every step boundary is a stop check, and a stop at the last boundary
+  before the deadline checkpoints through the same agreed path and exits with the reason `deadline`.
 - Watchdog: a daemon thread; when no step finished within `hang_timeout_s` it dumps every thread's
   stack into `<run>/hangs/` and hard-exits with exit_codes.HANG, so a stuck collective costs
   minutes instead of the rest of the allocation.

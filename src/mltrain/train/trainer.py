@@ -28,6 +28,15 @@ from mltrain.model.flops import flops_per_token, matmul_params
 from mltrain.telemetry.instrument import instrument
 from mltrain.train import metrics as M
 from mltrain.train.checkpoint import CheckpointManager, read_trainer_state, resume_grad_accum
+from mltrain.train.deadline import (
+    Deadline,
+    DeadlineClock,
+    Margin,
+    find_deadline,
+    first_save_estimate,
+    previous_saves,
+    write_deadline,
+)
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, full_value, init_distributed, shutdown
 from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
 from mltrain.train.host_alloc import keep_freed_memory
@@ -504,11 +513,15 @@ def train_loop(
     watchdog: Watchdog,
     fault: FaultInjector,
     stats: LoopStats | None = None,
+    deadline: DeadlineClock | None = None,
 ) -> str:
-    """Step until done or asked to stop; returns the exit reason word."""
+    """Step until done, asked to stop or at the last step boundary before the deadline; returns the exit
+    reason word. With a deadline every step boundary is a stop check: rank 0 decides, every rank agrees."""
     cfg, info = trainer.cfg, trainer.info
     tc = cfg.train
     stats = stats or LoopStats(trainer.step)
+    if deadline is not None and info.is_main:
+        _time_saves(trainer, deadline)
     window_loss = torch.zeros((), device=info.device)
     window_steps = 0
     t_window = 0.0
@@ -517,8 +530,11 @@ def train_loop(
     while trainer.step < tc.max_steps:
         if window_steps == 0:  # a window starts at its first step: eval and checkpoint time stay out of tokens/s
             t_window = time.perf_counter()
+        t_step = time.perf_counter()
         fault.maybe_fire(trainer.step + 1)
         loss, gnorm = trainer.train_step()
+        if deadline is not None:
+            deadline.margin.observe_step(time.perf_counter() - t_step)
         window_loss += loss
         window_steps += 1
         watchdog.beat()
@@ -549,10 +565,11 @@ def train_loop(
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
             elapsed = _fmt_hms(time.perf_counter() - stats.t0)
             eta = _fmt_hms((tc.max_steps - step) * dt)
+            until = f" dl {_fmt_hms(deadline.left_s())}" if deadline is not None else ""
             _log(  # <= ~100 columns: step, loss, lr, grad norm, speed, MFU, elapsed and ETA of this start
                 info,
                 f"step {step}/{tc.max_steps} loss {mean_loss:.4f} lr {rec['lr']:.1e} gnorm {rec['grad_norm']:.2f} "
-                f"{_fmt_rate(tps)} tok/s mfu {mfu_s} {elapsed} eta {eta}",
+                f"{_fmt_rate(tps)} tok/s mfu {mfu_s} {elapsed} eta {eta}{until}",
             )
             if not math.isfinite(mean_loss):
                 raise MltrainError(f"loss is {mean_loss} at step {step}; lower train.lr or check the data")
@@ -562,25 +579,72 @@ def train_loop(
             stats.val_loss = _eval(trainer, writer) or stats.val_loss
             watchdog.beat()
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < tc.max_steps:
-            if trainer.save():
+            if _save(trainer, deadline):
                 stats.last_saved = step
             last_saved = step
             watchdog.beat()
-        if step % tc.stop_check_every == 0 and any_rank(stop.requested(check_file=info.is_main), info.device):
+        due = deadline is not None and info.is_main and step < tc.max_steps and deadline.due()
+        checks = step % tc.stop_check_every == 0 or deadline is not None
+        if checks and any_rank(due or stop.requested(check_file=info.is_main), info.device):
+            if deadline is not None and any_rank(due, info.device):
+                _log(
+                    info,
+                    f"deadline {deadline.deadline.iso} ({deadline.deadline.source}) in "
+                    f"{_fmt_hms(deadline.left_s())}, {deadline.margin.words()}: checkpointing step {step}, then exiting",
+                )
+                if last_saved != step and _save(trainer, deadline):
+                    stats.last_saved = step
+                trainer.ckpt.wait()
+                if info.is_main:
+                    stop.consume()  # a stop asked for at the same time is answered by this one
+                return exit_codes.REASON_DEADLINE
             why = stop.why() if info.is_main else (stop.signalled or "stop file")
             stop.seen = why
             _log(info, f"stop requested ({why}) at step {step}: checkpointing, then exiting for requeue")
-            if last_saved != step and trainer.save():
+            if last_saved != step and _save(trainer, deadline):
                 stats.last_saved = step
             trainer.ckpt.wait()
             if info.is_main:
                 stop.consume()  # done what it asked: the next start must train, not stop again
             return exit_codes.REASON_PREEMPTED
     stats.val_loss = _eval(trainer, writer) or stats.val_loss
-    if last_saved != trainer.step and trainer.save():
+    if last_saved != trainer.step and _save(trainer, deadline):
         stats.last_saved = trainer.step
     trainer.ckpt.wait()
     return exit_codes.REASON_DONE
+
+
+def _save(trainer: Trainer, deadline: DeadlineClock | None) -> bool:
+    """trainer.save(), its start noted for the deadline's margin (measured up to its commit)."""
+    if deadline is not None:
+        deadline.save_started()
+    return trainer.save()
+
+
+def _time_saves(trainer: Trainer, deadline: DeadlineClock) -> None:
+    """Rank 0: every commit (after a synchronous save, or a background one) is a measured save time."""
+    before = trainer.ckpt.on_commit
+
+    def committed(path: Path) -> None:
+        deadline.committed()
+        if before is not None:
+            before(path)
+
+    trainer.ckpt.on_commit = committed
+
+
+def deadline_clock(trainer: Trainer, deadline: Deadline | None) -> DeadlineClock | None:
+    """The loop's clock for `deadline`. Before this run has measured a save, the save is estimated from this
+    rank's share of the state (weights and two Adam moments in fp32)."""
+    if deadline is None:
+        return None
+    params = sum(p.numel() for p in trainer.params)
+    state_bytes = params * 4 * 3 / max(1, trainer.info.world_size)
+    margin = Margin(first_save_estimate(state_bytes))
+    if trainer.info.is_main:  # rank 0 decides: a resumed start begins with the run's measured saves
+        for seconds in previous_saves(trainer.run_dir):
+            margin.observe_save(seconds)
+    return DeadlineClock(deadline, margin)
 
 
 def _layout_words(trainer: Trainer) -> str:
@@ -649,15 +713,18 @@ def run_training(cfg: RunConfig) -> int:
     stop = StopRequest(run_dir, announce=info.is_main)  # from here a Ctrl-C is a stop request
     try:
         try:
+            deadline = None
             if info.is_main:
                 check_layout(cfg, info.world_size, info.device.type)
                 precheck(cfg)
+                deadline = find_deadline()
                 held = _take_lease(cfg, info)
-            ok: list[Any] = [True]
+            ok: list[Any] = [True, deadline]
         except (ConfigError, DataError, RunDirError) as e:
-            ok = [e]
+            ok = [e, None]
         if torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(ok, src=0)
+        deadline = ok[1]
         if ok[0] is not True:
             if not isinstance(ok[0], LeaseHeldError):  # never write into a run dir another process owns
                 _record_refusal(run_dir, ok[0], info)
@@ -673,6 +740,7 @@ def run_training(cfg: RunConfig) -> int:
         if info.is_main:
             write_config(cfg)  # only now: the start is accepted
             (run_dir / rundir.CONTROL_DIR).mkdir(exist_ok=True)
+            write_deadline(run_dir, deadline)
         started = True
         if info.world_size > 1:
             _KEEPALIVE.append(trainer)
@@ -688,6 +756,7 @@ def run_training(cfg: RunConfig) -> int:
                     "params": matmul_params(cfg.model),
                     "flops_per_token": trainer.flops_per_token,
                     **({"config_changes": trainer.config_changes} if trainer.config_changes else {}),
+                    **({"deadline": deadline.record()} if deadline is not None else {}),
                 }
             )
         _log(
@@ -699,7 +768,14 @@ def run_training(cfg: RunConfig) -> int:
         instrument(trainer, writer, cfg)  # metrics sinks, data-wait/checkpoint timing, stragglers (mltrain.telemetry)
         watchdog = Watchdog(run_dir, info.rank, cfg.train.hang_timeout_s)
         stats = LoopStats(trainer.step)
-        reason = train_loop(trainer, writer, stop, watchdog, fault, stats)
+        clock = deadline_clock(trainer, deadline)
+        if clock is not None:
+            _log(
+                info,
+                f"deadline {clock.deadline.iso} ({clock.deadline.source}), in {_fmt_hms(clock.left_s())}; the last checkpoint "
+                f"starts before it ({clock.margin.words()}, re-measured at each save)",
+            )
+        reason = train_loop(trainer, writer, stop, watchdog, fault, stats, clock)
         if writer:
             writer.write({"kind": "exit", "step": trainer.step, "reason": reason})
         if info.is_main:
@@ -709,6 +785,8 @@ def run_training(cfg: RunConfig) -> int:
             _log(info, line)
         if not done and info.is_main:
             what = "interrupted" if stop.seen == INTERRUPTED else f"stopped ({stop.seen})"
+            if reason == exit_codes.REASON_DEADLINE and deadline is not None:
+                what = f"stopped before its deadline ({deadline.source}, {deadline.iso})"
             saved = stats.last_saved == trainer.step or (stats.last_saved is None and trainer.step == stats.start_step)
             ckpt = f"checkpointed step {trainer.step}" if saved else f"checkpoint of step {trainer.step} FAILED"
             print(f"{what}: {ckpt}, exit 75; run again to resume", flush=True)
