@@ -11,7 +11,11 @@ import pytest
 import yaml
 from rich.console import Console
 
+from mltrain.cluster.fleet import Fleet
 from mltrain.cluster.plan_cli import plan_command
+from mltrain.cluster.planner import plan_fleet
+from mltrain.cluster.spec import AwsSpec
+from mltrain.config import validate_model
 from mltrain.errors import ClusterError
 from mltrain.launch.fleet import fleet_submit_command
 
@@ -180,6 +184,37 @@ def test_fleet_submit_keeps_a_fleet_record_beside_the_runs(tmp_path, monkeypatch
     path.write_text(json.dumps({"fleet": "x", "surprise": 1}))
     with pytest.raises(ClusterError, match="not a fleet record"):
         read_fleet_state(path)
+
+
+def test_fleet_submit_hands_each_job_its_capacity_end_as_deadline(tmp_path, monkeypatch):
+    """submit_run monkeypatched (no sbatch here): a reservation held until a time makes that time the jobs'
+    deadline; on a capacity-block cluster a block's end goes to `submit --deadline` as the end (submit takes
+    the 30-minute termination lead off itself); on-demand capacity has no end and no deadline."""
+    import mltrain.launch.slurm as slurm
+    from mltrain.cluster.spec import load_cluster_spec
+    from mltrain.launch.fleet import capacity_deadline
+
+    calls = []
+    monkeypatch.setattr(slurm, "submit_run", lambda *a, **k: calls.append(k) or "7")
+    fleet, cluster = _fleet_files(tmp_path)
+    fleet_submit_command(fleet, cluster, console=_console())
+    assert [k["deadline"] for k in calls] == [None, None]
+
+    data = yaml.safe_load(fleet.read_text())
+    data["capacity"] = {"type": "odcr", "start": "2027-01-04T11:30:00Z", "end": "2027-02-04T11:30:00Z"}
+    fleet.write_text(yaml.safe_dump(data))
+    calls.clear()
+    fleet_submit_command(fleet, cluster, console=_console())
+    assert [k["deadline"] for k in calls] == ["2027-02-04T11:30:00Z"] * 2
+
+    data["capacity"] = {"type": "capacity-block", "start": "2027-01-04T11:30:00Z", "end": "2027-02-01T11:30:00Z"}
+    plan = plan_fleet(validate_model(Fleet, data, "fleet.yaml"))
+    spec = load_cluster_spec(cluster)
+    assert capacity_deadline(plan.capacity, "m0", spec) == "2027-02-01T11:00:00Z"  # the usable end
+    block_spec = spec.model_copy(
+        update={"aws": AwsSpec(region="us-east-1", subnet_id="subnet-1", capacity_type="capacity_block")}
+    )
+    assert capacity_deadline(plan.capacity, "m0", block_spec) == "2027-02-01T11:30:00Z"  # the block's end
 
 
 def test_fleet_submit_needs_run_configs_and_a_matching_cluster(tmp_path):

@@ -4,16 +4,18 @@ node count (each one a `mltrain submit` of the model's run config)."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from mltrain.cluster.capacity import BLOCK_TERMINATION_LEAD_S
 from mltrain.cluster.fleet import load_fleet
 from mltrain.cluster.layout import layout_overrides
 from mltrain.cluster.plan_cli import layout_short
 from mltrain.cluster.planner import plan_fleet
-from mltrain.cluster.spec import load_cluster_spec
+from mltrain.cluster.spec import ClusterSpec, load_cluster_spec
 from mltrain.errors import ClusterError
 from mltrain.launch.fleet_state import FleetState, ModelRecord, fleet_state_path, read_fleet_state, write_fleet_state
 
@@ -76,6 +78,7 @@ def fleet_submit_command(
             time=None,
             dry_run=dry_run,
             console=console,
+            deadline=capacity_deadline(plan.capacity, m.name, spec),
         )
         results.append(job_id)
         if job_id is not None:
@@ -105,3 +108,18 @@ def _record_submit(
         state.models[name] = rec
     rec.nodes = nodes
     rec.job_ids.append(job_id)
+
+
+def capacity_deadline(capacity: dict[str, Any] | None, model: str, spec: ClusterSpec) -> str | None:
+    """The `--deadline` a model's job gets from the plan's capacity: the end of the capacity block (held or
+    bought) or reservation its nodes come from, None when its capacity has no end. On a capacity-block cluster
+    `submit --deadline` takes the block's end itself (it subtracts the termination lead); elsewhere the
+    plan's usable end is the deadline."""
+    entry = next((e for e in (capacity or {}).get("models", []) if e.get("model") == model), None)
+    if entry is None or entry.get("usable_end") is None:
+        return None
+    usable = datetime.strptime(entry["usable_end"], "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
+    block = entry.get("type") == "capacity-block"
+    if block and spec.aws is not None and spec.aws.capacity_type == "capacity_block":
+        usable += timedelta(seconds=BLOCK_TERMINATION_LEAD_S)  # submit takes the block's end
+    return usable.strftime("%Y-%m-%dT%H:%M:%SZ")
