@@ -45,7 +45,7 @@ def _files(root: Path, data: Path) -> tuple[Path, Path]:
     """The fleet file (instance type `local`, 1 accelerator per node; b has 4x a's tokens, so the min-makespan
     split of 3 nodes gives a 1 and b 2) and the local test cluster's spec with its 3 nodes."""
     fleet = {
-        "cluster": {"instance_type": "local", "nodes": 3},
+        "cluster": {"instance_type": "local", "nodes": 3, "price_per_node_hour": 39.80},
         "instance_types": {"local": {"accelerators": 1, "accelerator": "cpu", "gpu_memory_gib": 64, "vcpus": 2,
                                      "memory_gib": 8, "network_gbps": 10, "efa_interfaces": 0,
                                      "peak_bf16_tflops": 0.1}},
@@ -106,7 +106,9 @@ def _check_fleet_status(root: Path, record: dict, runs: dict[str, Path], fleet: 
             assert not trained or abs(m["step"] - max(trained)) <= 1, (name, m["step"], max(trained))
         if m["state"] in ("running", "pending", "requeued"):
             held += rec["nodes"]
-    assert got["totals"]["cluster_nodes"] == 3
+    assert got["totals"]["cluster_nodes"] == 3 and got["totals"]["price_per_node_hour"] == 39.80
+    spent = (got["now"] - record["submitted_at"]) / 3600 * 3 * 39.80  # the whole cluster, from the fleet's submit
+    assert got["totals"]["dollars_spent"] == pytest.approx(spent, abs=0.02), got["totals"]
     assert got["totals"]["nodes_idle"] == 3 - held, got["totals"]
     table = _mltrain(root, "fleet", "status", str(fleet), "--cluster", str(cluster), env={"COLUMNS": "80"})
     assert table.returncode == 0 and all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
@@ -146,6 +148,7 @@ def test_fleet_rebalance_gives_a_finished_models_node_to_the_other(
     mid = _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b}, fleet, cluster)
     states = {m["name"]: m["state"] for m in mid["models"]}
     assert states == {"a": "done", "b": "running"} and mid["totals"]["nodes_idle"] == 1, mid
+    print(_mltrain(tmp_path, "fleet", "status", str(fleet), "--cluster", str(cluster), env={"COLUMNS": "80"}).stdout)
 
     # the reference while b waits: one process, the same 6 sequences per step, no interruption
     ref_yaml = _run_yaml(tmp_path, tiny_data_dir, "ref", B_STEPS, GLOBAL_BATCH)

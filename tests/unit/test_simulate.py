@@ -197,7 +197,7 @@ def test_a_capacity_end_before_the_work_is_done_misses_every_trial():
     assert a["usable_end_days"] == pytest.approx((12 - BLOCK_TERMINATION_LEAD_S / 3600) / 24)
     assert a["p_not_finished"] == 1.0 and a["p_miss_deadline"] == 1.0
     assert a["finish_days"]["p50"] is None and a["finish_date"]["p50"] is None
-    assert a["dollars"]["p50"] == pytest.approx(a["nodes"] * a["usable_end_days"] * 24 * 10.0)  # billed to the cut
+    assert a["dollars"]["p50"] == pytest.approx(a["nodes"] * 12 * 10.0)  # a block is paid to its end, used or not
     assert r["fleet"]["p_not_finished"] == 1.0 and r["fleet"]["makespan_days"]["p90"] is None
 
 
@@ -215,9 +215,11 @@ def test_a_block_without_end_lasts_the_length_bought_for_the_plan():
     r = simulate_fleet(fleet, runs=10, seed=0, now=NOW, plan=plan)
     assert r["start"] == "2027-03-01T11:30+00:00"  # the next 11:30 UTC
     days = block_duration_days(plan.totals.makespan_days)
-    for m in r["models"]:
+    for m, mp in zip(r["models"], plan.models, strict=True):
         assert m["usable_end_days"] == pytest.approx(days - BLOCK_TERMINATION_LEAD_S / 86400)
         assert m["p_not_finished"] == 0.0
+        # paid for the whole block although it finishes before: nodes x block hours x price
+        assert m["dollars"]["p10"] == m["dollars"]["p90"] == pytest.approx(mp.nodes * days * 24 * 10.0)
     assert next_block_start(datetime(2027, 3, 1, 12, 0, tzinfo=UTC)) == datetime(2027, 3, 2, 11, 30, tzinfo=UTC)
 
 

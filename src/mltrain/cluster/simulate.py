@@ -39,8 +39,8 @@ from mltrain.cluster.capacity import (
     BLOCK_TERMINATION_LEAD_S,
     SPOT_NOTICE_S,
     Capacity,
-    block_duration_days,
     next_block_start,
+    plan_blocks,
 )
 from mltrain.cluster.fleet import Fleet, load_fleet
 from mltrain.cluster.planner import HOURS_PER_DAY, Plan, plan_fleet
@@ -69,6 +69,7 @@ class SimModel:
     tau_h: float  # compute hours between checkpoints (inf: none)
     save_h: float  # one save's blocking time
     end_h: float = math.inf  # usable end from the start (inf: none)
+    paid_h: float = 0.0  # hours paid whatever happens: a capacity block is paid to its end, up front
 
 
 @dataclass(frozen=True)
@@ -223,27 +224,34 @@ def fleet_start(fleet: Fleet, now: datetime) -> datetime:
     return _utc(now).replace(second=0, microsecond=0)
 
 
-def usable_end_h(cap: Capacity, start: datetime, days: float) -> float:
-    """Hours from `start` to the last moment a model can train: capacity.end (a block's less its termination
-    lead), or for a capacity block without `end` its start + the block bought for `days`; inf without an end."""
-    lead = BLOCK_TERMINATION_LEAD_S / 3600 if cap.type == "capacity-block" else 0.0
-    if cap.end is not None:
-        hours = (_utc(cap.end) - start).total_seconds() / 3600 - lead
-        if hours <= 0:
-            raise ClusterError(
-                f"capacity.end {_utc(cap.end).isoformat(timespec='minutes')} leaves no time to train after the start "
-                f"{start.isoformat(timespec='minutes')}"
-                + (" (a block stops 30 minutes before its end)" if lead else "")
-            )
-        return hours
+def block_end(cap: Capacity, start: datetime, days: float) -> datetime | None:
+    """A capacity block's end: `end` when held, else the end of the block the plan buys for `days` from the
+    block's start (capacity.plan_blocks: the same length `mltrain plan` prints); None for other capacity."""
     if cap.type != "capacity-block":
-        return math.inf
+        return None
+    if cap.end is not None:
+        return _utc(cap.end)
     block_start = _utc(cap.start) if cap.start is not None else start
     try:
-        length_days = block_duration_days(days)
+        return plan_blocks("sim", 1, days, block_start, None)[0].end
     except ValueError as e:
         raise ClusterError(f"capacity: {e}") from None
-    return (block_start - start).total_seconds() / 3600 + length_days * HOURS_PER_DAY - lead
+
+
+def usable_end_h(cap: Capacity, start: datetime, days: float) -> float:
+    """Hours from `start` to the last moment a model can train: a capacity block's end (held or bought for
+    `days`) less its termination lead, a reservation's `end`; inf without an end."""
+    lead = BLOCK_TERMINATION_LEAD_S / 3600 if cap.type == "capacity-block" else 0.0
+    end = block_end(cap, start, days) if cap.type == "capacity-block" else cap.end
+    if end is None:
+        return math.inf
+    hours = (_utc(end) - start).total_seconds() / 3600 - lead
+    if hours <= 0:
+        raise ClusterError(
+            f"capacity.end {_utc(end).isoformat(timespec='minutes')} leaves no time to train after the start "
+            f"{start.isoformat(timespec='minutes')}" + (" (a block stops 30 minutes before its end)" if lead else "")
+        )
+    return hours
 
 
 def sim_models(
@@ -286,6 +294,7 @@ def sim_models(
                 tau_h=tau,
                 save_h=save_h if math.isfinite(tau) else 0.0,
                 end_h=usable_end_h(cap, start, block_days),
+                paid_h=_paid_h(cap, start, block_days),
             )
         )
     return out
@@ -319,10 +328,18 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else 0.0
 
 
+def _paid_h(cap: Capacity, start: datetime, days: float) -> float:
+    """Hours from `start` to a capacity block's end (paid up front, used or not); 0 for pay-as-you-go capacity."""
+    end = block_end(cap, start, days)
+    return 0.0 if end is None else max(0.0, (end - start).total_seconds() / 3600)
+
+
 def _billed_h(t: Trials, models: list[SimModel]) -> np.ndarray:
-    """Wall hours each model holds its nodes: to its finish, or to its cut when it did not finish."""
+    """Wall hours each model pays for its nodes: to its finish, or to its cut when it did not finish; a capacity
+    block's to the block's end whatever happens (no refund for finishing early)."""
     cut = np.array([min(m.end_h, HORIZON_FACTOR * m.work_h) for m in models])
-    return np.where(np.isnan(t.finish_h), cut[None, :], t.finish_h)
+    used = np.where(np.isnan(t.finish_h), cut[None, :], t.finish_h)
+    return np.maximum(used, np.array([m.paid_h for m in models])[None, :])
 
 
 def fleet_summary(

@@ -582,10 +582,12 @@ def rebalance_command(
     scheduler: Scheduler | None = None,
     stop_timeout_s: float = STOP_TIMEOUT_S,
     poll_s: float = POLL_S,
+    now: float | None = None,
 ) -> Proposal:
-    """`mltrain fleet rebalance`: print the proposal; with apply, carry it out (LaunchError when a move failed)."""
+    """`mltrain fleet rebalance`: print the proposal; with apply, carry it out (LaunchError when a move failed).
+    `now` fixes the clock of the proposal (tests)."""
     console = console or Console()
-    prop, state = propose(Path(fleet_yaml), Path(cluster))
+    prop, state = propose(Path(fleet_yaml), Path(cluster), now=now)
     if json_out:
         console.print(json.dumps(prop.to_dict(), indent=2), markup=False, highlight=False, soft_wrap=True)
     else:
