@@ -52,13 +52,17 @@ def _model(name: str, days: float, nodes: int, **kw) -> dict:
             "tokens": _tokens_for(days, nodes), "mfu": 0.5, "min_nodes": nodes, "max_nodes": nodes, **kw}  # fmt: skip
 
 
-def _fleet(models: list[dict], nodes: int = 80, capacity: dict | None = None, **cluster) -> Fleet:
+def _fleet(
+    models: list[dict], nodes: int = 80, capacity: dict | None = None, failures: dict | None = None, **cluster
+) -> Fleet:
     data = {
         "cluster": {"instance_type": "p5e.48xlarge", "nodes": nodes, "region": "ap-southeast-3", **cluster},
         "models": models,
     }
     if capacity is not None:
         data["capacity"] = capacity
+    if failures is not None:
+        data["failures"] = failures
     return Fleet.model_validate(data)
 
 
@@ -295,6 +299,24 @@ def test_per_model_capacity_blocks_cover_each_models_nodes_for_its_days():
     assert blocks["b"]["start"] == "2027-01-04T11:30Z" and blocks["b"]["end"] == "2027-01-17T11:30Z"
     assert p.capacity["blocks_instances"] == 80
     assert p.capacity["blocks_usd"] == pytest.approx((16 * 4 + 64 * 13) * 24 * 39.80)
+
+
+def test_a_block_is_sized_for_the_expected_days_with_saves_and_failures():
+    """A block ends on time whatever happened: 9.9 failure-free days fit a 10-day block, but at a failure rate
+    that costs more than the 0.04 days of slack the block is one day longer; the plan says what it sized for."""
+    from mltrain.cluster.reliability import fleet_reliability
+
+    models = [_model("a", 9.9, 40)]
+    calm = plan_fleet(_fleet(models, capacity={"type": "capacity-block"}, failures={"rate_per_gpu_hour": 0}), now=NOW)
+    assert calm.capacity["blocks"][0]["days"] == 10
+    assert calm.capacity["sized_for_days"] == {"a": pytest.approx(calm.models[0].days, abs=1e-4)}
+    rough = _fleet(models, capacity={"type": "capacity-block"}, failures={"rate_per_gpu_hour": 1e-4})
+    p = plan_fleet(rough, now=NOW)
+    (r,) = fleet_reliability(rough, p)
+    assert r.goodput < 0.99
+    assert p.capacity["sized_for_days"]["a"] == pytest.approx(p.models[0].days / r.goodput, abs=1e-4)
+    assert p.capacity["blocks"][0]["days"] == block_duration_days(p.models[0].days / r.goodput + MARGIN_DAYS) == 11
+    assert "fleet's block sized for" in " ".join(_printed(p).split())
 
 
 def test_more_than_256_block_instances_is_one_clear_error():

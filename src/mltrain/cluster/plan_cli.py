@@ -155,6 +155,14 @@ def capacity_lines(cap: dict) -> list[str]:
             f"{_hm(b['usable_end'])}), {_usd(b['usd'])}"
         )
     if cap["blocks"]:
+        sized = cap.get("sized_for_days") or {}
+        for b in cap["blocks"]:
+            who = [m["model"] for m in models if not m["own"]] if b["covers"] == "fleet" else [b["covers"]]
+            name = max(who, key=lambda n: sized.get(n, 0.0))
+            lines.append(
+                f"  {'fleet' if b['covers'] == 'fleet' else b['covers']}'s block sized for {sized.get(name, 0):.2f} "
+                f"days: {name}'s days / its expected goodput (saves, failures; `mltrain plan simulate` has the spread)"
+            )
         lines.append(f"  blocks: {cap['blocks_instances']} instances (at most 256), {_usd(cap['blocks_usd'])} up front")
     spot = [m for m in models if m["type"] == "spot"]
     groups = [[m for m in spot if not m["own"]]] + [[m] for m in spot if m["own"]]

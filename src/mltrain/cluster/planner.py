@@ -477,10 +477,16 @@ def plan_capacity(
     caps: list[tuple[Capacity, bool, datetime]],
     fleet_price: tuple[float | None, str],
     now: datetime,
+    goodputs: list[float] | None = None,
 ) -> dict[str, Any]:
     """The plan's `capacity`: per model its kind, price and window; the capacity blocks to buy (one set for the
     models on the fleet's capacity, for their makespan; one per model with its own block, for its days); the
-    spot assumptions; a warning per model whose held capacity ends before it finishes."""
+    spot assumptions; a warning per model whose held capacity ends before it finishes.
+
+    A block is paid up front and ends on time whatever happened, so it is sized for the days a model is
+    expected to take with its checkpoint saves and failures (its days / expected goodput, `goodputs` in the
+    models' order, from mltrain.cluster.reliability), not for the failure-free days."""
+    need = [p.days / g if g > 0 else p.days for p, g in zip(plans, goodputs or [1.0] * len(plans), strict=True)]
     fc = fleet.capacity
     fstart = capacity_start(fc, now)
     models, blocks, warnings = [], [], []
@@ -501,7 +507,7 @@ def plan_capacity(
         }
         held = cap.end is not None or cap.reservation_id is not None
         if own and cap.type == "capacity-block" and not held:
-            mine = _blocks(p.name, p.nodes, p.days, start, p.price_per_node_hour, now, warnings)
+            mine = _blocks(p.name, p.nodes, need[i], start, p.price_per_node_hour, now, warnings)
             blocks += mine
             entry["usable_end"] = _iso(mine[0].usable_end)
         else:
@@ -524,11 +530,11 @@ def plan_capacity(
             )
             entry["expected_interruptions"] = entry["interruptions_per_node_hour"] * p.node_hours
         models.append(entry)
-    shared = [p for p, (_, own, _) in zip(plans, caps, strict=True) if not own]
+    shared = [(p, d) for p, d, (_, own, _) in zip(plans, need, caps, strict=True) if not own]
     fleet_blocks: list[BlockPurchase] = []
     if fc.type == "capacity-block" and shared and fc.end is None and fc.reservation_id is None:
         fleet_blocks = _blocks(
-            "fleet", sum(p.nodes for p in shared), max(p.days for p in shared), fstart, fleet_price[0], now, warnings
+            "fleet", sum(p.nodes for p, _ in shared), max(d for _, d in shared), fstart, fleet_price[0], now, warnings
         )
         for e in models:
             if not e["own"]:
@@ -550,10 +556,21 @@ def plan_capacity(
         "usable_end": None if fue is None else _iso(fue),
         "models": models,
         "blocks": [b.to_dict() for b in blocks],
+        "sized_for_days": {
+            e["model"]: round(d, 4) for e, d in zip(models, need, strict=True)
+        },  # failure-free days / expected goodput: what a block bought for the model covers
         "blocks_instances": sum(b.count * b.instances for b in blocks),
         "blocks_usd": sum(u for u in usd if u is not None) if blocks and None not in usd else None,
         "warnings": warnings,
     }
+
+
+def _goodputs(fleet: Fleet, plans: list[ModelPlan], gpus_per_node: int) -> list[float]:
+    """Each model's expected goodput with its planned checkpoint interval and the fleet's failure rate."""
+    from mltrain.cluster.reliability import model_reliability
+
+    by_name = {m.name: m for m in fleet.models}
+    return [model_reliability(by_name[p.name], p, fleet.failures, gpus_per_node).goodput for p in plans]
 
 
 def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS, now: datetime | None = None) -> Plan:
@@ -712,5 +729,5 @@ def plan_fleet(fleet: Fleet, a: Assumptions = DEFAULT_ASSUMPTIONS, now: datetime
         seed_totals=seed_totals,
         assumptions=asdict(a),
         notes=notes,
-        capacity=plan_capacity(fleet, plans, caps, (price, price_source), now),
+        capacity=plan_capacity(fleet, plans, caps, (price, price_source), now, _goodputs(fleet, plans, gpn)),
     )
