@@ -209,12 +209,14 @@ def test_a_capacity_end_that_leaves_no_time_is_refused():
         simulate_fleet(fleet, runs=5, seed=0, now=NOW)
 
 
-def test_a_block_without_end_lasts_the_length_bought_for_the_plan():
+def test_a_block_without_end_is_the_one_the_plan_buys():
     fleet = _fleet({"rate_per_gpu_hour": 0}, {"type": "capacity-block"})
-    plan = plan_fleet(fleet)
+    plan = plan_fleet(fleet, now=NOW)
     r = simulate_fleet(fleet, runs=10, seed=0, now=NOW, plan=plan)
     assert r["start"] == "2027-03-01T11:30+00:00"  # the next 11:30 UTC
-    days = block_duration_days(plan.totals.makespan_days)
+    (block,) = plan.capacity["blocks"]  # the block `mltrain plan` buys: sized for the expected days
+    days = block["days"]
+    assert days >= block_duration_days(plan.totals.makespan_days)
     for m, mp in zip(r["models"], plan.models, strict=True):
         assert m["usable_end_days"] == pytest.approx(days - BLOCK_TERMINATION_LEAD_S / 86400)
         assert m["p_not_finished"] == 0.0
@@ -318,3 +320,22 @@ def test_progress_bar_only_for_slow_tables(monkeypatch):
     assert events == []
     simulate_command(SEVEN, runs=100, console=Console(**tty), now=NOW)
     assert events[:2] == ["new", "start"] and "update" in events and events[-1] == "stop"
+
+
+def test_the_block_the_plan_buys_holds_the_seven_model_fleet_with_failures():
+    """The plan sizes its capacity block for the expected days (saves, failures); the simulator, drawing those
+    failures, finds the fleet done inside that block, where a block for the failure-free days (11 days for
+    10.92) is cut in most trials. docs/fleet.md shows both."""
+    from mltrain.cluster.fleet import load_fleet
+
+    now = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)  # before the block's start
+
+    sets = ["capacity.type=capacity-block", "capacity.start=2027-01-04T11:30:00Z", "cluster.price_per_node_hour=null"]
+    fleet = load_fleet(SEVEN, sets)
+    plan = plan_fleet(fleet, now=now)
+    assert plan.capacity["blocks"][0]["days"] == 12
+    bought = simulate_fleet(fleet, runs=300, seed=1, now=now, plan=plan)
+    assert bought["fleet"]["p_not_finished"] < 0.02
+    tight = load_fleet(SEVEN, [*sets, "capacity.end=2027-01-15T11:30:00Z"])
+    cut = simulate_fleet(tight, runs=300, seed=1, now=now)
+    assert cut["fleet"]["p_not_finished"] > 0.3

@@ -224,13 +224,16 @@ def fleet_start(fleet: Fleet, now: datetime) -> datetime:
     return _utc(now).replace(second=0, microsecond=0)
 
 
-def block_end(cap: Capacity, start: datetime, days: float) -> datetime | None:
-    """A capacity block's end: `end` when held, else the end of the block the plan buys for `days` from the
-    block's start (capacity.plan_blocks: the same length `mltrain plan` prints); None for other capacity."""
+def block_end(cap: Capacity, start: datetime, days: float, planned_end: datetime | None = None) -> datetime | None:
+    """A capacity block's end: `end` when held, else the end of the block the plan buys (`planned_end`, from
+    the plan's capacity: sized for the expected days), else one bought for `days` from the block's start
+    (capacity.plan_blocks); None for other capacity."""
     if cap.type != "capacity-block":
         return None
     if cap.end is not None:
         return _utc(cap.end)
+    if planned_end is not None:
+        return planned_end
     block_start = _utc(cap.start) if cap.start is not None else start
     try:
         return plan_blocks("sim", 1, days, block_start, None)[0].end
@@ -238,11 +241,11 @@ def block_end(cap: Capacity, start: datetime, days: float) -> datetime | None:
         raise ClusterError(f"capacity: {e}") from None
 
 
-def usable_end_h(cap: Capacity, start: datetime, days: float) -> float:
+def usable_end_h(cap: Capacity, start: datetime, days: float, planned_end: datetime | None = None) -> float:
     """Hours from `start` to the last moment a model can train: a capacity block's end (held or bought for
     `days`) less its termination lead, a reservation's `end`; inf without an end."""
     lead = BLOCK_TERMINATION_LEAD_S / 3600 if cap.type == "capacity-block" else 0.0
-    end = block_end(cap, start, days) if cap.type == "capacity-block" else cap.end
+    end = block_end(cap, start, days, planned_end) if cap.type == "capacity-block" else cap.end
     if end is None:
         return math.inf
     hours = (_utc(end) - start).total_seconds() / 3600 - lead
@@ -284,6 +287,7 @@ def sim_models(
         else:
             tau = (1.0 if tau_scale is None else tau_scale) * daly_h(save_h, losing)
         block_days = plan.totals.makespan_days if fm.capacity is None else mp.days
+        planned_end = _planned_block_end(plan, "fleet" if fm.capacity is None else fm.name)
         out.append(
             SimModel(
                 name=fm.name,
@@ -293,8 +297,8 @@ def sim_models(
                 spot_rate_h=spot,
                 tau_h=tau,
                 save_h=save_h if math.isfinite(tau) else 0.0,
-                end_h=usable_end_h(cap, start, block_days),
-                paid_h=_paid_h(cap, start, block_days),
+                end_h=usable_end_h(cap, start, block_days, planned_end),
+                paid_h=_paid_h(cap, start, block_days, planned_end),
             )
         )
     return out
@@ -328,9 +332,17 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else 0.0
 
 
-def _paid_h(cap: Capacity, start: datetime, days: float) -> float:
+def _planned_block_end(plan: Plan, covers: str) -> datetime | None:
+    """The end of the capacity block the plan buys for `covers` ("fleet" or a model), None when it buys none."""
+    for b in (plan.capacity or {}).get("blocks", []):
+        if b["covers"] == covers:
+            return datetime.strptime(b["end"], "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
+    return None
+
+
+def _paid_h(cap: Capacity, start: datetime, days: float, planned_end: datetime | None = None) -> float:
     """Hours from `start` to a capacity block's end (paid up front, used or not); 0 for pay-as-you-go capacity."""
-    end = block_end(cap, start, days)
+    end = block_end(cap, start, days, planned_end)
     return 0.0 if end is None else max(0.0, (end - start).total_seconds() / 3600)
 
 
@@ -376,7 +388,7 @@ def simulate_fleet(
     numbers), so their differences are the variants', not the draws'."""
     if runs <= 0:
         raise ClusterError(f"--runs must be a positive number of trials, not {runs}")
-    plan = plan or plan_fleet(fleet)
+    plan = plan or plan_fleet(fleet, now=now)
     start = fleet_start(fleet, now or datetime.now(UTC))
     f = fleet.failures
     rec = recovery_from(f)
