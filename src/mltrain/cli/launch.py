@@ -44,6 +44,18 @@ def submit(
     """Render the sbatch script into the run dir and submit it to Slurm (the built-in trainer or the run's script:)."""
     from mltrain.launch.slurm import generated_script_run, submit_run
 
+    def send(run: Path) -> None:
+        submit_run(
+            run,
+            cluster,
+            overrides=set_ or [],
+            nodes=nodes,
+            time=time,
+            dry_run=dry_run,
+            console=console,
+            deadline=deadline,
+        )
+
     if script is None:
         import click
 
@@ -54,29 +66,11 @@ def submit(
             raise click.UsageError(f"unexpected extra argument(s): {' '.join(ctx.args)}", ctx=ctx)
         if run_yaml is None:
             raise typer.BadParameter("give one RUN_YAML (or --script train.py -- ARGS)")
-        submit_run(
-            run_yaml,
-            cluster,
-            overrides=set_ or [],
-            nodes=nodes,
-            time=time,
-            dry_run=dry_run,
-            console=console,
-            deadline=deadline,
-        )
+        send(run_yaml)
         return
     # with --script every argument after `--` is the script's (click hands the first one over as RUN_YAML)
     with generated_script_run(script, [*([str(run_yaml)] if run_yaml else []), *ctx.args]) as gen:
-        submit_run(
-            gen,
-            cluster,
-            overrides=set_ or [],
-            nodes=nodes,
-            time=time,
-            dry_run=dry_run,
-            console=console,
-            deadline=deadline,
-        )
+        send(gen)
 
 
 @commands.command()
