@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mltrain.cluster.catalog import InstanceType
+from mltrain.cluster.eks_cluster import EksClusterSpec
+from mltrain.cluster.eks_workloads import EksWorkloadsSpec
 from mltrain.config import StrictModel, _read_yaml, load_yaml_model, refuse_other_kind
 from mltrain.errors import ConfigError
 from mltrain.slurm_time import parse_slurm_time
@@ -272,6 +274,12 @@ class EksSpec(StrictModel):
     rdzv_port: int = Field(default=29500, gt=0, lt=65536, description="c10d rendezvous port on the first pod")
     exclude_failed_nodes: bool = Field(default=True, description="keep pods off nodes that failed this run before")
     env: dict[str, str] = Field(default_factory=dict, description="extra env, overrides the defaults")
+    cluster: EksClusterSpec | None = Field(
+        default=None, description="the EKS cluster itself (eksctl ClusterConfig); none = a cluster you already run"
+    )
+    workloads: EksWorkloadsSpec = Field(
+        default_factory=EksWorkloadsSpec, description="cluster-wide objects: queues, storage class, monitoring"
+    )
 
     @field_validator("image")
     @classmethod
