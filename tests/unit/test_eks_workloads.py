@@ -20,7 +20,7 @@ import yaml
 
 from mltrain.cluster.eks_workloads import OPERATORS, render_workloads
 from mltrain.cluster.spec import load_eks_spec
-from mltrain.errors import ConfigError
+from mltrain.errors import ClusterError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "eks-workloads"
@@ -272,6 +272,17 @@ def test_fleet_of_another_instance_type(tmp_path: Path) -> None:
         render_workloads(load_eks_spec(path), path)
     msg = str(e.value)
     assert "\n" not in msg and "p5e.48xlarge" in msg and "p5.48xlarge" in msg and "workloads.fleet" in msg
+
+
+def test_fleet_the_planner_refuses_names_the_spec(tmp_path: Path) -> None:
+    fleet = yaml.safe_load(SEVEN.read_text())
+    fleet["cluster"] = {"instance_type": "p5.48xlarge", "nodes": 3, "region": "us-east-1"}
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    path = _write_spec(tmp_path, workloads={"fleet": "fleet.yaml"})
+    with pytest.raises(ClusterError) as e:
+        render_workloads(load_eks_spec(path), path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: workloads.fleet: fleet.yaml: ") and "at most 3" in msg
 
 
 def test_priority_class_the_spec_does_not_define(tmp_path: Path) -> None:

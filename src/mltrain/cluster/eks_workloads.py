@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from mltrain.config import PrometheusLogConfig, StrictModel
-from mltrain.errors import ConfigError
+from mltrain.errors import ClusterError, ConfigError
 
 if TYPE_CHECKING:
     from mltrain.cluster.spec import EksSpec
@@ -198,7 +198,10 @@ def _node_quota(spec: EksSpec, spec_path: Path) -> tuple[int, list[tuple[str, in
             f"{spec_path}: workloads.fleet: {w.fleet} plans {fleet.cluster.instance_type} nodes, the spec's node "
             f"group is {spec.instance_type}"
         )
-    plan = plan_fleet(fleet)
+    try:
+        plan = plan_fleet(fleet)
+    except ClusterError as e:
+        raise ClusterError(f"{spec_path}: workloads.fleet: {w.fleet}: {e}") from None
     models = [(m.name, m.nodes) for m in plan.models]
     return sum(n for _, n in models), models
 
