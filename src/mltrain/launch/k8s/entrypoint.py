@@ -6,6 +6,9 @@ pod: MASTER_ADDR/MASTER_PORT from the PyTorchJob operator, PET_MASTER_ADDR/PORT 
 SIGTERM (eviction, spot reclaim, `mltrain k8s cancel`) into control/stop so the trainer checkpoints, and
 exits with the code policy.decide() picks from control/exit_reason. Node rank 0 appends the restart
 record (same keys as the Slurm script); a pod whose own workers were killed by a signal names its node.
+The records carry the pod's uid, so the recorder (recovery.py) does not record the same pod again. A pod
+started after the job's budget was used up (a give_up record of this job, e.g. from the recorder) exits 1
+at once: the operator treats that as permanent.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def main(env: dict[str, str] | None = None) -> int:
     for sub in (rundir.CONTROL_DIR, rundir.HANGS_DIR):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     atomic_write(config, env["MLTRAIN_RUN_CONFIG"])  # every pod writes the same text; rename is atomic
+    if policy.gave_up(run_dir, job_id):
+        print(f"[mltrain k8s] job {job_id} already gave up (launch.max_restarts used up): not starting", flush=True)
+        return policy.EXIT_GIVE_UP
     if leader:
         for f in (rundir.STOP_FILE, rundir.EXIT_REASON_FILE):
             (run_dir / f).unlink(missing_ok=True)
@@ -87,12 +93,13 @@ def main(env: dict[str, str] | None = None) -> int:
     node = env.get("NODE_NAME", "")
     attempt = env.get("POD_NAME", "")
     signal_death = rc < 0 or rc >= 128
+    uid = {"pod_uid": env["POD_UID"]} if env.get("POD_UID") else {}
     if leader and decision.cause != exit_codes.REASON_DONE:
         rec = policy.restart_record(decision, job_id, attempt, node if signal_death else "", failures, run_dir)
-        append_jsonl(run_dir / rundir.RESTARTS_FILE, rec)
+        append_jsonl(run_dir / rundir.RESTARTS_FILE, {**rec, **uid})
     elif not leader and signal_death and decision.action != "none":
         rec = policy.restart_record(decision, job_id, attempt, node, failures, run_dir)
-        append_jsonl(run_dir / rundir.RESTARTS_FILE, {**rec, "action": "node_failed", "counted": False})
+        append_jsonl(run_dir / rundir.RESTARTS_FILE, {**rec, "action": "node_failed", "counted": False, **uid})
     print(
         f"[mltrain k8s] torchrun exited {rc}, exit_reason={reason or '<none>'}: {decision.cause}, "
         f"action {decision.action}, exit {decision.exit_code} ({failures} of {max_restarts} restarts used)",
