@@ -87,6 +87,11 @@ class FakeApiServer:
             return _Resp(200, data)
         if method == "DELETE":
             return _Resp(200, self.objects.pop(path))
+        if method == "PATCH":  # a merge patch of metadata labels/annotations (what mltrain sends)
+            meta = self.objects[path].setdefault("metadata", {})
+            for k, v in (data.get("metadata") or {}).items():
+                meta[k] = {**(meta.get(k) or {}), **v} if isinstance(v, dict) else v
+            return _Resp(200, self.objects[path])
         return _Resp(405, {}, "Method Not Allowed")
 
 
