@@ -454,3 +454,26 @@ def test_submit_applies_the_rbac_once(api_server: FakeApiServer, tmp_path: Path)
     api_server.objects.pop(f"/apis/kubeflow.org/v1/namespaces/mltrain/pytorchjobs/{JOB}")
     kc.submit(run_yaml, EKS, "pytorchjob", [], console=_console())  # the role exists (409): kept, job created
     assert api_server.calls[-1][:2] == ("POST", "/apis/kubeflow.org/v1/namespaces/mltrain/pytorchjobs")
+
+
+def test_wrapper_names_an_oom_kill_of_a_rank(tmp_path: Path) -> None:
+    """A rank killed by the OOM killer (no exit reason, SIGKILL): the wrapper reads the container's cgroup
+    oom_kill counter and records oom_killed instead of lost_rank, since the operator deletes the pod at once."""
+    run_dir = tmp_path / "runs" / "r"
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    stub = tmp_path / "oom.py"
+    stub.write_text(
+        f"import pathlib, sys\npathlib.Path({str(events)!r}).write_text('oom 2\\noom_kill 1\\n')\nsys.exit(1)\n"
+    )
+    env = {
+        **_wrapper_env(tmp_path, run_dir, "j-1"),
+        "MLTRAIN_TORCHRUN": f"{sys.executable} {stub}",
+        "MLTRAIN_MEMORY_EVENTS": str(events),
+    }
+    assert entrypoint.main(env) == policy.EXIT_FAILED
+    (rec,) = read_jsonl(run_dir / "restarts.jsonl")
+    assert (rec["cause"], rec["counted"], rec["action"]) == ("oom_killed", True, "requeue")
+    # no OOM kill in between: still a lost rank
+    assert entrypoint.main(env) == policy.EXIT_FAILED
+    assert read_jsonl(run_dir / "restarts.jsonl")[-1]["cause"] == "lost_rank"

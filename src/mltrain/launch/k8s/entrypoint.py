@@ -13,6 +13,7 @@ at once: the operator treats that as permanent.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from mltrain import exit_codes, rundir
 from mltrain.fsutil import append_jsonl, atomic_write
-from mltrain.launch.k8s import policy
+from mltrain.launch.k8s import policy, recovery
 
 RUN_CONFIG_NAME = "k8s/run.yaml"
 
@@ -47,6 +48,22 @@ def torchrun_command(env: dict[str, str], config: Path) -> list[str]:
         "train",
         str(config),
     ]
+
+
+MEMORY_EVENTS = "/sys/fs/cgroup/memory.events"  # cgroup v2: this container's counters, oom_kill among them
+
+
+def oom_kills(env: dict[str, str]) -> int | None:
+    """The container's OOM-kill count (cgroup v2 memory.events), None where it cannot be read."""
+    try:
+        text = Path(env.get("MLTRAIN_MEMORY_EVENTS") or MEMORY_EVENTS).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def node_rank(env: dict[str, str]) -> int:
@@ -80,6 +97,7 @@ def main(env: dict[str, str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     cmd = torchrun_command(env, config)
     print(f"[mltrain k8s] {shlex.join(cmd)}", flush=True)
+    ooms_before = oom_kills(env)
     proc = subprocess.Popen(cmd, env=env)
     while True:
         try:
@@ -90,6 +108,10 @@ def main(env: dict[str, str] | None = None) -> int:
     reason = rundir.read_exit_reason(run_dir)
     failures = policy.failures_so_far(run_dir, job_id)
     decision = policy.decide(reason, rc, failures, max_restarts)
+    ooms_after = oom_kills(env)
+    if decision.cause == "lost_rank" and ooms_before is not None and (ooms_after or 0) > ooms_before:
+        # the kernel's OOM killer took a rank (the container's reason becomes OOMKilled): say so
+        decision = dataclasses.replace(decision, cause=recovery.CAUSE_OOM)
     node = env.get("NODE_NAME", "")
     attempt = env.get("POD_NAME", "")
     signal_death = rc < 0 or rc >= 128
