@@ -166,7 +166,7 @@ def test_each_failure_is_one_restart_with_its_cause(
     (rec,) = read_jsonl(run_dir / "restarts.jsonl")
     assert (rec["cause"], rec["counted"], rec["node"]) == (cause, counted, node)
     assert rec["job_id"] == job_id and rec["action"] == "requeue" and rec["scheduler"] == "kubernetes"
-    assert rec["pod"] == f"{JOB}-master-0" and rec["k8s_key"] == f"uid-m/{0 if 'restarts' not in changes else 0}"
+    assert rec["pod"] == f"{JOB}-master-0" and rec["k8s_key"] == "uid-m/0"
     assert {"time", "attempt", "step", "failures", "resume_step"} <= rec.keys()
     assert runstats.count_restarts(read_jsonl(run_dir / "restarts.jsonl")) == 1
     assert row["restarts"] == "1" + (" (1p)" if cause == "preempted" else "")
@@ -477,3 +477,24 @@ def test_wrapper_names_an_oom_kill_of_a_rank(tmp_path: Path) -> None:
     # no OOM kill in between: still a lost rank
     assert entrypoint.main(env) == policy.EXIT_FAILED
     assert read_jsonl(run_dir / "restarts.jsonl")[-1]["cause"] == "lost_rank"
+
+
+def test_a_node_is_failed_only_after_the_grace(tmp_path: Path) -> None:
+    """A node NotReady for a few seconds (a missed heartbeat) is not yet a failed node; for a minute it is."""
+    now = 1_800_000_000.0
+
+    def node(status: str, ago_s: float) -> dict:
+        import datetime as dt
+
+        t = dt.datetime.fromtimestamp(now - ago_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"status": {"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": t}]}}
+
+    assert recovery.node_ready(node("True", 5), now) is True
+    assert recovery.node_ready(node("Unknown", 10), now) is None
+    assert recovery.node_ready(node("False", recovery.NODE_GRACE_S + 1), now) is False
+    assert recovery.node_ready(None, now) is None
+    run_dir = tmp_path / "run"
+    pod = _pod_status(f"{JOB}-master-0", "uid-m", "ip-b", "j")
+    assert recovery.record_failures(run_dir, [pod], {"ip-b": recovery.node_ready(node("Unknown", 10), now)}) == []
+    (rec,) = recovery.record_failures(run_dir, [pod], {"ip-b": recovery.node_ready(node("Unknown", 90), now)})
+    assert (rec["cause"], rec["node"]) == ("node_failure", "ip-b")

@@ -23,6 +23,7 @@ from mltrain.launch.k8s import manifests as mf
 from mltrain.launch.k8s import recovery
 
 JOBS_FILE = "k8s/jobs.jsonl"
+STATUS_TIMEOUT_S = 10.0  # `mltrain status` asks the API about every k8s run: an unreachable one must not hang it
 
 
 def api_client():
@@ -334,14 +335,15 @@ def run_view(run_dir: Path) -> dict[str, Any] | None:
         group, version, plural = _job_kind(kind)
         try:
             job = k.CustomObjectsApi(api).get_namespaced_custom_object(
-                group, version, sub["namespace"], plural, sub["name"]
+                group, version, sub["namespace"], plural, sub["name"], _request_timeout=STATUS_TIMEOUT_S
             )
             view["state"] = job_state(job)
         except ApiException as e:
             if e.status != 404:
                 raise
             view["state"] = "NotFound"
-        pods, _ = recovery.poll(k.CoreV1Api(api), sub["namespace"], _pod_selector(kind, sub["name"]), run_dir)
+        selector = _pod_selector(kind, sub["name"])
+        pods, _ = recovery.poll(k.CoreV1Api(api), sub["namespace"], selector, run_dir, STATUS_TIMEOUT_S)
         view["nodes"] = sorted({(p.get("spec") or {}).get("nodeName") for p in pods} - {None})
     except Exception as e:  # status shows every run, whatever one API server says
         view["error"] = str(getattr(e, "reason", None) or e).splitlines()[0] if str(e) else type(e).__name__

@@ -31,6 +31,7 @@ CAUSE_EVICTED = "evicted"  # pod status.reason Evicted: a disruption, not charge
 CAUSE_NODE = "node_failure"  # the pod's node is NotReady/Unknown or gone (the Slurm script's word)
 CAUSE_HEALTH = "health_check"  # the init container's `mltrain health` failed on the node
 
+NODE_GRACE_S = 60.0  # a node NotReady this long is a failed node (the pods' eviction follows after 300 s)
 HEALTH_LABEL = "mltrain.io/gpu-health"  # set to HEALTH_FAILED on a node whose GPUs failed the check
 HEALTH_FAILED = "failed"
 HEALTH_REASON_ANNOTATION = "mltrain.io/gpu-health-reason"
@@ -60,14 +61,32 @@ class PodFailure:
     exit_code: int | None
 
 
-def node_ready(node: dict[str, Any] | None) -> bool | None:
-    """The node's Ready condition: True, False (False or Unknown), None when the node is not known."""
+def node_ready(node: dict[str, Any] | None, now: float | None = None) -> bool | None:
+    """The node's Ready condition: True; False when False or Unknown for NODE_GRACE_S or more (a kubelet that
+    misses a heartbeat or two is not a failed node); None when the node or its condition is not known yet."""
     if node is None:
         return None
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
-            return str(c.get("status")) == "True"
+            if str(c.get("status")) == "True":
+                return True
+            since = _epoch(c.get("lastTransitionTime"))
+            if since is not None and (time.time() if now is None else now) - since < NODE_GRACE_S:
+                return None
+            return False
     return None
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An API timestamp (RFC 3339, e.g. 2026-11-30T10:00:00Z) in epoch seconds; None when unreadable."""
+    from datetime import datetime
+
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _main_status(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -223,7 +242,9 @@ def causes_line(run_dir: Path) -> str | None:
     return "restarts by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def record(core: Any, pods: list[Any], run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def record(
+    core: Any, pods: list[Any], run_dir: Path, timeout_s: float | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Record the failures of `pods` (V1Pod objects a CoreV1Api listed), reading their nodes through it:
     (the pods as dicts, the new records). A node that cannot be read (no permission, or gone: its pods are
     about to be garbage-collected) counts as unknown, so no node failure is recorded for it."""
@@ -234,15 +255,18 @@ def record(core: Any, pods: list[Any], run_dir: Path) -> tuple[list[dict[str, An
     ready: dict[str, bool | None] = {}
     for name in sorted({(p.get("spec") or {}).get("nodeName") for p in dicts} - {None}):
         try:
-            ready[name] = node_ready(api.sanitize_for_serialization(core.read_node(name)))
+            ready[name] = node_ready(api.sanitize_for_serialization(core.read_node(name, _request_timeout=timeout_s)))
         except ApiException:
             ready[name] = None
     return dicts, record_failures(run_dir, dicts, ready)
 
 
-def poll(core: Any, namespace: str, selector: str, run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def poll(
+    core: Any, namespace: str, selector: str, run_dir: Path, timeout_s: float | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """List the job's pods (label `selector`) and record their failures: (the pods as dicts, new records)."""
-    return record(core, core.list_namespaced_pod(namespace, label_selector=selector).items, run_dir)
+    pods = core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=timeout_s).items
+    return record(core, pods, run_dir, timeout_s)
 
 
 def mark_node(core: Any, node: str, reason: str) -> None:
