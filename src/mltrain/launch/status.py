@@ -47,7 +47,7 @@ REASON_WORDS = {
     "oom_killed": "a pod was OOM-killed (Kubernetes)",
     "killed": "a pod was killed by a signal (Kubernetes)",
     "evicted": "a pod was evicted (Kubernetes)",
-    "node_failure": "a node failed (NotReady)",
+    "node_failure": "a node failed (Slurm node failure, Kubernetes NotReady)",
 }
 SHORT_WORDS = {
     "done": "done",
