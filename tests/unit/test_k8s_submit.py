@@ -87,6 +87,11 @@ class FakeApiServer:
             return _Resp(200, data)
         if method == "DELETE":
             return _Resp(200, self.objects.pop(path))
+        if method == "PATCH":  # a merge patch of metadata labels/annotations (what mltrain sends)
+            meta = self.objects[path].setdefault("metadata", {})
+            for k, v in (data.get("metadata") or {}).items():
+                meta[k] = {**(meta.get(k) or {}), **v} if isinstance(v, dict) else v
+            return _Resp(200, self.objects[path])
         return _Resp(405, {}, "Method Not Allowed")
 
 
@@ -192,8 +197,9 @@ def test_status_reads_api_and_run_dir(server: FakeApiServer, tmp_path: Path) -> 
     row = kc.status("qwen2.5-0.5b", eks, "pytorchjob", console=_console())
     assert row["job"] == "qwen2-5-0-5b Running" and row["pods"] == "2 Running" and row["nodes"] == "ip-b,ip-c"
     assert row["step"] == "500/20000" and row["loss"] == "3.2500" and row["restarts"] == "1"
-    (_, path, _) = server.calls[-1]
-    assert path == "/api/v1/namespaces/mltrain/pods"
+    # the pods, then their nodes (for node failures, recovery.py)
+    paths = [p for _, p, _ in server.calls]
+    assert paths[-3:] == ["/api/v1/namespaces/mltrain/pods", "/api/v1/nodes/ip-b", "/api/v1/nodes/ip-c"]
     # not submitted: NotFound, still a row
     server.objects.clear()
     server.pods = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -48,6 +48,20 @@ def k8s_status(run: K8sRun, cluster: EksOpt, kind: KindOpt = "pytorchjob") -> No
     from mltrain.launch.k8s.client import status
 
     status(run, cluster, kind, console=console)
+
+
+@app.command("watch")
+def k8s_watch(
+    run: K8sRun,
+    cluster: EksOpt,
+    kind: KindOpt = "pytorchjob",
+    interval: Annotated[float, typer.Option("--interval", help="seconds between polls", min=1)] = 30.0,
+    count: Annotated[Optional[int], typer.Option("--count", help="stop after this many polls", min=1)] = None,
+) -> None:
+    """Poll the job's pods and record each pod or node failure in restarts.jsonl until the job ends."""
+    from mltrain.launch.k8s.client import watch
+
+    watch(run, cluster, kind, interval, count, console=console)
 
 
 @app.command("logs")

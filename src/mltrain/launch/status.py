@@ -44,6 +44,10 @@ REASON_WORDS = {
     "terminated": "terminated by Slurm (scancel, preemption), not self-requeued",
     "health_check": "GPU health check failed (slurm/health.jsonl)",
     "deadline": "stopped before its deadline (checkpointed)",
+    "oom_killed": "a pod was OOM-killed (Kubernetes)",
+    "killed": "a pod was killed by a signal (Kubernetes)",
+    "evicted": "a pod was evicted (Kubernetes)",
+    "node_failure": "a node failed (Slurm node failure, Kubernetes NotReady)",
 }
 SHORT_WORDS = {
     "done": "done",
@@ -56,8 +60,21 @@ SHORT_WORDS = {
     "terminated": "terminated",
     "health_check": "unhealthy",
     "deadline": "deadline",
+    "oom_killed": "OOM",
+    "killed": "killed",
+    "evicted": "evicted",
+    "node_failure": "node failed",
 }
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING"}
+# a PyTorchJob/TrainJob's newest condition in the Slurm states the rest of this module reasons with
+K8S_STATES = {
+    "Created": "PENDING",
+    "Pending": "PENDING",
+    "Restarting": "PENDING",
+    "Running": "RUNNING",
+    "Succeeded": "COMPLETED",
+    "Failed": "FAILED",
+}
 LOCAL_STALE_S = 300.0  # a run dir without a lease file (older runs): silent this long = not running
 
 
@@ -199,7 +216,16 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     st.job_id = latest_job_id(run_dir)
     state = None
     info = None
-    if st.job_id:
+    k8s = None if st.job_id else _k8s_view(run_dir)
+    if k8s is not None:  # a Kubernetes run: the job's condition as `kubectl get pytorchjob` shows it
+        st.job_id, st.scheduler_state = k8s["job_id"], k8s["state"]
+        state = K8S_STATES.get(k8s["state"] or "")
+        info = {"state": state, "nodes": ",".join(k8s["nodes"]), "reason": ""} if state else None
+        st.scheduler = f"job {st.job_id}: " + (k8s["state"] or f"Kubernetes API: {k8s.get('error')}")
+        restarts = runstats.read_run_files(run_dir)[1]  # the poll may have added records
+        st.restarts, st.preemptions = runstats.restarts_of(metrics, restarts), runstats.count_preemptions(restarts)
+        st.notes.extend(k8s["notes"])
+    elif st.job_id:
         info = query_job(st.job_id)
         if info is None:
             st.scheduler = f"job {st.job_id}: unknown to Slurm (aged out?)"
@@ -334,6 +360,20 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         else:
             st.notes.append("cancelled with mltrain cancel")
     return st
+
+
+def _k8s_view(run_dir: Path) -> dict[str, Any] | None:
+    """A run submitted with `mltrain k8s submit` (k8s/jobs.jsonl): its job's condition, after recording its
+    pods' failures (launch/k8s/recovery.py), plus its restarts by cause; None for any other run."""
+    if not (run_dir / "k8s" / "jobs.jsonl").is_file():
+        return None
+    from mltrain.launch.k8s.client import run_view
+    from mltrain.launch.k8s.recovery import causes_line
+
+    view = run_view(run_dir)
+    if view is not None:
+        view["notes"] = [line] if (line := causes_line(run_dir)) else []
+    return view
 
 
 def _deadline(st: RunStatus, metrics: list[dict[str, Any]], now: float) -> None:

@@ -18,10 +18,12 @@ from rich.markup import escape
 from mltrain.cluster.spec import EksSpec, load_eks_spec
 from mltrain.config import RunConfig, load_run_config
 from mltrain.errors import LaunchError
-from mltrain.fsutil import append_jsonl, atomic_write
+from mltrain.fsutil import append_jsonl, atomic_write, read_jsonl
 from mltrain.launch.k8s import manifests as mf
+from mltrain.launch.k8s import recovery
 
 JOBS_FILE = "k8s/jobs.jsonl"
+STATUS_TIMEOUT_S = 10.0  # `mltrain status` asks the API about every k8s run: an unreachable one must not hang it
 
 
 def api_client():
@@ -103,8 +105,12 @@ def submit(
     r = mf.render(cfg, spec, kind, spec_source=str(cluster_yaml), run_dir_local=local, job_id=job_id)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    custom = k.CustomObjectsApi(api or api_client())
+    api = api or api_client()
+    custom = k.CustomObjectsApi(api)
     for obj in r.objects:
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            _apply_rbac(k.RbacAuthorizationV1Api(api), obj)
+            continue
         group, version, plural = _plural(obj)
         name = obj["metadata"]["name"]
         try:
@@ -146,6 +152,22 @@ def submit(
         soft_wrap=True,
     )
     return job_id
+
+
+def _apply_rbac(rbac: Any, obj: dict[str, Any]) -> None:
+    """Create the health check's ClusterRole/Binding; one that exists already (another run's) is kept."""
+    from kubernetes.client.exceptions import ApiException
+
+    create = rbac.create_cluster_role if obj["kind"] == "ClusterRole" else rbac.create_cluster_role_binding
+    try:
+        create(obj)
+    except ApiException as e:
+        if e.status != 409:
+            raise _api_error(
+                f"create {obj['kind']} {obj['metadata']['name']} (needs cluster-admin; or apply the rendered one "
+                "with kubectl)",
+                e,
+            ) from None
 
 
 def _ref(run: str, cluster_yaml: Path) -> tuple[str, str, EksSpec]:
@@ -190,10 +212,15 @@ def status(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) 
         if e.status != 404:
             raise _api_error(f"get {plural} {spec.namespace}/{name}", e) from None
         state = "NotFound"
+    base = spec.storage.local_run_base_dir or spec.storage.run_base_dir
+    run_dir = Path(base) / "runs" / run_name
+    core = k.CoreV1Api(api)
     try:
-        pods = k.CoreV1Api(api).list_namespaced_pod(spec.namespace, label_selector=_pod_selector(kind, name)).items
+        pods = core.list_namespaced_pod(spec.namespace, label_selector=_pod_selector(kind, name)).items
     except ApiException as e:
         raise _api_error(f"list pods of {spec.namespace}/{name}", e) from None
+    if run_dir.is_dir():  # record the pod and node failures the wrapper could not (recovery.py)
+        recovery.record(core, pods, run_dir)
     phases: dict[str, int] = {}
     for p in pods:
         phases[p.status.phase] = phases.get(p.status.phase, 0) + 1
@@ -204,8 +231,6 @@ def status(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) 
         "pods": ", ".join(f"{v} {kk}" for kk, v in sorted(phases.items())) or "-",
         "nodes": ",".join(nodes) or "-",
     }
-    base = spec.storage.local_run_base_dir or spec.storage.run_base_dir
-    run_dir = Path(base) / "runs" / run_name
     if run_dir.is_dir():
         from mltrain.launch.status import run_status
 
@@ -223,7 +248,106 @@ def status(run: str, cluster_yaml: Path, kind: str, console: Console, api=None) 
         table.add_column(col, overflow="fold")
     table.add_row(*(escape(str(row[c])) for c in ("run", "job", "pods", "nodes", "step", "loss", "restarts", "status")))
     console.print(table)
+    if run_dir.is_dir():
+        row["causes"] = recovery.causes_line(run_dir)
+        job_id = _latest_submit(run_dir).get("job_id") or _env_of(pods, "MLTRAIN_JOB_ID")
+        max_restarts = _env_of(pods, "MLTRAIN_MAX_RESTARTS")
+        if job_id and max_restarts and max_restarts.isdigit():
+            b = recovery.budget(run_dir, str(job_id), int(max_restarts))
+            row["budget"], row["budget_exhausted"] = b.words(), b.exhausted
+        for line in (row.get("causes"), row.get("budget")):
+            if line:
+                console.print(escape(line), highlight=False, soft_wrap=True)
     return row
+
+
+def _latest_submit(run_dir: Path) -> dict[str, Any]:
+    """The newest `mltrain k8s submit` record of the run ({} without one)."""
+    subs = [r for r in read_jsonl(run_dir / JOBS_FILE) if r.get("event") == "submit"]
+    return subs[-1] if subs else {}
+
+
+def _env_of(pods: list[Any], key: str) -> str | None:
+    """An env value of the pods' main container (the newest pod that has it)."""
+    for p in sorted(pods, key=lambda p: str(p.metadata.creation_timestamp or ""), reverse=True):
+        for e in (p.spec.containers[0].env or []) if p.spec and p.spec.containers else []:
+            if e.name == key and e.value is not None:
+                return str(e.value)
+    return None
+
+
+def watch(run: str, cluster_yaml: Path, kind: str, interval_s: float, count: int | None, console: Console, api=None):
+    """`mltrain k8s watch`: poll the job's pods every `interval_s` and record each failure as it shows up
+    (a PyTorchJob's operator deletes a failed pod when it restarts it, so a poll between two restarts may
+    miss what `status` alone would see); `count` polls, or until the job Succeeded or Failed."""
+    mf.require_extra()
+    from kubernetes import client as k
+    from kubernetes.client.exceptions import ApiException
+
+    run_name, name, spec = _ref(run, cluster_yaml)
+    base = spec.storage.local_run_base_dir or spec.storage.run_base_dir
+    run_dir = Path(base) / "runs" / run_name
+    if not run_dir.is_dir():
+        raise LaunchError(f"run dir {run_dir} is not mounted here: set storage.local_run_base_dir in {cluster_yaml}")
+    api = api or api_client()
+    core, custom = k.CoreV1Api(api), k.CustomObjectsApi(api)
+    group, version, plural = _job_kind(kind)
+    n = 0
+    while True:
+        try:
+            _, new = recovery.poll(core, spec.namespace, _pod_selector(kind, name), run_dir)
+            state = job_state(custom.get_namespaced_custom_object(group, version, spec.namespace, plural, name))
+        except ApiException as e:
+            if e.status == 404:
+                state = "NotFound"
+                new = []
+            else:
+                raise _api_error(f"poll {plural} {spec.namespace}/{name}", e) from None
+        for rec in new:
+            console.print(
+                f"recorded {rec['cause']} of pod {rec['pod']}"
+                + (f" on {rec['node']}" if rec.get("node") else "")
+                + f": {rec['action']}"
+                + (" (charged)" if rec.get("counted") else ""),
+                highlight=False,
+            )
+        n += 1
+        if state in ("Succeeded", "Failed", "NotFound") or (count is not None and n >= count):
+            console.print(f"{name} {state}", highlight=False)
+            return state
+        time.sleep(interval_s)
+
+
+def run_view(run_dir: Path) -> dict[str, Any] | None:
+    """For `mltrain status`: the run's newest k8s submission as kubectl shows it (the job's newest condition,
+    its nodes), after recording its pods' failures; None for a run never submitted to Kubernetes. Never
+    raises: an unreachable API server gives state None and the reason in `error`."""
+    sub = _latest_submit(run_dir)
+    if not sub.get("name") or not sub.get("namespace"):
+        return None
+    view: dict[str, Any] = {"job_id": str(sub.get("job_id") or sub["name"]), "state": None, "nodes": []}
+    try:
+        from kubernetes import client as k
+        from kubernetes.client.exceptions import ApiException
+
+        kind = "pytorchjob" if sub.get("kind") == "pytorchjob" else "trainjob"
+        api = api_client()
+        group, version, plural = _job_kind(kind)
+        try:
+            job = k.CustomObjectsApi(api).get_namespaced_custom_object(
+                group, version, sub["namespace"], plural, sub["name"], _request_timeout=STATUS_TIMEOUT_S
+            )
+            view["state"] = job_state(job)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            view["state"] = "NotFound"
+        selector = _pod_selector(kind, sub["name"])
+        pods, _ = recovery.poll(k.CoreV1Api(api), sub["namespace"], selector, run_dir, STATUS_TIMEOUT_S)
+        view["nodes"] = sorted({(p.get("spec") or {}).get("nodeName") for p in pods} - {None})
+    except Exception as e:  # status shows every run, whatever one API server says
+        view["error"] = str(getattr(e, "reason", None) or e).splitlines()[0] if str(e) else type(e).__name__
+    return view
 
 
 def logs(run: str, cluster_yaml: Path, kind: str, follow: bool, console: Console, api=None) -> None:

@@ -19,6 +19,7 @@ from mltrain.config import RunConfig, dump_yaml, layout_warning
 from mltrain.errors import ConfigError
 from mltrain.launch import nccl_env
 from mltrain.launch.k8s import policy
+from mltrain.launch.k8s.recovery import HEALTH_FAILED, HEALTH_LABEL
 from mltrain.rundir import run_path
 
 Kind = Literal["pytorchjob", "trainjob"]
@@ -33,6 +34,10 @@ EXIT_CODES_ANNOTATION = "mltrain.io/exit-codes"
 TRAINER_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 POD_GROUP_SCHEDULERS = {"volcano": "volcano", "coscheduling": "scheduler-plugins-scheduler"}
 ENTRYPOINT = ["python", "-m", "mltrain.launch.k8s.entrypoint"]
+HEALTH_ENTRYPOINT = ["python", "-m", "mltrain.launch.k8s.health_init"]
+HEALTH_CONTAINER = "gpu-health"
+# nodes are cluster-scoped: labelling one needs a ClusterRole, bound to the pods' service account
+HEALTH_ROLE = "mltrain-node-health"
 RUN_DIR_ENV = "MLTRAIN_RUN_DIR"
 K8S_DIR = "k8s"  # <run>/k8s/: the run config the pods train from, written by the wrapper
 
@@ -84,31 +89,39 @@ def check_fit(cfg: RunConfig, spec: EksSpec, spec_source: str) -> list[str]:
     return warnings
 
 
-def _affinity(spec: EksSpec, failed: list[str], warnings: list[str]):
-    """Keep pods off nodes that failed this run before: required when the node group has spares, else preferred."""
+def _affinity(spec: EksSpec, failed: list[str], warnings: list[str], health_check: bool = False):
+    """Keep pods off nodes that failed this run before: required when the node group has spares, else preferred.
+    With the health check, also (required) off nodes labelled mltrain.io/gpu-health=failed, which the init
+    container sets on a failing node: the job's own replacement pods avoid it without a new render."""
     from kubernetes import client as k
 
-    if not spec.exclude_failed_nodes or not failed:
+    if not spec.exclude_failed_nodes or (not failed and not health_check):
         return None
-    term = k.V1NodeSelectorTerm(
-        match_expressions=[k.V1NodeSelectorRequirement(key="kubernetes.io/hostname", operator="NotIn", values=failed)]
-    )
-    usable = (spec.max_nodes or spec.nodes) - len(failed)
-    if usable >= spec.nodes:
-        return k.V1Affinity(
-            node_affinity=k.V1NodeAffinity(
-                required_during_scheduling_ignored_during_execution=k.V1NodeSelector(node_selector_terms=[term])
+    required = []
+    preferred = None
+    if failed:
+        by_host = k.V1NodeSelectorRequirement(key="kubernetes.io/hostname", operator="NotIn", values=failed)
+        usable = (spec.max_nodes or spec.nodes) - len(failed)
+        if usable >= spec.nodes:
+            required.append(by_host)
+        else:
+            warnings.append(
+                f"{len(failed)} failed node(s) but the node group has no spare ({usable} usable, {spec.nodes} needed): "
+                "avoiding them only where possible (preferred anti-affinity)"
             )
-        )
-    warnings.append(
-        f"{len(failed)} failed node(s) but the node group has no spare ({usable} usable, {spec.nodes} needed): "
-        "avoiding them only where possible (preferred anti-affinity)"
-    )
+            preferred = [
+                k.V1PreferredSchedulingTerm(weight=100, preference=k.V1NodeSelectorTerm(match_expressions=[by_host]))
+            ]
+    if health_check:
+        required.append(k.V1NodeSelectorRequirement(key=HEALTH_LABEL, operator="NotIn", values=[HEALTH_FAILED]))
     return k.V1Affinity(
         node_affinity=k.V1NodeAffinity(
-            preferred_during_scheduling_ignored_during_execution=[
-                k.V1PreferredSchedulingTerm(weight=100, preference=term)
-            ]
+            required_during_scheduling_ignored_during_execution=k.V1NodeSelector(
+                node_selector_terms=[k.V1NodeSelectorTerm(match_expressions=required)]
+            )
+            if required
+            else None,
+            preferred_during_scheduling_ignored_during_execution=preferred,
         )
     )
 
@@ -148,6 +161,7 @@ def _env(cfg: RunConfig, spec: EksSpec, run_dir: str, job_id: str, spec_source: 
         k.V1EnvVar(name="MLTRAIN_RUN_CONFIG", value=dump_yaml(cfg)),
         k.V1EnvVar(name="NODE_NAME", value_from=field_ref("spec.nodeName")),
         k.V1EnvVar(name="POD_NAME", value_from=field_ref("metadata.name")),
+        k.V1EnvVar(name="POD_UID", value_from=field_ref("metadata.uid")),
         *(k.V1EnvVar(name=v.name, value=v.value) for v in nccl),
     ]
 
@@ -185,7 +199,21 @@ def pod_template(
         security_context=k.V1SecurityContext(capabilities=k.V1Capabilities(add=["IPC_LOCK"])),
     )
     node_selector = {"node.kubernetes.io/instance-type": spec.instance_type, **spec.node_selector}
+    health = None
+    if cfg.launch.health_check:
+        keep = {"MLTRAIN_RUN_DIR", "MLTRAIN_JOB_ID", "MLTRAIN_MAX_RESTARTS", "NODE_NAME", "POD_NAME", "POD_UID"}
+        health = k.V1Container(
+            name=HEALTH_CONTAINER,
+            image=spec.image,
+            image_pull_policy=spec.image_pull_policy,
+            command=list(HEALTH_ENTRYPOINT),
+            env=[e for e in container.env if e.name in keep]
+            + [k.V1EnvVar(name="MLTRAIN_HEALTH_BURN_IN_S", value=f"{cfg.launch.health_burn_in_s:g}")],
+            resources=_resources(spec),  # the same GPUs the trainer gets (init and main never run at once)
+            volume_mounts=[k.V1VolumeMount(name="fsx", mount_path=spec.storage.mount_path)],
+        )
     pod = k.V1PodSpec(
+        init_containers=[health] if health else None,
         containers=[container],
         volumes=[
             k.V1Volume(
@@ -198,7 +226,7 @@ def pod_template(
         ],
         node_selector=node_selector,
         tolerations=[k.V1Toleration(**t.model_dump(exclude_none=True)) for t in spec.tolerations] or None,
-        affinity=_affinity(spec, failed, warnings),
+        affinity=_affinity(spec, failed, warnings, health_check=cfg.launch.health_check),
         # SIGTERM (eviction, spot reclaim) -> the wrapper asks the trainer to checkpoint; this long to do it
         termination_grace_period_seconds=cfg.launch.requeue_grace_s,
         restart_policy=restart_policy,
@@ -209,6 +237,32 @@ def pod_template(
         else None,
     )
     return k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=labels) if labels else None, spec=pod)
+
+
+def rbac_objects(cfg: RunConfig, spec: EksSpec) -> list[dict[str, Any]]:
+    """With launch.health_check: the ClusterRole that lets the init container label a failing node (get and
+    patch nodes, nothing else) and its binding to the pods' service account (spec.service_account, else the
+    namespace's `default`). Applied before the job; shared by every run in the namespace."""
+    if not cfg.launch.health_check:
+        return []
+    from kubernetes import client as k
+
+    sa = spec.service_account or "default"
+    labels = {"app.kubernetes.io/managed-by": "mltrain"}
+    role = k.V1ClusterRole(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="ClusterRole",
+        metadata=k.V1ObjectMeta(name=HEALTH_ROLE, labels=labels),
+        rules=[k.V1PolicyRule(api_groups=[""], resources=["nodes"], verbs=["get", "patch"])],
+    )
+    binding = k.V1ClusterRoleBinding(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="ClusterRoleBinding",
+        metadata=k.V1ObjectMeta(name=f"{HEALTH_ROLE}-{spec.namespace}-{sa}", labels=labels),
+        role_ref=k.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=HEALTH_ROLE),
+        subjects=[k.RbacV1Subject(kind="ServiceAccount", name=sa, namespace=spec.namespace)],
+    )
+    return [_sanitize(role), _sanitize(binding)]
 
 
 def _sanitize(obj: Any) -> Any:
@@ -304,7 +358,7 @@ def render_pytorchjob(
             ),
         ),
     )
-    return Rendered("pytorchjob", name, spec.namespace, [_sanitize(job)], warnings)
+    return Rendered("pytorchjob", name, spec.namespace, [*rbac_objects(cfg, spec), _sanitize(job)], warnings)
 
 
 def render_trainjob(
@@ -410,7 +464,7 @@ def render_trainjob(
             ),
         ),
     )
-    objects = [_dump_trainer(runtime), _dump_trainer(trainjob)]
+    objects = [*rbac_objects(cfg, spec), _dump_trainer(runtime), _dump_trainer(trainjob)]
     return Rendered("trainjob", name, spec.namespace, objects, warnings)
 
 

@@ -69,6 +69,14 @@ def failures_so_far(run_dir: Path, job_id: str) -> int:
     )
 
 
+def gave_up(run_dir: Path, job_id: str) -> bool:
+    """A record of `job_id` already gave up: its restart budget is used up."""
+    return any(
+        str(r.get("job_id")) == job_id and r.get("action") == "give_up"
+        for r in read_jsonl(run_dir / rundir.RESTARTS_FILE)
+    )
+
+
 def failed_nodes(run_dir: Path | None) -> list[str]:
     """Nodes named in restarts.jsonl (`node` field, written by the Slurm script and the k8s wrapper)."""
     if run_dir is None:
