@@ -414,7 +414,7 @@ def test_health_check_renders_init_container_rbac_and_label_affinity(kind: str) 
     assert (role["kind"], role["metadata"]["name"]) == ("ClusterRole", "mltrain-node-health")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
     assert binding["roleRef"]["name"] == "mltrain-node-health"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": "mltrain"}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mltrain", "namespace": "mltrain"}]  # the spec's
     _core_validate(role)
     _core_validate(binding)
     holder = r.job if kind == "pytorchjob" else r.objects[2]
