@@ -228,7 +228,11 @@ def test_without_a_fleet_the_quota_is_the_node_group() -> None:
         "nvidia.com/gpu": "24",
         "vpc.amazonaws.com/efa": "96",
     }
-    assert _one(files, "ResourceFlavor")["spec"]["nodeLabels"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    # the spec renders its own cluster (cluster:), so the flavor pins that cluster's GPU node group too
+    assert _one(files, "ResourceFlavor")["spec"]["nodeLabels"] == {
+        "node.kubernetes.io/instance-type": "p5.48xlarge",
+        "alpha.eksctl.io/nodegroup-name": "gpu",
+    }
     (lq,) = [o for o in _all(files) if o["kind"] == "LocalQueue"]
     assert lq["metadata"]["name"] == "training"  # scheduling.kueue_queue, what the jobs are labelled with
     cq = _one(files, "ClusterQueue")

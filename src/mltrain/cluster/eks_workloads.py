@@ -152,7 +152,9 @@ class EksWorkloadsSpec(StrictModel):
         default=None, description="fleet file (relative to the spec): the queue's quota is its plan's nodes"
     )
     node_group: str | None = Field(
-        default=None, description="the eksctl node group of the GPU nodes; the ResourceFlavor pins its label"
+        default=None,
+        description="the eksctl node group of the GPU nodes (default: cluster.gpu_nodes.name when the spec has a "
+        "cluster:); the ResourceFlavor pins its label",
     )
     operator: Literal["training-operator", "trainer"] = Field(
         default="training-operator", description="Kubeflow training operator v1 (PyTorchJob) or Trainer v2 (TrainJob)"
@@ -238,8 +240,9 @@ def _kueue(spec: EksSpec, spec_path: Path) -> list[dict[str, Any]]:
     per = _per_node(spec)
     labels = _labels(spec)
     node_labels = {INSTANCE_TYPE_LABEL: spec.instance_type}
-    if w.node_group:
-        node_labels[NODEGROUP_LABEL] = w.node_group
+    group = w.node_group or (spec.cluster.gpu_nodes.name if spec.cluster is not None else None)
+    if group:  # the spec's own eksctl GPU node group when it renders the cluster
+        node_labels[NODEGROUP_LABEL] = group
     quotas = [
         ("cpu", str(nodes * per["cpu"])),
         ("memory", f"{nodes * per['memory_gib']}Gi"),
