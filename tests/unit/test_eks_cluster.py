@@ -401,6 +401,30 @@ def test_apply_creates_or_replaces_namespace_aware():
     ]
 
 
+def test_apply_skips_kinds_the_cluster_does_not_serve_and_says_what_to_install():
+    """A fresh cluster has no Kueue or Prometheus operator CRDs: those objects are skipped with the install
+    hint (the dynamic client's ResourceNotFoundError, not a traceback), the rest is applied."""
+    pytest.importorskip("kubernetes")
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    log: list = []
+
+    def get(api_version, kind):
+        if api_version.startswith(("kueue.x-k8s.io", "monitoring.coreos.com")):
+            raise ResourceNotFoundError(f"No matches found for {{'api_version': '{api_version}', 'kind': '{kind}'}}")
+        return _FakeResource(False, set(), log)
+
+    objs = [
+        {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "ClusterQueue", "metadata": {"name": "cq"}},
+        {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fsx"}},
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "m"}},
+    ]
+    lines = apply_objects(objs, SimpleNamespace(resources=SimpleNamespace(get=get)), default_namespace="mltrain")
+    assert lines[1] == "created StorageClass/fsx" and log == [("create", "StorageClass", None)]
+    assert lines[0].startswith("skipped ClusterQueue/cq: kueue.x-k8s.io/v1beta1 is not served here; install Kueue")
+    assert lines[2].startswith("skipped PodMonitor/m: monitoring.coreos.com/v1 is not served here; install the Prom")
+
+
 def test_real_create_runs_eksctl_then_applies(tmp_path, monkeypatch):
     """With eksctl on PATH and credentials: eksctl create cluster -f DIR/cluster.yaml, then the workloads."""
     pytest.importorskip("kubernetes")

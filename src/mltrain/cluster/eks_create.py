@@ -159,15 +159,35 @@ def _kube_api() -> Any:
     return client.ApiClient()
 
 
+# who serves an API group the workloads use, when the cluster does not yet
+_INSTALLERS = {
+    "kueue.x-k8s.io": "install Kueue (https://kueue.sigs.k8s.io/docs/installation/)",
+    "monitoring.coreos.com": "install the Prometheus operator (e.g. the kube-prometheus-stack Helm chart)",
+    "kubeflow.org": "install the Kubeflow training operator (operator.yaml has the command)",
+    "trainer.kubeflow.org": "install Kubeflow Trainer (operator.yaml has the command)",
+}
+
+
+def _install_hint(obj: dict[str, Any]) -> str:
+    group = str(obj.get("apiVersion", "")).partition("/")[0]
+    return _INSTALLERS.get(group, f"install what serves {group}") + ", then apply the file again"
+
+
 def apply_objects(objects: list[dict[str, Any]], dynamic: Any, default_namespace: str = "default") -> list[str]:
     """Create each object, or replace it where it exists (409), in its own namespace (or `default_namespace`
     for a namespaced kind without one). `dynamic` is a kubernetes DynamicClient. Returns 'created|replaced
     Kind/name' lines."""
     from kubernetes.client.exceptions import ApiException
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
     done = []
     for obj in objects:
-        api = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            api = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        except ResourceNotFoundError:  # its CRDs are not installed yet: say what to install, apply the rest
+            name = (obj.get("metadata") or {}).get("name")
+            done.append(f"skipped {obj['kind']}/{name}: {obj['apiVersion']} is not served here; {_install_hint(obj)}")
+            continue
         meta = obj.get("metadata") or {}
         name = meta.get("name")
         ns = (meta.get("namespace") or default_namespace) if api.namespaced else None
@@ -249,7 +269,13 @@ def eks_action(
         for name, text in workloads.items():
             objects = [o for o in yaml.safe_load_all(text) if o]
             for line in apply_objects(objects, dynamic, spec.namespace):
-                console.print(f"{name}: {line}", highlight=False, markup=False)
+                console.print(
+                    f"{name}: {line}",
+                    style="yellow" if line.startswith("skipped") else None,
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
     console.print(f"{spec.name}: {action} done", highlight=False)
     return 0
 
