@@ -323,9 +323,16 @@ def test_mltrain_status_tells_the_same_story_as_kubectl(
     st = status.run_status(run_dir)
     assert st.scheduler_state == "Succeeded" and not st.running and st.state == "done"
     # no API api_server reachable: still a row, with the reason
-    monkeypatch.setattr(kc, "api_client", lambda: (_ for _ in ()).throw(RuntimeError("no credentials")))
-    st = status.run_status(run_dir)
+    calls = []
+    monkeypatch.setattr(
+        kc, "api_client", lambda: calls.append(1) or (_ for _ in ()).throw(RuntimeError("no credentials"))
+    )
+    down: dict[str, str] = {}
+    st = status.run_status(run_dir, k8s_down=down)
     assert st.job_id == job_id and st.scheduler_state is None and "no credentials" in (st.scheduler or "")
+    # the next run of the same `mltrain status` does not wait for the API server again
+    st = status.run_status(run_dir, k8s_down=down)
+    assert "no credentials (not asked again)" in (st.scheduler or "") and calls == [1]
 
 
 def _health_env(run_dir: Path, node: str) -> dict[str, str]:

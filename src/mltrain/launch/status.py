@@ -181,7 +181,7 @@ def _exit_reason_is_current(run_dir: Path, metrics: list[dict[str, Any]]) -> boo
         return False
 
 
-def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
+def run_status(run_dir: Path, now: float | None = None, k8s_down: dict[str, str] | None = None) -> RunStatus:
     """Collect everything about one run (no printing; used by show_status and the tests)."""
     now = time.time() if now is None else now
     st = RunStatus(name=run_dir.name, run_dir=run_dir)
@@ -216,7 +216,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     st.job_id = latest_job_id(run_dir)
     state = None
     info = None
-    k8s = None if st.job_id else _k8s_view(run_dir)
+    k8s = None if st.job_id else _k8s_view(run_dir, k8s_down)
     if k8s is not None:  # a Kubernetes run: the job's condition as `kubectl get pytorchjob` shows it
         st.job_id, st.scheduler_state = k8s["job_id"], k8s["state"]
         state = K8S_STATES.get(k8s["state"] or "")
@@ -362,7 +362,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     return st
 
 
-def _k8s_view(run_dir: Path) -> dict[str, Any] | None:
+def _k8s_view(run_dir: Path, down: dict[str, str] | None = None) -> dict[str, Any] | None:
     """A run submitted with `mltrain k8s submit` (k8s/jobs.jsonl): its job's condition, after recording its
     pods' failures (launch/k8s/recovery.py), plus its restarts by cause; None for any other run."""
     if not (run_dir / "k8s" / "jobs.jsonl").is_file():
@@ -370,7 +370,7 @@ def _k8s_view(run_dir: Path) -> dict[str, Any] | None:
     from mltrain.launch.k8s.client import run_view
     from mltrain.launch.k8s.recovery import causes_line
 
-    view = run_view(run_dir)
+    view = run_view(run_dir, down)
     if view is not None:
         view["notes"] = [line] if (line := causes_line(run_dir)) else []
     return view
@@ -588,7 +588,8 @@ def show_status(
                 f"no runs under {base / rundir.RUNS_DIR} (set MLTRAIN_BASE_DIR or pass a run dir)", highlight=False
             )
             return []
-    rows = [run_status(d) for d in dirs]
+    k8s_down: dict[str, str] = {}  # shared by the runs of this call: an unreachable API server is waited for once
+    rows = [run_status(d, k8s_down=k8s_down) for d in dirs]
     if json_out:
         import json
 

@@ -318,7 +318,7 @@ def watch(run: str, cluster_yaml: Path, kind: str, interval_s: float, count: int
         time.sleep(interval_s)
 
 
-def run_view(run_dir: Path) -> dict[str, Any] | None:
+def run_view(run_dir: Path, down: dict[str, str] | None = None) -> dict[str, Any] | None:
     """For `mltrain status`: the run's newest k8s submission as kubectl shows it (the job's newest condition,
     its nodes), after recording its pods' failures; None for a run never submitted to Kubernetes. Never
     raises: an unreachable API server gives state None and the reason in `error`."""
@@ -326,6 +326,9 @@ def run_view(run_dir: Path) -> dict[str, Any] | None:
     if not sub.get("name") or not sub.get("namespace"):
         return None
     view: dict[str, Any] = {"job_id": str(sub.get("job_id") or sub["name"]), "state": None, "nodes": []}
+    if down and "error" in down:  # one `mltrain status` waits for an unreachable API server once, not per run
+        view["error"] = f"{down['error']} (not asked again)"
+        return view
     try:
         from kubernetes import client as k
         from kubernetes.client.exceptions import ApiException
@@ -347,6 +350,8 @@ def run_view(run_dir: Path) -> dict[str, Any] | None:
         view["nodes"] = sorted({(p.get("spec") or {}).get("nodeName") for p in pods} - {None})
     except Exception as e:  # status shows every run, whatever one API server says
         view["error"] = str(getattr(e, "reason", None) or e).splitlines()[0] if str(e) else type(e).__name__
+        if down is not None:
+            down["error"] = view["error"]
     return view
 
 
