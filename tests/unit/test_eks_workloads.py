@@ -446,3 +446,27 @@ def test_namespace_first_and_not_for_default(tmp_path: Path) -> None:
 def test_no_nccl_topology_for_p5_and_p5e(spec_path: Path) -> None:
     # the aws-ofi-nccl plugin in the image sets NCCL_TOPO_FILE where it has a topology; nothing to render
     assert "nccl.yaml" not in _rendered(spec_path)
+
+
+def test_jobs_carry_the_workload_priority_class_the_cluster_renders(tmp_path: Path) -> None:
+    """scheduling.workload_priority_class labels the job for Kueue, and must be one of the WorkloadPriorityClasses
+    rendered for the cluster: an unknown one is one line naming the key."""
+    from mltrain.config import load_run_config
+    from mltrain.launch.k8s.manifests import KUEUE_PRIORITY_LABEL, render_pytorchjob
+
+    spec_path = ROOT / "configs" / "clusters" / "eks-p5e-80.yaml"
+    spec = load_eks_spec(spec_path)
+    assert spec.scheduling.workload_priority_class == "mltrain-normal"
+    job = render_pytorchjob(load_run_config(ROOT / "configs" / "qwen2.5-0.5b.yaml"), spec).job
+    assert job["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "mltrain-normal"
+    names = {
+        o["metadata"]["name"] for o in _all(render_workloads(spec, spec_path)) if o["kind"] == "WorkloadPriorityClass"
+    }
+    assert "mltrain-normal" in names
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    data["scheduling"]["workload_priority_class"] = "urgent"
+    data["workloads"]["fleet"] = str(ROOT / "configs" / "fleets" / "seven-models.yaml")
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"bad.yaml: scheduling.workload_priority_class 'urgent' is not in"):
+        render_workloads(load_eks_spec(bad), bad)

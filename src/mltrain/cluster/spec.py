@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mltrain.cluster.catalog import InstanceType
 from mltrain.cluster.eks_cluster import EksClusterSpec
-from mltrain.cluster.eks_workloads import EksWorkloadsSpec
+from mltrain.cluster.eks_workloads_spec import EksWorkloadsSpec
 from mltrain.config import StrictModel, _read_yaml, load_yaml_model, refuse_other_kind
 from mltrain.errors import ConfigError
 from mltrain.slurm_time import parse_slurm_time
@@ -239,6 +239,11 @@ class EksSchedulingSpec(StrictModel):
     )
     schedule_timeout_s: int = Field(default=600, gt=0, description="PodGroup: give up gang scheduling after this")
     priority_class: str | None = None
+    workload_priority_class: str | None = Field(
+        default=None,
+        description="with kueue_queue: a Kueue WorkloadPriorityClass (workloads.priority_classes); sets "
+        "kueue.x-k8s.io/priority-class, the priority Kueue admits and preempts by",
+    )
 
 
 class EksSpec(StrictModel):

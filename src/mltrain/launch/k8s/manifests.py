@@ -29,6 +29,7 @@ PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", 
 TRAINER_GROUP, TRAINER_VERSION = "trainer.kubeflow.org", "v1alpha1"
 TRAINJOB_PLURAL, RUNTIME_PLURAL = "trainjobs", "trainingruntimes"
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 RUN_LABEL = "mltrain.io/run"
 EXIT_CODES_ANNOTATION = "mltrain.io/exit-codes"
 TRAINER_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
@@ -275,6 +276,8 @@ def _metadata(cfg: RunConfig, spec: EksSpec, name: str, *, gang_label: bool) -> 
     labels = {"app.kubernetes.io/managed-by": "mltrain", RUN_LABEL: job_name(cfg.name)}
     if gang_label and spec.scheduling.kueue_queue:
         labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
+        if spec.scheduling.workload_priority_class:
+            labels[KUEUE_PRIORITY_LABEL] = spec.scheduling.workload_priority_class
     return {
         "name": name,
         "namespace": spec.namespace,
