@@ -144,3 +144,20 @@ def flip_last_byte(p: Path) -> None:
     raw = bytearray(p.read_bytes())
     raw[-1] ^= 0x01
     p.write_bytes(bytes(raw))
+
+
+def strict_schema(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema with unknown fields made errors: the API server prunes them silently, a test
+    should see them."""
+    if isinstance(schema, dict):
+        out = {k: strict_schema(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict_schema(v) for v in schema]
+    return schema

@@ -17,6 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from tests.helpers import strict_schema
 
 from mltrain.cluster.eks_workloads import OPERATORS, render_workloads
 from mltrain.cluster.spec import load_eks_spec
@@ -41,22 +42,6 @@ CRD_FILES = {
 CORE = {"Namespace", "StorageClass", "PersistentVolumeClaim", "ConfigMap", "PriorityClass"}
 
 
-def _strict(schema):
-    """The API server prunes unknown fields silently; for the test an unknown field is an error."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if (
-            "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
 @cache
 def _crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
     """The openAPIV3Schema of the CRD version the object names."""
@@ -65,7 +50,7 @@ def _crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
     version = api_version.split("/")[1]
     (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     assert entry["served"]
-    schema = _strict(entry["schema"]["openAPIV3Schema"])
+    schema = strict_schema(entry["schema"]["openAPIV3Schema"])
     # metadata is the API server's ObjectMeta (checked by kubernetes-validate for core kinds); here a name.
     schema["properties"]["metadata"] = {"type": "object", "required": ["name"]}
     return jsonschema.Draft7Validator(schema)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rich.console import Console
 from tests.unit.test_k8s_render import _core_validate, _crd_validator, _errors, _golden, _pod
-from tests.unit.test_k8s_submit import EKS, RUN, FakeApiServer
+from tests.unit.test_k8s_submit import EKS, RUN, FakeApiServer, install_fake_api
 
 from mltrain import runstats
 from mltrain.config import load_run_config
@@ -31,19 +31,7 @@ NODES = "/api/v1/nodes"
 @pytest.fixture
 def api_server(monkeypatch) -> FakeApiServer:
     """test_k8s_submit's fake API server behind kc.api_client (its fixture, for this module)."""
-    from kubernetes import client
-
-    fake = FakeApiServer()
-
-    def api_client():
-        cfg = client.Configuration()
-        cfg.host = "https://apiserver.invalid"
-        api = client.ApiClient(cfg)
-        api.rest_client.pool_manager = fake
-        return api
-
-    monkeypatch.setattr(kc, "api_client", api_client)
-    return fake
+    return install_fake_api(monkeypatch)
 
 
 def _console() -> Console:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from tests.helpers import mltrain_cmd
+from tests.helpers import mltrain_cmd, strict_schema
 
 from mltrain.cluster.spec import EksSpec, load_eks_spec
 from mltrain.config import load_run_config
@@ -32,26 +32,10 @@ EKS_SPECS = sorted((ROOT / "configs" / "clusters").glob("eks-*.yaml"))
 RUN = ROOT / "configs" / "qwen2.5-0.5b.yaml"
 
 
-def _strict(schema):
-    """The API server prunes unknown fields silently; for the test an unknown field is an error."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if (
-            "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
 def _crd_validator(name: str) -> jsonschema.Draft7Validator:
     schema = json.loads((SCHEMAS / f"{name}.crd-schema.json").read_text())
     schema.pop("$comment")
-    return jsonschema.Draft7Validator(_strict(schema))
+    return jsonschema.Draft7Validator(strict_schema(schema))
 
 
 def _errors(validator: jsonschema.Draft7Validator, obj: dict) -> list[str]:

@@ -95,8 +95,8 @@ class FakeApiServer:
         return _Resp(405, {}, "Method Not Allowed")
 
 
-@pytest.fixture
-def server(monkeypatch) -> FakeApiServer:
+def install_fake_api(monkeypatch) -> FakeApiServer:
+    """A FakeApiServer behind kc.api_client: the real kubernetes client, its HTTP pool replaced."""
     from kubernetes import client
 
     fake = FakeApiServer()
@@ -110,6 +110,11 @@ def server(monkeypatch) -> FakeApiServer:
 
     monkeypatch.setattr(kc, "api_client", api_client)
     return fake
+
+
+@pytest.fixture
+def server(monkeypatch) -> FakeApiServer:
+    return install_fake_api(monkeypatch)
 
 
 def _console() -> Console:

@@ -145,18 +145,9 @@ def eksctl_argv(action: str, cluster_file: Path, exe: str = "eksctl", wait: bool
 
 def _kube_api() -> Any:
     """A kubernetes ApiClient from the kubeconfig eksctl just wrote (or in-cluster credentials)."""
-    try:
-        from kubernetes import client, config
-    except ImportError:
-        raise ClusterError("applying the workloads needs the kubernetes client: pip install 'mltrain[k8s]'") from None
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as e:
-            raise ClusterError(f"no Kubernetes credentials (kubeconfig or in-cluster): {e}") from None
-    return client.ApiClient()
+    from mltrain.cluster.kube_api import kube_api_client
+
+    return kube_api_client(ClusterError)
 
 
 # who serves an API group the workloads use, when the cluster does not yet

@@ -28,18 +28,9 @@ STATUS_TIMEOUT_S = 10.0  # `mltrain status` asks the API about every k8s run: an
 
 def api_client():
     """An ApiClient from the in-cluster service account, else ~/.kube/config (tests replace this)."""
-    try:
-        from kubernetes import client, config
-    except ImportError:
-        raise LaunchError("the kubernetes client is not installed: pip install 'mltrain[k8s]'") from None
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as e:
-            raise LaunchError(f"no Kubernetes credentials (in-cluster or kubeconfig): {e}") from None
-    return client.ApiClient()
+    from mltrain.cluster.kube_api import kube_api_client
+
+    return kube_api_client(LaunchError)
 
 
 def _api_error(what: str, e: Exception) -> LaunchError:
