@@ -315,6 +315,31 @@ def test_apply_stops_at_a_checkpoint_resubmits_and_updates_the_record_then_nothi
     assert not prop.moves and "nothing to move" in c2.export_text() and rec.read_text() == before
 
 
+def test_a_second_apply_while_one_runs_is_refused_and_changes_nothing(tmp_path):
+    """Two `--apply` at once would both stop and resubmit b: the second is refused in one line naming the
+    holder, nothing is stopped or submitted, the record is unchanged; once the first is done, it runs."""
+    import fcntl
+    import os
+
+    fleet, cluster, rec, b = _a_done_b_behind(tmp_path)
+    before = rec.read_text()
+    lock = rec.with_name(rec.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"pid 4242 on login1")
+    try:
+        with pytest.raises(
+            LaunchError, match=r"another `mltrain fleet rebalance --apply` is moving .*pid 4242 on login1"
+        ):
+            rebalance_command(fleet, cluster, apply=True, console=_console(), scheduler=_NoCalls(), now=NOW)
+    finally:
+        os.close(fd)
+    assert rec.read_text() == before and not (b / rundir.STOP_FILE).exists()
+    fake = _FakeSlurm(b, running_polls=3, stop_step=23, ckpt_step=23)
+    rebalance_command(fleet, cluster, apply=True, console=_console(), scheduler=fake, poll_s=0.01, now=NOW)
+    assert len(fake.submits) == 1
+
+
 def test_apply_refuses_to_resubmit_when_the_stop_left_no_checkpoint_at_its_step(tmp_path):
     fleet, cluster, rec, b = _a_done_b_behind(tmp_path)
     before = rec.read_text()

@@ -19,9 +19,13 @@ no step or sample is lost or repeated. The fleet record is updated (atomically) 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -587,6 +591,54 @@ def rebalance_command(
     """`mltrain fleet rebalance`: print the proposal; with apply, carry it out (LaunchError when a move failed).
     `now` fixes the clock of the proposal (tests)."""
     console = console or Console()
+    if not apply:
+        return _propose_and_apply(fleet_yaml, cluster, False, json_out, console, scheduler, stop_timeout_s, poll_s, now)
+    from mltrain.cluster.spec import load_cluster_spec
+
+    record = fleet_state_path(load_cluster_spec(cluster).run_base_dir, fleet_yaml)
+    if not record.exists():  # propose says there is no record, in one line; no lock file left behind
+        return _propose_and_apply(fleet_yaml, cluster, True, json_out, console, scheduler, stop_timeout_s, poll_s, now)
+    with _apply_lock(record):  # a second --apply waits for nothing: it is refused, and re-reads the record later
+        return _propose_and_apply(fleet_yaml, cluster, True, json_out, console, scheduler, stop_timeout_s, poll_s, now)
+
+
+@contextlib.contextmanager
+def _apply_lock(record: Path) -> Iterator[None]:
+    """An exclusive lock beside the fleet record for one `--apply`: two at once would both stop and resubmit
+    the same run. Refused in one line while another holds it; the kernel drops it if the holder dies."""
+    lock_path = record.with_name(record.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise LaunchError(f"{lock_path}: cannot open the rebalance lock: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise LaunchError(
+                f"another `mltrain fleet rebalance --apply` is moving this fleet's nodes ({holder}, lock {lock_path}); "
+                "run it again when that one is done"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _propose_and_apply(
+    fleet_yaml: Path,
+    cluster: Path,
+    apply: bool,
+    json_out: bool,
+    console: Console,
+    scheduler: Scheduler | None,
+    stop_timeout_s: float,
+    poll_s: float,
+    now: float | None,
+) -> Proposal:
     prop, state = propose(Path(fleet_yaml), Path(cluster), now=now)
     if json_out:
         console.print(json.dumps(prop.to_dict(), indent=2), markup=False, highlight=False, soft_wrap=True)
