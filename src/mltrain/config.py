@@ -425,6 +425,21 @@ class CheckpointConfig(StrictModel):
         description="s3://bucket/prefix: upload every committed checkpoint there in the background; "
         "a run with no local checkpoint resumes from the newest complete one",
     )
+    storage: str | None = Field(
+        default=None,
+        pattern=r"^s3://[^/]+",
+        description="s3://bucket/prefix: write checkpoints straight there (DCP through s3torchconnector) instead "
+        "of <run>/checkpoints; same COMMITTED marker, hashes and resume rules",
+    )
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> CheckpointConfig:
+        if self.storage and self.mirror:
+            raise ValueError(
+                "checkpoint.storage and checkpoint.mirror both set: with storage on S3 the checkpoints are "
+                "already there; drop mirror"
+            )
+        return self
 
 
 class LaunchConfig(StrictModel):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SHA256 = "SHA256"
 CRC64NVME = "CRC64NVME"
@@ -142,3 +144,82 @@ def local_checksum(path: Path, algorithm: str) -> str | None:
                 crc = zlib.crc32(chunk, crc)
         return f"CRC32:{base64.b64encode(crc.to_bytes(4, 'big')).decode()}"
     return None
+
+
+class StreamDigest:
+    """A write-only file that hashes the bytes written to it, in order: a download checked while it
+    streams in, with no second read. It reports itself unseekable, so both transfer engines hand it
+    the body in order (s3transfer buffers out-of-order ranged parts; the CRT delivers in order).
+
+    Keeps the sha256 (the manifest's hash) and, with awscrt, the CRC64NVME S3 stores for an object."""
+
+    def __init__(self, path: Path) -> None:
+        import secrets
+
+        self.path = Path(path)  # where the bytes are once all are in (close)
+        # where they are until then: a name that says "incomplete" (the suffix s3transfer gives its temps)
+        self.partial = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}")
+        self._f: Any = None  # opened at the first byte: thousands of queued downloads hold no descriptors
+        self._closed = False
+        self._sha = hashlib.sha256()
+        self._crc_fn = None
+        if crt_available():
+            from awscrt.checksums import crc64nvme
+
+            self._crc_fn = crc64nvme
+        self._crc = 0
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        if self._f is None:
+            self._f = open(self.partial, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        view = memoryview(data)
+        while view:
+            n = self._f.write(view)
+            view = view[n:]
+        self._sha.update(data)
+        if self._crc_fn is not None:
+            self._crc = self._crc_fn(data, self._crc)
+        self.size += len(data)
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, complete: bool = True) -> None:
+        """Close the file; `complete`: move it to `path` (an empty object, which gets no write, is created
+        there), else remove it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._f is not None:
+            self._f.close()
+        if not complete:
+            self.partial.unlink(missing_ok=True)
+        elif self._f is None:
+            self.path.touch()
+        else:
+            os.replace(self.partial, self.path)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def s3_checksum(self, algorithm: str) -> str | None:
+        """The whole-object checksum of what was written, as S3 states it ("<ALGO>:<value>"); None for an
+        algorithm not computed while streaming."""
+        if algorithm == SHA256:
+            return f"{SHA256}:{base64.b64encode(self._sha.digest()).decode()}"
+        if algorithm == CRC64NVME and self._crc_fn is not None:
+            return f"{CRC64NVME}:{base64.b64encode(self._crc.to_bytes(8, 'big')).decode()}"
+        return None

@@ -30,12 +30,20 @@ from mltrain.storage.digest import (
     CRC64NVME,
     SHA256,
     FileDigest,
+    StreamDigest,
     choose_algorithm,
     digest_file,
     local_checksum,
     part_size_for,
     same_checksum,
     stored_checksum,
+)
+from mltrain.storage.engine import (
+    choose_engine,
+    crt_error_text,
+    is_crt_checksum_mismatch,
+    open_manager,
+    requested_engine,
 )
 from mltrain.storage.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from mltrain.storage.progress import ByteProgress, byte_progress, rate_text
@@ -69,6 +77,7 @@ class TransferSettings:
     threshold: int = 16 * MiB
     checksum: str = "auto"
     hash_workers: int = 4
+    engine: str = ""  # auto | crt | classic; "" = MLTRAIN_S3_ENGINE, else auto (see storage/engine.py)
 
     def transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -104,6 +113,8 @@ class TransferSummary:
     verified: bool = False
     transfer_seconds: float = 0.0  # the progress bar's interval: its rate and ours are the same figure
     seconds: float = 0.0  # the whole command
+    engine: str = ""  # the transfer engine that ran: crt or classic ("" before one ran)
+    engine_reason: str = ""  # why classic, when the CRT was not used
 
     @property
     def mib_per_s(self) -> float | None:
@@ -111,6 +122,8 @@ class TransferSummary:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.engine:  # nothing was transferred through an engine
+            del d["engine"], d["engine_reason"]
         rate = self.mib_per_s
         d["mib_per_s"] = None if rate is None else round(rate, 2)
         return d
@@ -125,6 +138,7 @@ class TransferSummary:
         text = ", ".join(parts) + (
             f"; {self.bytes_transferred / MiB:.1f} MiB in {self.transfer_seconds:.1f}s "
             f"({rate_text(self.mib_per_s)}), {self.seconds:.1f}s in all"
+            + (f", {self.engine} engine" if self.engine else "")
         )
         if self.unchecked:
             text += (
@@ -231,7 +245,6 @@ def upload(
 ) -> TransferSummary:
     """Make `dest` hold the files of `local` (a file or a tree); returns what was done."""
     from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.manager import TransferManager
 
     t0 = time.perf_counter()
     local = Path(local)
@@ -241,6 +254,7 @@ def upload(
     if exclude:
         files = {rel: p for rel, p in files.items() if not exclude(rel)}
     algo = choose_algorithm(settings.checksum)
+    engine = choose_engine(requested_engine(settings.engine), algo, "upload")
     summary = TransferSummary("upload", str(local), str(dest), files=len(files), checksum_algorithm=algo)
     check_bucket(client, dest.bucket)
     remote = list_objects(client, dest)
@@ -276,10 +290,8 @@ def upload(
     with byte_progress(f"upload -> {dest}", console, progress) as bar:
         try:
             # pipelined: a file is sent as soon as it is hashed and S3 turned out not to have those bytes
-            with (
-                ThreadPoolExecutor(max_workers=settings.hash_workers) as hashers,
-                TransferManager(client, settings.transfer_config()) as tm,
-            ):
+            tm, engine = open_manager(engine, client, settings)
+            with ThreadPoolExecutor(max_workers=settings.hash_workers) as hashers, tm:
                 futures = []
                 for rel, d, same in hashers.map(prepare, sorted(files)):
                     digests[rel] = d
@@ -305,6 +317,12 @@ def upload(
             raise storage_error(e, str(dest)) from None
         except OSError as e:
             raise StorageError(f"{local}: cannot read during upload: {e.strerror or e}") from None
+        except Exception as e:  # the CRT's own errors (no botocore type)
+            crt = crt_error_text(e)
+            if crt is None:
+                raise
+            raise StorageError(f"{dest}: upload failed: {crt}") from None
+    summary.engine, summary.engine_reason = engine.name, engine.reason
     summary.transfer_seconds = bar.seconds
     summary.transferred = len(todo)
     summary.bytes_transferred = sum(digests[r].size for r in todo)
@@ -451,7 +469,6 @@ def download(
     and checked first. `unlisted`: True also downloads objects the manifest does not list (checked
     against S3's whole-object checksum, by size where it stores none), or the names given."""
     from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
-    from s3transfer.manager import TransferManager
 
     t0 = time.perf_counter()
     local = Path(local)
@@ -477,6 +494,7 @@ def download(
     if local_root.exists() and not local_root.is_dir():
         raise StorageError(f"{local_root}: exists and is not a directory")
     listed = manifest.files if manifest is not None else {}
+    engine = choose_engine(requested_engine(settings.engine), "", "download", client)
     rels, skipped_unlisted = _select(src, remote, manifest, unlisted, single)
     summary = TransferSummary("download", str(src), str(local), files=len(rels), unlisted=skipped_unlisted)
     summary.bytes_total = sum(remote[r] for r in rels)
@@ -535,58 +553,66 @@ def download(
     summary.skipped = len(rels) - len(todo) - len(kept)
     summary.recovered = len(kept)
 
-    def check(rel: str, tmp: Path) -> tuple[str | None, bool]:
-        """(problem, checked): the manifest's sha256, else S3's whole-object checksum, else size only."""
+    def check(rel: str, tmp: Path, streamed: StreamDigest) -> tuple[str | None, bool]:
+        """(problem, checked): the manifest's sha256, else S3's whole-object checksum, else size only;
+        from the hashes taken while the bytes streamed in (a second read only for CRC32 and the like)."""
         d = listed.get(rel)
         if d is not None:
-            got = digest_file(tmp, 0)
-            ok = got.sha256 == d.sha256 and got.size == d.size
+            ok = streamed.sha256 == d.sha256 and streamed.size == d.size
             return (None if ok else f"{rel} (sha256 differs from the manifest)"), True
         want = stored_whole(rel)
-        have_local = local_checksum(tmp, want.split(":", 1)[0]) if want else None
+        algo_name = want.split(":", 1)[0] if want else ""
+        have_local = (streamed.s3_checksum(algo_name) or local_checksum(tmp, algo_name)) if want else None
         if have_local is None:  # s3transfer checked the size; nothing else can be
             return None, False
         algo = want.split(":", 1)[0].lower()
         return (None if have_local == want else f"{rel} ({algo} differs from S3's checksum)"), True
 
     tmps: list[Path] = list(kept.values())
+    sinks: list[StreamDigest] = []
     try:
         with byte_progress(f"download <- {src}", console, progress) as bar:
             bar.add_total(summary.bytes_total)
             bar.skip(sum(remote[r] for r in rels if have[r] is not None))
-            # each file is hashed as soon as it is down, while the rest are still downloading
-            with (
-                ThreadPoolExecutor(max_workers=settings.hash_workers) as hashers,
-                TransferManager(client, settings.transfer_config()) as tm,
-            ):
+            # every body is hashed as it streams into its temp file (one pass); a file is checked the
+            # moment it is complete, while the rest are still downloading
+            tm, engine = open_manager(engine, client, settings)
+            with tm:
                 jobs = []
                 for rel in todo:
                     t = targets[rel]
                     t.parent.mkdir(parents=True, exist_ok=True)
                     tmp = _tmp_path(t)
                     tmps.append(tmp)
-                    jobs.append(
-                        (rel, tmp, tm.download(src.bucket, src.key(rel), str(tmp), subscribers=[bar.subscriber()]))
-                    )
+                    sink = StreamDigest(tmp)
+                    sinks.append(sink)
+                    fut = tm.download(src.bucket, src.key(rel), sink, subscribers=[bar.subscriber()])
+                    jobs.append((rel, tmp, sink, fut))
                 bad: list[str] = []
-                checks = []
-                for rel, tmp, fut in jobs:
+                for rel, tmp, sink, fut in jobs:
                     try:
                         fut.result()
                     except FlexibleChecksumError:  # botocore hashed the body: not what S3 says it stores
+                        sink.close(complete=False)
                         bad.append(f"{rel} (bytes differ from the checksum S3 stores)")
                         continue
-                    checks.append((rel, hashers.submit(check, rel, tmp)))
-                for rel, c in checks:
-                    problem, checked = c.result()
+                    except Exception as e:
+                        sink.close(complete=False)
+                        if not is_crt_checksum_mismatch(e):
+                            raise
+                        bad.append(f"{rel} (bytes differ from the checksum S3 stores)")
+                        continue
+                    sink.close()
+                    problem, checked = check(rel, tmp, sink)
                     if problem:
                         bad.append(problem)
                     elif not checked:
                         summary.unchecked.append(rel)
+        summary.engine, summary.engine_reason = engine.name, engine.reason
         summary.transfer_seconds = bar.seconds
         if bad:
             raise StorageError(f"{src}: downloaded files do not match: {'; '.join(bad[:10])} (nothing replaced)")
-        for rel, tmp, _ in jobs:
+        for rel, tmp, _, _ in jobs:
             os.replace(tmp, targets[rel])
         for rel, tmp in kept.items():
             os.replace(tmp, targets[rel])
@@ -594,7 +620,15 @@ def download(
         raise storage_error(e, str(src)) from None
     except OSError as e:
         raise StorageError(f"{local}: cannot write: {e.strerror or e}") from None
+    except Exception as e:  # the CRT's own errors (no botocore type)
+        crt = crt_error_text(e)
+        if crt is None:
+            raise
+        raise StorageError(f"{src}: download failed: {crt}") from None
     finally:
+        for sink in sinks:  # a failed run: nothing half-written stays behind
+            sink.close(complete=False)
+            sink.partial.unlink(missing_ok=True)
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
     for rel in victims:

@@ -178,11 +178,11 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt / TRAINER_STATE}: unreadable: {e}") from None
 
 
-def _checkpoint_tensor_shapes(ckpt: Path, prefix: str) -> dict[str, tuple[int, ...]]:
+def _checkpoint_tensor_shapes(ckpt: Path, prefix: str, reader: Any = None) -> dict[str, tuple[int, ...]]:
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    meta = FileSystemReader(str(ckpt)).read_metadata()
+    meta = (reader or FileSystemReader(str(ckpt))).read_metadata()
     out = {}
     for key, md in meta.state_dict_metadata.items():
         if key.startswith(prefix) and isinstance(md, TensorStorageMetadata):
@@ -190,9 +190,10 @@ def _checkpoint_tensor_shapes(ckpt: Path, prefix: str) -> dict[str, tuple[int, .
     return out
 
 
-def check_model_fits(ckpt: Path, expected: dict[str, tuple[int, ...]]) -> None:
-    """Raise CheckpointError listing keys/shapes where `ckpt`'s model differs from `expected`."""
-    have = _checkpoint_tensor_shapes(ckpt, "model.")
+def check_model_fits(ckpt: Path, expected: dict[str, tuple[int, ...]], reader: Any = None) -> None:
+    """Raise CheckpointError listing keys/shapes where `ckpt`'s model differs from `expected` (`reader`: a DCP
+    storage reader for a checkpoint not on the file system)."""
+    have = _checkpoint_tensor_shapes(ckpt, "model.", reader)
     problems = []
     for k in sorted(set(expected) - set(have)):
         problems.append(f"missing {k}")

@@ -186,15 +186,21 @@ class Trainer:
             self.dp_rank, self.dp_size = dp_coordinate(self.layout, info.rank)
             if note := parallel_note(cfg):
                 _log(info, note)
-        self.ckpt = CheckpointManager(
-            self.run_dir,
-            cfg.checkpoint.keep_last,
-            info.rank,
-            info.world_size,
-            async_save=cfg.checkpoint.async_save,
-            warn=lambda m: _log(info, "WARNING: " + m),
-            info=lambda m: _log(info, m),
-        )
+        ckpt_args: dict[str, Any] = {
+            "async_save": cfg.checkpoint.async_save,
+            "warn": lambda m: _log(info, "WARNING: " + m),
+            "info": lambda m: _log(info, m),
+        }
+        if cfg.checkpoint.storage:  # checkpoints live on S3, not under the run dir
+            from mltrain.train.s3_checkpoint import S3CheckpointManager
+
+            self.ckpt = S3CheckpointManager(
+                cfg.checkpoint.storage, self.run_dir, cfg.checkpoint.keep_last, info.rank, info.world_size, **ckpt_args
+            )
+        else:
+            self.ckpt = CheckpointManager(
+                self.run_dir, cfg.checkpoint.keep_last, info.rank, info.world_size, **ckpt_args
+            )
         if cfg.checkpoint.mirror:  # pull the newest remote checkpoint when none is local; mirror new ones
             from mltrain.train.mirror import attach_checkpoint_mirror
 
