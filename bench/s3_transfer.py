@@ -63,7 +63,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def commands(
     tool: str, exe: str | None, endpoint: str, src: Path, url: str, dst: Path, extra: list[str]
 ) -> tuple[list, list]:
-    if tool == "mltrain":
+    if tool.startswith("mltrain"):
         base = [sys.executable, "-m", "mltrain", "data"]
         return (
             base + ["upload", str(src), url, "--endpoint-url", endpoint, "--json", *extra],
@@ -83,6 +83,19 @@ def commands(
 
 
 CPU: dict[str, dict[str, list[float]]] = {}
+ENGINES: dict[str, set[str]] = {}  # mltrain's engine per direction, from its --json summary
+
+
+def note_engine(what: str, stdout: str) -> None:
+    import json
+
+    try:
+        d = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return
+    ENGINES.setdefault(what, set()).add(
+        f"{d.get('engine', '?')}{' (' + d['engine_reason'] + ')' if d.get('engine_reason') else ''}"
+    )
 
 
 def timed(cmd: list, env: dict, tool: str = "", what: str = "") -> float:
@@ -95,6 +108,8 @@ def timed(cmd: list, env: dict, tool: str = "", what: str = "") -> float:
     c1, s1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd[:4]))} failed ({r.returncode}): {r.stderr[-800:]}")
+    if tool.startswith("mltrain"):
+        note_engine(f"{tool}/{what}", r.stdout)
     if tool:
         d = CPU.setdefault(tool, {})
         d.setdefault(f"{what}_client_cpu_s", []).append(round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 2))
@@ -126,6 +141,7 @@ def main() -> int:
     ap.add_argument("--tools-bin", type=Path, default=None, help="directory holding `aws` and `s5cmd`")
     ap.add_argument("--smoke", action="store_true", help="8 MiB, one round, result in a temp file")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--crt-too", action="store_true", help="also run mltrain with MLTRAIN_S3_ENGINE=crt")
     ap.add_argument("--mltrain-args", default="", help="extra options for mltrain, e.g. '--concurrency 10'")
     args = ap.parse_args()
     if args.smoke:
@@ -140,6 +156,7 @@ def main() -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="mltrain-s3bench-"))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -159,6 +176,8 @@ def main() -> int:
         total = make_tree(src, args.files, args.file_mib, args.big_mib)
         want = tree_hashes(src)
         tools = {"mltrain": sys.executable}
+        if args.crt_too:  # the same command on the CRT engine, which `auto` leaves out for a loopback server
+            tools["mltrain-crt"] = sys.executable
         versions: dict[str, Any] = {"boto3": boto3.__version__}
         for tool, exe_name, vargs in (("awscli", "aws", ["--version"]), ("s5cmd", "s5cmd", ["version"])):
             exe = find_tool(exe_name, args.tools_bin)
@@ -181,8 +200,9 @@ def main() -> int:
                 up, down = commands(
                     tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, args.mltrain_args.split()
                 )
-                runs[tool]["upload_s"].append(timed(up, env, tool, "upload"))
-                runs[tool]["download_s"].append(timed(down, env, tool, "download"))
+                tool_env = {**env, "MLTRAIN_S3_ENGINE": "crt"} if tool == "mltrain-crt" else env
+                runs[tool]["upload_s"].append(timed(up, tool_env, tool, "upload"))
+                runs[tool]["download_s"].append(timed(down, tool_env, tool, "download"))
                 got = tree_hashes(dst)
                 if got != want:
                     raise SystemExit(
@@ -209,7 +229,9 @@ def main() -> int:
                 "concurrency": 16,
                 "part_size_mib": 16,
                 "checksum": choose_algorithm(),
-                "verification": "stored checksum vs local hash after upload; sha256 of every downloaded file",
+                "engine": {k: sorted(v) for k, v in ENGINES.items()},
+                "verification": "upload: sha256 (manifest) and the S3 checksum from one read, S3 checks the value "
+                "we send; download: sha256 of every byte against the manifest, hashed as it streams in",
             },
             "tools": {},
             "environment": {
@@ -217,6 +239,7 @@ def main() -> int:
                 "git_commit": git_commit(),
                 "python": platform.python_version(),
                 "cpu_count": os.cpu_count(),
+                "loadavg_at_start": load_before,
                 "loadavg_at_end": os.getloadavg(),
                 "versions": versions,
             },
@@ -236,7 +259,7 @@ def main() -> int:
         m = result["tools"]["mltrain"]
         result["ratios"] = {}  # > 1: mltrain faster; best round and median round
         for t, v in result["tools"].items():
-            if t != "mltrain":
+            if not t.startswith("mltrain"):
                 result["ratios"][f"mltrain_vs_{t}"] = {
                     "upload": round(m["upload_mib_s"] / v["upload_mib_s"], 2),
                     "download": round(m["download_mib_s"] / v["download_mib_s"], 2),

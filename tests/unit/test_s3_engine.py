@@ -91,3 +91,18 @@ def test_a_streamed_download_is_hashed_as_written_and_lands_only_when_complete(t
     empty = StreamDigest(tmp_path / "e")
     empty.close()
     assert empty.path.read_bytes() == b"" and empty.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_auto_leaves_a_loopback_endpoint_to_the_classic_engine():
+    def client(url: str) -> object:
+        return types.SimpleNamespace(
+            meta=types.SimpleNamespace(
+                endpoint_url=url, config=types.SimpleNamespace(response_checksum_validation="when_required")
+            )
+        )
+
+    local = choose_engine("auto", CRC64NVME, "upload", client("http://127.0.0.1:5000"))
+    assert local.name == CLASSIC and local.reason.startswith("auto: loopback endpoint")
+    assert choose_engine("crt", CRC64NVME, "upload", client("http://localhost:9000")) == Engine(CRT, "")
+    assert choose_engine("auto", "", "download", client("https://s3.us-east-1.amazonaws.com")) == Engine(CRT, "")
+    assert choose_engine("auto", "", "download", client("http://minio.internal:9000")) == Engine(CRT, "")

@@ -70,9 +70,20 @@ def choose_engine(requested: str, algorithm: str, direction: str, client: Any = 
     if why is None and direction == "download" and client is not None and validates_responses(client):
         # the CRT starts every GET with a ranged request, for which S3 returns no checksum to validate
         why = "the client validates each body against S3's stored checksum, which the CRT skips on ranged GETs"
+    if why is None and requested == "auto" and client is not None and is_loopback(client):
+        # the CRT plans its connections for a network link (a 10 Gb/s target); against a server on this
+        # machine it was measured slower than the classic threads (docs/storage.md, Benchmark)
+        why = "loopback endpoint: the classic engine measured faster against a server on this machine"
     if why is not None:
         return Engine(CLASSIC, why if requested == CRT else f"auto: {why}")
     return Engine(CRT, "")
+
+
+def is_loopback(client: Any) -> bool:
+    """The client talks to a server on this machine (a local S3-compatible store)."""
+    url = str(getattr(client.meta, "endpoint_url", "") or "")
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _endpoint(client: Any) -> str | None:

@@ -254,7 +254,7 @@ def upload(
     if exclude:
         files = {rel: p for rel, p in files.items() if not exclude(rel)}
     algo = choose_algorithm(settings.checksum)
-    engine = choose_engine(requested_engine(settings.engine), algo, "upload")
+    engine = choose_engine(requested_engine(settings.engine), algo, "upload", client)
     summary = TransferSummary("upload", str(local), str(dest), files=len(files), checksum_algorithm=algo)
     check_bucket(client, dest.bucket)
     remote = list_objects(client, dest)
