@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--engine", default="auto", help="the mirror's transfer engine (MLTRAIN_S3_ENGINE)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -114,6 +115,7 @@ def main() -> int:
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": endpoint,
+            "MLTRAIN_S3_ENGINE": args.engine,
         }
     )
     os.environ.pop("AWS_PROFILE", None)
@@ -171,7 +173,8 @@ def main() -> int:
         during = [
             t for t, end in zip(mirrored_times, step_ends, strict=True) if any(a <= end <= b for a, b in upload_windows)
         ]
-        state_bytes = sum(p.stat().st_size for p in (work / "run" / "checkpoints").rglob("*") if p.is_file()) // 2
+        newest = sorted((work / "run" / "checkpoints").glob("step_*"))[-1]
+        state_bytes = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
 
         # checkpoints straight to S3
         direct = S3CheckpointManager(
@@ -195,6 +198,7 @@ def main() -> int:
             "every": args.every,
             "baseline_step_s": {"median": round(med, 4), "p90": round(sorted(baseline)[int(0.9 * len(baseline))], 4)},
             "mirror": {
+                "engine": args.engine,
                 "save_s": save_s,
                 "checkpoints": [{k: v for k, v in e.items() if k != "committed_at"} for e in events],
                 "steps_during_upload": len(during),
@@ -216,7 +220,7 @@ def main() -> int:
         out = args.out or (
             Path(tempfile.mkdtemp()) / "smoke-s3-checkpoint.json"
             if args.smoke
-            else RESULTS_DIR / f"s3-checkpoint-{today()}.json"
+            else RESULTS_DIR / f"s3-checkpoint-{args.engine}-{today()}.json"
         )
         write_json(out, result)
         m = result["mirror"]

@@ -99,6 +99,18 @@ def test_a_save_cut_short_is_not_resumed_and_a_new_save_of_that_step_replaces_it
     assert step == 4 and torch.equal(got["model"]["w"], state(40)["model"]["w"])
 
 
+def test_a_background_save_commits_on_wait_and_resumes(tmp_path, s3_env, s3, bucket):
+    lines: list[str] = []
+    m = S3CheckpointManager(f"s3://{bucket}/bg", tmp_path / "run", 2, 0, 1, async_save=True, warn=lines.append,
+                            info=lambda m: None)  # fmt: skip
+    assert m.save(5, state(5), {"step": 5}, {"rng": 5})
+    assert m.wait() and lines == []
+    step, path = m.latest()
+    got = blank()
+    assert step == 5 and m.load(path, got, SHAPES)["_rank_state"] == {"rng": 5}
+    assert torch.equal(got["model"]["w"], state(5)["model"]["w"])
+
+
 def test_a_model_that_does_not_fit_is_refused_before_loading(tmp_path, s3_env, bucket):
     from mltrain.errors import CheckpointError
 

@@ -165,20 +165,23 @@ class CheckpointMirror:
 
     def _upload(self, staged: Path) -> None:
         from mltrain.storage.client import make_client
+        from mltrain.storage.engine import ENGINE_ENV
         from mltrain.storage.transfer import TransferSettings, upload
 
         if self._client is None:
             self._client = make_client()
         t0 = time.perf_counter()
         dest = self.url.child(staged.name)
-        s = upload(staged, dest, self._client, TransferSettings(), exclude=lambda rel: rel == MARKER, progress=False)
+        # the CRT engine where it can run: its native threads leave the interpreter to the training loop
+        settings = TransferSettings(engine=os.environ.get(ENGINE_ENV) or "crt")
+        s = upload(staged, dest, self._client, settings, exclude=lambda rel: rel == MARKER, progress=False)
         self._client.put_object(
             Bucket=dest.bucket, Key=dest.key(MARKER), Body=(staged / MARKER).read_bytes(), ChecksumAlgorithm="SHA256"
         )
         self.uploaded.append(int(staged.name[5:]))
         self.info(
             f"checkpoint mirror: {staged.name} -> {dest} ({s.bytes_total / 2**20:.1f} MiB, "
-            f"{time.perf_counter() - t0:.1f}s)"
+            f"{time.perf_counter() - t0:.1f}s, {s.engine} engine)"
         )
         self._prune()
 
