@@ -3,8 +3,10 @@ local S3 server (moto's ThreadedMotoServer on 127.0.0.1), same run.
 
 For each tool: upload the tree into a fresh prefix, then download it into an empty directory and
 check every downloaded file is byte-identical to the source (sha256). mltrain runs with its
-verification on (S3 SHA256 additional checksums, the stored checksum compared with the local hash
-after upload, every downloaded file hashed against the manifest before it is renamed into place).
+verification on (the manifest's sha256 and the S3 checksum from one read of each file, that checksum
+sent with the object; every downloaded byte hashed against the manifest as it streams in, before
+anything is renamed into place); the engine it ran on (crt or classic, see docs/storage.md) is in
+the result, and `--crt-too` adds a column with the CRT engine forced.
 The tools take turns (round-robin) over `--repeats` rounds; the best round per tool and direction is
 reported, and the ratio mltrain / other tool (> 1: mltrain faster).
 

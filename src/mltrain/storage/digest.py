@@ -147,47 +147,82 @@ def local_checksum(path: Path, algorithm: str) -> str | None:
 
 
 class StreamDigest:
-    """A write-only file that hashes the bytes written to it, in order: a download checked while it
-    streams in, with no second read. It reports itself unseekable, so both transfer engines hand it
-    the body in order (s3transfer buffers out-of-order ranged parts; the CRT delivers in order).
+    """A file a download writes into place (pwrite at each part's offset, as parallel ranged GETs
+    arrive) that hashes the bytes in file order as they come: a download checked while it streams in.
+    A part that arrives ahead of the hashed prefix waits in memory (up to `buffer_bytes`; beyond
+    that it is read back from the page cache when the prefix reaches it), so no byte is hashed twice
+    and none is skipped. The CRT hands it the body in order, s3transfer in parts at offsets.
 
     Keeps the sha256 (the manifest's hash) and, with awscrt, the CRC64NVME S3 stores for an object."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, crc: bool = True, buffer_bytes: int = 64 << 20) -> None:
         import secrets
 
         self.path = Path(path)  # where the bytes are once all are in (close)
         # where they are until then: a name that says "incomplete" (the suffix s3transfer gives its temps)
         self.partial = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}")
-        self._f: Any = None  # opened at the first byte: thousands of queued downloads hold no descriptors
+        self._fd: int | None = None  # opened at the first byte: thousands of queued downloads hold no descriptors
         self._closed = False
         self._sha = hashlib.sha256()
         self._crc_fn = None
-        if crt_available():
+        if crc and crt_available():  # only what a check will compare: a manifest entry needs the sha256 alone
             from awscrt.checksums import crc64nvme
 
             self._crc_fn = crc64nvme
         self._crc = 0
-        self.size = 0
+        self._pos = 0  # where the next write goes (seek moves it)
+        self._hashed = 0  # bytes [0, _hashed) are hashed
+        self._ahead: dict[int, tuple[int, bytes | None]] = {}  # offset -> (length, bytes or None: read back)
+        self._ahead_bytes = 0
+        self._buffer_bytes = buffer_bytes
+        self.size = 0  # bytes hashed, in order
 
-    def write(self, data: bytes) -> int:
-        if self._f is None:
-            self._f = open(self.partial, "wb", buffering=0)  # noqa: SIM115 - closed by close()
-        view = memoryview(data)
-        while view:
-            n = self._f.write(view)
-            view = view[n:]
+    def _hash(self, data: Any) -> None:
         self._sha.update(data)
         if self._crc_fn is not None:
             self._crc = self._crc_fn(data, self._crc)
-        self.size += len(data)
-        return len(data)
+        self._hashed += len(data)
+        self.size = self._hashed
+
+    def write(self, data: Any) -> int:
+        data = bytes(data) if not isinstance(data, bytes) else data
+        if self._fd is None:
+            self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        offset, n = self._pos, len(data)
+        view = memoryview(data)
+        done = 0
+        while done < n:
+            done += os.pwrite(self._fd, view[done:], offset + done)
+        self._pos = offset + n
+        if offset != self._hashed:  # ahead of the hashed prefix: keep it (or its place) for later
+            keep = data if self._ahead_bytes + n <= self._buffer_bytes else None
+            self._ahead[offset] = (n, keep)
+            self._ahead_bytes += n if keep is not None else 0
+            return n
+        self._hash(data)
+        while self._hashed in self._ahead:
+            length, kept = self._ahead.pop(self._hashed)
+            if kept is None:
+                kept = os.pread(self._fd, length, self._hashed)
+            else:
+                self._ahead_bytes -= length
+            self._hash(kept)
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise OSError("StreamDigest seeks to absolute offsets only")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
 
     def writable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return False
+        return True
 
     def flush(self) -> None:
         pass
@@ -198,14 +233,19 @@ class StreamDigest:
         if self._closed:
             return
         self._closed = True
-        if self._f is not None:
-            self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
         if not complete:
             self.partial.unlink(missing_ok=True)
-        elif self._f is None:
+        elif self._fd is None:
             self.path.touch()
         else:
             os.replace(self.partial, self.path)
+
+    @property
+    def complete(self) -> bool:
+        """Every byte written was hashed (no part is still waiting for an earlier one)."""
+        return not self._ahead
 
     @property
     def closed(self) -> bool:

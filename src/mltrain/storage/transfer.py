@@ -557,6 +557,8 @@ def download(
         """(problem, checked): the manifest's sha256, else S3's whole-object checksum, else size only;
         from the hashes taken while the bytes streamed in (a second read only for CRC32 and the like)."""
         d = listed.get(rel)
+        if not streamed.complete:  # a gap: some range never arrived
+            return f"{rel} (bytes missing from the download)", True
         if d is not None:
             ok = streamed.sha256 == d.sha256 and streamed.size == d.size
             return (None if ok else f"{rel} (sha256 differs from the manifest)"), True
@@ -584,7 +586,7 @@ def download(
                     t.parent.mkdir(parents=True, exist_ok=True)
                     tmp = _tmp_path(t)
                     tmps.append(tmp)
-                    sink = StreamDigest(tmp)
+                    sink = StreamDigest(tmp, crc=rel not in listed)
                     sinks.append(sink)
                     fut = tm.download(src.bucket, src.key(rel), sink, subscribers=[bar.subscriber()])
                     jobs.append((rel, tmp, sink, fut))
