@@ -172,7 +172,7 @@ class CheckpointMirror:
             self._client = make_client()
         t0 = time.perf_counter()
         dest = self.url.child(staged.name)
-        # the CRT engine where it can run: its native threads leave the interpreter to the training loop
+        # the CRT engine where it can run: it sends from native threads, outside the training process's interpreter
         settings = TransferSettings(engine=os.environ.get(ENGINE_ENV) or "crt")
         s = upload(staged, dest, self._client, settings, exclude=lambda rel: rel == MARKER, progress=False)
         self._client.put_object(
