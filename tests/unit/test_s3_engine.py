@@ -128,3 +128,15 @@ def test_parts_written_at_their_offsets_out_of_order_are_hashed_in_file_order(tm
     gap.write(b"x" * 10)  # bytes 0-9 never arrive
     assert not gap.complete and gap.size == 0
     gap.close(complete=False)
+
+
+def test_checkpoint_storage_takes_an_s3_url_and_not_together_with_a_mirror():
+    from pydantic import ValidationError
+
+    from mltrain.config import CheckpointConfig
+
+    assert CheckpointConfig(storage="s3://b/runs/a").storage == "s3://b/runs/a"
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        CheckpointConfig(storage="/local/dir")
+    with pytest.raises(ValidationError, match="checkpoint.storage and checkpoint.mirror both set"):
+        CheckpointConfig(storage="s3://b/a", mirror="s3://b/m")
