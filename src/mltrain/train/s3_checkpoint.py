@@ -169,7 +169,7 @@ class _HashingStream:
     def write(self, data: Any) -> int:
         n = self._inner.write(data)
         self._h.update(data)
-        self.size += len(memoryview(data).cast("B"))
+        self.size += memoryview(data).nbytes
         return n
 
     def hexdigest(self) -> str:
