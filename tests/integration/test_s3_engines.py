@@ -75,3 +75,17 @@ def test_a_crt_that_cannot_start_leaves_the_classic_engine_to_do_the_work(tmp_pa
         1,
     )
     assert s.as_dict()["engine_reason"] == s.engine_reason
+
+
+def test_an_upload_client_does_not_hash_bodies_again_for_the_signature(tmp_path, s3_env, bucket):
+    """Over plain http botocore signs a SHA256 of every body; an upload that sends the checksum of its
+    own read in a signed header leaves that out (as it always is over https)."""
+    seen = []
+    for sign in (True, False):
+        client = make_client(S3Options(s3_env["AWS_ENDPOINT_URL"]), sign_payload=sign)
+        client.meta.events.register("before-send.s3.PutObject", lambda request, **k: seen.append(request.headers))
+        client.put_object(Bucket=bucket, Key=f"k{sign}", Body=b"x" * 100, ChecksumAlgorithm="CRC32")
+    assert [h["X-Amz-Content-SHA256"] for h in seen] == [
+        hashlib.sha256(b"x" * 100).hexdigest().encode(),
+        b"UNSIGNED-PAYLOAD",
+    ]

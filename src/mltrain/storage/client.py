@@ -29,11 +29,14 @@ class S3Options:
     max_pool_connections: int = 32
 
 
-def make_client(opts: S3Options | None = None, validate_responses: bool = True) -> Any:
+def make_client(opts: S3Options | None = None, validate_responses: bool = True, sign_payload: bool = True) -> Any:
     """A thread-safe boto3 S3 client with retries sized for multi-GB parallel transfers.
 
     `validate_responses=False` stops botocore hashing downloaded bodies against the stored checksum:
-    for callers that hash every byte against the manifest themselves (one hash pass, not two)."""
+    for callers that hash every byte against the manifest themselves (one hash pass, not two).
+    `sign_payload=False` stops botocore hashing every request body for the SigV4 signature, which it
+    does over plain http (over https it does not): for uploads that send the checksum of their own
+    read in a signed header, which S3 checks the body against."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
@@ -51,6 +54,7 @@ def make_client(opts: S3Options | None = None, validate_responses: bool = True) 
             read_timeout=120,
             tcp_keepalive=True,
             response_checksum_validation="when_supported" if validate_responses else "when_required",
+            s3=None if sign_payload else {"payload_signing_enabled": False},
         )
         return session.client("s3", endpoint_url=opts.endpoint_url, config=config)
     except BotoCoreError as e:  # ProfileNotFound, bad region, ...

@@ -664,7 +664,8 @@ def sync(
         raise StorageError(f"{src} -> {dst}: exactly one side must be an s3:// URL")
     if unlisted and not is_s3(src):
         raise StorageError("--unlisted applies to downloads (s3:// source): an upload sends every local file")
-    client = make_client(opts, validate_responses=not is_s3(src))  # downloads are hashed against the manifest
+    # downloads are hashed against the manifest; uploads send the checksum of their own read, signed
+    client = make_client(opts, validate_responses=not is_s3(src), sign_payload=not is_s3(dst))
     if is_s3(dst):
         local = Path(src).expanduser()
         if not local.exists():
