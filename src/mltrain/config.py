@@ -342,7 +342,9 @@ class LanguageFilterConfig(StrictModel):
 class CurateConfig(StrictModel):
     """`mltrain data curate`: raw text -> normalised, deduplicated, filtered parquet on Spark."""
 
-    sources: list[str] = Field(min_length=1, description="local files/dirs/globs or s3:// prefixes of .txt/.jsonl/.parquet")
+    sources: list[str] = Field(
+        min_length=1, description="local files/dirs/globs or s3:// prefixes of .txt/.jsonl/.parquet"
+    )
     text_field: str = "text"
     output: str = Field(description="local dir or s3://bucket/prefix for the kept documents (parquet)")
     work_dir: str = Field(

@@ -13,7 +13,7 @@ from mltrain.data.curate import steps
 from mltrain.data.curate.output import default_files, write_output
 from mltrain.data.curate.publish import publish
 from mltrain.data.curate.readers import check_units, doc_location, driver_aws_env, list_units
-from mltrain.data.curate.session import spark_session, task_errors
+from mltrain.data.curate.session import spark_session, task_errors, under_spark_submit
 from mltrain.data.curate.workdir import WorkDir, step_key
 from mltrain.errors import DataError
 
@@ -86,8 +86,10 @@ def curate(
         steps.check_language_available()
     if cfg.custom_filter:
         steps.load_hook(cfg.custom_filter)
-    master = master or cfg.master
-    say(f"[bold]curate[/] {len(units)} files -> {cfg.output} (Spark {master}, work dir {cfg.work_dir})")
+    master = master or (None if under_spark_submit() else cfg.master)
+    say(
+        f"[bold]curate[/] {len(units)} files -> {cfg.output} (Spark {master or 'from spark-submit'}, work dir {cfg.work_dir})"
+    )
     with spark_session(master, {**cfg.spark_conf, **(spark_conf or {})}) as spark:
         with task_errors(f"curate.work_dir {cfg.work_dir}"):
             wd = WorkDir(spark, cfg.work_dir)
@@ -133,7 +135,7 @@ def curate(
                 files = write_output(spark, run.kept, wd, tmp, last["docs_out"], n_files)  # type: ignore[arg-type]
             out_info = {"files": files}
             wd.commit("output", out_key, out_info)
-        report = _report(cfg, units, read, run.steps, last, master)
+        report = _report(cfg, units, read, run.steps, last, spark.sparkContext.master)
         manifest = publish(
             wd, wd.path("output"), out_info["files"], cfg.output, report, last["docs_out"], last["bytes_out"], out_key
         )
@@ -153,9 +155,7 @@ def _near(spark: SparkSession, kept: DataFrame, nd: Any) -> tuple[DataFrame, Cal
     return steps.near_dedup(spark, kept, groups), lambda _out: {"clusters": summary}
 
 
-def _report(
-    cfg: CurateConfig, units: list, read: dict, done: list[dict], last: dict, master: str
-) -> dict[str, Any]:
+def _report(cfg: CurateConfig, units: list, read: dict, done: list[dict], last: dict, master: str) -> dict[str, Any]:
     """The JSON report: per step counts, removed per rule with examples (located as file:N), clusters."""
     for info in done:
         for exs in info.get("examples", {}).values():

@@ -23,7 +23,14 @@ def _stage(wd: WorkDir, src_dir: str, files: list[str], into: Path) -> None:
 
 
 def publish(
-    wd: WorkDir, src_dir: str, files: list[str], output: str, report: dict[str, Any], docs: int, text_bytes: int, key: str
+    wd: WorkDir,
+    src_dir: str,
+    files: list[str],
+    output: str,
+    report: dict[str, Any],
+    docs: int,
+    text_bytes: int,
+    key: str,
 ) -> dict[str, Any]:
     """Copy the parts, write the report and the manifest; return the manifest."""
     if output.startswith("s3://"):

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mltrain.config import CurateConfig
 from mltrain.data.sources import FILE_SUFFIXES, SourceStats, _iter_file, _jsonl_docs, _usable_text, resolve_source
 from mltrain.errors import DataError
 
@@ -107,6 +106,12 @@ def check_units(units: list[Unit], text_field: str) -> None:
             )
         typ = schema.field(text_field).type
         kind = "string" if (pa.types.is_string(typ) or pa.types.is_large_string(typ)) else str(typ)
+        other = next((url for k, url in seen.items() if k != kind), None)
+        if other is not None:
+            raise DataError(
+                f"{unit.url}: mixed schemas: column {text_field!r} is {typ} here but not in {other}; "
+                "rewrite the files with one schema or curate them separately"
+            )
         if kind != "string":
             raise DataError(f"{unit.url}: column {text_field!r} is {typ}, not a string column")
         seen.setdefault(kind, unit.url)

@@ -13,8 +13,15 @@ def _mb(n: int) -> str:
 
 def report_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"curation report: {report['files']} files -> {report['output']['path']}")
-    for col, just in (("step / rule", "left"), ("docs in", "right"), ("docs out", "right"), ("removed", "right"),
-                      ("MB in", "right"), ("MB out", "right"), ("", "left")):
+    for col, just in (
+        ("step / rule", "left"),
+        ("docs in", "right"),
+        ("docs out", "right"),
+        ("removed", "right"),
+        ("MB in", "right"),
+        ("MB out", "right"),
+        ("", "left"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for s in report["steps"]:
         table.add_row(
@@ -33,6 +40,7 @@ def report_table(report: dict[str, Any]) -> Table:
             shown = ", ".join(f"{n}x{size}" for size, n in list(sizes.items())[:6])
             table.add_row("  clusters (count x size)", "", "", "", "", "", shown, style="dim")
     out = report["output"]
-    table.add_row("output", "", f"{out['docs']:,}", "", "", _mb(out["bytes"]), f"{len(out.get('files', []))} files",
-                  style="bold")
+    table.add_row(
+        "output", "", f"{out['docs']:,}", "", "", _mb(out["bytes"]), f"{len(out.get('files', []))} files", style="bold"
+    )
     return table

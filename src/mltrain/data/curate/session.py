@@ -30,6 +30,11 @@ DEFAULT_CONF = {
 _LOOPBACK = re.compile(r"^(local(\[.*\])?|spark://(127\.0\.0\.1|localhost)(:\d+)?)$")
 
 
+def under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands Python its gateway port; its --master then rules."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def set_env_defaults(master: str) -> None:
     """The environment pyspark reads when it starts the JVM and the Python workers."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -58,9 +63,9 @@ def import_pyspark() -> Any:
 
 
 @contextmanager
-def spark_session(master: str, conf: Mapping[str, str] | None = None) -> Iterator[SparkSession]:
-    """An active session is reused as it is (tests share one; spark-submit made one); otherwise one is
-    started on `master` and stopped when the block ends."""
+def spark_session(master: str | None, conf: Mapping[str, str] | None = None) -> Iterator[SparkSession]:
+    """An active session is reused as it is (tests share one); otherwise one is started on `master`
+    (None: the one spark-submit or spark-defaults.conf names) and stopped when the block ends."""
     import_pyspark()
     from pyspark.sql import SparkSession
 
@@ -68,8 +73,10 @@ def spark_session(master: str, conf: Mapping[str, str] | None = None) -> Iterato
     if active is not None:
         yield active
         return
-    set_env_defaults(master)
-    builder = SparkSession.builder.appName(APP_NAME).master(master)
+    set_env_defaults(master or "")
+    builder = SparkSession.builder.appName(APP_NAME)
+    if master:
+        builder = builder.master(master)
     for k, v in {**DEFAULT_CONF, **(conf or {})}.items():
         builder = builder.config(k, v)
     try:

@@ -112,7 +112,8 @@ def near_duplicate_edges(spark: SparkSession, kept: DataFrame, nd: NearDedupConf
     from pyspark.sql import functions as F
 
     sigs = spark.createDataFrame(
-        kept.select("doc_id", "text").rdd.mapPartitions(_signature_task(nd)), "doc_id long, sig binary, bands array<long>"
+        kept.select("doc_id", "text").rdd.mapPartitions(_signature_task(nd)),
+        "doc_id long, sig binary, bands array<long>",
     ).persist()
     try:
         buckets = (
@@ -121,7 +122,9 @@ def near_duplicate_edges(spark: SparkSession, kept: DataFrame, nd: NearDedupConf
             .agg(F.collect_list("doc_id").alias("ids"))
             .where(F.size("ids") > 1)
         )
-        pairs = spark.createDataFrame(buckets.rdd.flatMap(lambda r: _bucket_pairs(r["ids"])), "a long, b long").distinct()
+        pairs = spark.createDataFrame(
+            buckets.rdd.flatMap(lambda r: _bucket_pairs(r["ids"])), "a long, b long"
+        ).distinct()
         joined = pairs.join(sigs.select(F.col("doc_id").alias("a"), F.col("sig").alias("sa")), "a").join(
             sigs.select(F.col("doc_id").alias("b"), F.col("sig").alias("sb")), "b"
         )
@@ -181,7 +184,9 @@ def _filter_task(make_rule: Callable[[], Callable[[str], str | None]]) -> Callab
     return run
 
 
-def filter_docs(spark: SparkSession, kept: DataFrame, make_rule: Callable[[], Callable[[str], str | None]]) -> DataFrame:
+def filter_docs(
+    spark: SparkSession, kept: DataFrame, make_rule: Callable[[], Callable[[str], str | None]]
+) -> DataFrame:
     """`make_rule()` runs once per task (a model loads once) and gives text -> reason or None."""
     rdd = kept.select("doc_id", "text", "hash").rdd.mapPartitions(_filter_task(make_rule))
     return spark.createDataFrame(rdd, STEP_SCHEMA)
