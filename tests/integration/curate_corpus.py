@@ -81,8 +81,12 @@ def build(root: Path, seed: int = 7, n_good: int = 120) -> dict:
         "good": good,
         "near_hi": near_hi,
         "near_lo": near_lo,
-        "near_sims": [jaccard(good[4], near_hi[0]), jaccard(good[5], near_hi[1]), jaccard(good[6], near_lo[0]),
-                      jaccard(good[7], near_lo[1])],  # fmt: skip
+        "near_sims": [
+            jaccard(good[4], near_hi[0]),
+            jaccard(good[5], near_hi[1]),
+            jaccard(good[6], near_lo[0]),
+            jaccard(good[7], near_lo[1]),
+        ],  # fmt: skip
         "junk": bad,
         "cafe": cafe,
         "docs_read": len(records) + len(good[60:]) + len(near_lo) + len(bad) + 1,

@@ -30,7 +30,7 @@ def _steps(report: dict) -> dict[str, dict]:
     return {s["step"]: s for s in report["steps"]}
 
 
-def _hook(tmp_path: Path, spark, flag: Path) -> str:
+def _hook(tmp_path: Path, session, flag: Path) -> str:
     """A custom filter module shipped to the executors the way a user would (addPyFile / --py-files)."""
     name = f"curate_hook_{tmp_path.name.replace('-', '_')}"
     src = tmp_path / f"{name}.py"
@@ -41,7 +41,7 @@ def _hook(tmp_path: Path, spark, flag: Path) -> str:
         "        raise RuntimeError('hook told to fail')\n"
         "    return 'marked' if text.startswith('Caf') else True\n"
     )
-    spark.sparkContext.addPyFile(str(src))
+    session.sparkContext.addPyFile(str(src))
     return f"{name}:drop_marked"
 
 
@@ -82,7 +82,9 @@ def test_planted_corpus_kept_and_removed_as_the_thresholds_say_then_resumes(tmp_
     assert {r: v["docs"] for r, v in steps["04-quality"]["removed"].items()} == {r: 1 for r in want["junk"]}
     assert steps["06-custom"]["removed"] == {"custom:marked": {"docs": 1, "bytes": len(want["cafe"].encode())}}
     ex = steps["04-quality"]["examples"]["too-few-words"][0]
-    assert ex["text"] == want["junk"]["too-few-words"] and ex["source"].endswith("b.parquet:63")  # 60 good + 2 near, then the junk
+    assert ex["text"] == want["junk"]["too-few-words"] and ex["source"].endswith(
+        "b.parquet:63"
+    )  # 60 good + 2 near, then the junk
 
     kept = _kept(tmp_path / "out")
     assert len(kept) == report["output"]["docs"] == want["docs_read"] - 5 - 2 - 9 - 1

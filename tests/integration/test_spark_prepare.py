@@ -44,8 +44,14 @@ def run_cfg(data_dir: Path, sources: list[str], **data) -> RunConfig:
         {
             "name": "prep",
             "model": {"preset": "tiny"},
-            "data": {"sources": sources, "dir": str(data_dir), "bpe_vocab_size": 400, "shard_tokens": 8_000,
-                     "val_fraction": 0.1, **data},
+            "data": {
+                "sources": sources,
+                "dir": str(data_dir),
+                "bpe_vocab_size": 400,
+                "shard_tokens": 8_000,
+                "val_fraction": 0.1,
+                **data,
+            },
         }  # fmt: skip
     )
 
