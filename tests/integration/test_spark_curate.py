@@ -137,6 +137,12 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, spark, monkeypatch)
     line = _line(run_cli(env, "data", "curate", str(_cfg_file(tmp_path, sources=[str(raw)]))))
     assert "curate step 04-quality: no documents left" in line and "too-few-words" in line
 
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.jsonl").write_text(json.dumps({"text": "  "}) + "\n" + "{oops\n")
+    line = _line(run_cli(env, "data", "curate", str(_cfg_file(tmp_path, sources=[str(blank)]))))
+    assert "no documents (1 empty, 1 invalid-json)" in line
+
     pq.write_table(pa.table({"body": ["x"]}), raw / "b.parquet")
     line = _line(run_cli(env, "data", "curate", str(_cfg_file(tmp_path, sources=[str(raw)]))))
     assert "b.parquet: no column 'text' (columns: body)" in line

@@ -29,7 +29,7 @@ def write_output(spark: SparkSession, kept: DataFrame, wd: WorkDir, dest: str, n
     n_files = max(1, min(n_files, n_docs))
     ordered = kept.select("doc_id", "text").orderBy("doc_id")
     if n_files == 1:
-        df = ordered.coalesce(1)
+        df = ordered.coalesce(1).sortWithinPartitions("doc_id")
     else:
         rdd = (
             ordered.rdd.zipWithIndex()

@@ -58,6 +58,9 @@ class StepRunner:
             f"  {name}: {info['docs_in']:,} -> {info['docs_out']:,} documents ({removed:,} removed)"
             + (" [dim](reused)[/]" if reused else f" [dim]{info.get('seconds', 0):.1f}s[/]")
         )
+        if info["docs_in"] == 0:
+            skipped = ", ".join(f"{n} {r}" for r, n in info.get("read_skipped", {}).items()) or "none skipped"
+            raise DataError(f"curate.sources {self.cfg.sources}: no documents ({skipped})")
         if info["docs_out"] == 0:
             top = max(info["removed"].items(), key=lambda kv: kv[1]["docs"], default=("-", {"docs": 0}))
             raise DataError(
