@@ -27,8 +27,12 @@ from _common import RESULTS_DIR, git_commit, today, write_json
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+# the most frequent words are English stop words, as in real text (Gopher's stop-word rule needs them)
+_STOP = ["the", "of", "and", "to", "in", "that", "is", "was", "for", "with", "as", "on", "by", "at", "have"]
+
+
 def _vocab(rng: random.Random, n: int = 20_000) -> list[str]:
-    return ["".join(rng.choice(_LETTERS) for _ in range(rng.randint(2, 10))) for _ in range(n)]
+    return _STOP + ["".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
 
 
 def _doc(rng: random.Random, vocab: list[str], cum: list[float]) -> str:
@@ -102,7 +106,8 @@ def run_mltrain(src: Path, work: Path, cores: int) -> dict:
 
 
 def run_datatrove(src: Path, work: Path, cores: int) -> dict:
-    """Gopher repetition + quality, C4 filters, exact dedup, MinHash (14 x 8, 5-grams) dedup."""
+    """Gopher repetition + quality, C4 filters, MinHash (14 x 8, 5-grams) dedup (exact copies are caught by
+    MinHash too: datatrove's exact dedup is a separate substring pipeline)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
         MinhashDedupBuckets,
@@ -114,8 +119,10 @@ def run_datatrove(src: Path, work: Path, cores: int) -> dict:
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
 
-    mh = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    # sha1: datatrove's xxhash path passes str, which xxhash >= 4 refuses
+    mh = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, hash_config=HashConfig(hash_fc="sha1"))
     sigs, buckets, remove = work / "sigs", work / "buckets", work / "remove"
     tasks = max(1, cores)
 
