@@ -83,7 +83,7 @@ def spark_session(master: str | None, conf: Mapping[str, str] | None = None) -> 
         spark = builder.getOrCreate()
     except Exception as e:  # the JVM did not start or the master is unreachable
         raise DataError(f"Spark master {master}: cannot start a session: {error_line(e)}") from None
-    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setLogLevel("FATAL")  # a failed task becomes one DataError line, not pages of log
     try:
         yield spark
     finally:
