@@ -296,6 +296,77 @@ def load_hf_config(path: str | Path) -> ModelConfig:
 # --------------------------------------------------------------------------- data
 
 
+class QualityFilterConfig(StrictModel):
+    """Gopher/C4-style heuristics; every threshold is a key, and null switches that rule off."""
+
+    min_words: int | None = Field(default=50, ge=0, description="fewer words than this: removed (Gopher: 50)")
+    max_words: int | None = Field(default=100_000, gt=0, description="Gopher: 100,000")
+    min_mean_word_length: float | None = Field(default=3.0, ge=0, description="Gopher: 3 characters")
+    max_mean_word_length: float | None = Field(default=10.0, gt=0, description="Gopher: 10 characters")
+    max_symbol_word_ratio: float | None = Field(
+        default=0.1, ge=0, description="('#' and '...'/'\u2026') per word; Gopher: 0.1"
+    )
+    min_punctuation_line_fraction: float | None = Field(
+        default=0.1, ge=0, le=1, description="lines ending in . ! ? \" ' (C4's rule as a document fraction)"
+    )
+    max_duplicate_line_fraction: float | None = Field(
+        default=0.3, ge=0, le=1, description="lines that repeat an earlier line; Gopher: 0.3"
+    )
+    max_duplicate_paragraph_fraction: float | None = Field(
+        default=0.3, ge=0, le=1, description="paragraphs (blank-line separated) that repeat; Gopher: 0.3"
+    )
+    max_bullet_line_fraction: float | None = Field(
+        default=0.9, ge=0, le=1, description="lines starting with a bullet (- * \u2022 ...); Gopher: 0.9"
+    )
+
+
+class NearDedupConfig(StrictModel):
+    """MinHash over word n-grams with LSH banding: bands x rows hash functions; candidates sharing a band
+    are kept as duplicates when their signatures agree on at least `threshold` of the values."""
+
+    enabled: bool = True
+    ngram: int = Field(default=5, gt=0, description="words per shingle")
+    bands: int = Field(default=14, gt=0)
+    rows: int = Field(default=8, gt=0, description="hash values per band")
+    threshold: float = Field(default=0.8, gt=0, le=1, description="estimated Jaccard similarity to call a duplicate")
+    seed: int = 42
+
+
+class LanguageFilterConfig(StrictModel):
+    """Keep documents whose detected language is listed (langid.py, which ships its model)."""
+
+    keep: list[str] = Field(min_length=1, description="ISO 639-1 codes, e.g. [en]")
+    min_score: float = Field(default=0.0, ge=0, le=1, description="langid's normalised probability")
+
+
+class CurateConfig(StrictModel):
+    """`mltrain data curate`: raw text -> normalised, deduplicated, filtered parquet on Spark."""
+
+    sources: list[str] = Field(
+        min_length=1, description="local files/dirs/globs or s3:// prefixes of .txt/.jsonl/.parquet"
+    )
+    text_field: str = "text"
+    output: str = Field(description="local dir or s3://bucket/prefix for the kept documents (parquet)")
+    work_dir: str = Field(
+        default="curate-work",
+        description="step outputs and markers (resume); a path every executor and the driver see (shared FS, hdfs://)",
+    )
+    normalize: bool = Field(default=True, description="unicode NFC, spaces collapsed, trailing whitespace dropped")
+    exact_dedup: bool = True
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    quality: QualityFilterConfig | None = Field(default_factory=QualityFilterConfig, description="null: no filters")
+    language: LanguageFilterConfig | None = None
+    custom_filter: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:function'; function(text) -> True/None keeps, False or a reason string removes",
+    )
+    output_files: int | None = Field(default=None, gt=0, description="parquet files written; default ~256 MB each")
+    examples_per_rule: int = Field(default=3, ge=0)
+    master: str = Field(default="local[*]", description="Spark master; --master overrides")
+    spark_conf: dict[str, str] = Field(default_factory=dict, description="extra Spark settings; --spark-conf k=v")
+
+
 class DataConfig(StrictModel):
     """Where the raw corpus is, how to tokenize it, and where the packed shards go."""
 
@@ -320,6 +391,7 @@ class DataConfig(StrictModel):
     shard_tokens: int = Field(default=1 << 24, gt=0)
     max_source_bytes: int | None = Field(default=None, gt=0, description="cap on raw bytes read")
     num_workers: int | None = Field(default=None, gt=0, description="tokenizer processes; default all cores")
+    curate: CurateConfig | None = Field(default=None, description="`mltrain data curate`: dedup and filters on Spark")
 
 
 # --------------------------------------------------------------------------- train

@@ -21,7 +21,7 @@ from mltrain.cli.common import (
     run_config,
 )
 
-app = typer.Typer(help="Prepare and validate tokenized training data.", no_args_is_help=True)
+app = typer.Typer(help="Curate, prepare and validate training data; move it to and from S3.", no_args_is_help=True)
 
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="parallel requests")]
 PartOpt = Annotated[int, typer.Option("--part-size-mib", min=5, help="multipart part size and threshold")]
@@ -36,6 +36,18 @@ UnlistedOpt = Annotated[
 ]
 
 
+MasterOpt = Annotated[
+    Optional[str],
+    typer.Option("--master", help="Spark master: local[*], spark://HOST:7077, yarn; default curate.master"),
+]
+SparkConfOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--spark-conf", metavar="KEY=VALUE", help="a Spark setting, e.g. spark.executor.memory=8g (repeatable)"
+    ),
+]
+
+
 @app.command("prepare")
 def data_prepare(
     run_yaml: RunYaml,
@@ -43,11 +55,78 @@ def data_prepare(
     force: Annotated[
         bool, typer.Option("--force", help="rewrite data that finished runs resume from (they then cannot)")
     ] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this machine) | spark (tokenize and pack on Spark executors)")
+    ] = "local",
+    master: MasterOpt = None,
+    spark_conf: SparkConfOpt = None,
 ) -> None:
     """Tokenize the sources, pack fixed-size token shards and write manifest.json."""
-    from mltrain.data.prepare import prepare_data
+    from mltrain.errors import DataError
 
-    prepare_data(run_config(run_yaml, set_), console=console, force=force)
+    cfg = run_config(run_yaml, set_)
+    if engine == "local":
+        if master or spark_conf:
+            raise DataError("--master/--spark-conf go with --engine spark")
+        from mltrain.data.prepare import prepare_data
+
+        prepare_data(cfg, console=console, force=force)
+    elif engine == "spark":
+        from mltrain.data.curate.session import parse_conf
+        from mltrain.data.prepare_spark import prepare_data_spark
+
+        prepare_data_spark(cfg, master=master, spark_conf=parse_conf(spark_conf), console=console, force=force)
+    else:
+        raise DataError(f"--engine {engine!r}: expected local or spark")
+
+
+@app.command("curate")
+def data_curate(
+    run_yaml: RunYaml,
+    set_: SetOpt = None,
+    master: MasterOpt = None,
+    spark_conf: SparkConfOpt = None,
+    render_emr: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--render-emr", metavar="OUT_DIR", help="write EMR (Graviton) and EMR Serverless configs; run nothing"
+        ),
+    ] = None,
+    emr_s3_prefix: Annotated[
+        str, typer.Option("--emr-s3-prefix", help="where the job, config and bootstrap go (with --render-emr)")
+    ] = "s3://YOUR-BUCKET/mltrain",
+    emr_core_nodes: Annotated[
+        int, typer.Option("--emr-core-nodes", min=1, help="r8g core nodes (with --render-emr)")
+    ] = 4,
+    json_out: JsonOpt = False,
+) -> None:
+    """Normalise, deduplicate (exact + MinHash) and filter the data.curate sources on Spark -> parquet + report."""
+    import json
+
+    from mltrain.errors import DataError
+
+    cfg = run_config(run_yaml, set_, script_ok=True)
+    cur = cfg.data.curate
+    if cur is None:
+        raise DataError(f"{run_yaml}: no data.curate section (see docs/curate.md)")
+    if render_emr is not None:
+        from mltrain.data.curate.emr import EmrPlan
+        from mltrain.data.curate.emr import render_emr as render
+
+        for path in render(
+            render_emr, run_yaml, EmrPlan(s3_prefix=emr_s3_prefix.rstrip("/"), core_nodes=emr_core_nodes)
+        ):
+            print_plain(str(path))
+        return
+    from mltrain.data.curate.pipeline import curate
+    from mltrain.data.curate.report import report_table
+    from mltrain.data.curate.session import parse_conf
+
+    report = curate(cur, master, parse_conf(spark_conf), console=err_console if json_out else console)
+    if json_out:
+        print_plain(json.dumps(report))
+    else:
+        console.print(report_table(report))
 
 
 @app.command("validate")

@@ -327,6 +327,14 @@ def _refuse_rewrite_under_runs(
         )
 
 
+def created_now() -> str:
+    """The manifest's `created` time: now, or SOURCE_DATE_EPOCH when set (reproducible builds: two
+    prepares of the same input then write byte-identical manifests)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit() else datetime.now(UTC)
+    return when.isoformat(timespec="seconds")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -491,7 +499,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
         val_tokens=writers["val"].written_tokens,
     )
     manifest = Manifest(
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=created_now(),
         dtype=dtype.name,
         vocab_size=choice.vocab_size,
         eos_id=choice.eos_id,
