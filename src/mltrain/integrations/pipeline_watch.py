@@ -150,6 +150,7 @@ def watch(
     queue_url: str | None = None,
     markers: Iterable[str] = ("_SUCCESS", MANIFEST_NAME),
     interval_s: float = 60.0,
+    sqs_wait_s: int = 20,
     once: bool = False,
     skip_existing: bool = False,
     log: Log = print,
@@ -169,7 +170,11 @@ def watch(
                 state.record(uri, "skipped")
                 log(f"{uri}: present before the watch began; skipped (--skip-existing)")
     while True:
-        found = sqs_versions(sqs, queue_url, root, markers) if queue_url else list_versions(client, root, markers)
+        found = (
+            sqs_versions(sqs, queue_url, root, markers, sqs_wait_s)
+            if queue_url
+            else list_versions(client, root, markers)
+        )
         for uri in found:
             if not state.claim(uri):
                 continue
