@@ -155,6 +155,7 @@ def _driver(flow, runs: list[dict]) -> subprocess.Popen:
 
 def _results(proc: subprocess.Popen, timeout_s: float) -> tuple[list[dict], str]:
     out, _ = proc.communicate(timeout=timeout_s)
+    print(out[-20000:])  # shown when the test fails
     results = [json.loads(line[len("RESULT ") :]) for line in out.splitlines() if line.startswith("RESULT ")]
     return results, out
 
