@@ -97,7 +97,7 @@ def flow(tmp_path_factory, moto_s3, local_slurm):
     s3.create_bucket(Bucket=bucket)
     upload = root / "upload"
     upload.mkdir()
-    docs = _corpus(200_000)
+    docs = _corpus(80_000)
     for i in range(3):
         lines = [json.dumps({"text": d}) for d in docs[i::3]]
         (upload / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
@@ -128,7 +128,7 @@ def flow(tmp_path_factory, moto_s3, local_slurm):
         "MLTRAIN_PIPELINE_AWS_CONN": "aws_pipeline",
         "MLTRAIN_PIPELINE_SENSOR_DEFERRABLE": "0",
         "MLTRAIN_PIPELINE_RETRIES": "0",
-        "MLTRAIN_FAULT_STEP_S": "0.2",  # every step at least this long: the kill lands mid-training
+        "MLTRAIN_FAULT_STEP_S": "0.1",  # every step at least this long: the kill lands mid-training
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     p = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=airflow_env, capture_output=True,
