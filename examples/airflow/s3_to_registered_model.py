@@ -42,6 +42,7 @@ DATA_URI = os.environ.get("MLTRAIN_PIPELINE_DATA_URI", "s3://my-datasets/corpus/
 AWS_CONN = os.environ.get("MLTRAIN_PIPELINE_AWS_CONN", "aws_default")
 SENSOR_DEFERRABLE = os.environ.get("MLTRAIN_PIPELINE_SENSOR_DEFERRABLE", "1") == "1"
 RETRIES = int(os.environ.get("MLTRAIN_PIPELINE_RETRIES", "2"))
+SENSOR_POKE_S = float(os.environ.get("MLTRAIN_PIPELINE_SENSOR_POKE_S", "60"))
 POLL_S = float(os.environ.get("MLTRAIN_PIPELINE_POLL_S", "0")) or None  # default: PIPELINE.yaml's poll_s
 
 step = {"pipeline": PIPELINE, "data_uri": "{{ params.data_uri }}", "aws_conn_id": AWS_CONN}
@@ -62,7 +63,7 @@ with DAG(
         bucket_key="{{ params.data_uri }}_SUCCESS",
         aws_conn_id=AWS_CONN,
         deferrable=SENSOR_DEFERRABLE,
-        poke_interval=5 if not SENSOR_DEFERRABLE else 60,
+        poke_interval=SENSOR_POKE_S,
         timeout=int(timedelta(days=1).total_seconds()),
         mode="poke",
     )

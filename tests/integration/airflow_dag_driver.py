@@ -3,7 +3,7 @@ at import, so it must not share a process with other tests): `python airflow_dag
 
 RUNS_JSON is a list of {"logical_date": ISO, "conf": {...}}; each is one dag.test() call (the same logical
 date twice = the DAG run cleared and run again, as `airflow tasks clear` does). After each call one line
-`RESULT {json}` on stdout: the DagRun's state, every task's state, and their XComs.
+`RESULT {json}` on stdout: the DagRun's state, every task's state and end time, and their XComs.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ def main() -> None:
         with Session() as s:
             tis = s.query(TaskInstance).filter(TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dr.run_id)
             states = {ti.task_id: str(ti.state) for ti in tis}
+            ends = {ti.task_id: ti.end_date.timestamp() for ti in tis if ti.end_date is not None}
             xcoms = {
                 x.task_id: XComModel.deserialize_value(x)
                 for x in s.query(XComModel).filter(XComModel.dag_id == dag.dag_id, XComModel.run_id == dr.run_id)
                 if x.key == "return_value"
             }
-        print("RESULT " + json.dumps({"state": str(dr.state), "tasks": states, "xcom": xcoms}, default=str), flush=True)
+        print(
+            "RESULT " + json.dumps({"state": str(dr.state), "tasks": states, "ends": ends, "xcom": xcoms}, default=str),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

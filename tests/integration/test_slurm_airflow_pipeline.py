@@ -102,8 +102,7 @@ def flow(tmp_path_factory, moto_s3, local_slurm):
         lines = [json.dumps({"text": d}) for d in docs[i::3]]
         (upload / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
     data_uri = f"s3://{bucket}/corpus/v1/"
-    sync(str(upload), data_uri, S3Options(moto_s3), progress=False)
-    s3.put_object(Bucket=bucket, Key="corpus/v1/_SUCCESS", Body=b"")
+    sync(str(upload), data_uri, S3Options(moto_s3), progress=False)  # `_SUCCESS` follows once the DAG waits
     (root / "eval.txt").write_text(_corpus(240_000)[-1][:4000])
     (root / "run.yaml").write_text(RUN_YAML.format())
     spec = (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {root}")
@@ -126,7 +125,9 @@ def flow(tmp_path_factory, moto_s3, local_slurm):
         "MLTRAIN_PIPELINE": str(root / "pipeline.yaml"),
         "MLTRAIN_PIPELINE_DATA_URI": data_uri,
         "MLTRAIN_PIPELINE_AWS_CONN": "aws_pipeline",
+        # poke mode: the deferrable S3 sensor's trigger needs aiobotocore, which this venv does not have
         "MLTRAIN_PIPELINE_SENSOR_DEFERRABLE": "0",
+        "MLTRAIN_PIPELINE_SENSOR_POKE_S": "1",
         "MLTRAIN_PIPELINE_RETRIES": "0",
         "MLTRAIN_FAULT_STEP_S": "0.1",  # every step at least this long: the kill lands mid-training
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -165,8 +166,27 @@ def _run_dir(flow) -> Path:
     return runs[0] if runs else Path("/nonexistent")
 
 
+def _sensor_state(flow) -> str | None:
+    """The S3 sensor's task state in Airflow's metadata DB (SQLite under the test's AIRFLOW_HOME)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(flow["root"] / "airflow" / "airflow.db", timeout=5) as db:
+            row = db.execute("SELECT state FROM task_instance WHERE task_id = 'wait_for_data'").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
 def _kill_when_checkpointed(flow, done: dict) -> None:
-    """scancel the run's job once it trained past its first checkpoint (what a dead node would do)."""
+    """Write `_SUCCESS` (the upload is complete) once the DAG runs, then scancel the run's job once it trained
+    past its first checkpoint (what a dead node would do)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _sensor_state(flow) not in ("deferred", "running"):
+        time.sleep(0.2)
+    time.sleep(2)  # the sensor has looked at least once and found nothing
+    flow["s3"].put_object(Bucket=flow["bucket"], Key="corpus/v1/_SUCCESS", Body=b"")
+    done["success_at"] = time.time()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (_run_dir(flow) / "slurm" / "jobs.jsonl").exists():
         time.sleep(0.2)
@@ -193,6 +213,7 @@ def test_dag_trains_registers_and_recovers(flow):
     assert first["state"] == "failed", (first, out[-4000:])
     tasks = first["tasks"]
     assert tasks["wait_for_data"] == tasks["verify"] == tasks["prepare"] == "success", tasks
+    assert first["ends"]["wait_for_data"] >= killed["success_at"]  # the DAG waited for the upload's `_SUCCESS`
     assert tasks["train"] == "failed" and tasks["evaluate"] in ("upstream_failed", "None"), tasks
     run = _run_dir(flow)
     assert f"run {run.name} failed: cancelled" in out, out[-4000:]
