@@ -5,7 +5,8 @@
       -> curate   (`mltrain data curate`, only when the run config has a data.curate section)
       -> prepare  (`mltrain data prepare` of the version's files)
       -> train    (submit to Slurm / Kubernetes, then wait in the triggerer through requeues)
-      -> evaluate -> export -> register (MLflow Model Registry, behind the eval gate, with lineage)
+      -> evaluate -> export -> register (MLflow Model Registry, behind the eval gate, with lineage;
+                                          only with a registry: section)
 
 Every task is idempotent: a second DAG run for the same data finds the finished run and the registered
 version and does nothing. A failed training fails `train` with the cause from `mltrain status`; a retry
@@ -72,10 +73,12 @@ with DAG(
     train = TrainOperator(task_id="train", poll_s=POLL_S, **step)
     evaluate = EvalOperator(task_id="evaluate", **step)
     export = ExportOperator(task_id="export", **step)
-    register = RegisterOperator(task_id="register", **step)
 
-    if has_curate(load_pipeline(PIPELINE)):
+    cfg = load_pipeline(PIPELINE)
+    if has_curate(cfg):  # the run config has a data.curate section
         wait_for_data >> verify >> CurateOperator(task_id="curate", **step) >> prepare
     else:
         wait_for_data >> verify >> prepare
-    prepare >> train >> evaluate >> export >> register
+    prepare >> train >> evaluate >> export
+    if cfg.registry is not None:
+        export >> RegisterOperator(task_id="register", **step)

@@ -1,5 +1,6 @@
 """The example DAG as Airflow parses it (in a subprocess: Airflow reads its settings at import): the steps
-in order, the S3 sensor on the version's `_SUCCESS`, and curate only when the run config has data.curate."""
+in order, the S3 sensor on the version's `_SUCCESS`, curate only when the run config has data.curate and
+register only with a registry."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ print("RESULT " + json.dumps(out))
 
 def test_example_dag_steps_and_curate_only_when_configured(tmp_path):
     pipes = {}
-    for name, data in (("plain", "{dir: d}"), ("curated", "{dir: d, curate: {dedup: true}}")):
+    registry = "registry: {tracking_uri: 'sqlite:///m.db', model_name: lm}\n"
+    for name, data, more in (("plain", "{dir: d}", ""), ("curated", "{dir: d, curate: {dedup: true}}", registry)):
         (tmp_path / f"{name}.yaml").write_text(f"name: lm\ndata: {data}\n")
-        (tmp_path / f"{name}-pipeline.yaml").write_text(f"run: {name}.yaml\ncluster: local.yaml\n")
+        (tmp_path / f"{name}-pipeline.yaml").write_text(f"run: {name}.yaml\ncluster: local.yaml\n{more}")
         pipes[name] = str(tmp_path / f"{name}-pipeline.yaml")
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
@@ -45,8 +47,8 @@ def test_example_dag_steps_and_curate_only_when_configured(tmp_path):
                        text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     got = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
-    steps = ["wait_for_data", "verify", "prepare", "train", "evaluate", "export", "register"]
-    assert got["plain"]["order"] == steps
-    assert got["curated"]["order"] == [*steps[:2], "curate", *steps[2:]]
+    steps = ["wait_for_data", "verify", "prepare", "train", "evaluate", "export"]
+    assert got["plain"]["order"] == steps  # no registry: section, no register task
+    assert got["curated"]["order"] == [*steps[:2], "curate", *steps[2:], "register"]
     assert got["plain"]["key"] == "{{ params.data_uri }}_SUCCESS" and got["plain"]["deferrable"] is True
     assert got["plain"]["train"] == "TrainOperator"

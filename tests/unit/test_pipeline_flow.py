@@ -197,3 +197,19 @@ def test_cli_and_pipeline_steps_never_import_airflow_or_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_run_does_every_step_in_order_and_waits_only_for_a_new_job(pipe_file):
+    calls: list[str] = []
+    pipe, _ = _pipe(pipe_file, None)
+    for name in ("verify", "curate", "prepare", "evaluate", "export", "register"):
+        setattr(pipe, name, lambda n=name: calls.append(n) or {"step": n})
+    pipe.submit = lambda: calls.append("submit") or {"finished": False}  # type: ignore[method-assign]
+    pipe.wait = lambda sleep: calls.append("wait") or {"finished": True}  # type: ignore[method-assign]
+    results = pipe.run()
+    assert calls == ["verify", "prepare", "submit", "wait", "evaluate", "export"]  # no registry, no curate
+    assert results["train"] == {"finished": True}
+    calls.clear()
+    pipe.submit = lambda: calls.append("submit") or {"finished": True}  # type: ignore[method-assign]
+    pipe.run()
+    assert "wait" not in calls

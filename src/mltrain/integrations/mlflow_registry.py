@@ -84,6 +84,7 @@ def lineage(pipe: Pipeline, train: dict[str, Any], ev: dict[str, Any], config_te
         "data.dir": pipe.data_dir,
         "run_config.sha256": hashlib.sha256(config_text.encode()).hexdigest(),
         "git_commit": sub.get("git_commit") or "unknown",
+        "version": _mltrain_version(),
         "launcher": pipe.cfg.launcher,
         "cluster": pipe.cfg.cluster,
         "job_id": str(train.get("job_id") or ""),
@@ -98,6 +99,15 @@ def lineage(pipe: Pipeline, train: dict[str, Any], ev: dict[str, Any], config_te
     if 0 < len(config_text) <= TAG_VALUE_MAX:
         tags["run_config"] = config_text
     return {TAG + k: v[:TAG_VALUE_MAX] for k, v in tags.items()}
+
+
+def _mltrain_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mltrain")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def find_version(client: Any, model_name: str, run_name: str, digest: str) -> Any | None:

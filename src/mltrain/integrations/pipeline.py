@@ -302,11 +302,24 @@ class Pipeline:
                 "finished": False,
                 "job_id": job_id,
                 "resumed_from_step": resume,
-                "git_commit": None if self.runner.remote else (prev.get("git_commit") or git_commit(run_yaml)),
+                "git_commit": None if self.runner.remote else (prev.get("git_commit") or self.code_commit()),
                 "cluster": self.cfg.cluster,
                 "launcher": self.cfg.launcher,
             },
         )
+
+    def code_commit(self) -> str | None:
+        """The git commit of the code that trains: the run's script's checkout (a script run), else mltrain's
+        own (the built-in trainer); None outside a git checkout (an installed wheel: see mltrain.version)."""
+        from mltrain.integrations.pipeline_config import raw_run_config
+
+        script = raw_run_config(self.cfg).get("script")
+        if isinstance(script, dict) and isinstance(script.get("path"), str):
+            path = os.path.join(os.path.dirname(self.cfg.path(self.cfg.run)), script["path"])
+            return git_commit(path)
+        import mltrain
+
+        return git_commit(mltrain.__file__ or "")
 
     def train_result(self, st: dict[str, Any] | None = None) -> dict[str, Any]:
         """The finished run as XCom: run name, checkpoint, its last metrics, every job id."""
@@ -416,7 +429,7 @@ class Pipeline:
                 results["submit"] = self.submit()
                 results["train"] = results["submit"] if results["submit"].get("finished") else self.wait(sleep=sleep)
                 continue
-            results[step] = {"eval": self.evaluate}.get(step, getattr(self, step))()
+            results[step] = getattr(self, "evaluate" if step == "eval" else step)()
         return results
 
 
