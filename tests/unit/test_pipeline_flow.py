@@ -239,3 +239,18 @@ def test_ssh_runner_quotes_commands_and_moves_files(tmp_path, monkeypatch):
     assert (work / "sub" / "state.json").read_text() == '{"a": "it\'s"}' and r.exists("sub/state.json")
     assert r.read_text("sub/state.json") == '{"a": "it\'s"}' and r.read_text("missing") is None
     assert not r.exists("missing") and r.abspath("x") == f"{work}/x"
+
+
+def test_curate_reads_the_upload_and_prepare_reads_curate(tmp_path):
+    (tmp_path / "run.yaml").write_text("name: lm\ndata: {dir: d, curate: {output: o, work_dir: w}}\n")
+    p = tmp_path / "p.yaml"
+    p.write_text("run: run.yaml\ncluster: c.yaml\nrun_base_dir: /shared\n")
+    pipe = Pipeline(load_pipeline(p), "s3://b/v1/", manifest_sha256="cd" * 32, runner=FakeRunner(), log=print)
+    sets = pipe.overrides()
+    cur = f"/shared/curated/{pipe.run_name}"
+    assert 'data.curate.sources=["s3://b/v1/*.jsonl"]' in sets and f"data.curate.output={cur}" in sets
+    assert f"data.curate.work_dir={cur}.work" in sets and f'data.sources=["{cur}"]' in sets
+    assert pipe.steps()[:3] == ["verify", "curate", "prepare"]
+    p.write_text("run: run.yaml\ncluster: c.yaml\nrun_base_dir: /shared\ndata: {curate: false}\n")
+    pipe = Pipeline(load_pipeline(p), "s3://b/v1/", manifest_sha256="cd" * 32, runner=FakeRunner(), log=print)
+    assert 'data.sources=["s3://b/v1/*.jsonl"]' in pipe.overrides() and "curate" not in pipe.steps()

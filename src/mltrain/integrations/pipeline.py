@@ -149,11 +149,24 @@ class Pipeline:
             return self.runner.abspath(self.cfg.path(self.cfg.data.dir.replace("{run}", self.run_name)))
         return f"{self.run_base.rstrip('/')}/data/{self.run_name}"
 
+    @property
+    def curated_dir(self) -> str:
+        if self.cfg.data.curated:
+            return self.runner.abspath(self.cfg.path(self.cfg.data.curated.replace("{run}", self.run_name)))
+        return f"{self.run_base.rstrip('/')}/curated/{self.run_name}"
+
     def overrides(self) -> list[str]:
-        """The --set list of every command of this version's run."""
+        """The --set list of every command of this version's run. With curate, curate reads the uploaded
+        files and prepare reads curate's output; else prepare reads the uploaded files."""
         sets = [f"name={self.run_name}", f"data.dir={self.data_dir}"]
-        if self.cfg.data.sources:
-            sets.append("data.sources=" + json.dumps([self.data_uri + g for g in self.cfg.data.sources]))
+        uploaded = [self.data_uri + g for g in self.cfg.data.sources]
+        if has_curate(self.cfg):
+            if uploaded:
+                sets.append("data.curate.sources=" + json.dumps(uploaded))
+            sets += [f"data.curate.output={self.curated_dir}", f"data.curate.work_dir={self.curated_dir}.work"]
+            sets.append("data.sources=" + json.dumps([self.curated_dir]))
+        elif uploaded:
+            sets.append("data.sources=" + json.dumps(uploaded))
         reg = self.cfg.registry
         if reg is not None and reg.log_metrics:
             sets += [f"log.mlflow.uri={reg.tracking_uri}", f"log.mlflow.experiment={reg.experiment}"]

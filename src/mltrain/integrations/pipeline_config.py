@@ -37,6 +37,14 @@ class PipelineDataConfig(StrictModel):
     dir: str | None = Field(
         default=None, description="prepared shards, {run} replaced by the run name; default <run_base_dir>/data/{run}"
     )
+    curated: str | None = Field(
+        default=None,
+        description="`data curate` output (parquet) that prepare then reads, {run} replaced by the run name; "
+        "default <run_base_dir>/curated/{run}",
+    )
+    curate: bool | None = Field(
+        default=None, description="run `data curate` first; default: when the run config has a data.curate section"
+    )
 
 
 class EvalStepConfig(StrictModel):
@@ -128,7 +136,10 @@ def raw_run_config(cfg: PipelineConfig) -> dict:
 
 
 def has_curate(cfg: PipelineConfig) -> bool:
-    """Whether the run config asks for `mltrain data curate` before prepare (a data.curate section)."""
+    """Whether `mltrain data curate` runs before prepare: data.curate of the pipeline file, else whether the
+    run config has a data.curate section (read here; over SSH set it in the pipeline file)."""
+    if cfg.data.curate is not None:
+        return cfg.data.curate
     data = raw_run_config(cfg).get("data")
     return isinstance(data, dict) and bool(data.get("curate"))
 
