@@ -15,9 +15,9 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from mltrain.errors import ConfigError, MltrainError
 from mltrain.integrations.pipeline import DONE, Pipeline
 from mltrain.integrations.pipeline_config import load_pipeline
-from mltrain.integrations.pipeline_runner import PipelineError
 
 
 def aws_from_connection(conn_id: str | None) -> tuple[Any, dict[str, str]]:
@@ -82,10 +82,12 @@ class PipelineStepOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Any) -> dict[str, Any]:
-        pipe = self.build(context)
+        """The step; mltrain's errors become the task's one-line failure (a config error is not retried)."""
         try:
-            return self.step(pipe)
-        except PipelineError as e:
+            return self.step(self.build(context))
+        except ConfigError as e:
+            raise AirflowFailException(str(e)) from None
+        except MltrainError as e:
             raise AirflowException(str(e)) from None
 
 
@@ -93,8 +95,6 @@ class VerifyOperator(PipelineStepOperator):
     """`data verify` of the uploaded version against its manifest; XCom: run_name, manifest_sha256, objects."""
 
     def step(self, pipe: Pipeline) -> dict[str, Any]:
-        from mltrain.errors import MltrainError
-
         try:
             return pipe.verify()
         except MltrainError as e:  # a bad upload does not get better by retrying
