@@ -14,6 +14,7 @@ raises `MltrainError`; `main()` turns it into one line on stderr and its exit co
     cluster.py  cluster render|validate|network|preflight|create|update|delete|status
     k8s.py      k8s render|submit|status|logs|cancel
     storage.py  storage init
+    pipeline.py pipeline run|watch           (an S3 upload to a registered model)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 
 import typer
 
-from mltrain.cli import cluster, config, data, infer, k8s, launch, ops, plan, storage, train
+from mltrain.cli import cluster, config, data, infer, k8s, launch, ops, pipeline, plan, storage, train
 from mltrain.cli.common import plain_flags, run_app
 
 plain_flags()
@@ -47,6 +48,7 @@ app.add_typer(plan.fleet_app, name="fleet")
 app.add_typer(k8s.app, name="k8s")
 app.add_typer(storage.app, name="storage")
 app.add_typer(ops.bench_app, name="bench")
+app.add_typer(pipeline.app, name="pipeline")
 
 
 def main() -> None:
