@@ -1,0 +1,175 @@
+"""Runs the docs' shell blocks: one work directory per doc file, the blocks in order, each command line as
+the reader would type it.
+
+A plain `mltrain ...` line (no pipes, redirections or `$`) runs in this process through the CLI's own
+entry (`run_app`: the same parsing, one-line errors and exit codes) to save a second of imports per
+command; `mltrain train` runs as a subprocess (it starts torchrun, installs signal handlers and may
+re-exec itself); every other line runs under `bash -c` with an `mltrain` shim first on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.docs.doc_blocks import ROOT, Block, mltrain_invocations
+
+COPIED = ("configs", "examples")  # copied: a command may write beside a config
+LINKED = ("scripts", "bench", "docker", "dashboards")  # read only
+SHELL_CHARS = re.compile(r"[|&;<>()$`*?]")
+SUBPROCESS_COMMANDS = {"train"}
+TIMEOUT_S = 300
+
+
+@dataclass
+class Result:
+    command: str
+    rc: int
+    output: str
+
+
+@dataclass
+class DocRun:
+    """A doc file's work directory and environment; `run(block)` runs its setup and commands in order."""
+
+    workdir: Path
+    env: dict[str, str]
+    results: list[Result] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, workdir: Path, extra_env: dict[str, str] | None = None) -> DocRun:
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True)
+        for name in LINKED:
+            if not (workdir / name).exists():
+                (workdir / name).symlink_to(ROOT / name)
+        shim = workdir / ".bin"
+        shim.mkdir(exist_ok=True)
+        (shim / "mltrain").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mltrain "$@"\n')
+        (shim / "mltrain").chmod(0o755)
+        (shim / "python").symlink_to(sys.executable) if not (shim / "python").exists() else None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLTRAIN_", "PYTEST_"))}
+        env.update(
+            PATH=f"{shim}:{env.get('PATH', '/usr/bin:/bin')}",
+            PYTHONPATH=os.pathsep.join(p for p in [str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")] if p),
+            COLUMNS="80",
+            OMP_NUM_THREADS="1",
+            **(extra_env or {}),
+        )
+        return cls(workdir=workdir, env=env)
+
+    def run(self, block: Block) -> list[Result]:
+        """Run one block; raises AssertionError naming the block, the command and its output on a failure."""
+        if block.setup.strip():
+            r = self._bash(block.setup)
+            _check(block, r, 0, "setup")
+        results = []
+        commands = block.commands()
+        used = [False] * len(block.appends)
+        for k, command in enumerate(commands):
+            r = self.run_command(command, block, used)
+            results.append(r)
+            want = block.rc if k == len(commands) - 1 else 0
+            _check(block, r, want, "")
+        unused = [" ".join(p) for (p, _), u in zip(block.appends, used, strict=True) if not u]
+        if unused:
+            raise AssertionError(f"{block.where}: doc-test append for {unused} matched no command of the block")
+        self.results.extend(results)
+        return results
+
+    def run_command(self, command: str, block: Block, used: list[bool]) -> Result:
+        simple = not SHELL_CHARS.search(strip_comment(command))
+        words = shlex.split(command, comments=True) if simple else []
+        if simple and words and words[0] == "export" and all("=" in w for w in words[1:]):
+            for w in words[1:]:
+                k, _, v = w.partition("=")
+                self.env[k] = v
+            return Result(command, 0, "")
+        if simple and words and words[0] == "mltrain":
+            args = words[1:]
+            for i, (prefix, extra) in enumerate(block.appends):
+                if words[: len(prefix)] == prefix:
+                    used[i] = True
+                    cut = args.index("--") if "--" in args else len(args)
+                    args = [*args[:cut], *extra, *args[cut:]]
+            if args and args[0] in SUBPROCESS_COMMANDS:
+                return self._bash(shlex.join(["mltrain", *args]), shown=command)
+            return self._in_process(args, command)
+        if block.appends and any(mltrain_invocations(command)):
+            for i, (prefix, _) in enumerate(block.appends):
+                if any(["mltrain", *inv][: len(prefix)] == prefix for inv in mltrain_invocations(command)):
+                    raise AssertionError(f"{block.where}: doc-test append cannot change a shell line: {command}")
+        return self._bash(command)
+
+    def _bash(self, script: str, shown: str | None = None) -> Result:
+        try:
+            p = subprocess.run(
+                ["bash", "-c", script],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                timeout=TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
+            return Result(shown or script, 124, out + f"\n(timed out after {TIMEOUT_S} s)")
+        return Result(shown or script, p.returncode, p.stdout)
+
+    def _in_process(self, args: list[str], shown: str) -> Result:
+        from mltrain.cli import app
+        from mltrain.cli.common import run_app
+
+        buf = io.StringIO()
+        saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+        os.environ.clear()
+        os.environ.update(self.env)
+        sys.argv = ["mltrain", *args]
+        os.chdir(self.workdir)
+        rc = 0
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                run_app(app)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            sys.argv = saved_argv
+        return Result(shown, rc, buf.getvalue())
+
+
+def strip_comment(command: str) -> str:
+    """The command without its trailing `# ...` comment (a `#` outside quotes, after a space)."""
+    quote = ""
+    for i, ch in enumerate(command):
+        if quote:
+            if ch == quote:
+                quote = ""
+            elif ch == "\\" and quote == '"':
+                continue
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or command[i - 1].isspace()):
+            return command[:i].rstrip()
+    return command
+
+
+def _check(block: Block, r: Result, want: int, what: str) -> None:
+    if r.rc != want:
+        tail = "\n".join(r.output.splitlines()[-30:])
+        raise AssertionError(
+            f"{block.where}: {what + ' ' if what else ''}`{r.command}` exited {r.rc}, expected {want}:\n{tail}"
+        )

@@ -1,0 +1,123 @@
+"""Every shell block of README.md, docs/*.md and docs/ko/*.md: run in order, one work directory per doc
+(docs/testing.md, "Tested docs"). Blocks marked aws or gpu are checked for shell syntax and for the
+subcommands and options the CLI accepts; blocks marked slurm run in the Slurm stream."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.docs.doc_blocks import ROOT, Block, check_flags, doc_files, match_output, mltrain_invocations, parse
+from tests.docs.runner import DocRun
+
+# The skips the docs may carry: a new one is a deliberate change here, so they stay few and explained.
+MAX_SKIPS = 12
+
+DOCS = {p: parse(p) for p in doc_files()}
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+RUN_DOCS = [p for p, blocks in DOCS.items() if any(b.kind in ("run", "s3") for b in blocks)]
+SLURM_DOCS = [p for p, blocks in DOCS.items() if any(b.kind == "slurm" for b in blocks)]
+
+
+def _s3_env(request: pytest.FixtureRequest, blocks: list[Block]) -> dict[str, str]:
+    if not any(b.kind == "s3" for b in blocks):
+        return {}
+    endpoint = request.getfixturevalue("moto_s3")
+    from tests.docs.conftest import DUMMY_ENV
+
+    return {**DUMMY_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+def _make_buckets(block: Block, env: dict[str, str]) -> None:
+    """The buckets a block names in s3:// URLs, made on the local server (what `aws s3 mb` did before)."""
+    import boto3
+
+    names = {urllib.parse.urlparse(u).netloc for u in re.findall(r"s3://[a-z0-9.\-]+", block.text)}
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    for name in sorted(names):
+        try:
+            s3.create_bucket(Bucket=name)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+
+def _run_doc(doc: DocRun, blocks: list[Block]) -> None:
+    for block in blocks:
+        if block.kind == "s3":
+            _make_buckets(block, doc.env)
+        results = doc.run(block)
+        if block.expect is not None:
+            output = "\n".join(r.output for r in results)
+            problem = match_output(block.expect, output)
+            assert problem is None, f"{block.where}: output (expect at line {block.expect.line_no}): {problem}\n{output[-3000:]}"
+
+
+@pytest.mark.parametrize("path", RUN_DOCS, ids=_ids(RUN_DOCS))
+def test_doc_runs(path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The doc's blocks (unmarked and s3) in order, in one work directory; output checked where marked."""
+    blocks = [b for b in DOCS[path] if b.kind in ("run", "s3")]
+    doc = DocRun.create(tmp_path / "work", _s3_env(request, blocks))
+    _run_doc(doc, blocks)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("path", SLURM_DOCS, ids=_ids(SLURM_DOCS))
+def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path) -> None:
+    """The doc's slurm blocks in order, in their own work directory, against the local cluster; the runs
+    they submitted are cancelled at the end (they would hold the shared cluster otherwise)."""
+    blocks = [b for b in DOCS[path] if b.kind == "slurm"]
+    doc = DocRun.create(tmp_path / "work", {"SLURM_CONF": str(local_slurm)})
+    try:
+        _run_doc(doc, blocks)
+    finally:
+        for run in sorted((doc.workdir / "runs").glob("*/")):
+            subprocess.run(["bash", "-c", f"mltrain cancel {run}"], cwd=doc.workdir, env=doc.env,
+                           capture_output=True, timeout=60)
+
+
+ALL_BLOCKS = [b for blocks in DOCS.values() for b in blocks]
+
+
+def test_doc_commands_exist() -> None:
+    """Every block not skipped: valid shell (`bash -n`), and each `mltrain ...` in it names an existing
+    subcommand and only options that command takes (the blocks that run would fail too, but later)."""
+    import typer.main
+
+    from mltrain.cli import app
+
+    command = typer.main.get_command(app)
+    problems = []
+    for b in ALL_BLOCKS:
+        if b.kind == "skip":
+            continue
+        script = "\n".join(b.commands())
+        p = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+        if p.returncode != 0:
+            problems.append(f"{b.where}: bash -n: {p.stderr.strip()}")
+        for line in b.commands():
+            for args in mltrain_invocations(line):
+                why = check_flags(command, args)
+                if why:
+                    problems.append(f"{b.where}: `mltrain {' '.join(args)}`: {why}")
+    assert not problems, "\n".join(problems)
+
+
+def test_doc_skips_are_few() -> None:
+    """The skipped blocks, each with its reason (printed with -s); more than MAX_SKIPS fails."""
+    skips = [b for b in ALL_BLOCKS if b.kind == "skip"]
+    for b in skips:
+        print(f"{b.where}: skip: {b.reason}")
+    assert all(b.reason for b in skips)
+    assert len(skips) <= MAX_SKIPS, "\n".join(f"{b.where}: {b.reason}" for b in skips)
