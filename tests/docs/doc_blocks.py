@@ -11,7 +11,8 @@ carry the directives, one per comment:
     <!-- doc-test: skip reason=WHY -->     not run, not checked; the reason is required (and listed by a test)
     <!-- doc-test: append "mltrain train" --set train.max_steps=4 -->
                                            extra arguments for the test run of every command starting so
-    <!-- doc-test: rc=75 -->               the exit status the block's last command must end with (default 0)
+    <!-- doc-test: fixture demo -->        a trained run copied into the work directory first (tests/docs/runner.py FIXTURES)
+    <!-- doc-test: rc=0,2,0 -->            the exit status of each command of the block, in order (default all 0)
     <!-- doc-test: setup
     printf 'x\n' > held-out.txt
     -->                                    hidden commands run (with bash) before the block
@@ -67,7 +68,8 @@ class Block:
     reason: str = ""
     appends: list[tuple[list[str], list[str]]] = field(default_factory=list)
     setup: str = ""
-    rc: int = 0
+    fixtures: list[str] = field(default_factory=list)
+    rc: list[int] = field(default_factory=list)  # per command; empty: all 0
     expect: Expect | None = None  # for a `$ ` block: its shown output; else the following output block's
 
     @property
@@ -120,6 +122,11 @@ def _is_shell(lang: str, body: list[str]) -> bool:
 
 def _parse_directive(text: str, where: str) -> tuple[str, dict[str, str], list[str]]:
     """(name, key=value options, other words) of one directive's first line."""
+    if text.split(None, 1)[:1] == ["skip"]:
+        m = re.match(r"skip\s+reason=(.+)$", text.strip())
+        if not m or not m.group(1).strip():
+            raise DirectiveError(f"{where}: `doc-test: skip` needs reason=WHY")
+        return "skip", {"reason": m.group(1).strip()}, []
     try:
         words = shlex.split(text)
     except ValueError as e:
@@ -130,11 +137,6 @@ def _parse_directive(text: str, where: str) -> tuple[str, dict[str, str], list[s
     opts: dict[str, str] = {}
     if name.startswith("rc="):
         return "rc", {"rc": name[3:]}, []
-    if name == "skip":
-        m = re.match(r"skip\s+reason=(.+)$", text.strip())
-        if not m or not m.group(1).strip():
-            raise DirectiveError(f"{where}: `doc-test: skip` needs reason=WHY")
-        return name, {"reason": m.group(1).strip().strip("\"'")}, []
     if name in ("expect",):
         for w in rest:
             k, sep, v = w.partition("=")
@@ -219,10 +221,19 @@ def _block(path: Path, line_no: int, lang: str, body: list[str], pending: list) 
             if len(words) < 2:
                 raise DirectiveError(f'{where}: doc-test append needs a command prefix and arguments: append "mltrain train" --set ...')
             b.appends.append((shlex.split(words[0]), words[1:]))
+        elif name == "fixture":
+            if not words:
+                raise DirectiveError(f"{where}: doc-test fixture needs a name, e.g. fixture demo")
+            b.fixtures.extend(words)
         elif name == "setup":
             b.setup = setup
         elif name == "rc":
-            b.rc = int(opts["rc"])
+            try:
+                b.rc = [int(x) for x in opts["rc"].split(",")]
+            except ValueError:
+                raise DirectiveError(f"{where}: doc-test rc= takes exit statuses, e.g. rc=0,2,0") from None
+            if len(b.rc) != len(b.commands()):
+                raise DirectiveError(f"{where}: doc-test rc= lists {len(b.rc)} statuses for {len(b.commands())} commands")
         elif name == "expect":
             if not any(line.startswith("$ ") for line in body):
                 raise DirectiveError(f"{where}: `doc-test: expect` on a shell block needs a `$ ` transcript")

@@ -17,6 +17,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +31,46 @@ SUBPROCESS_COMMANDS = {"train"}
 TIMEOUT_S = 300
 
 
+# Runs several docs start from, each made once per test session by the commands the docs show (fewer
+# steps) and copied into a doc's work directory by `<!-- doc-test: fixture NAME -->`: (commands, paths).
+SHORT_RUN = "--set train.max_steps=2 --set train.warmup_steps=1 --set train.eval_every=0 --set checkpoint.every_steps=1"
+FIXTURES: dict[str, tuple[list[str], list[str]]] = {
+    "demo": (
+        ["mltrain data prepare configs/demo.yaml", f"mltrain train configs/demo.yaml --nproc 2 {SHORT_RUN}"],
+        ["data/demo", "runs/demo"],
+    ),
+    "shakespeare-char": (
+        [
+            "python scripts/shakespeare_char_data.py",
+            "mltrain data prepare configs/shakespeare-char.yaml",
+            f"mltrain train configs/shakespeare-char.yaml {SHORT_RUN}",
+        ],
+        ["data/shakespeare-char", "runs/shakespeare-char"],
+    ),
+}
+
+
+def build_fixture(name: str, cache: Path) -> Path:
+    """The work directory holding fixture NAME, built under `cache` unless it is there already (the caller
+    holds a lock: pytest-xdist workers share the cache)."""
+    done = cache / name / ".done"
+    if not done.exists():
+        shutil.rmtree(cache / name, ignore_errors=True)
+        doc = DocRun.create(cache / name)
+        for command in FIXTURES[name][0]:
+            r = doc._bash(command)
+            if r.rc != 0:
+                raise AssertionError(f"doc-test fixture {name}: `{command}` exited {r.rc}:\n{r.output[-3000:]}")
+        done.touch()
+    return cache / name
+
+
 @dataclass
 class Result:
     command: str
     rc: int
     output: str
+    seconds: float = 0.0
 
 
 @dataclass
@@ -43,6 +80,7 @@ class DocRun:
     workdir: Path
     env: dict[str, str]
     results: list[Result] = field(default_factory=list)
+    fixture_dir: Callable[[str], Path] | None = None  # name -> a built fixture's work directory
 
     @classmethod
     def create(cls, workdir: Path, extra_env: dict[str, str] | None = None) -> DocRun:
@@ -69,6 +107,14 @@ class DocRun:
 
     def run(self, block: Block) -> list[Result]:
         """Run one block; raises AssertionError naming the block, the command and its output on a failure."""
+        for name in block.fixtures:
+            if name not in FIXTURES:
+                raise AssertionError(f"{block.where}: no doc-test fixture {name!r} (there are {sorted(FIXTURES)})")
+            assert self.fixture_dir is not None, "DocRun.fixture_dir is not set"
+            src = self.fixture_dir(name)
+            for rel in FIXTURES[name][1]:
+                if not (self.workdir / rel).exists():
+                    shutil.copytree(src / rel, self.workdir / rel, symlinks=True)
         if block.setup.strip():
             r = self._bash(block.setup)
             _check(block, r, 0, "setup")
@@ -76,9 +122,12 @@ class DocRun:
         commands = block.commands()
         used = [False] * len(block.appends)
         for k, command in enumerate(commands):
+            t0 = time.monotonic()
             r = self.run_command(command, block, used)
+            r.seconds = time.monotonic() - t0
+            print(f"{block.where}: {r.seconds:5.1f} s  rc {r.rc}  {command}")
             results.append(r)
-            want = block.rc if k == len(commands) - 1 else 0
+            want = block.rc[k] if block.rc else 0
             _check(block, r, want, "")
         unused = [" ".join(p) for (p, _), u in zip(block.appends, used, strict=True) if not u]
         if unused:
@@ -89,26 +138,23 @@ class DocRun:
     def run_command(self, command: str, block: Block, used: list[bool]) -> Result:
         simple = not SHELL_CHARS.search(strip_comment(command))
         words = shlex.split(command, comments=True) if simple else []
-        if simple and words and words[0] == "export" and all("=" in w for w in words[1:]):
+        if not simple:
+            if any(["mltrain", *inv][: len(p)] == p for p, _ in block.appends for inv in mltrain_invocations(command)):
+                raise AssertionError(f"{block.where}: doc-test append cannot change a shell line: {command}")
+            return self._bash(command)
+        if words and words[0] == "export" and all("=" in w for w in words[1:]):
             for w in words[1:]:
                 k, _, v = w.partition("=")
                 self.env[k] = v
             return Result(command, 0, "")
-        if simple and words and words[0] == "mltrain":
-            args = words[1:]
-            for i, (prefix, extra) in enumerate(block.appends):
-                if words[: len(prefix)] == prefix:
-                    used[i] = True
-                    cut = args.index("--") if "--" in args else len(args)
-                    args = [*args[:cut], *extra, *args[cut:]]
-            if args and args[0] in SUBPROCESS_COMMANDS:
-                return self._bash(shlex.join(["mltrain", *args]), shown=command)
-            return self._in_process(args, command)
-        if block.appends and any(mltrain_invocations(command)):
-            for i, (prefix, _) in enumerate(block.appends):
-                if any(["mltrain", *inv][: len(prefix)] == prefix for inv in mltrain_invocations(command)):
-                    raise AssertionError(f"{block.where}: doc-test append cannot change a shell line: {command}")
-        return self._bash(command)
+        for i, (prefix, extra) in enumerate(block.appends):
+            if words[: len(prefix)] == prefix:
+                used[i] = True
+                cut = words.index("--") if "--" in words else len(words)
+                words = [*words[:cut], *extra, *words[cut:]]
+        if words and words[0] == "mltrain" and words[1:2] and words[1] not in SUBPROCESS_COMMANDS:
+            return self._in_process(words[1:], command)
+        return self._bash(shlex.join(words), shown=command)
 
     def _bash(self, script: str, shown: str | None = None) -> Result:
         try:

@@ -12,13 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.doc_blocks import ROOT, Block, check_flags, doc_files, match_output, mltrain_invocations, parse
+from tests.docs.doc_blocks import ROOT, Block, DirectiveError, check_flags, doc_files, match_output, mltrain_invocations, parse
 from tests.docs.runner import DocRun
 
 # The skips the docs may carry: a new one is a deliberate change here, so they stay few and explained.
 MAX_SKIPS = 12
 
-DOCS = {p: parse(p) for p in doc_files()}
+
+def _parse_all() -> tuple[dict[Path, list[Block]], list[str]]:
+    docs, errors = {}, []
+    for p in doc_files():
+        try:
+            docs[p] = parse(p)
+        except DirectiveError as e:
+            errors.append(str(e))
+    return docs, errors
+
+
+DOCS, DIRECTIVE_ERRORS = _parse_all()
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -65,26 +76,33 @@ def _run_doc(doc: DocRun, blocks: list[Block]) -> None:
 
 
 @pytest.mark.parametrize("path", RUN_DOCS, ids=_ids(RUN_DOCS))
-def test_doc_runs(path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_doc_runs(path: Path, tmp_path: Path, request: pytest.FixtureRequest, doc_fixture_dir) -> None:
     """The doc's blocks (unmarked and s3) in order, in one work directory; output checked where marked."""
     blocks = [b for b in DOCS[path] if b.kind in ("run", "s3")]
     doc = DocRun.create(tmp_path / "work", _s3_env(request, blocks))
+    doc.fixture_dir = doc_fixture_dir
     _run_doc(doc, blocks)
 
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("path", SLURM_DOCS, ids=_ids(SLURM_DOCS))
-def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path) -> None:
+def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path, doc_fixture_dir) -> None:
     """The doc's slurm blocks in order, in their own work directory, against the local cluster; the runs
     they submitted are cancelled at the end (they would hold the shared cluster otherwise)."""
     blocks = [b for b in DOCS[path] if b.kind == "slurm"]
     doc = DocRun.create(tmp_path / "work", {"SLURM_CONF": str(local_slurm)})
+    doc.fixture_dir = doc_fixture_dir
     try:
         _run_doc(doc, blocks)
     finally:
         for run in sorted((doc.workdir / "runs").glob("*/")):
             subprocess.run(["bash", "-c", f"mltrain cancel {run}"], cwd=doc.workdir, env=doc.env,
                            capture_output=True, timeout=60)
+
+
+def test_doc_directives_read() -> None:
+    """Every doc-test comment in the docs is one the harness understands (a doc with a bad one runs no block)."""
+    assert not DIRECTIVE_ERRORS, "\n".join(DIRECTIVE_ERRORS)
 
 
 ALL_BLOCKS = [b for blocks in DOCS.values() for b in blocks]
