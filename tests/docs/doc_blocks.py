@@ -12,13 +12,15 @@ carry the directives, one per comment:
     <!-- doc-test: append "mltrain train" --set train.max_steps=4 -->
                                            extra arguments for the test run of every command starting so
     <!-- doc-test: fixture demo -->        a trained run copied into the work directory first (tests/docs/runner.py FIXTURES)
+    <!-- doc-test: env COLUMNS=120 -->     environment for this block's commands (e.g. a wider terminal)
     <!-- doc-test: rc=0,2,0 -->            the exit status of each command of the block, in order (default all 0)
     <!-- doc-test: setup
     printf 'x\n' > held-out.txt
     -->                                    hidden commands run (with bash) before the block
     <!-- doc-test: expect [lines=2,4-6] [numbers=any] -->
                                            before a ```text (or unlabelled) block: its lines (or the listed ones)
-                                           are key lines the previous shell block's output must show, in order;
+                                           are key lines the previous shell block's output must show, in order (several
+                                           output blocks may follow one shell block);
                                            before a `$ ` block: that command's shown output is the expectation.
 
 docs/testing.md documents the same for doc writers.
@@ -69,8 +71,9 @@ class Block:
     appends: list[tuple[list[str], list[str]]] = field(default_factory=list)
     setup: str = ""
     fixtures: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     rc: list[int] = field(default_factory=list)  # per command; empty: all 0
-    expect: Expect | None = None  # for a `$ ` block: its shown output; else the following output block's
+    expects: list[Expect] = field(default_factory=list)  # a `$ ` block's shown output, the output blocks after it
 
     @property
     def where(self) -> str:
@@ -225,6 +228,10 @@ def _block(path: Path, line_no: int, lang: str, body: list[str], pending: list) 
             if not words:
                 raise DirectiveError(f"{where}: doc-test fixture needs a name, e.g. fixture demo")
             b.fixtures.extend(words)
+        elif name == "env":
+            if not words or not all("=" in w for w in words):
+                raise DirectiveError(f"{where}: doc-test env takes KEY=VALUE words, e.g. env COLUMNS=120")
+            b.env.update(w.split("=", 1) for w in words)
         elif name == "setup":
             b.setup = setup
         elif name == "rc":
@@ -237,7 +244,7 @@ def _block(path: Path, line_no: int, lang: str, body: list[str], pending: list) 
         elif name == "expect":
             if not any(line.startswith("$ ") for line in body):
                 raise DirectiveError(f"{where}: `doc-test: expect` on a shell block needs a `$ ` transcript")
-            b.expect = _expect(b.shown_output(), opts, where, line_no)
+            b.expects.append(_expect(b.shown_output(), opts, where, line_no))
         else:
             raise DirectiveError(f"{where}: unknown doc-test directive {name!r}")
     return b
@@ -260,10 +267,7 @@ def _attach_expect(path: Path, line_no: int, body: list[str], pending: list, blo
         raise DirectiveError(f"{where}: only `doc-test: expect` may precede an output block, not {names}")
     if not blocks:
         raise DirectiveError(f"{where}: doc-test expect with no shell block before it")
-    prev = blocks[-1]
-    if prev.expect is not None:
-        raise DirectiveError(f"{where}: {prev.where} already has an expectation")
-    prev.expect = _expect(body, pending[0][2], where, line_no)
+    blocks[-1].expects.append(_expect(body, pending[0][2], where, line_no))
 
 
 # ------------------------------------------------------------------ matching shown output
@@ -273,8 +277,8 @@ NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def _line_pattern(line: str, numbers_any: bool) -> re.Pattern[str]:
-    """A key line as a regex: runs of spaces match any run of spaces, `...` any text, and (numbers_any)
-    each number any number; the line may sit anywhere in an output line."""
+    """A key line as a regex: any run of whitespace matches any run of whitespace (so a line the terminal
+    wrapped still matches), `...` any text, and (numbers_any) each number any number."""
     out = []
     for k, part in enumerate(line.strip().split("...")):
         if k:
@@ -282,31 +286,32 @@ def _line_pattern(line: str, numbers_any: bool) -> re.Pattern[str]:
         pos = 0
         for m in NUMBER.finditer(part) if numbers_any else ():
             out.append(_literal(part[pos : m.start()]))
-            out.append(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+            out.append(NUMBER.pattern)
             pos = m.end()
         out.append(_literal(part[pos:]))
-    return re.compile("".join(out))
+    return re.compile("".join(out), re.DOTALL)
 
 
 def _literal(s: str) -> str:
-    return r"\s+".join(re.escape(w) for w in s.split(" ") if w) if s.strip() else (r"\s*" if s else "")
+    words = s.split()
+    body = r"\s+".join(re.escape(w) for w in words)
+    lead = r"\s*" if s[:1].isspace() else ""
+    trail = r"\s*" if s[-1:].isspace() else ""
+    return lead + body + trail if words else (r"\s*" if s else "")
 
 
 def match_output(expect: Expect, output: str) -> str | None:
-    """None when every key line appears in the output in order (each in a later line than the one before);
-    else a message naming the first key line not found."""
-    out_lines = [line.rstrip() for line in output.splitlines()]
+    """None when every key line appears in the output in order (each after the one before); else a message
+    naming the first key line not found."""
     pos = 0
     for key in expect.lines:
         if not key.strip() or key.strip() == "...":
             continue
-        pat = _line_pattern(key, expect.numbers_any)
-        for k in range(pos, len(out_lines)):
-            if pat.search(out_lines[k]):
-                pos = k + 1
-                break
-        else:
-            return f"key line not in the output (after line {pos}): {key.strip()!r}"
+        m = _line_pattern(key, expect.numbers_any).search(output, pos)
+        if m is None:
+            shown = output[:pos].count("\n") + 1
+            return f"key line not in the output (searched from output line {shown}): {key.strip()!r}"
+        pos = m.end()
     return None
 
 

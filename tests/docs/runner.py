@@ -107,6 +107,15 @@ class DocRun:
 
     def run(self, block: Block) -> list[Result]:
         """Run one block; raises AssertionError naming the block, the command and its output on a failure."""
+        saved = dict(self.env)
+        self.env.update(block.env)
+        try:
+            return self._run(block)
+        finally:
+            kept = {k: v for k, v in self.env.items() if k not in block.env}  # `export` lines stay
+            self.env = {**saved, **kept}
+
+    def _run(self, block: Block) -> list[Result]:
         for name in block.fixtures:
             if name not in FIXTURES:
                 raise AssertionError(f"{block.where}: no doc-test fixture {name!r} (there are {sorted(FIXTURES)})")

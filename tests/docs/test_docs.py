@@ -69,10 +69,10 @@ def _run_doc(doc: DocRun, blocks: list[Block]) -> None:
         if block.kind == "s3":
             _make_buckets(block, doc.env)
         results = doc.run(block)
-        if block.expect is not None:
-            output = "\n".join(r.output for r in results)
-            problem = match_output(block.expect, output)
-            assert problem is None, f"{block.where}: output (expect at line {block.expect.line_no}): {problem}\n{output[-3000:]}"
+        output = "\n".join(r.output for r in results)
+        for expect in block.expects:
+            problem = match_output(expect, output)
+            assert problem is None, f"{block.where}: output (expect at line {expect.line_no}): {problem}\n{output[-3000:]}"
 
 
 @pytest.mark.parametrize("path", RUN_DOCS, ids=_ids(RUN_DOCS))
