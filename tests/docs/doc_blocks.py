@@ -222,7 +222,9 @@ def _block(path: Path, line_no: int, lang: str, body: list[str], pending: list) 
             b.reason = opts.get("reason", "")
         elif name == "append":
             if len(words) < 2:
-                raise DirectiveError(f'{where}: doc-test append needs a command prefix and arguments: append "mltrain train" --set ...')
+                raise DirectiveError(
+                    f'{where}: doc-test append needs a command prefix and arguments: append "mltrain train" --set ...'
+                )
             b.appends.append((shlex.split(words[0]), words[1:]))
         elif name == "fixture":
             if not words:
@@ -240,7 +242,9 @@ def _block(path: Path, line_no: int, lang: str, body: list[str], pending: list) 
             except ValueError:
                 raise DirectiveError(f"{where}: doc-test rc= takes exit statuses, e.g. rc=0,2,0") from None
             if len(b.rc) != len(b.commands()):
-                raise DirectiveError(f"{where}: doc-test rc= lists {len(b.rc)} statuses for {len(b.commands())} commands")
+                raise DirectiveError(
+                    f"{where}: doc-test rc= lists {len(b.rc)} statuses for {len(b.commands())} commands"
+                )
         elif name == "expect":
             if not any(line.startswith("$ ") for line in body):
                 raise DirectiveError(f"{where}: `doc-test: expect` on a shell block needs a `$ ` transcript")

@@ -54,7 +54,10 @@ print(1)
     )
     assert [b.kind for b in blocks] == ["s3", "run"]
     first, second = blocks
-    assert first.commands() == ["mltrain data upload d s3://b/p      --concurrency 2   # comment", "mltrain train c.yaml"]
+    assert first.commands() == [
+        "mltrain data upload d s3://b/p      --concurrency 2   # comment",
+        "mltrain train c.yaml",
+    ]
     assert first.appends == [(["mltrain", "train"], ["--set", "train.max_steps=2"])]
     assert first.setup.strip() == "touch x"
     assert second.expects[0].lines == ["run 1"] and second.expects[0].numbers_any
@@ -63,7 +66,7 @@ print(1)
 def test_dollar_transcript_commands_and_shown_output(tmp_path):
     (b,) = _parse(
         tmp_path,
-        "<!-- doc-test: expect -->\n```\n$ mltrain plan f.yaml \\\n  --json\n{\n  \"a\": 1\n}\n```\n",
+        '<!-- doc-test: expect -->\n```\n$ mltrain plan f.yaml \\\n  --json\n{\n  "a": 1\n}\n```\n',
     )
     assert b.commands() == ["mltrain plan f.yaml    --json"]
     assert b.expects[0].lines == ["{", '  "a": 1', "}"]
@@ -89,7 +92,10 @@ def test_bad_directives_are_errors_naming_the_place(tmp_path, text, message):
 
 def test_key_lines_match_in_order_through_wrapping_and_elisions():
     out = "header 12:00\nmodel  nodes  days\nqwen   8      10.58 and a long line the\nterminal wrapped\nfleet 80\n"
-    assert match_output(Expect(["model nodes days", "qwen 8 10.58 ... line the terminal wrapped", "fleet 80"]), out) is None
+    assert (
+        match_output(Expect(["model nodes days", "qwen 8 10.58 ... line the terminal wrapped", "fleet 80"]), out)
+        is None
+    )
     assert match_output(Expect(["...", "header 12:00", "...", "fleet 80"]), out) is None
     miss = match_output(Expect(["fleet 80", "model nodes days"]), out)  # order matters
     assert miss is not None and "model nodes days" in miss
@@ -140,7 +146,10 @@ def _doc(tmp_path: Path, text: str) -> tuple[DocRun, list]:
 
 def test_a_failing_command_fails_naming_the_doc_line_and_output(tmp_path):
     doc, (b,) = _doc(tmp_path, "text\n\n```bash\necho fine\nmltrain plan no-such-fleet.yaml\n```\n")
-    with pytest.raises(AssertionError, match=r"doc\.md:3: `mltrain plan no-such-fleet.yaml` exited 2, expected 0:\nerror: no-such-fleet.yaml: file not found"):
+    with pytest.raises(
+        AssertionError,
+        match=r"doc\.md:3: `mltrain plan no-such-fleet.yaml` exited 2, expected 0:\nerror: no-such-fleet.yaml: file not found",
+    ):
         doc.run(b)
 
 

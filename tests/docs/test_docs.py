@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.doc_blocks import ROOT, Block, DirectiveError, check_flags, doc_files, match_output, mltrain_invocations, parse
+from tests.docs.doc_blocks import (
+    ROOT,
+    Block,
+    DirectiveError,
+    check_flags,
+    doc_files,
+    match_output,
+    mltrain_invocations,
+    parse,
+)
 from tests.docs.runner import DocRun
 
 # The skips the docs may carry: a new one is a deliberate change here, so they stay few and explained.
@@ -46,8 +55,12 @@ def _s3_env(request: pytest.FixtureRequest, blocks: list[Block]) -> dict[str, st
     endpoint = request.getfixturevalue("moto_s3")
     from tests.docs.conftest import DUMMY_ENV
 
-    return {**DUMMY_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    return {
+        **DUMMY_ENV,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
 
 
 def _make_buckets(block: Block, env: dict[str, str]) -> None:
@@ -55,8 +68,13 @@ def _make_buckets(block: Block, env: dict[str, str]) -> None:
     import boto3
 
     names = {urllib.parse.urlparse(u).netloc for u in re.findall(r"s3://[a-z0-9.\-]+", block.text)}
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     for name in sorted(names):
         try:
             s3.create_bucket(Bucket=name)
@@ -72,7 +90,9 @@ def _run_doc(doc: DocRun, blocks: list[Block]) -> None:
         output = "\n".join(r.output for r in results)
         for expect in block.expects:
             problem = match_output(expect, output)
-            assert problem is None, f"{block.where}: output (expect at line {expect.line_no}): {problem}\n{output[-3000:]}"
+            assert problem is None, (
+                f"{block.where}: output (expect at line {expect.line_no}): {problem}\n{output[-3000:]}"
+            )
 
 
 @pytest.mark.parametrize("path", RUN_DOCS, ids=_ids(RUN_DOCS))
@@ -96,8 +116,9 @@ def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path, doc_fixture_di
         _run_doc(doc, blocks)
     finally:
         for run in sorted((doc.workdir / "runs").glob("*/")):
-            subprocess.run(["bash", "-c", f"mltrain cancel {run}"], cwd=doc.workdir, env=doc.env,
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                ["bash", "-c", f"mltrain cancel {run}"], cwd=doc.workdir, env=doc.env, capture_output=True, timeout=60
+            )
 
 
 def test_doc_directives_read() -> None:
