@@ -8,7 +8,9 @@ carry the directives, one per comment:
     <!-- doc-test: gpu -->                 needs a GPU: the same
     <!-- doc-test: s3 -->                  runs against the local S3 server (buckets named in s3:// URLs made first)
     <!-- doc-test: slurm -->               runs against the local Slurm, in the Slurm test stream
-    <!-- doc-test: skip reason=WHY -->     not run, not checked; the reason is required (and listed by a test)
+    <!-- doc-test: skip reason=WHY -->     not run (still checked like aws, unless the reason starts with "pending");
+                                           the reason is required, and a test lists and caps the skips. Before
+                                           an output block: its output is not checked yet
     <!-- doc-test: append "mltrain train" --set train.max_steps=4 -->
                                            extra arguments for the test run of every command starting so
     <!-- doc-test: fixture demo -->        a trained run copied into the work directory first (tests/docs/runner.py FIXTURES)
@@ -202,6 +204,8 @@ def parse(path: Path, text: str | None = None) -> list[Block]:
         body_lines = lines[i + 1 : j]
         if _is_shell(lang, body_lines):
             blocks.append(_block(path, i + 1, lang, body_lines, pending))
+        elif pending and [p[1] for p in pending] == ["skip"]:  # an output block whose check waits (pending)
+            blocks.append(_block(path, i + 1, lang, [], pending))
         elif pending:
             _attach_expect(path, i + 1, body_lines, pending, blocks)
         pending = []

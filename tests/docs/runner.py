@@ -92,9 +92,13 @@ class DocRun:
                 (workdir / name).symlink_to(ROOT / name)
         shim = workdir / ".bin"
         shim.mkdir(exist_ok=True)
-        (shim / "mltrain").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mltrain "$@"\n')
-        (shim / "mltrain").chmod(0o755)
-        (shim / "python").symlink_to(sys.executable) if not (shim / "python").exists() else None
+        # scripts, not links: a link to the venv's python would start it outside the venv
+        for name, body in (
+            ("mltrain", f'exec "{sys.executable}" -m mltrain "$@"'),
+            ("python", f'exec "{sys.executable}" "$@"'),
+        ):
+            (shim / name).write_text(f"#!/bin/sh\n{body}\n")
+            (shim / name).chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLTRAIN_", "PYTEST_"))}
         env.update(
             PATH=f"{shim}:{env.get('PATH', '/usr/bin:/bin')}",

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from tests.docs.doc_blocks import (
 from tests.docs.runner import DocRun
 
 # The skips the docs may carry: a new one is a deliberate change here, so they stay few and explained.
-MAX_SKIPS = 12
+MAX_SKIPS = 8
+MAX_PENDING = 4
 
 
 def _parse_all() -> tuple[dict[Path, list[Block]], list[str]]:
@@ -53,6 +55,9 @@ def _s3_env(request: pytest.FixtureRequest, blocks: list[Block]) -> dict[str, st
     if not any(b.kind == "s3" for b in blocks):
         return {}
     endpoint = request.getfixturevalue("moto_s3")
+    # each doc starts from an empty S3 (its shown output says "created", not "exists"): moto's reset API;
+    # the doc tests' server is their own (tests/docs/conftest.py), so no other test's buckets go with it
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).read()
     from tests.docs.conftest import DUMMY_ENV
 
     return {
@@ -130,7 +135,7 @@ ALL_BLOCKS = [b for blocks in DOCS.values() for b in blocks]
 
 
 def test_doc_commands_exist() -> None:
-    """Every block not skipped: valid shell (`bash -n`), and each `mltrain ...` in it names an existing
+    """Every block (skipped ones too, except `skip reason=pending...`): valid shell (`bash -n`), and each `mltrain ...` in it names an existing
     subcommand and only options that command takes (the blocks that run would fail too, but later)."""
     import typer.main
 
@@ -139,8 +144,8 @@ def test_doc_commands_exist() -> None:
     command = typer.main.get_command(app)
     problems = []
     for b in ALL_BLOCKS:
-        if b.kind == "skip":
-            continue
+        if b.kind == "skip" and b.reason.startswith("pending"):
+            continue  # a command still being built: checked once its marker is taken off
         script = "\n".join(b.commands())
         p = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
         if p.returncode != 0:
@@ -154,9 +159,17 @@ def test_doc_commands_exist() -> None:
 
 
 def test_doc_skips_are_few() -> None:
-    """The skipped blocks, each with its reason (printed with -s); more than MAX_SKIPS fails."""
+    """The skipped blocks, each with its reason (printed with -s). At most MAX_SKIPS per language (the English
+    docs, docs/ko) that are not `pending`, and MAX_PENDING pending ones (a command still being built)."""
     skips = [b for b in ALL_BLOCKS if b.kind == "skip"]
     for b in skips:
         print(f"{b.where}: skip: {b.reason}")
     assert all(b.reason for b in skips)
-    assert len(skips) <= MAX_SKIPS, "\n".join(f"{b.where}: {b.reason}" for b in skips)
+    for lang in ("en", "ko"):
+        mine = [b for b in skips if (b.path.parent.name == "ko") == (lang == "ko")]
+        pending = [b for b in mine if b.reason.startswith("pending")]
+        others = [b for b in mine if not b.reason.startswith("pending")]
+        assert len(others) <= MAX_SKIPS, f"{lang}: {len(others)} skips:\n" + "\n".join(
+            f"{b.where}: {b.reason}" for b in others
+        )
+        assert len(pending) <= MAX_PENDING, f"{lang}: {len(pending)} pending:\n" + "\n".join(b.where for b in pending)
