@@ -36,7 +36,7 @@ TIMEOUT_S = 300
 SHORT_RUN = "--set train.max_steps=2 --set train.warmup_steps=1 --set train.eval_every=0 --set checkpoint.every_steps=1"
 FIXTURES: dict[str, tuple[list[str], list[str]]] = {
     "demo": (
-        ["mltrain data prepare configs/demo.yaml", f"mltrain train configs/demo.yaml --nproc 2 {SHORT_RUN}"],
+        ["mltrain data prepare configs/demo.yaml", f"mltrain train configs/demo.yaml {SHORT_RUN}"],
         ["data/demo", "runs/demo"],
     ),
     "shakespeare-char": (
