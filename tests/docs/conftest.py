@@ -16,7 +16,7 @@ __all__ = ["DUMMY_ENV"]
 
 
 @pytest.fixture(scope="session")
-def doc_fixture_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+def doc_fixture_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """name -> the work directory of a doc-test fixture (runner.FIXTURES), built once per session: the
     pytest-xdist workers share one cache under a file lock."""
     from filelock import FileLock
@@ -24,7 +24,8 @@ def doc_fixture_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
     from tests.docs.runner import build_fixture
 
     base = tmp_path_factory.getbasetemp()
-    cache = (base.parent if worker_id != "master" else base) / "doc-fixtures"
+    worker = hasattr(request.config, "workerinput")  # a pytest-xdist worker: the workers' temp dirs share a parent
+    cache = (base.parent if worker else base) / "doc-fixtures"
     cache.mkdir(exist_ok=True)
 
     def get(name: str) -> Path:

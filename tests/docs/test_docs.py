@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import urllib.parse
 import urllib.request
@@ -122,7 +123,11 @@ def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path, doc_fixture_di
     finally:
         for run in sorted((doc.workdir / "runs").glob("*/")):
             subprocess.run(
-                ["bash", "-c", f"mltrain cancel {run}"], cwd=doc.workdir, env=doc.env, capture_output=True, timeout=60
+                ["bash", "-c", f"mltrain cancel {shlex.quote(str(run))}"],
+                cwd=doc.workdir,
+                env=doc.env,
+                capture_output=True,
+                timeout=60,
             )
 
 
