@@ -1,0 +1,149 @@
+"""The Korean pages (README.ko.md, docs/ko/*.md) stay twins of their English pages: each links the other at the
+top, the headings match in count, level and order, and the fenced code blocks (with any doc-test marker before
+them) are identical. When an English page changes its sections or commands, this says which Korean page to
+update and where."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KO_DIR = ROOT / "docs" / "ko"
+
+# The pages translated so far; more may join (any docs/ko/*.md is checked), none may silently go missing.
+REQUIRED = {
+    "README.ko.md",
+    "docs/ko/run-control.md",
+    "docs/ko/slurm.md",
+}
+
+OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
+HEADING = re.compile(r"^(#{1,6})\s+\S")
+MARKER = re.compile(r"^\s*<!--\s*doc-test:.*-->\s*$")
+HEAD_LINES = 6  # the twin link sits right under the title
+
+
+def _load_links_module():
+    """The link checker of the English pages, reused so both languages follow the same anchor rules."""
+    spec = importlib.util.spec_from_file_location("_docs_links", Path(__file__).with_name("test_docs_links.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_links = _load_links_module()
+
+
+def korean_pages() -> list[Path]:
+    pages = sorted(KO_DIR.glob("*.md")) if KO_DIR.is_dir() else []
+    readme = ROOT / "README.ko.md"
+    return ([readme] if readme.exists() else []) + pages
+
+
+def english_twin(page: Path) -> Path:
+    return ROOT / "README.md" if page.name == "README.ko.md" else ROOT / "docs" / page.name
+
+
+def link_to(src: Path, dest: Path) -> str:
+    """The relative link from src to dest, as written in the pages (../x.md, ko/x.md, README.ko.md)."""
+    return Path(os.path.relpath(dest, src.parent)).as_posix()
+
+
+def parse(text: str) -> tuple[list[int], list[tuple[str | None, str, str]]]:
+    """Heading levels in order, and the fenced blocks as (doc-test marker before it, info string, body)."""
+    levels: list[int] = []
+    blocks: list[tuple[str | None, str, str]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = OPEN_FENCE.match(line)
+        if m:
+            indent, fence, info = m.groups()
+            close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+            body = []
+            i += 1
+            while i < len(lines) and not close.match(lines[i]):
+                body.append(lines[i])
+                i += 1
+            prev = next((ln for ln in reversed(lines[: i - len(body) - 1]) if ln.strip()), "")
+            marker = prev.strip() if MARKER.match(prev) else None
+            blocks.append((marker, info.strip(), "\n".join(body)))
+        elif HEADING.match(line):
+            levels.append(len(HEADING.match(line).group(1)))
+        i += 1
+    return levels, blocks
+
+
+def _rel(p: Path) -> str:
+    return p.relative_to(ROOT).as_posix()
+
+
+def test_the_translated_pages_exist():
+    have = {_rel(p) for p in korean_pages()}
+    missing = sorted(REQUIRED - have)
+    assert not missing, f"Korean pages missing: {missing}"
+
+
+PAGES = korean_pages()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_twins_link_each_other_at_the_top(page: Path):
+    en = english_twin(page)
+    assert en.exists(), f"{_rel(page)}: no English twin {_rel(en)}"
+    ko_head = "\n".join(page.read_text().splitlines()[:HEAD_LINES])
+    en_head = "\n".join(en.read_text().splitlines()[:HEAD_LINES])
+    assert f"]({link_to(page, en)})" in ko_head, f"{_rel(page)}: no link to {link_to(page, en)} under the title"
+    assert f"]({link_to(en, page)})" in en_head, f"{_rel(en)}: no link to {link_to(en, page)} under the title"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_headings_match_in_count_level_and_order(page: Path):
+    ko_levels, _ = parse(page.read_text())
+    en_levels, _ = parse(english_twin(page).read_text())
+    for n, (ko, en) in enumerate(zip(ko_levels, en_levels, strict=False), start=1):
+        assert ko == en, f"{_rel(page)}: heading {n} is level {ko}, the English one level {en}"
+    assert len(ko_levels) == len(en_levels), (
+        f"{_rel(page)}: {len(ko_levels)} headings, {_rel(english_twin(page))} has {len(en_levels)}"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_code_blocks_are_identical(page: Path):
+    _, ko_blocks = parse(page.read_text())
+    _, en_blocks = parse(english_twin(page).read_text())
+    for n, (ko, en) in enumerate(zip(ko_blocks, en_blocks, strict=False), start=1):
+        first = (en[2].splitlines() or [""])[0]
+        assert ko == en, f"{_rel(page)}: code block {n} (English starts {first!r}) differs from the English one"
+    assert len(ko_blocks) == len(en_blocks), (
+        f"{_rel(page)}: {len(ko_blocks)} code blocks, {_rel(english_twin(page))} has {len(en_blocks)}"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_links_resolve_and_prefer_korean_twins(page: Path):
+    own_twin = english_twin(page).resolve()
+    problems = []
+    for target in _links.relative_links(page):
+        path_part, _, fragment = target.partition("#")
+        dest = (page.parent / path_part).resolve() if path_part else page
+        if not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif fragment and dest.suffix == ".md" and fragment not in _links.anchors(dest):
+            problems.append(f"{target}: no heading with anchor #{fragment} in {_rel(dest)}")
+        elif dest != own_twin and dest.parent == ROOT / "docs" and (KO_DIR / dest.name).exists():
+            problems.append(f"{target}: a Korean page exists, link {link_to(page, KO_DIR / dest.name)}")
+    assert not problems, f"{_rel(page)}: " + "; ".join(problems)
+
+
+def test_parse_sees_markers_fences_and_headings():
+    text = "# T\n\n## A\n\n<!-- doc-test: skip -->\n```bash\nls\n```\n\n```\n# not a heading\n```\n### B\n"
+    levels, blocks = parse(text)
+    assert levels == [1, 2, 3]
+    assert blocks == [("<!-- doc-test: skip -->", "bash", "ls"), (None, "", "# not a heading")]
