@@ -20,6 +20,7 @@ REQUIRED = {
     "README.ko.md",
     "docs/ko/run-control.md",
     "docs/ko/slurm.md",
+    "docs/ko/storage.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
