@@ -21,6 +21,7 @@ REQUIRED = {
     "docs/ko/run-control.md",
     "docs/ko/slurm.md",
     "docs/ko/storage.md",
+    "docs/ko/operate.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
