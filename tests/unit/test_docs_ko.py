@@ -22,6 +22,7 @@ REQUIRED = {
     "docs/ko/slurm.md",
     "docs/ko/storage.md",
     "docs/ko/operate.md",
+    "docs/ko/kubernetes.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
