@@ -23,6 +23,7 @@ REQUIRED = {
     "docs/ko/storage.md",
     "docs/ko/operate.md",
     "docs/ko/kubernetes.md",
+    "docs/ko/fleet.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
