@@ -24,6 +24,7 @@ REQUIRED = {
     "docs/ko/operate.md",
     "docs/ko/kubernetes.md",
     "docs/ko/fleet.md",
+    "docs/ko/parallelism.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
