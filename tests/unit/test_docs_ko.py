@@ -25,6 +25,7 @@ REQUIRED = {
     "docs/ko/kubernetes.md",
     "docs/ko/fleet.md",
     "docs/ko/parallelism.md",
+    "docs/ko/planning.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
