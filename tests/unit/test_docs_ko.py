@@ -26,6 +26,7 @@ REQUIRED = {
     "docs/ko/fleet.md",
     "docs/ko/parallelism.md",
     "docs/ko/planning.md",
+    "docs/ko/data.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
