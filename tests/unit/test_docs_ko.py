@@ -31,7 +31,7 @@ REQUIRED = {
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 HEADING = re.compile(r"^(#{1,6})\s+\S")
-MARKER = re.compile(r"^\s*<!--\s*doc-test:.*-->\s*$")
+MARKER = re.compile(r"^\s*<!--\s*doc-test:")
 HEAD_LINES = 6  # the twin link sits right under the title
 
 
@@ -61,28 +61,45 @@ def link_to(src: Path, dest: Path) -> str:
     return Path(os.path.relpath(dest, src.parent)).as_posix()
 
 
-def parse(text: str) -> tuple[list[int], list[tuple[str | None, str, str]]]:
-    """Heading levels in order, and the fenced blocks as (doc-test marker before it, info string, body)."""
+def directives_before(lines: list[str], fence: int) -> tuple[str, ...]:
+    """The doc-test HTML comments right before the fence at index `fence` (blank lines between them allowed; a
+    comment may span lines, e.g. a setup script), in order."""
+    found: list[str] = []
+    j = fence - 1
+    while j >= 0:
+        if not lines[j].strip():
+            j -= 1
+            continue
+        if not lines[j].rstrip().endswith("-->"):
+            break
+        k = j
+        while k >= 0 and not lines[k].lstrip().startswith("<!--"):
+            k -= 1
+        if k < 0 or not MARKER.match(lines[k]):
+            break
+        found.append("\n".join(lines[k : j + 1]))
+        j = k - 1
+    return tuple(reversed(found))
+
+
+def parse(text: str) -> tuple[list[int], list[tuple[tuple[str, ...], str, str]]]:
+    """Heading levels in order, and the fenced blocks as (doc-test comments before it, info string, body)."""
     levels: list[int] = []
-    blocks: list[tuple[str | None, str, str]] = []
+    blocks: list[tuple[tuple[str, ...], str, str]] = []
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        line = lines[i]
-        m = OPEN_FENCE.match(line)
+        m = OPEN_FENCE.match(lines[i])
         if m:
-            indent, fence, info = m.groups()
+            _, fence, info = m.groups()
             close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
-            body = []
+            start = i
             i += 1
             while i < len(lines) and not close.match(lines[i]):
-                body.append(lines[i])
                 i += 1
-            prev = next((ln for ln in reversed(lines[: i - len(body) - 1]) if ln.strip()), "")
-            marker = prev.strip() if MARKER.match(prev) else None
-            blocks.append((marker, info.strip(), "\n".join(body)))
-        elif HEADING.match(line):
-            levels.append(len(HEADING.match(line).group(1)))
+            blocks.append((directives_before(lines, start), info.strip(), "\n".join(lines[start + 1 : i])))
+        elif HEADING.match(lines[i]):
+            levels.append(len(HEADING.match(lines[i]).group(1)))
         i += 1
     return levels, blocks
 
@@ -149,8 +166,14 @@ def test_links_resolve_and_prefer_korean_twins(page: Path):
     assert not problems, f"{_rel(page)}: " + "; ".join(problems)
 
 
-def test_parse_sees_markers_fences_and_headings():
-    text = "# T\n\n## A\n\n<!-- doc-test: skip -->\n```bash\nls\n```\n\n```\n# not a heading\n```\n### B\n"
+def test_parse_sees_directives_fences_and_headings():
+    text = (
+        "# T\n\n## A\n\n<!-- doc-test: rc=75 -->\n<!-- doc-test: setup\nprintf 'x' > f\n-->\n\n"
+        "```bash\nls\n```\n\n<!-- a note -->\n```\n# not a heading\n```\n### B\n"
+    )
     levels, blocks = parse(text)
     assert levels == [1, 2, 3]
-    assert blocks == [("<!-- doc-test: skip -->", "bash", "ls"), (None, "", "# not a heading")]
+    assert blocks == [
+        (("<!-- doc-test: rc=75 -->", "<!-- doc-test: setup\nprintf 'x' > f\n-->"), "bash", "ls"),
+        ((), "", "# not a heading"),
+    ]
