@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,11 @@ def link_to(src: Path, dest: Path) -> str:
     return Path(os.path.relpath(dest, src.parent)).as_posix()
 
 
-def directives_before(lines: list[str], fence: int) -> tuple[str, ...]:
+def directives_before(lines: list[str], fence: int) -> tuple[int, tuple[str, ...]]:
     """The doc-test HTML comments right before the fence at index `fence` (blank lines between them allowed; a
-    comment may span lines, e.g. a setup script), in order."""
+    comment may span lines, e.g. a setup script), in order, and the index of the first one's first line."""
     found: list[str] = []
-    j = fence - 1
+    start, j = fence, fence - 1
     while j >= 0:
         if not lines[j].strip():
             j -= 1
@@ -78,30 +79,60 @@ def directives_before(lines: list[str], fence: int) -> tuple[str, ...]:
         if k < 0 or not MARKER.match(lines[k]):
             break
         found.append("\n".join(lines[k : j + 1]))
-        j = k - 1
-    return tuple(reversed(found))
+        start, j = k, k - 1
+    return start, tuple(reversed(found))
 
 
-def parse(text: str) -> tuple[list[int], list[tuple[tuple[str, ...], str, str]]]:
-    """Heading levels in order, and the fenced blocks as (doc-test comments before it, info string, body)."""
+Block = tuple[tuple[str, ...], str, str]  # doc-test comments before it, info string, body
+
+
+def scan(lines: list[str]) -> tuple[list[int], list[tuple[Block, int, int]]]:
+    """Heading levels in order, and each fenced block with the index of its first line (its first doc-test
+    comment, else the fence) and of its closing fence."""
     levels: list[int] = []
-    blocks: list[tuple[tuple[str, ...], str, str]] = []
-    lines = text.splitlines()
+    blocks: list[tuple[Block, int, int]] = []
     i = 0
     while i < len(lines):
         m = OPEN_FENCE.match(lines[i])
         if m:
             _, fence, info = m.groups()
             close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
-            start = i
+            first, directives = directives_before(lines, i)
+            opening = i
             i += 1
             while i < len(lines) and not close.match(lines[i]):
                 i += 1
-            blocks.append((directives_before(lines, start), info.strip(), "\n".join(lines[start + 1 : i])))
+            blocks.append(((directives, info.strip(), "\n".join(lines[opening + 1 : i])), first, i))
         elif HEADING.match(lines[i]):
             levels.append(len(HEADING.match(lines[i]).group(1)))
         i += 1
     return levels, blocks
+
+
+def parse(text: str) -> tuple[list[int], list[Block]]:
+    """Heading levels in order, and the fenced blocks as (doc-test comments before it, info string, body)."""
+    levels, blocks = scan(text.splitlines())
+    return levels, [block for block, _, _ in blocks]
+
+
+def sync_blocks(page: Path) -> int:
+    """Copy the English twin's fenced blocks (with their doc-test comments) over the Korean page's, in order: for
+    an English page whose commands or markers changed while its sections did not. Returns how many changed;
+    refuses (ValueError) when the block counts differ, which needs a translator, not a copy."""
+    ko_lines = page.read_text().splitlines()
+    en_lines = english_twin(page).read_text().splitlines()
+    _, ko_blocks = scan(ko_lines)
+    _, en_blocks = scan(en_lines)
+    if len(ko_blocks) != len(en_blocks):
+        raise ValueError(f"{_rel(page)}: {len(ko_blocks)} code blocks, its English twin {len(en_blocks)}")
+    changed = 0
+    for (ko, k0, k1), (en, e0, e1) in reversed(list(zip(ko_blocks, en_blocks, strict=True))):
+        if ko != en:
+            ko_lines[k0 : k1 + 1] = en_lines[e0 : e1 + 1]
+            changed += 1
+    if changed:
+        page.write_text("\n".join(ko_lines) + "\n")
+    return changed
 
 
 def _rel(p: Path) -> str:
@@ -177,3 +208,28 @@ def test_parse_sees_directives_fences_and_headings():
         (("<!-- doc-test: rc=75 -->", "<!-- doc-test: setup\nprintf 'x' > f\n-->"), "bash", "ls"),
         ((), "", "# not a heading"),
     ]
+
+
+def test_sync_blocks_copies_changed_blocks_and_their_comments(tmp_path, monkeypatch):
+    (tmp_path / "docs" / "ko").mkdir(parents=True)
+    en = tmp_path / "docs" / "x.md"
+    ko = tmp_path / "docs" / "ko" / "x.md"
+    en.write_text("# X\n\n<!-- doc-test: rc=75 -->\n```bash\nmltrain stop demo\n```\n\n```text\nok\n```\n")
+    ko.write_text("# 엑스\n\n```bash\nmltrain stop old\n```\n\n설명입니다.\n\n```text\nok\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert sync_blocks(ko) == 1
+    assert parse(ko.read_text())[1] == parse(en.read_text())[1]
+    assert "설명입니다." in ko.read_text()
+    en.write_text(en.read_text() + "\n```bash\nls\n```\n")
+    with pytest.raises(ValueError, match="2 code blocks, its English twin 3"):
+        sync_blocks(ko)
+
+
+if __name__ == "__main__":  # python tests/unit/test_docs_ko.py: carry the English pages' code blocks over
+    for ko_page in korean_pages():
+        try:
+            n = sync_blocks(ko_page)
+        except ValueError as e:
+            print(f"not synced: {e}")
+        else:
+            print(f"{_rel(ko_page)}: {n} block(s) copied from {_rel(english_twin(ko_page))}")
