@@ -1,7 +1,8 @@
 """The Korean pages (README.ko.md, docs/ko/*.md) stay twins of their English pages: each links the other at the
 top, the headings match in count, level and order, and the fenced code blocks (with any doc-test marker before
 them) are identical. When an English page changes its sections or commands, this says which Korean page to
-update and where."""
+update and where; `python tests/unit/test_docs_ko.py` copies changed code blocks (and their doc-test comments)
+into the Korean pages when only the blocks changed."""
 
 from __future__ import annotations
 
