@@ -34,7 +34,7 @@ from mltrain.data.sources import (
     iter_documents,
     scan_corpus,
 )
-from mltrain.data.tokenizer import BUILTIN_TOKENIZERS, CHAR_TOKENIZER, resolve_tokenizer
+from mltrain.data.tokenizer import BUILTIN_TOKENIZERS, CHAR_TOKENIZER, TokenizerChoice, resolve_tokenizer
 from mltrain.errors import DataError
 
 if TYPE_CHECKING:
@@ -498,6 +498,28 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
         train_tokens=writers["train"].written_tokens,
         val_tokens=writers["val"].written_tokens,
     )
+    manifest = commit_manifest(data_dir, dc, choice, dtype, fingerprint, counts, shards)
+
+    dt = time.perf_counter() - t0
+    say(
+        f"  [green]done[/] {counts.docs} docs ({counts.train_docs} train / {counts.val_docs} val), "
+        f"{counts.train_tokens + counts.val_tokens:,} tokens ({counts.train_tokens:,} train / "
+        f"{counts.val_tokens:,} val), {len(shards)} shards ({dtype.name}) in {dt:.1f}s -> {data_dir / MANIFEST_FILE}"
+    )
+    return manifest
+
+
+def commit_manifest(
+    data_dir: Path,
+    dc: DataConfig,
+    choice: TokenizerChoice,
+    dtype: np.dtype,
+    fingerprint: str,
+    counts: Counts,
+    shards: list[ShardInfo],
+) -> Manifest:
+    """Write manifest.json for freshly written shards and remove shards it no longer lists: one writer for the
+    local and the Spark engine, so the two give byte-identical manifests."""
     manifest = Manifest(
         created=created_now(),
         dtype=dtype.name,
@@ -520,11 +542,4 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
     )
     save_manifest(data_dir, manifest)
     _remove_stale(data_dir, {s.file for s in shards})
-
-    dt = time.perf_counter() - t0
-    say(
-        f"  [green]done[/] {counts.docs} docs ({counts.train_docs} train / {counts.val_docs} val), "
-        f"{counts.train_tokens + counts.val_tokens:,} tokens ({counts.train_tokens:,} train / "
-        f"{counts.val_tokens:,} val), {len(shards)} shards ({dtype.name}) in {dt:.1f}s -> {data_dir / MANIFEST_FILE}"
-    )
     return manifest

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mltrain.config import DataConfig, RunConfig
-from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo, TokenizerInfo, save_manifest
+from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo
 from mltrain.data.prepare import (
     _refuse_live_users,
     _refuse_rewrite_under_runs,
-    _remove_stale,
     choose_val_docs,
     combined_fingerprint,
-    created_now,
+    commit_manifest,
     encode_docs,
     val_config,
 )
@@ -287,28 +286,7 @@ def prepare_data_spark(
         train_tokens=split_tokens[0],
         val_tokens=split_tokens[1],
     )
-    manifest = Manifest(
-        created=created_now(),
-        dtype=dtype.name,
-        vocab_size=choice.vocab_size,
-        eos_id=choice.eos_id,
-        tokenizer=TokenizerInfo(
-            sha256=choice.sha256,
-            vocab_size=choice.vocab_size,
-            eos_id=choice.eos_id,
-            eos_token=choice.eos_token,
-            source=choice.source,
-        ),
-        sources=list(dc.sources),
-        corpus_fingerprint=fingerprint,
-        shard_tokens=dc.shard_tokens,
-        val_fraction=0.0 if dc.val_sources else dc.val_fraction,
-        val_sources=list(dc.val_sources) if dc.val_sources else None,
-        counts=counts,
-        shards=shards,
-    )
-    save_manifest(data_dir, manifest)
-    _remove_stale(data_dir, {s.file for s in shards})
+    manifest = commit_manifest(data_dir, dc, choice, dtype, fingerprint, counts, shards)
     say(
         f"  [green]done[/] {counts.docs} docs, {counts.train_tokens + counts.val_tokens:,} tokens, {len(shards)} "
         f"shards ({dtype.name}) on Spark {master or 'local[*]'} in {time.perf_counter() - t0:.1f}s -> "
