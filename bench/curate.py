@@ -225,7 +225,7 @@ def main() -> int:
                 d = {"skipped": f"datatrove not importable: {e} (pip install 'mltrain[bench]')"}
             result["datatrove"] = d
             print("datatrove", d, flush=True)
-        p = run_prepare(Path(m["out"]), tmp / "prepare", args.cores)
+        p = run_prepare(Path(m.pop("out")), tmp / "prepare", args.cores)  # a temp path: not kept in the result
         p["local_tokens_per_s"] = round(p["tokens"] / p["local_seconds"])
         p["spark_tokens_per_s"] = round(p["tokens"] / p["spark_seconds"])
         result["prepare"] = p
