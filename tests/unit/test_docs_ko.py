@@ -29,6 +29,8 @@ REQUIRED = {
     "docs/ko/parallelism.md",
     "docs/ko/planning.md",
     "docs/ko/data.md",
+    "docs/ko/pipeline.md",
+    "docs/ko/curate.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
