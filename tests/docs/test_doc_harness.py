@@ -119,7 +119,7 @@ def cli():
         (["data", "upload", "d", "s3://b", "--concurrency", "--weird"], None),  # a value, not an option
         (["train", "c.yaml", "--", "--not-ours"], None),  # after --: the script's
         (["train", "c.yaml", "--nprocs", "2"], "has no option --nprocs"),
-        (["data", "curate", "c.yaml"], "has no subcommand 'curate'"),
+        (["data", "distill", "c.yaml"], "has no subcommand 'distill'"),
         (["cluster"], "needs a subcommand"),
         (["fleet", "status", "F.yaml", "--watch", "60", "--png", "x.png", "--colour"], "has no option --colour"),
     ],
