@@ -86,3 +86,31 @@ def test_pyproject_license_is_an_spdx_string():
     assert isinstance(data["project"]["license"], str)
     floor = [r for r in data["build-system"]["requires"] if r.startswith("setuptools")]
     assert floor and re.search(r">=\s*(\d+)", floor[0]) and int(re.search(r">=\s*(\d+)", floor[0]).group(1)) >= 77
+
+
+def _visible_commands(group, path: list[str]):
+    """(path, command) of every visible leaf command under a typer group (typer's own click: duck-typed)."""
+    ctx = type(group).context_class(group)
+    for name in group.list_commands(ctx):  # the sub-apps load lazily: ask the group, not its dict
+        sub = group.get_command(ctx, name)
+        if sub is None or sub.hidden:
+            continue
+        if hasattr(sub, "list_commands"):
+            yield from _visible_commands(sub, [*path, name])
+        else:
+            yield [*path, name], sub
+
+
+def test_every_command_and_option_says_what_it_does():
+    """`--help` is what people paste into a search: no command without a summary, no option without help."""
+    missing = []
+    for path, cmd in _visible_commands(typer.main.get_command(app), ["mltrain"]):
+        if not (cmd.help or cmd.short_help):
+            missing.append(" ".join(path))
+        missing += [
+            f"{' '.join(path)} {p.opts[0]}"
+            for p in cmd.params
+            if p.param_type_name == "option" and not getattr(p, "hidden", False) and not p.help
+        ]
+    assert len(list(_visible_commands(typer.main.get_command(app), []))) > 40
+    assert not missing, missing
