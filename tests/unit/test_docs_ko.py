@@ -31,6 +31,7 @@ REQUIRED = {
     "docs/ko/data.md",
     "docs/ko/pipeline.md",
     "docs/ko/curate.md",
+    "docs/ko/walkthrough.md",
 }
 
 OPEN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
