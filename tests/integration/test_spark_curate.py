@@ -166,3 +166,19 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, spark, monkeypatch)
 
     line = _line(run_cli(env, "data", "curate", str(_cfg_file(tmp_path, sources=[str(raw)])), "--spark-conf", "oops"))
     assert "--spark-conf 'oops': expected KEY=VALUE" in line
+
+
+def test_relative_paths_are_the_drivers_current_directory(tmp_path, spark, monkeypatch):  # noqa: F811
+    """The JVM keeps the directory it started in; a relative work_dir and output still land under the
+    driver's current directory, as a second curate in the same process (after a chdir) expects."""
+    from mltrain.data.curate.pipeline import curate
+
+    build(tmp_path)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    work = f"curate-work-{tmp_path.name}"
+    cfg = CurateConfig(sources=[str(tmp_path / "raw")], output="out", work_dir=work, master="local[2]")
+    report = curate(cfg)
+    assert (here / work / "output").is_dir() and (here / "out" / MANIFEST_FILE).exists()
+    assert len(_kept(here / "out")) == report["output"]["docs"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ class WorkDir:
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()
         self.root = root.rstrip("/")
         self._fs = self._path(self.root).getFileSystem(self._conf)
+        if self._fs.getUri().getScheme() == "file" and not self._path(self.root).isAbsolute():
+            # the JVM resolves a relative path against the directory it started in, which is not the driver's
+            # current one once the process has changed directory (a second run in the same process)
+            self.root = os.path.abspath(self.root)
         self._fs.mkdirs(self._path(self.root))
 
     def _path(self, p: str) -> Any:
@@ -70,7 +75,8 @@ class WorkDir:
             raise OSError(f"cannot rename {src} -> {dst}")
 
     def copy_to_local(self, src: str, dst: str) -> None:
-        self._fs.copyToLocalFile(False, self._path(src), self._path(dst), True)
+        """Copy to the driver's local `dst`, taken relative to the driver's current directory (not the JVM's)."""
+        self._fs.copyToLocalFile(False, self._path(src), self._path(os.path.abspath(dst)), True)
 
     # ------------------------------------------------------------------ steps
 
