@@ -254,3 +254,14 @@ def test_curate_reads_the_upload_and_prepare_reads_curate(tmp_path):
     p.write_text("run: run.yaml\ncluster: c.yaml\nrun_base_dir: /shared\ndata: {curate: false}\n")
     pipe = Pipeline(load_pipeline(p), "s3://b/v1/", manifest_sha256="cd" * 32, runner=FakeRunner(), log=print)
     assert 'data.sources=["s3://b/v1/*.jsonl"]' in pipe.overrides() and "curate" not in pipe.steps()
+
+
+def test_shipped_pipeline_file_loads_and_names_shipped_configs():
+    """configs/pipeline.yaml (the walkthrough's) validates; its run config and cluster spec exist and load."""
+    from pathlib import Path
+
+    from mltrain.config import load_run_config
+
+    cfg = load_pipeline(Path(__file__).resolve().parents[2] / "configs" / "pipeline.yaml")
+    assert Path(cfg.path(cfg.cluster)).is_file()
+    load_run_config(cfg.path(cfg.run))
