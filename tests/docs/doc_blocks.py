@@ -8,6 +8,7 @@ carry the directives, one per comment:
     <!-- doc-test: gpu -->                 needs a GPU: the same
     <!-- doc-test: s3 -->                  runs against the local S3 server (buckets named in s3:// URLs made first)
     <!-- doc-test: slurm -->               runs against the local Slurm, in the Slurm test stream
+    <!-- doc-test: spark -->               starts Spark (local[*]): runs in the serial stream beside the Spark tests
     <!-- doc-test: skip reason=WHY -->     not run (still checked like aws, unless the reason starts with "pending");
                                            the reason is required, and a test lists and caps the skips. Before
                                            an output block: its output is not checked yet
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHELL_LANGS = {"bash", "sh", "console", "shell"}
 FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
 DIRECTIVE = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*(-->)?\s*$")
-KINDS = ("aws", "gpu", "s3", "slurm", "skip")
+KINDS = ("aws", "gpu", "s3", "slurm", "spark", "skip")
 
 
 class DirectiveError(ValueError):
@@ -68,7 +69,7 @@ class Block:
     line_no: int  # the opening fence, 1-based
     lang: str
     text: str
-    kind: str = "run"  # run | aws | gpu | s3 | slurm | skip
+    kind: str = "run"  # run | aws | gpu | s3 | slurm | spark | skip
     reason: str = ""
     appends: list[tuple[list[str], list[str]]] = field(default_factory=list)
     setup: str = ""
@@ -84,7 +85,7 @@ class Block:
 
     @property
     def runs(self) -> bool:
-        return self.kind in ("run", "s3", "slurm")
+        return self.kind in ("run", "s3", "slurm", "spark")
 
     def commands(self) -> list[str]:
         """The block's commands, one logical line each: continuation lines joined, `$ ` prompts stripped,

@@ -1,6 +1,8 @@
 """Every shell block of README.md, docs/*.md and docs/ko/*.md: run in order, one work directory per doc
 (docs/testing.md, "Tested docs"). Blocks marked aws or gpu are checked for shell syntax and for the
-subcommands and options the CLI accepts; blocks marked slurm run in the Slurm stream."""
+subcommands and options the CLI accepts; blocks marked slurm or spark run in the serial stream. A Korean page
+whose runnable blocks are those of its English twin, byte for byte (tests/unit/test_docs_ko.py holds every
+page to that), is not run a second time: its twin's run covers the same commands and outputs."""
 
 from __future__ import annotations
 
@@ -48,8 +50,30 @@ def _ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in paths]
 
 
-RUN_DOCS = [p for p, blocks in DOCS.items() if any(b.kind in ("run", "s3") for b in blocks)]
-SLURM_DOCS = [p for p, blocks in DOCS.items() if any(b.kind == "slurm" for b in blocks)]
+def _same_as_english_twin(path: Path) -> bool:
+    """A docs/ko page (or README.ko.md) whose runnable blocks, with their directives and expected outputs,
+    equal its English twin's."""
+    if path.parent.name == "ko":
+        twin = path.parent.parent / path.name
+    elif path.name.endswith(".ko.md"):
+        twin = path.with_name(path.name.replace(".ko.md", ".md"))
+    else:
+        return False
+
+    def key(blocks: list[Block]) -> list[tuple]:
+        return [
+            (b.kind, b.text, b.setup, b.appends, b.fixtures, b.env, b.rc, [(e.lines, e.numbers_any) for e in b.expects])
+            for b in blocks
+            if b.runs
+        ]
+
+    return twin in DOCS and key(DOCS[path]) == key(DOCS[twin])
+
+
+OWN_DOCS = {p: blocks for p, blocks in DOCS.items() if not _same_as_english_twin(p)}
+RUN_DOCS = [p for p, blocks in OWN_DOCS.items() if any(b.kind in ("run", "s3") for b in blocks)]
+SLURM_DOCS = [p for p, blocks in OWN_DOCS.items() if any(b.kind == "slurm" for b in blocks)]
+SPARK_DOCS = [p for p, blocks in OWN_DOCS.items() if any(b.kind == "spark" for b in blocks)]
 
 
 def _s3_env(request: pytest.FixtureRequest, blocks: list[Block]) -> dict[str, str]:
@@ -129,6 +153,25 @@ def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path, doc_fixture_di
                 capture_output=True,
                 timeout=60,
             )
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("path", SPARK_DOCS, ids=_ids(SPARK_DOCS))
+def test_doc_spark(path: Path, tmp_path: Path, doc_fixture_dir) -> None:
+    """The doc's spark blocks in order, in their own work directory: in the serial stream with the Spark tests,
+    so no xdist worker starts a Spark JVM of its own."""
+    doc = DocRun.create(tmp_path / "work", {})
+    doc.fixture_dir = doc_fixture_dir
+    _run_doc(doc, [b for b in DOCS[path] if b.kind == "spark"])
+
+
+def test_korean_twins_that_are_not_run_again_have_identical_blocks() -> None:
+    """The pages left out of the runs above are exactly those whose blocks equal their twin's; a Korean page
+    with a block of its own still runs."""
+    left_out = sorted(set(DOCS) - set(OWN_DOCS))
+    assert all(p.parent.name == "ko" or p.name.endswith(".ko.md") for p in left_out), left_out
+    for p in left_out:
+        assert _same_as_english_twin(p)
 
 
 def test_doc_directives_read() -> None:
