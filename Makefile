@@ -33,8 +33,8 @@ demo: venv
 	$(VENV)/bin/mltrain report demo
 	$(VENV)/bin/mltrain sample demo --prompt "def " --max-new-tokens 60 --seed 0
 
-# The real-Slurm tests (one at a time, one local cluster) run alongside the rest (two pytest-xdist
-# workers): scripts/run-tests.sh. The Debian packages the tests start (Slurm, Prometheus, shellcheck)
+# The real-Slurm tests (one at a time, one local cluster) and the Spark tests (one at a time, one session) run
+# alongside the rest (two pytest-xdist workers): scripts/run-tests.sh. The Debian packages the tests start (Slurm, Prometheus, shellcheck)
 # are installed first, once; the import contracts (pyproject.toml, docs/architecture.md) are checked
 # before any test runs.
 test: venv

@@ -8,7 +8,7 @@ carry the directives, one per comment:
     <!-- doc-test: gpu -->                 needs a GPU: the same
     <!-- doc-test: s3 -->                  runs against the local S3 server (buckets named in s3:// URLs made first)
     <!-- doc-test: slurm -->               runs against the local Slurm, in the Slurm test stream
-    <!-- doc-test: spark -->               starts Spark (local[*]): runs in the serial stream beside the Spark tests
+    <!-- doc-test: spark -->               starts Spark (local[*]): runs in the Spark test stream
     <!-- doc-test: skip reason=WHY -->     not run (still checked like aws, unless the reason starts with "pending");
                                            the reason is required, and a test lists and caps the skips. Before
                                            an output block: its output is not checked yet

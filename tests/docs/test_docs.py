@@ -1,6 +1,6 @@
 """Every shell block of README.md, docs/*.md and docs/ko/*.md: run in order, one work directory per doc
 (docs/testing.md, "Tested docs"). Blocks marked aws or gpu are checked for shell syntax and for the
-subcommands and options the CLI accepts; blocks marked slurm or spark run in the serial stream. A Korean page
+subcommands and options the CLI accepts; blocks marked slurm or spark run in those tests streams. A Korean page
 whose runnable blocks are those of its English twin, byte for byte (tests/unit/test_docs_ko.py holds every
 page to that), is not run a second time: its twin's run covers the same commands and outputs."""
 
@@ -158,7 +158,7 @@ def test_doc_slurm(path: Path, tmp_path: Path, local_slurm: Path, doc_fixture_di
 @pytest.mark.spark
 @pytest.mark.parametrize("path", SPARK_DOCS, ids=_ids(SPARK_DOCS))
 def test_doc_spark(path: Path, tmp_path: Path, doc_fixture_dir) -> None:
-    """The doc's spark blocks in order, in their own work directory: in the serial stream with the Spark tests,
+    """The doc's spark blocks in order, in their own work directory: in the Spark stream with the Spark tests,
     so no xdist worker starts a Spark JVM of its own."""
     doc = DocRun.create(tmp_path / "work", {})
     doc.fixture_dir = doc_fixture_dir
