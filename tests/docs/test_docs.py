@@ -1,6 +1,6 @@
 """Every shell block of README.md, docs/*.md and docs/ko/*.md: run in order, one work directory per doc
 (docs/testing.md, "Tested docs"). Blocks marked aws or gpu are checked for shell syntax and for the
-subcommands and options the CLI accepts; blocks marked slurm or spark run in those tests streams. A Korean page
+subcommands and options the CLI accepts; blocks marked slurm or spark run in those test streams. A Korean page
 whose runnable blocks are those of its English twin, byte for byte (tests/unit/test_docs_ko.py holds every
 page to that), is not run a second time: its twin's run covers the same commands and outputs."""
 
