@@ -350,13 +350,7 @@ def prepare_data(cfg: RunConfig, console: Console | None = None, force: bool = F
     dc = cfg.data
     data_dir = Path(dc.dir)
     model_vocab = cfg.model.vocab_size
-    bpe_vocab = dc.bpe_vocab_size or model_vocab
-    if not dc.tokenizer and bpe_vocab > model_vocab:
-        raise DataError(
-            f"data.bpe_vocab_size {bpe_vocab} is larger than model.vocab_size {model_vocab}; "
-            "token ids would not fit the embedding"
-        )
-    _refuse_live_users(cfg, data_dir)
+    bpe_vocab = _refuse_bad_start(cfg, data_dir)
 
     def say(msg: str) -> None:
         if console is not None:
@@ -543,3 +537,17 @@ def commit_manifest(
     save_manifest(data_dir, manifest)
     _remove_stale(data_dir, {s.file for s in shards})
     return manifest
+
+
+def _refuse_bad_start(cfg: RunConfig, data_dir: Path) -> int:
+    """The checks both engines make before reading a byte: a BPE that fits the model, no live run on the dir.
+    Returns the BPE vocabulary size to train (data.bpe_vocab_size, else the model's)."""
+    dc, model_vocab = cfg.data, cfg.model.vocab_size
+    bpe_vocab = dc.bpe_vocab_size or model_vocab
+    if not dc.tokenizer and bpe_vocab > model_vocab:
+        raise DataError(
+            f"data.bpe_vocab_size {bpe_vocab} is larger than model.vocab_size {model_vocab}; "
+            "token ids would not fit the embedding"
+        )
+    _refuse_live_users(cfg, data_dir)
+    return bpe_vocab

@@ -22,7 +22,7 @@ import numpy as np
 from mltrain.config import DataConfig, RunConfig
 from mltrain.data.manifest import MANIFEST_FILE, Counts, Manifest, ShardInfo
 from mltrain.data.prepare import (
-    _refuse_live_users,
+    _refuse_bad_start,
     _refuse_rewrite_under_runs,
     choose_val_docs,
     combined_fingerprint,
@@ -184,13 +184,7 @@ def prepare_data_spark(
     dc = cfg.data
     data_dir = Path(dc.dir)
     model_vocab = cfg.model.vocab_size
-    bpe_vocab = dc.bpe_vocab_size or model_vocab
-    if not dc.tokenizer and bpe_vocab > model_vocab:
-        raise DataError(
-            f"data.bpe_vocab_size {bpe_vocab} is larger than model.vocab_size {model_vocab}; "
-            "token ids would not fit the embedding"
-        )
-    _refuse_live_users(cfg, data_dir)
+    bpe_vocab = _refuse_bad_start(cfg, data_dir)
 
     def say(msg: str) -> None:
         if console is not None:
