@@ -149,14 +149,19 @@ def _decode(raw: bytes) -> str | None:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def _iter_txt(path: Path, stats: SourceStats) -> Iterator[str]:
-    text = _decode(_read_bytes(path))
+def _whole_text(raw: bytes, where: str, stats: SourceStats) -> Iterator[str]:
+    """A .txt file or object as one document; a non-UTF-8 or blank one is counted as skipped, not fatal."""
+    text = _decode(raw)
     if text is None:
-        stats.skip(str(path), "non-utf8", whole_file=True)
+        stats.skip(where, "non-utf8", whole_file=True)
     elif not text.strip():
-        stats.skip(str(path), "empty", whole_file=True)
+        stats.skip(where, "empty", whole_file=True)
     else:
         yield text
+
+
+def _iter_txt(path: Path, stats: SourceStats) -> Iterator[str]:
+    yield from _whole_text(_read_bytes(path), str(path), stats)
 
 
 def _iter_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -289,13 +294,7 @@ def _iter_s3(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
                 f"{url}: .parquet is not streamed from S3; `mltrain data download` it and name the local copy"
             )
         else:
-            text = _decode(read_object(url))
-            if text is None:
-                stats.skip(url, "non-utf8", whole_file=True)
-            elif not text.strip():
-                stats.skip(url, "empty", whole_file=True)
-            else:
-                yield text
+            yield from _whole_text(read_object(url), url, stats)
 
 
 def _iter_entry(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mltrain.data.sources import FILE_SUFFIXES, SourceStats, _iter_file, _jsonl_docs, _usable_text, resolve_source
+from mltrain.data.sources import (
+    FILE_SUFFIXES,
+    SourceStats,
+    _iter_file,
+    _jsonl_docs,
+    _usable_text,
+    _whole_text,
+    resolve_source,
+)
 from mltrain.errors import DataError
 
 UNIT_SHIFT = 32
@@ -140,7 +148,6 @@ def read_unit(url: str, text_field: str, stats: SourceStats, env: dict[str, str]
         return
     if env:
         _use_env(env)
-    from mltrain.data.sources import _decode
     from mltrain.storage.source import read_object, stream_lines
 
     stats.files += 1
@@ -150,13 +157,7 @@ def read_unit(url: str, text_field: str, stats: SourceStats, env: dict[str, str]
     elif lower.endswith(".parquet"):
         yield from _parquet_bytes(read_object(url), url, text_field, stats)
     else:
-        text = _decode(read_object(url))
-        if text is None:
-            stats.skip(url, "non-utf8", whole_file=True)
-        elif not text.strip():
-            stats.skip(url, "empty", whole_file=True)
-        else:
-            yield text
+        yield from _whole_text(read_object(url), url, stats)
 
 
 def _parquet_bytes(raw: bytes, url: str, text_field: str, stats: SourceStats) -> Iterator[str]:
