@@ -78,6 +78,19 @@ def git_commit() -> str | None:
         return None
 
 
+def host_environment(loadavg_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine a CPU-bound bench ran on, and how busy it was from start to end (the S3 benches share the
+    cores with their server, so the load is part of the figure)."""
+    return {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": loadavg_at_start,
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
 def environment(device: Any) -> dict[str, Any]:
     """What a reader needs to reproduce the numbers: versions, device, commit, time."""
     import torch

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS_DIR, git_commit, today, write_json
+from _common import RESULTS_DIR, host_environment, today, write_json
 
 MiB = 1 << 20
 
@@ -208,12 +207,7 @@ def main() -> int:
             },
             "storage_s3": {"save_s": direct_save_s},
             "environment": {
-                "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "git_commit": git_commit(),
-                "python": platform.python_version(),
-                "cpu_count": os.cpu_count(),
-                "loadavg_at_start": load_before,
-                "loadavg_at_end": os.getloadavg(),
+                **host_environment(load_before),
                 "threads": threading.active_count(),
             },
         }
