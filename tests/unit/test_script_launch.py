@@ -81,7 +81,7 @@ def test_worker_args_env_and_resume_arg(tmp_path):
     args = S.worker_args(cfg, path)
     assert args == ["-m", "mltrain.launch.script", str(path), "--lr", "1e-3"]
     cmd = S.local_command(cfg, path, 2)
-    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] and cmd[5:] == args
+    assert cmd[1:5] == ["-m", "mltrain.launch.torchrun", "--standalone", "--nproc-per-node=2"] and cmd[5:] == args
     env = S.script_env(cfg, run_dir)
     assert env[runtime.ENV_RUN_DIR] == str(run_dir.resolve()) and env[S.ENV_RESUME_ARG] == "--resume_from_checkpoint"
     assert env[runtime.ENV_CHECKPOINT_DIR] == str(run_dir.resolve() / "checkpoints")

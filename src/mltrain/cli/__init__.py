@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import sys
 
-import typer
+from mltrain import startup
 
-from mltrain.cli import cluster, config, data, infer, k8s, launch, ops, pipeline, plan, storage, train
-from mltrain.cli.common import plain_flags, run_app
+startup.begin()  # the GC waits while typer, rich and the command modules load (mltrain/startup.py)
+
+import typer  # noqa: E402
+
+from mltrain.cli import cluster, config, data, infer, k8s, launch, ops, pipeline, plan, storage, train  # noqa: E402
+from mltrain.cli.common import plain_flags, run_app  # noqa: E402
 
 plain_flags()
 
@@ -49,6 +53,7 @@ app.add_typer(k8s.app, name="k8s")
 app.add_typer(storage.app, name="storage")
 app.add_typer(ops.bench_app, name="bench")
 app.add_typer(pipeline.app, name="pipeline")
+startup.settle()
 
 
 def main() -> None:

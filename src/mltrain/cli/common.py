@@ -30,7 +30,9 @@ def plain_flags() -> None:
         from typer.core import TyperOption
     except ImportError:  # pragma: no cover - another typer layout: keep its labels
         return
-    shown = TyperOption.display_type_rich
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # typer before 0.29 prints no label for a flag: nothing to hide
+        return
 
     def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
         return None if getattr(self, "is_flag", False) else shown(self, ctx)

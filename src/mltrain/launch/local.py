@@ -22,6 +22,7 @@ from typing import IO, Any, NoReturn
 from mltrain import exit_codes, rundir
 from mltrain.config import check_nproc, load_run_config
 from mltrain.errors import MltrainError
+from mltrain.startup import heavy_imports
 from mltrain.train.faults import remove_stale_stop, write_exit_reason, write_stop_request
 
 LOGS_DIR = "logs"  # <run>/logs/local-<YYYYmmdd-HHMMSS>.log: every local start's console output
@@ -29,8 +30,9 @@ LOGS_DIR = "logs"  # <run>/logs/local-<YYYYmmdd-HHMMSS>.log: every local start's
 
 def standalone_torchrun(nproc: int) -> list[str]:
     """torchrun on this machine alone (its own rendezvous), from this interpreter: the prefix every local
-    multi-process launch uses (training, users' scripts, the collective bench)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    multi-process launch uses (training, users' scripts, the collective bench). launch/torchrun.py is
+    torchrun's own main, started without the GC's scans of torch's import."""
+    return [sys.executable, "-m", "mltrain.launch.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
 
 
 def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[str]:
@@ -63,7 +65,8 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
     """
     cfg = load_run_config(run_yaml, overrides)
     if "LOCAL_RANK" in os.environ:  # a torchrun worker (started here or by srun on a cluster)
-        from mltrain.train.trainer import run_training
+        with heavy_imports():
+            from mltrain.train.trainer import run_training
 
         return _exit_worker(lambda: run_training(cfg))
     check_nproc(cfg, nproc, run_yaml)
@@ -84,7 +87,8 @@ def train_local(run_yaml: Path, overrides: list[str], nproc: int = 1) -> int:
             try:
                 if nproc > 1:
                     return _run_torchrun(cfg, run_yaml, overrides, nproc, started, tee)
-                from mltrain.train.trainer import run_training
+                with heavy_imports():
+                    from mltrain.train.trainer import run_training
 
                 return run_training(cfg)
             except MltrainError as e:

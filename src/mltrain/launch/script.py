@@ -86,7 +86,7 @@ def worker_args(cfg: RunConfig, script_path: Path) -> list[str]:
 
 
 def local_command(cfg: RunConfig, script_path: Path, nproc: int) -> list[str]:
-    """torchrun on this machine: `python -m torch.distributed.run --standalone --nproc-per-node N ...`."""
+    """torchrun on this machine: `python -m mltrain.launch.torchrun --standalone --nproc-per-node N ...`."""
     from mltrain.launch.local import standalone_torchrun
 
     return [*standalone_torchrun(nproc), *worker_args(cfg, script_path)]
