@@ -29,3 +29,6 @@ def test_s3_transfer_bench_smoke(tmp_path):
     m = data["tools"]["mltrain"]
     assert m["upload_mib_s"] > 0 and m["download_mib_s"] > 0 and len(m["upload_s"]) == 1
     assert data["dataset"]["files"] == 5
+    # the fixed cost of one command, measured on a 1 KiB download, is taken out of the steady rate
+    assert len(m["fixed_download_s"]) == 1 and 0 < m["fixed_download_s"][0] < m["download_s"][0]
+    assert m["download_mib_s_after_fixed"] > m["download_mib_s"]

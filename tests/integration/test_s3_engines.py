@@ -42,6 +42,7 @@ def test_round_trip_names_its_engine_and_verifies_in_one_pass(tmp_path, s3_env, 
 
     monkeypatch.setattr(transfer, "digest_file", no_second_read)
     monkeypatch.setattr(transfer, "local_checksum", no_second_read)
+    monkeypatch.setattr(transfer, "crc64nvme_of", no_second_read)
     client = make_client(S3Options(s3_env["AWS_ENDPOINT_URL"]), validate_responses=False)
     down = download(url, tmp_path / "dst", client, settings, progress=False)
     assert (down.engine, down.transferred, down.verified, down.as_dict()["engine"]) == (engine, 3, True, engine)
@@ -53,7 +54,7 @@ def test_round_trip_names_its_engine_and_verifies_in_one_pass(tmp_path, s3_env, 
         download(url, tmp_path / "dst2", client, settings, progress=False)
     assert (
         str(e.value)
-        == f"{url}: downloaded files do not match: d/big.bin (sha256 differs from the manifest) (nothing replaced)"
+        == f"{url}: downloaded files do not match: d/big.bin (crc64nvme differs from the manifest) (nothing replaced)"
     )
     assert not [p for p in (tmp_path / "dst2").rglob("*") if p.is_file()]
 
@@ -89,3 +90,29 @@ def test_an_upload_client_does_not_hash_bodies_again_for_the_signature(tmp_path,
         hashlib.sha256(b"x" * 100).hexdigest().encode(),
         b"UNSIGNED-PAYLOAD",
     ]
+
+
+def test_a_crc64nvme_manifest_is_checked_without_sha256(tmp_path, s3_env, s3, bucket, monkeypatch):
+    """A manifest entry with a full-object CRC64NVME: the download, and the rerun's check of a file already in
+    place, compare that alone (no sha256 of the bytes); a same-size file with other bytes is replaced."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = {"a.bin": bytes(range(256)) * 40, "b.bin": b"b" * 7000}
+    for rel, body in data.items():
+        (src / rel).write_bytes(body)
+    url = parse_s3_url(f"s3://{bucket}/crc")
+    client = make_client(S3Options(s3_env["AWS_ENDPOINT_URL"]), validate_responses=False)
+    upload(src, url, client, TransferSettings(), progress=False)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "a.bin").write_bytes(data["a.bin"])  # already right
+    (dst / "b.bin").write_bytes(b"x" * 7000)  # same size, other bytes
+
+    def no_sha(*a, **k):
+        raise AssertionError("sha256 computed for a file its manifest gives a CRC64NVME")
+
+    monkeypatch.setattr(transfer, "digest_file", no_sha)
+    monkeypatch.setattr(transfer.StreamDigest, "sha256", property(no_sha))
+    down = download(url, dst, client, TransferSettings(), progress=False)
+    assert (down.transferred, down.skipped, down.verified) == (1, 1, True)
+    assert {rel: (dst / rel).read_bytes() for rel in data} == data

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mltrain.startup import heavy_imports
 from mltrain.storage.url import StorageError
 
 DEFAULT_MAX_ATTEMPTS = 8
@@ -37,9 +38,10 @@ def make_client(opts: S3Options | None = None, validate_responses: bool = True, 
     `sign_payload=False` stops botocore hashing every request body for the SigV4 signature, which it
     does over plain http (over https it does not): for uploads that send the checksum of their own
     read in a signed header, which S3 checks the body against."""
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError
+    with heavy_imports():  # boto3 and the S3 service model it loads live until exit
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
 
     opts = opts or S3Options()
     try:
@@ -56,7 +58,8 @@ def make_client(opts: S3Options | None = None, validate_responses: bool = True, 
             response_checksum_validation="when_supported" if validate_responses else "when_required",
             s3=None if sign_payload else {"payload_signing_enabled": False},
         )
-        return session.client("s3", endpoint_url=opts.endpoint_url, config=config)
+        with heavy_imports():
+            return session.client("s3", endpoint_url=opts.endpoint_url, config=config)
     except BotoCoreError as e:  # ProfileNotFound, bad region, ...
         raise StorageError(f"cannot set up the S3 client: {e}") from None
     except ValueError as e:  # botocore's "Invalid endpoint: notaurl" (from --endpoint-url or AWS_ENDPOINT_URL)

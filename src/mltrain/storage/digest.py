@@ -127,6 +127,23 @@ def stored_checksum(head: dict) -> str | None:
     return None
 
 
+def crc64nvme_of(path: Path) -> str:
+    """The full-object CRC64NVME of `path` as S3 states it ("CRC64NVME:<base64>"); needs awscrt."""
+    from awscrt.checksums import crc64nvme
+
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            crc = crc64nvme(chunk, crc)
+    return f"{CRC64NVME}:{base64.b64encode(crc.to_bytes(8, 'big')).decode()}"
+
+
+def manifest_crc(entry_checksum: str) -> bool:
+    """A manifest entry whose S3 checksum is a full-object CRC64NVME that awscrt can recompute here: the
+    download checks that file against it alone."""
+    return entry_checksum.startswith(f"{CRC64NVME}:") and crt_available()
+
+
 def local_checksum(path: Path, algorithm: str) -> str | None:
     """The whole-object checksum S3 stores under `algorithm` for the bytes of `path`, as "<ALGO>:<value>";
     None for an algorithm computed here without a dependency we lack (CRC32C, SHA1, CRC64NVME without awscrt).
@@ -134,7 +151,7 @@ def local_checksum(path: Path, algorithm: str) -> str | None:
     if algorithm == SHA256:
         return digest_file(path, 0).s3_checksum
     if algorithm == CRC64NVME:
-        return digest_file(path, 0, CRC64NVME).s3_checksum if crt_available() else None
+        return crc64nvme_of(path) if crt_available() else None
     if algorithm == "CRC32":
         import zlib
 
@@ -153,9 +170,11 @@ class StreamDigest:
     that it is read back from the page cache when the prefix reaches it), so no byte is hashed twice
     and none is skipped. The CRT hands it the body in order, s3transfer in parts at offsets.
 
-    Keeps the sha256 (the manifest's hash) and, with awscrt, the CRC64NVME S3 stores for an object."""
+    Keeps the CRC64NVME S3 stores for an object (with awscrt) and, unless `sha=False`, the sha256: a file
+    whose manifest entry carries its full-object CRC64NVME is checked against that alone (~24 GB/s per
+    core here, where sha256 runs at ~1.7 GB/s: 0.15 s of CPU per 256 MiB saved, every byte still checked)."""
 
-    def __init__(self, path: Path, crc: bool = True, buffer_bytes: int = 64 << 20) -> None:
+    def __init__(self, path: Path, crc: bool = True, buffer_bytes: int = 64 << 20, sha: bool = True) -> None:
         import secrets
 
         self.path = Path(path)  # where the bytes are once all are in (close)
@@ -163,7 +182,7 @@ class StreamDigest:
         self.partial = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}")
         self._fd: int | None = None  # opened at the first byte: thousands of queued downloads hold no descriptors
         self._closed = False
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if sha else None
         self._crc_fn = None
         if crc and crt_available():  # only what a check will compare: a manifest entry needs the sha256 alone
             from awscrt.checksums import crc64nvme
@@ -178,7 +197,8 @@ class StreamDigest:
         self.size = 0  # bytes hashed, in order
 
     def _hash(self, data: Any) -> None:
-        self._sha.update(data)
+        if self._sha is not None:
+            self._sha.update(data)
         if self._crc_fn is not None:
             self._crc = self._crc_fn(data, self._crc)
         self._hashed += len(data)
@@ -253,12 +273,14 @@ class StreamDigest:
 
     @property
     def sha256(self) -> str:
+        if self._sha is None:
+            raise ValueError("StreamDigest(sha=False) keeps no sha256")
         return self._sha.hexdigest()
 
     def s3_checksum(self, algorithm: str) -> str | None:
         """The whole-object checksum of what was written, as S3 states it ("<ALGO>:<value>"); None for an
         algorithm not computed while streaming."""
-        if algorithm == SHA256:
+        if algorithm == SHA256 and self._sha is not None:
             return f"{SHA256}:{base64.b64encode(self._sha.digest()).decode()}"
         if algorithm == CRC64NVME and self._crc_fn is not None:
             return f"{CRC64NVME}:{base64.b64encode(self._crc.to_bytes(8, 'big')).decode()}"

@@ -32,8 +32,10 @@ from mltrain.storage.digest import (
     FileDigest,
     StreamDigest,
     choose_algorithm,
+    crc64nvme_of,
     digest_file,
     local_checksum,
+    manifest_crc,
     part_size_for,
     same_checksum,
     stored_checksum,
@@ -87,7 +89,7 @@ class TransferSettings:
             multipart_chunksize=self.part_size,
             max_concurrency=self.concurrency,
             max_io_queue=1000,
-            io_chunksize=256 * 1024,
+            io_chunksize=1 << 20,  # reads off the socket per queue item: 1 MiB cost ~7% less CPU than 256 KiB here
             use_threads=True,
         )
 
@@ -517,6 +519,8 @@ def download(
         if p.stat().st_size != remote[rel]:
             return False
         d = listed.get(rel)
+        if d is not None and manifest_crc(d.s3_checksum):
+            return d.size == remote[rel] and crc64nvme_of(p) == d.s3_checksum
         if d is not None:
             return d.size == remote[rel] and digest_file(p, 0).sha256 == d.sha256
         want = stored_whole(rel)
@@ -554,11 +558,15 @@ def download(
     summary.recovered = len(kept)
 
     def check(rel: str, tmp: Path, streamed: StreamDigest) -> tuple[str | None, bool]:
-        """(problem, checked): the manifest's sha256, else S3's whole-object checksum, else size only;
-        from the hashes taken while the bytes streamed in (a second read only for CRC32 and the like)."""
+        """(problem, checked): the manifest's CRC64NVME (or sha256 where it records none), else S3's
+        whole-object checksum, else size only; from the hashes taken while the bytes streamed in (a second
+        read only for CRC32 and the like)."""
         d = listed.get(rel)
         if not streamed.complete:  # a gap: some range never arrived
             return f"{rel} (bytes missing from the download)", True
+        if d is not None and manifest_crc(d.s3_checksum):
+            ok = streamed.s3_checksum(CRC64NVME) == d.s3_checksum and streamed.size == d.size
+            return (None if ok else f"{rel} (crc64nvme differs from the manifest)"), True
         if d is not None:
             ok = streamed.sha256 == d.sha256 and streamed.size == d.size
             return (None if ok else f"{rel} (sha256 differs from the manifest)"), True
@@ -586,7 +594,9 @@ def download(
                     t.parent.mkdir(parents=True, exist_ok=True)
                     tmp = _tmp_path(t)
                     tmps.append(tmp)
-                    sink = StreamDigest(tmp, crc=rel not in listed)
+                    entry = listed.get(rel)
+                    by_crc = entry is not None and manifest_crc(entry.s3_checksum)
+                    sink = StreamDigest(tmp, crc=entry is None or by_crc, sha=not by_crc)
                     sinks.append(sink)
                     fut = tm.download(src.bucket, src.key(rel), sink, subscribers=[bar.subscriber()])
                     jobs.append((rel, tmp, sink, fut))
