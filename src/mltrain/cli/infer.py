@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from mltrain.cli.common import DeviceOpt, RunRef, StepOpt, builtin_only, console, err_console, print_plain
+from mltrain.startup import heavy_imports
 
 commands = typer.Typer()
 
@@ -37,7 +38,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="replace an existing export directory")] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face model directory (config, safetensors, tokenizer)."""
-    from mltrain.infer.export import export_run
+    with heavy_imports():  # torch: see mltrain/startup.py
+        from mltrain.infer.export import export_run
     from mltrain.rundir import resolve_run
 
     builtin_only(resolve_run(run) / "config.yaml", "mltrain export")
@@ -57,7 +59,8 @@ def eval_cmd(
 ) -> None:
     import json
 
-    from mltrain.infer.eval import eval_run, result_dict
+    with heavy_imports():  # torch: see mltrain/startup.py
+        from mltrain.infer.eval import eval_run, result_dict
     from mltrain.rundir import resolve_run
 
     r = eval_run(
@@ -86,7 +89,8 @@ def sample(
     device: DeviceOpt = "auto",
 ) -> None:
     """Continue --prompt with the run's model (KV cache; context capped at train.seq_len)."""
-    from mltrain.infer.sample import sample_run
+    with heavy_imports():  # torch: see mltrain/startup.py
+        from mltrain.infer.sample import sample_run
     from mltrain.rundir import resolve_run
 
     r = sample_run(
