@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from mltrain.errors import CheckpointError
 from mltrain.train.s3_checkpoint import S3CheckpointManager
 
 pytest.importorskip("s3torchconnector")
@@ -123,11 +124,12 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(tmp_path, s3_env, b
 
 @pytest.mark.slow
 def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint(
-    tmp_path, tiny_data_dir, s3_env, s3, bucket
+    tmp_path, tiny_data_dir, s3_env, s3, bucket, capsys
 ):
     """`mltrain train` with checkpoint.storage on S3, one process: nothing under <run>/checkpoints; the
     newest step is tampered with, so the second run names it, resumes from the one before and
-    reproduces the first run's losses exactly."""
+    reproduces the first run's losses exactly. Export, eval and sample read the run's weights from S3 by
+    the same rules (the newest valid step, or --step; a damaged one named and skipped)."""
     import subprocess
 
     from tests.helpers import mltrain_cmd, tiny_run_config, write_config
@@ -164,3 +166,22 @@ def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint
     assert f"resumed from {storage}/step_00000006 (step 6)" in out, out[-3000:]
     again = [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"][len(ref) :]
     assert again == [(7, ref[7]), (8, ref[8])]  # the second run's records: steps 7 and 8, same losses
+
+    from mltrain.infer.export import export_run
+    from mltrain.infer.run_model import load_run_model
+
+    newest, six = load_run_model(run_dir, device="cpu"), load_run_model(run_dir, step=6, device="cpu")
+    assert (newest.step, newest.checkpoint) == (8, f"{storage}/step_00000008")
+    assert (six.step, six.checkpoint) == (6, f"{storage}/step_00000006")
+    w8, w6 = newest.model.state_dict(), six.model.state_dict()
+    assert any(not torch.equal(w8[k], w6[k]) for k in w8)  # two different steps were read
+    capsys.readouterr()
+    s3.put_object(Bucket=bucket, Key=distcp, Body=bytes(body))  # step 8 damaged again
+    fallback = load_run_model(run_dir, device="cpu")
+    assert fallback.step == 6 and all(torch.equal(fallback.model.state_dict()[k], w6[k]) for k in w6)
+    assert f"skipping checkpoint {storage}/step_00000008: file" in capsys.readouterr().err
+    out = export_run(run_dir, tmp_path / "hf", dtype="fp32")
+    assert (out / "model.safetensors").is_file()
+    assert f"exporting step 6 (the newest valid checkpoint) from {storage}/step_00000006" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"no committed checkpoint for step 3 \(checkpoint.storage\); have 6, 8"):
+        load_run_model(run_dir, step=3, device="cpu")

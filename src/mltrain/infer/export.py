@@ -27,20 +27,13 @@ def export_run(
     from rich.console import Console
     from rich.markup import escape
 
-    from mltrain.train.checkpoint import load_model_state_dict, require_checkpoint
+    from mltrain.train.run_weights import load_run_weights
 
     run_dir = Path(run_dir)
     tdtype = parse_dtype(dtype)
     check_out_dir(Path(out_dir), overwrite)
     cfg = load_run_config(run_dir / "config.yaml")
     console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
-    picked = require_checkpoint(
-        run_dir, lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False), step
-    )
-    ckpt = picked[1]
-    why = "as requested" if step is not None else "the newest valid checkpoint"
-    console.print(escape(f"exporting step {picked[0]} ({why}) from {ckpt}"), highlight=False)
-
     model_cfg = cfg.model
     if model_cfg.init_from and (Path(model_cfg.init_from) / HF_CONFIG_FILE).exists():
         # training on shorter sequences must not shrink the context the exported model advertises
@@ -55,7 +48,11 @@ def export_run(
             "model.init_from; exporting the weights without tokenizer files"
         )
     model = Transformer(cfg.model)
-    load_model_state_dict(ckpt, model)
+    picked, ckpt = load_run_weights(
+        cfg, run_dir, model, step, lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False)
+    )
+    why = "as requested" if step is not None else "the newest valid checkpoint"
+    console.print(escape(f"exporting step {picked} ({why}) from {ckpt}"), highlight=False)
     return export_state_dict(
         model.state_dict(),
         model_cfg,

@@ -25,15 +25,8 @@ class RunModel:
     tokenizer: Tokenizer
     eos_id: int
     step: int
-    checkpoint: Path
+    checkpoint: str  # its directory, or its s3:// URL (checkpoint.storage)
     device: torch.device
-
-
-def pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
-    """The newest checkpoint that passes every check, or the one of `step`; skipped ones are named."""
-    from mltrain.train.checkpoint import require_checkpoint
-
-    return require_checkpoint(run_dir, lambda m: print(f"warning: {m}", file=sys.stderr), step)
 
 
 def load_run_model(run_dir: Path, step: int | None = None, device: str = "auto") -> RunModel:
@@ -42,18 +35,17 @@ def load_run_model(run_dir: Path, step: int | None = None, device: str = "auto")
     from mltrain.data.manifest import load_manifest
     from mltrain.data.tokenizer import load_tokenizer
     from mltrain.model.transformer import Transformer
-    from mltrain.train.checkpoint import load_model_state_dict
     from mltrain.train.distributed import pick_device
+    from mltrain.train.run_weights import load_run_weights
 
     cfg = load_run_config(Path(run_dir) / "config.yaml")
-    step, ckpt = pick_checkpoint(Path(run_dir), step)
     data_dir = Path(cfg.data.dir)
     tok = load_tokenizer(data_dir)
     manifest = load_manifest(data_dir)
     if tok.get_vocab_size(with_added_tokens=True) > cfg.model.vocab_size:
         raise DataError(f"{data_dir}/tokenizer.json: more tokens than model.vocab_size {cfg.model.vocab_size}")
     model = Transformer(cfg.model)
-    load_model_state_dict(ckpt, model)
+    step, ckpt = load_run_weights(cfg, Path(run_dir), model, step, lambda m: print(f"warning: {m}", file=sys.stderr))
     dev = pick_device(device, 0)
     model = model.to(dev).eval()
     return RunModel(cfg, model, tok, manifest.eos_id, step, ckpt, dev)

@@ -248,7 +248,7 @@ class S3CheckpointManager(CheckpointManager):
         writer.fs = _file_system(self.region, self.endpoint, record)
         return writer
 
-    def _reader(self, ckpt: S3CheckpointPath) -> Any:
+    def storage_reader(self, ckpt: S3CheckpointPath) -> Any:
         from s3torchconnector.dcp import S3StorageReader
 
         reader = S3StorageReader(self.region, str(ckpt))
@@ -424,8 +424,8 @@ class S3CheckpointManager(CheckpointManager):
     ) -> dict[str, Any]:
         import torch.distributed.checkpoint as dcp
 
-        check_model_fits(ckpt, expected_model_shapes, reader=self._reader(ckpt))  # type: ignore[arg-type]
-        dcp.load(app_state, storage_reader=self._reader(ckpt))
+        check_model_fits(ckpt, expected_model_shapes, reader=self.storage_reader(ckpt))  # type: ignore[arg-type]
+        dcp.load(app_state, storage_reader=self.storage_reader(ckpt))
         state = read_trainer_state(ckpt)  # type: ignore[arg-type]
         rank_obj = ckpt / f"rank_{self.rank:05d}.pt"
         data = self.store.get(rank_obj.key)
