@@ -24,6 +24,9 @@ MARKER = "COMMITTED"  # written last into checkpoints/step_NNNNNNNN/: the checkp
 STEP_DIR_RE = re.compile(r"^step_(\d{8})$")
 SCRIPT_MARKER = "MLTRAIN_COMPLETE"  # written into a script's checkpoint dir once it is whole (hf_trainer)
 TRAINER_STATE = "trainer_state.json"
+# checkpoint.storage on S3: rank 0 records each commit here too, so the readers that look only at the run dir
+# (the batch script's "a new checkpoint since the last requeue?", status) see the run's progress
+REMOTE_COMMIT = "control/remote_checkpoint.json"
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SCRIPT_CKPT_NAME = re.compile(r"^(?:checkpoint-|step_|global_step)(\d+)$")
@@ -56,10 +59,23 @@ def committed_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Pa
     return [(s, p) for s, p in step_dirs(run_dir) if (p / MARKER).is_file()]
 
 
+def remote_commit(run_dir: str | os.PathLike[str]) -> tuple[int, float] | None:
+    """(step, unix time) of the newest checkpoint committed to `checkpoint.storage` on S3, from the run dir's
+    record of it; None when the run keeps its checkpoints locally (or has none yet)."""
+    try:
+        rec = json.loads((Path(run_dir) / REMOTE_COMMIT).read_text())
+        return int(rec["step"]), float(rec["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def latest_committed_step(run_dir: str | os.PathLike[str]) -> int | None:
-    """The newest committed step of a run (the step its next start resumes from), None before the first."""
+    """The newest committed step of a run (the step its next start resumes from), None before the first:
+    under <run>/checkpoints, or on S3 (checkpoint.storage) as the run dir records it."""
     committed = committed_checkpoints(run_dir)
-    return committed[-1][0] if committed else None
+    remote = remote_commit(run_dir)
+    steps = ([committed[-1][0]] if committed else []) + ([remote[0]] if remote else [])
+    return max(steps) if steps else None
 
 
 def read_marker(ckpt: Path) -> tuple[dict | None, str | None]:

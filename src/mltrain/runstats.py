@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mltrain import rundir
+from mltrain.checkpoint_rule import remote_commit
 from mltrain.fsutil import read_jsonl
 
 SMOOTH_STEPS = 10  # logged records averaged for loss, tokens/s and step time
@@ -233,12 +234,15 @@ def last_checkpoint(run_dir: Path, script_checkpoint_dir: str | None = None) -> 
             return checkpoint_step(p) or 0, p.stat().st_mtime
         except OSError:
             return None
+    local = None
     for step, p in reversed(rundir.committed_checkpoints(run_dir)):
         try:
-            return step, (p / rundir.CHECKPOINT_MARKER).stat().st_mtime
+            local = step, (p / rundir.CHECKPOINT_MARKER).stat().st_mtime
+            break
         except OSError:
             continue
-    return None
+    found = [c for c in (local, remote_commit(run_dir)) if c is not None]
+    return max(found) if found else None
 
 
 def surviving_trains(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:

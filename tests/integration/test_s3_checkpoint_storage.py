@@ -166,6 +166,12 @@ def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint
     assert f"resumed from {storage}/step_00000006 (step 6)" in out, out[-3000:]
     again = [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"][len(ref) :]
     assert again == [(7, ref[7]), (8, ref[8])]  # the second run's records: steps 7 and 8, same losses
+    # the run dir records the newest S3 commit: the batch script's "new checkpoint since the requeue?" and
+    # status see the run's progress without listing S3
+    from mltrain.checkpoint_rule import latest_committed_step
+    from mltrain.runstats import last_checkpoint
+
+    assert latest_committed_step(run_dir) == 8 and last_checkpoint(run_dir)[0] == 8
 
     from mltrain.infer.export import export_run
     from mltrain.infer.run_model import load_run_model

@@ -355,6 +355,7 @@ class S3CheckpointManager(CheckpointManager):
                     "time": time.time(),
                 }
                 self.store.put(f"{base}/{MARKER}", json.dumps(marker).encode())
+                record_remote_commit(self.root.parent, trainer_state.get("step"), str(self.step(name)))
                 self._prune_s3(name)
                 if self.on_commit is not None:
                     self.on_commit(self.step(name))  # type: ignore[arg-type]
@@ -431,6 +432,18 @@ class S3CheckpointManager(CheckpointManager):
         data = self.store.get(rank_obj.key)
         state["_rank_state"] = torch.load(io.BytesIO(data), weights_only=False) if data is not None else {}
         return state
+
+
+def record_remote_commit(run_dir: Path, step: Any, url: str) -> None:
+    """The run dir's record of the newest step committed on S3 (checkpoint_rule.REMOTE_COMMIT); a record
+    that cannot be written costs the launcher's progress check, never the checkpoint."""
+    from mltrain.checkpoint_rule import REMOTE_COMMIT
+    from mltrain.fsutil import atomic_write
+
+    try:
+        atomic_write(Path(run_dir) / REMOTE_COMMIT, json.dumps({"step": step, "url": url, "time": time.time()}) + "\n")
+    except OSError:
+        pass
 
 
 def _one_line(e: BaseException) -> str:
