@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 _begun = False
+_settled = False
 
 
 def begin() -> None:
@@ -31,9 +34,25 @@ def begin() -> None:
 
 
 def settle() -> None:
-    """The imports are done: what they built leaves the GC's view, and the GC is on for the work."""
+    """The imports are done: what they built leaves the GC's view, and the GC is on for the work. Once per
+    process: a later call changes nothing."""
+    global _settled
+    if _settled:
+        return
+    _settled = True
     gc.freeze()
     gc.enable()
+
+
+def begin_for_a_script(seconds: float = 30.0) -> None:
+    """`begin()` for a process whose imports end where this module cannot see (a user's training script):
+    `settle()` comes from mltrain's HF callback when the training starts, else after `seconds`, and at
+    once in a child forked before then (a data loader worker), which no timer of ours reaches."""
+    begin()
+    timer = threading.Timer(seconds, settle)
+    timer.daemon = True
+    timer.start()
+    os.register_at_fork(after_in_child=settle)
 
 
 @contextmanager

@@ -41,3 +41,14 @@ def test_the_torchrun_module_is_torchrun():
     )
     assert r.returncode == 0, r.stderr
     assert "--nproc-per-node" in r.stdout and "--rdzv-backend" in r.stdout
+
+
+def test_a_scripts_gc_comes_back_on_by_itself_and_in_a_forked_child():
+    got = probe(
+        "import os, time\nfrom mltrain import startup\nstartup.begin_for_a_script(0.3)\n"
+        "off = gc.isenabled()\nr, w = os.pipe()\npid = os.fork()\n"
+        "if pid == 0:\n    os.write(w, b'1' if gc.isenabled() else b'0')\n    os._exit(0)\n"
+        "os.waitpid(pid, 0)\nchild = os.read(r, 1) == b'1'\ntime.sleep(1.0)\n"
+        "assert not off and child, (off, child)"
+    )
+    assert got["enabled"] is True and got["frozen"] > 0  # the timer settled the parent

@@ -72,6 +72,9 @@ class MltrainCallback(TrainerCallback):
     # ------------------------------------------------------------------ records
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from mltrain import startup
+
+        startup.settle()  # the script's imports are done: the GC is on for the training (mltrain/startup.py)
         check_process_group(args)
         if state.max_steps and state.global_step >= state.max_steps > 0:
             self._already_finished(args, state)

@@ -312,8 +312,9 @@ def worker_main(argv: list[str]) -> NoReturn:
     if not argv:
         print(f"usage: python -m {WORKER_MODULE} SCRIPT [ARGS...]", file=sys.stderr)
         os._exit(exit_codes.CONFIG_ERROR)
-    from mltrain import runtime
+    from mltrain import runtime, startup
 
+    startup.begin_for_a_script()  # the GC waits while the script imports torch / transformers
     path = str(Path(argv[0]).resolve())
     sys.argv = [path, *argv[1:]]
     ckpt_dir = os.environ.get(runtime.ENV_CHECKPOINT_DIR)
