@@ -804,6 +804,10 @@ def _device_type(cfg: RunConfig) -> str:
     """cpu or cuda, as the trainer will pick it (torch is asked only for `device: auto`)."""
     if cfg.train.device != "auto":
         return cfg.train.device
+    from mltrain.devices import no_gpu_here
+
+    if no_gpu_here():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

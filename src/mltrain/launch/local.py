@@ -45,7 +45,9 @@ def torchrun_command(run_yaml: Path, overrides: list[str], nproc: int) -> list[s
 
 def _fit_to_gpus(nproc: int, device: str) -> int:
     """One process per GPU: on a machine with fewer GPUs than --nproc, use the GPUs there are."""
-    if device == "cpu" or nproc <= 1:
+    from mltrain.devices import no_gpu_here
+
+    if device == "cpu" or nproc <= 1 or no_gpu_here():
         return nproc
     import torch
 
