@@ -23,7 +23,7 @@ pytestmark = pytest.mark.spark
 
 
 def _run(*args: str, env: dict) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     print(res.stdout[-3000:])
     return res
