@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from curate_corpus import build
-from spark_fixture import spark, spark_cluster  # noqa: F401
+from spark_fixture import spark, spark_cluster, spark_conf_args  # noqa: F401
 from test_spark_prepare import files_of
 
 from mltrain.config import CurateConfig, QualityFilterConfig
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.spark
 
 
 def _run(*args: str, env: dict) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     print(res.stdout[-3000:])
     return res
@@ -68,8 +68,7 @@ def test_standalone_cluster_gives_the_local_results(tmp_path, spark, spark_clust
         )
     )
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-    conf = ["--spark-conf", "spark.ui.enabled=false", "--spark-conf", "spark.sql.shuffle.partitions=2"]
-    _run("mltrain.data.curate", str(cfg_path), "--prepare", "--master", spark_cluster, *conf, env=env)
+    _run("mltrain.data.curate", str(cfg_path), "--prepare", "--master", spark_cluster, *spark_conf_args(), env=env)
     a, b = json.loads((local_out / MANIFEST_FILE).read_text()), json.loads((cluster_out / MANIFEST_FILE).read_text())
     assert a["docs"] > 50 and a["docs"] == b["docs"]
     assert (
