@@ -162,6 +162,16 @@ def test_doc_spark(path: Path, tmp_path: Path, doc_fixture_dir) -> None:
     so no xdist worker starts a Spark JVM of its own."""
     doc = DocRun.create(tmp_path / "work", {})
     doc.fixture_dir = doc_fixture_dir
+    # the JVM settings of the Spark tests (tests/integration/spark_fixture.py), through spark-defaults.conf so
+    # the doc's commands stay as a user types them
+    from tests.integration.spark_fixture import JVM_TEST_OPTS
+
+    conf_dir = tmp_path / "spark-conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        f"spark.driver.extraJavaOptions {JVM_TEST_OPTS}\nspark.executor.extraJavaOptions {JVM_TEST_OPTS}\n"
+    )
+    doc.env["SPARK_CONF_DIR"] = str(conf_dir)
     _run_doc(doc, [b for b in DOCS[path] if b.kind == "spark"])
 
 
