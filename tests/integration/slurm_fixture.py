@@ -140,7 +140,7 @@ seed: 7
 model: {{preset: tiny, n_layers: 2, hidden_size: 64, n_heads: 4, n_kv_heads: 2, ffn_hidden_size: 128,
         vocab_size: 1024}}
 data: {{sources: ["builtin:python-stdlib"], dir: {data}, max_source_bytes: 300000, shard_tokens: 65536}}
-train: {{parallel: ddp, device: cpu, seq_len: 32, micro_batch_size: 4, max_steps: 120, warmup_steps: 2,
+train: {{parallel: ddp, device: cpu, seq_len: 32, micro_batch_size: 4, max_steps: 40, warmup_steps: 2,
         eval_every: 0, log_every: 1, tensorboard: false}}
 checkpoint: {{every_steps: 10, keep_last: 3}}
 launch: {{max_restarts: 2, requeue_grace_s: 60}}
@@ -148,12 +148,13 @@ launch: {{max_restarts: 2, requeue_grace_s: 60}}
 
 
 class Env:
-    """A work dir with prepared data, a run config and a local cluster spec whose runs live in it."""
+    """A work dir with a run config on prepared data and a local cluster spec whose runs live in it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, data: Path) -> None:
         self.root = root
+        self.data = data
         self.run_yaml = root / "run.yaml"
-        self.run_yaml.write_text(RUN_TEMPLATE.format(data=root / "data"))
+        self.run_yaml.write_text(RUN_TEMPLATE.format(data=data))
         spec = (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {root}")
         self.cluster = root / "local.yaml"
         self.cluster.write_text(spec)
@@ -219,10 +220,18 @@ def first_step_after(run: Path, t: float) -> float:
     return min(r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] > t)
 
 
+_PREPARED: dict[str, Path] = {}
+
+
 def make_env(tmp_path_factory: pytest.TempPathFactory, name: str) -> Env:
-    e = Env(tmp_path_factory.mktemp(name))
-    e.mltrain("data", "prepare", str(e.run_yaml))
-    return e
+    """An Env under a new dir `name`. The data of RUN_TEMPLATE is prepared once per session and shared by every
+    module's Env: runs only read it (a test that removes data works on its own copy)."""
+    if "data" not in _PREPARED:
+        root = tmp_path_factory.mktemp("slurm-data")
+        prep = Env(root, root / "data")
+        prep.mltrain("data", "prepare", str(prep.run_yaml))
+        _PREPARED["data"] = prep.root / "data"
+    return Env(tmp_path_factory.mktemp(name), _PREPARED["data"])
 
 
 def write_figures(figures: dict[str, float]) -> None:
