@@ -95,6 +95,25 @@ def local_slurm() -> Iterator[Path]:
         os.environ["SLURM_CONF"] = old
 
 
+def _queued() -> list[str]:
+    """The ids of the jobs in the queue (pending, running, completing)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs(local_slurm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Autouse in the modules that import it: after each test, the jobs it submitted (their logs under this
+    session's temp dir) that are still queued are cancelled, so a failed test's job cannot go on requeueing
+    itself on the nodes the next test needs. Jobs of other sessions sharing the cluster are left alone."""
+    base = str(tmp_path_factory.getbasetemp())
+    before = set(_queued())
+    yield
+    for job in _queued():
+        if job not in before and job_field(job, "StdOut").startswith(base):
+            subprocess.run(["scancel", job], capture_output=True)
+
+
 def job_state(job_id: str) -> tuple[str, str]:
     """(JobState, Reason) from scontrol ('' when unknown)."""
     p = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)

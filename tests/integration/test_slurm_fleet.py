@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_fixture import ROOT, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    ROOT,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

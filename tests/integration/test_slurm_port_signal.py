@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_fixture import Env, make_env, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    Env,
+    make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 
 from mltrain.launch.status import _cells, run_status
 
