@@ -95,6 +95,25 @@ def local_slurm() -> Iterator[Path]:
         os.environ["SLURM_CONF"] = old
 
 
+def _queued() -> list[str]:
+    """The ids of the jobs in the queue (pending, running, completing)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs(local_slurm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Autouse in the modules that import it: after each test, the jobs it submitted (their logs under this
+    session's temp dir) that are still queued are cancelled, so a failed test's job cannot go on requeueing
+    itself on the nodes the next test needs. Jobs of other sessions sharing the cluster are left alone."""
+    base = str(tmp_path_factory.getbasetemp())
+    before = set(_queued())
+    yield
+    for job in _queued():
+        if job not in before and job_field(job, "StdOut").startswith(base):
+            subprocess.run(["scancel", job], capture_output=True)
+
+
 def job_state(job_id: str) -> tuple[str, str]:
     """(JobState, Reason) from scontrol ('' when unknown)."""
     p = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
@@ -140,7 +159,7 @@ seed: 7
 model: {{preset: tiny, n_layers: 2, hidden_size: 64, n_heads: 4, n_kv_heads: 2, ffn_hidden_size: 128,
         vocab_size: 1024}}
 data: {{sources: ["builtin:python-stdlib"], dir: {data}, max_source_bytes: 300000, shard_tokens: 65536}}
-train: {{parallel: ddp, device: cpu, seq_len: 32, micro_batch_size: 4, max_steps: 120, warmup_steps: 2,
+train: {{parallel: ddp, device: cpu, seq_len: 32, micro_batch_size: 4, max_steps: 40, warmup_steps: 2,
         eval_every: 0, log_every: 1, tensorboard: false}}
 checkpoint: {{every_steps: 10, keep_last: 3}}
 launch: {{max_restarts: 2, requeue_grace_s: 60}}
@@ -148,12 +167,13 @@ launch: {{max_restarts: 2, requeue_grace_s: 60}}
 
 
 class Env:
-    """A work dir with prepared data, a run config and a local cluster spec whose runs live in it."""
+    """A work dir with a run config on prepared data and a local cluster spec whose runs live in it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, data: Path) -> None:
         self.root = root
+        self.data = data
         self.run_yaml = root / "run.yaml"
-        self.run_yaml.write_text(RUN_TEMPLATE.format(data=root / "data"))
+        self.run_yaml.write_text(RUN_TEMPLATE.format(data=data))
         spec = (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {root}")
         self.cluster = root / "local.yaml"
         self.cluster.write_text(spec)
@@ -219,10 +239,18 @@ def first_step_after(run: Path, t: float) -> float:
     return min(r["time"] for r in records(run / "metrics.jsonl") if r.get("kind") == "train" and r["time"] > t)
 
 
+_PREPARED: dict[str, Path] = {}
+
+
 def make_env(tmp_path_factory: pytest.TempPathFactory, name: str) -> Env:
-    e = Env(tmp_path_factory.mktemp(name))
-    e.mltrain("data", "prepare", str(e.run_yaml))
-    return e
+    """An Env under a new dir `name`. The data of RUN_TEMPLATE is prepared once per session and shared by every
+    module's Env: runs only read it (a test that removes data works on its own copy)."""
+    if "data" not in _PREPARED:
+        root = tmp_path_factory.mktemp("slurm-data")
+        prep = Env(root, root / "data")
+        prep.mltrain("data", "prepare", str(prep.run_yaml))
+        _PREPARED["data"] = prep.root / "data"
+    return Env(tmp_path_factory.mktemp(name), _PREPARED["data"])
 
 
 def write_figures(figures: dict[str, float]) -> None:

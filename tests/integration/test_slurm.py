@@ -20,6 +20,7 @@ from slurm_fixture import (
     job_state,
     losses_by_step,
     make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,
@@ -63,14 +64,17 @@ def test_test_only_rejects_impossible_requests(local_slurm: Path, tmp_path: Path
         assert p.returncode != 0, (extra, p.stderr)
 
 
+EXIT_GRACE_S = 3  # the spec's grace, shortened: the straggler is killed after it, not after a fixed 10 s
+
+
 def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: Path) -> None:
     """The real batch script with the torchrun line swapped for a stand-in: rank 0 writes `done` and exits,
     rank 1 hangs on (ignoring SIGTERM, like a rank stuck in teardown). The step is killed after exit_grace_s
     and the job still ends COMPLETED, not held until its time limit."""
     spec = tmp_path / "local.yaml"
-    spec.write_text(
-        (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {tmp_path}")
-    )
+    text = (ROOT / "configs/clusters/local.yaml").read_text().replace("run_base_dir: .", f"run_base_dir: {tmp_path}")
+    assert "exit_grace_s: 10" in text
+    spec.write_text(text.replace("exit_grace_s: 10", f"exit_grace_s: {EXIT_GRACE_S}"))
     sub = prepare_submission(GOLDEN_RUN, spec)
     end = ' -m mltrain train "$CONFIG" &\n'
     a, b = sub.script.index("    bash -c 'exec"), sub.script.index(end) + len(end)
@@ -85,13 +89,11 @@ def test_straggler_rank_is_killed_after_exit_grace(local_slurm: Path, tmp_path: 
     job = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True).stdout.strip()
     assert wait_job(job, 120) == "COMPLETED"
     out = (sub.run_dir / "slurm" / f"{job}.out").read_text()
-    assert "ranks still running 10 s after exit_reason=done: killing the step" in out
+    assert f"ranks still running {EXIT_GRACE_S} s after exit_reason=done: killing the step" in out
     assert "training finished" in out
 
 
 # ------------------------------------------------------------------ part 2: end-to-end training jobs
-
-PACE = {"MLTRAIN_FAULT_STEP_S": "0.15"}  # steps of >= 0.15 s: "at step N" does not race a fast machine
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def reference(env: Env) -> dict[int, float]:
     job, run = env.submit("ref")
     assert wait_job(job, 240) == "COMPLETED", (run / "slurm" / f"{job}.err").read_text()[-3000:]
     losses = losses_by_step(run)
-    assert sorted(losses) == list(range(1, 121))
+    assert sorted(losses) == list(range(1, 41))
     return losses
 
 
@@ -134,12 +136,12 @@ def test_two_node_job_done(env: Env, reference: dict[int, float]) -> None:
     assert end["event"] == "end" and end["time"] > begin["time"]
     assert "training finished" in env.mltrain("logs", str(run))
     status = env.mltrain("status", str(run))
-    assert "COMPLETED" in status and "120/120" in status and "done" in status
+    assert "COMPLETED" in status and "40/40" in status and "done" in status
 
 
 @pytest.mark.slow
 def test_usr1_preemption_requeues_and_resumes_identically(env: Env, reference: dict[int, float]) -> None:
-    job, run = env.submit("preempt", env=PACE)
+    job, run = env.submit("preempt", env={"MLTRAIN_FAULT": "wait:16:0"})  # rank 0 waits before step 16 for USR1
     wait_step(run, 15)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     assert wait_job(job, 240) == "COMPLETED"
@@ -183,10 +185,11 @@ def test_bad_config_is_refused_at_submit(env: Env) -> None:
 
 @pytest.mark.slow
 def test_config_error_at_start_is_not_requeued_and_status_says_why(env: Env, tmp_path: Path) -> None:
-    """Data that vanishes between submit and start: the job's precheck fails, nothing is requeued."""
+    """Data that vanishes between submit and start: the job's precheck fails, nothing is requeued. One node: the
+    batch script's verdict on the trainer's exit reason does not depend on the node count (half the torch starts)."""
     data = tmp_path / "data"
-    shutil.copytree(env.root / "data", data)
-    job, run = env.submit("bad-start", f"data.dir={data}", env={"SBATCH_HOLD": "1"})  # sbatch --hold
+    shutil.copytree(env.data, data)
+    job, run = env.submit("bad-start", f"data.dir={data}", env={"SBATCH_HOLD": "1"}, args=("--nodes", "1"))  # held
     shutil.rmtree(data)
     subprocess.run(["scontrol", "release", job], check=True)
     assert wait_job(job, 120) == "FAILED"

@@ -130,6 +130,7 @@ def flow(tmp_path_factory, moto_s3, local_slurm):
         "MLTRAIN_PIPELINE_SENSOR_POKE_S": "1",
         "MLTRAIN_PIPELINE_RETRIES": "0",
         "MLTRAIN_FAULT_STEP_S": "0.1",  # every step at least this long: the kill lands mid-training
+        "OMP_NUM_THREADS": "1",  # the DAG's own torch work (eval) as the job's ranks: no threads spinning for cores
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     p = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=airflow_env, capture_output=True,

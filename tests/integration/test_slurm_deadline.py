@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import Env, job_field, make_env, records, starts, wait_job
+from slurm_fixture import (
+    Env,
+    job_field,
+    make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+)
 
 from mltrain.checkpoint_rule import MARKER
 from mltrain.train.deadline import parse_deadline

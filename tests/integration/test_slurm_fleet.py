@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_fixture import ROOT, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    ROOT,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -141,6 +148,15 @@ def test_fleet_rebalance_gives_a_finished_models_node_to_the_other(
     assert {k: (v["nodes"], v["job_ids"]) for k, v in record["models"].items()} == {
         "a": (1, [job_a]), "b": (2, [job_b])
     }  # fmt: skip
+    # the reference, alongside the jobs: one process, the same 6 sequences per step, no interruption
+    ref_yaml = _run_yaml(tmp_path, tiny_data_dir, "ref", B_STEPS, GLOBAL_BATCH)
+    # one thread, as each rank of the jobs (the cluster spec's OMP_NUM_THREADS): no threads spinning for cores
+    # that the jobs use
+    env = {k: v for k, v in os.environ.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT", "SLURM_CONF")}
+    env["OMP_NUM_THREADS"] = "1"
+    ref_proc = subprocess.Popen(
+        mltrain_cmd("train", str(ref_yaml)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     _check_fleet_status(tmp_path, record, {"a": run_a, "b": run_b}, fleet, cluster)
 
     assert wait_job(job_a, 180) == "COMPLETED", (run_a / "slurm" / f"{job_a}.err").read_text()[-3000:]
@@ -150,11 +166,8 @@ def test_fleet_rebalance_gives_a_finished_models_node_to_the_other(
     assert states == {"a": "done", "b": "running"} and mid["totals"]["nodes_idle"] == 1, mid
     print(_mltrain(tmp_path, "fleet", "status", str(fleet), "--cluster", str(cluster), env={"COLUMNS": "80"}).stdout)
 
-    # the reference while b waits: one process, the same 6 sequences per step, no interruption
-    ref_yaml = _run_yaml(tmp_path, tiny_data_dir, "ref", B_STEPS, GLOBAL_BATCH)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT", "SLURM_CONF")}
-    r = subprocess.run(mltrain_cmd("train", str(ref_yaml)), env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ref_out, _ = ref_proc.communicate(timeout=300)
+    assert ref_proc.returncode == 0, ref_out[-3000:]
     ref = {x["step"]: x["loss"] for x in _train(tmp_path / "runs" / "ref")}
     assert sorted(ref) == list(range(1, B_STEPS + 1))
 

@@ -15,7 +15,14 @@ import os
 from pathlib import Path
 
 import pytest
-from slurm_fixture import Env, job_field, make_env, records, wait_job
+from slurm_fixture import (
+    Env,
+    job_field,
+    make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    wait_job,
+)
 
 from mltrain.launch.status import detail_line, run_status
 from mltrain.telemetry import file_sd

@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import ROOT, losses_by_step, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    ROOT,
+    losses_by_step,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 from tests.helpers import mltrain_cmd, tiny_run_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -117,6 +125,7 @@ def test_tp_within_node_dp_across_nodes_preempted_and_resumed(
     # the reference while the job starts: one process, no parallel: block, the same 8 sequences per step
     ref_yaml = write_config(tmp_path / "ref.yaml", _config(tmp_path, tiny_data_dir, "ref", None, accum=2))
     ref_env = {k: v for k, v in os.environ.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT", "SLURM_CONF")}
+    ref_env["OMP_NUM_THREADS"] = "1"  # as each rank of the job (the cluster spec's): no threads spinning for its cores
     r = subprocess.run(mltrain_cmd("train", str(ref_yaml)), env=ref_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ref = _steps(tmp_path / "runs" / "ref")

@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import Env, job_field, make_env, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    Env,
+    job_field,
+    make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 
 pytestmark = [
     pytest.mark.slurm,

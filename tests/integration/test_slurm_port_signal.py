@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_fixture import Env, make_env, records, starts, wait_job, wait_step
+from slurm_fixture import (
+    Env,
+    make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    starts,
+    wait_job,
+    wait_step,
+)
 
 from mltrain.launch.status import _cells, run_status
 
@@ -25,7 +33,9 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
 ]
-PACE = {"MLTRAIN_FAULT_STEP_S": "0.15"}
+# rank 0 waits before step 13 until a stop request (the SIGTERM below) arrives: the signal lands mid-run however
+# fast or loaded the machine is, and no step is slowed down
+HOLD_AT_13 = {"MLTRAIN_FAULT": "wait:13:0"}
 JOB_ID_RULE_PORTS = range(29500, 31500)  # 29500 + job id % 2000: every port a job-id rule could pick
 
 
@@ -75,7 +85,7 @@ def _rank0_worker(run: Path) -> int:
 
 
 def test_held_port_is_not_chosen_and_a_rank_sigterm_is_a_counted_failure(env: Env, held_ports: set[int]) -> None:
-    job, run = env.submit("portsig", "train.max_steps=40", env=PACE)
+    job, run = env.submit("portsig", "train.max_steps=40", env=HOLD_AT_13)
     wait_step(run, 12, timeout_s=150)  # it trains: its agents found their own store
     os.kill(_rank0_worker(run), signal.SIGTERM)  # as torchrun's agent would; Slurm and the batch script: nothing
     assert wait_job(job, 240) == "COMPLETED"

@@ -20,6 +20,7 @@ from slurm_fixture import (
     first_step_after,
     job_field,
     make_env,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,
@@ -35,6 +36,9 @@ pytestmark = [
     pytest.mark.slow,
 ]
 PACE = {"MLTRAIN_FAULT_STEP_S": "0.15"}  # steps of >= 0.15 s: "at step N" does not race a fast machine
+# rank 0 waits before step 13 until a stop request (its SIGTERM) arrives: the test acts once step 12 is logged,
+# so Slurm's SIGTERM lands mid-run however fast or loaded the machine is, and no step is slowed down
+HOLD_AT_13 = {"MLTRAIN_FAULT": "wait:13:0"}
 FIGURES: dict[str, float] = {}
 
 
@@ -51,7 +55,7 @@ def _out(run: Path, job: str) -> str:
 def test_admin_requeue_is_recorded_counted_and_released(env: Env) -> None:
     """`scontrol requeue` mid-run: SIGTERM branch -> admin_requeue, action requeue (status counts it), the
     script releases the BeginTime hold itself, and restarts.jsonl agrees with Slurm's Restarts."""
-    job, run = env.submit("adminrq", "train.max_steps=40", env=PACE)
+    job, run = env.submit("adminrq", "train.max_steps=40", env=HOLD_AT_13)
     wait_step(run, 12)
     t0 = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True)
@@ -77,7 +81,7 @@ def test_admin_requeue_is_recorded_counted_and_released(env: Env) -> None:
 def test_node_failure_is_recorded_with_its_node(env: Env) -> None:
     """`scontrol update nodename=node2 state=down` mid-run: Slurm requeues the job; mltrain records
     node_failure naming node2, counted; the next attempt runs on node1 + node3."""
-    job, run = env.submit("nodedown", "train.max_steps=40", env=PACE)
+    job, run = env.submit("nodedown", "train.max_steps=40", env=HOLD_AT_13)
     wait_step(run, 12)
     try:
         subprocess.run(["scontrol", "update", "nodename=node2", "state=down", "reason=test"], check=True)
@@ -96,7 +100,7 @@ def test_node_failure_is_recorded_with_its_node(env: Env) -> None:
 def test_killed_rank_on_node1_restarts_in_place_blaming_node1(env: Env) -> None:
     """SIGKILL of the rank on node1 (rank 0): node1's own torchrun reports exitcode -9, node2's sees a
     connection reset; blame node1, restart torchrun in the same allocation (no requeue, Restarts stays 0)."""
-    job, run = env.submit("inplace", "train.max_steps=40", env={"MLTRAIN_FAULT": "kill:25:@node1", **PACE})
+    job, run = env.submit("inplace", "train.max_steps=30", env={"MLTRAIN_FAULT": "kill:25:@node1", **PACE})
     assert wait_job(job, 240) == "COMPLETED"
     (rec,) = records(run / "restarts.jsonl")
     assert (rec["cause"], rec["node"], rec["action"], rec["counted"]) == (

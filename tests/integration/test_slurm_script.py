@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_fixture import FINAL_STATES, job_field, job_state, records, wait_job
+from slurm_fixture import (
+    FINAL_STATES,
+    job_field,
+    job_state,
+    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
+    records,
+    wait_job,
+)
 
 from mltrain.launch.slurm import prepare_submission
 
