@@ -4,6 +4,9 @@
 #   2. the Spark tests, one at a time (one local Spark session and one standalone cluster for all of them,
 #      not a JVM per xdist worker); they use the CPU the Slurm stream leaves while it waits;
 #   3. everything else, on two pytest-xdist workers.
+# Stream 3 runs at a lower CPU priority (nice 5): the Slurm stream is the long pole and its tests have clocks
+# in them (time limits, deadlines a minute away), so it gets the CPU first; stream 3 takes the rest, and
+# the CPU the Slurm stream leaves while it waits.
 # Streams 1 and 2 keep their output in files, printed after stream 3's. Any stream failing, or running no
 # test at all (pytest's exit 5), fails the run. The last line sums them: "N passed, N failed".
 set -uo pipefail
@@ -20,7 +23,7 @@ slurm_pid=$!
 spark_pid=$!
 # --maxschedchunk 1: each worker takes the next test when it is free (slow ones are collected first, see
 # tests/conftest.py), so the two workers end together instead of one running a chunk of slow tests alone
-"$PY" -m pytest -q -m "not slurm and not spark" -n 2 --maxschedchunk 1 --durations=15 "$@" 2>&1 | tee "$rest_log"
+nice -n 5 "$PY" -m pytest -q -m "not slurm and not spark" -n 2 --maxschedchunk 1 --durations=15 "$@" 2>&1 | tee "$rest_log"
 rest_rc=${PIPESTATUS[0]}
 wait "$slurm_pid"
 slurm_rc=$?
