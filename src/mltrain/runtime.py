@@ -61,6 +61,10 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def is_main() -> bool:
     """Rank 0 writes the run's files (metrics, exit reason); every rank may ask for a stop."""
     return rank() == 0
@@ -124,8 +128,12 @@ def write_exit_reason(reason: str, message: str | None = None) -> None:
 
 
 def exit_for_requeue() -> NoReturn:
-    """Leave with exit code 75 after the checkpoint is saved: the launcher restarts the run (Slurm: requeue)."""
-    if is_main():
+    """Leave with exit code 75 after the checkpoint is saved: the launcher restarts the run (Slurm: requeue).
+
+    Rank 0 removes the stop file so the next start is not stopped at once, except in a multi-rank run under
+    an mltrain launcher: there the other ranks may not have seen the file yet (a script that does not agree
+    across ranks would then run on to its end), and the launcher removes it once every rank has left."""
+    if is_main() and not (_world_size() > 1 and os.environ.get(ENV_RUN_DIR)):
         clear_stop_request()
     write_exit_reason(exit_codes.REASON_PREEMPTED)
     sys.stdout.flush()

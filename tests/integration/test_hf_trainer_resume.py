@@ -55,12 +55,28 @@ def _train(run_yaml: Path, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
-    run_yaml = _run_yaml(
-        tmp_path, "hf", ["--max_steps", "14", "--save_steps", "100", "--slow_step_s", "0.25", "--model", "qwen2"]
-    )
+def _finish(run_yaml: Path, env: dict | None = None) -> tuple[int, str]:
+    proc = _train(run_yaml, env)
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    return proc.returncode, out
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss of the run's train records (a resumed step's last record wins)."""
+    return {r["step"]: r["loss"] for r in _records(run_dir) if r["kind"] == "train"}
+
+
+def test_stop_checkpoint_exit75_resume_and_status_fresh_runs_alike_finished_run_trains_nothing(tmp_path):
+    """SIGUSR1 mid-run -> checkpoint -> exit 75 -> resume -> done, with status and report. A second fresh run
+    alongside (`ref`, not stopped) gives the same losses as the first start of `hf` (the example builds its
+    model after the seed is set, so both start from the same weights); relaunching `ref` once it finished
+    (checkpoint-14 of a 14-step run) says so and trains nothing: no new step, checkpoint or start."""
+    args = ["--max_steps", "14", "--save_steps", "100", "--model", "qwen2"]
+    run_yaml = _run_yaml(tmp_path, "hf", [*args, "--slow_step_s", "0.25"])
+    ref_yaml, ref_dir = _run_yaml(tmp_path, "ref", args), tmp_path / "runs" / "ref"
     run_dir = tmp_path / "runs" / "hf"
     proc = _train(run_yaml)
+    ref = _train(ref_yaml)  # side by side: half the wall time
     deadline = time.time() + TIMEOUT_S
     while time.time() < deadline and proc.poll() is None:
         if any(r.get("kind") == "train" and r["step"] >= 3 for r in _records(run_dir)):
@@ -82,10 +98,27 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     stopped = status.run_status(run_dir)
     assert stopped.total_steps == 14 and stopped.ckpt_step == stop_step, stopped
     assert f"from step {stop_step}" in stopped.explanation, stopped.explanation
+    first = _losses(run_dir)  # the fresh start of hf, before its resume
+
+    ref_out, _ = ref.communicate(timeout=TIMEOUT_S)
+    assert ref.returncode == 0, ref_out[-3000:]
+    ref_losses = _losses(ref_dir)
+    assert sorted(ref_losses) == list(range(1, 15)) and sorted(first) == list(range(1, stop_step + 1))
+    assert first == {step: ref_losses[step] for step in first}  # two fresh runs start alike
+    ref_ckpts = sorted(p.name for p in (ref_dir / "checkpoints").iterdir())
+    assert ref_ckpts == ["checkpoint-14"]
 
     proc = _train(run_yaml)
+    again = _train(ref_yaml)  # the finished run, relaunched
     out, _ = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, out[-3000:]
+    ref_out, _ = again.communicate(timeout=TIMEOUT_S)
+    assert again.returncode == 0, ref_out[-3000:]
+    assert "already finished: step 14 of 14 (checkpoint-14); nothing to train" in ref_out, ref_out[-3000:]
+    assert sorted(p.name for p in (ref_dir / "checkpoints").iterdir()) == ref_ckpts
+    assert _losses(ref_dir) == ref_losses
+    assert [r["kind"] for r in _records(ref_dir)].count("start") == 1  # no restart to count
+
     recs = _records(run_dir)
     starts = [r for r in recs if r["kind"] == "start"]
     assert [s["step"] for s in starts] == [0, stop_step]  # resumed from the checkpoint, not from 0
@@ -96,50 +129,17 @@ def test_stop_checkpoint_exit75_resume_and_status(tmp_path):
     assert [r["reason"] for r in recs if r["kind"] == "exit"] == ["preempted", "done"]
     assert any(r["kind"] == "eval" and r["val_loss"] > 0 for r in recs)
 
-    shown = mltrain_status(run_dir)
-    row = next(line.split() for line in shown.splitlines() if line.startswith("hf "))
+    shown = mltrain_status(run_dir, str(ref_dir))
     header = next(line.split() for line in shown.splitlines() if line.startswith("run "))
+    row = next(line.split() for line in shown.splitlines() if line.startswith("hf "))
     cells = dict(zip(header, row, strict=False))
     assert cells["state"] == "done" and cells["step"] == "14/14" and cells["rst"] == "1", shown
     assert 0 < float(cells["loss"]) < 6, shown
+    ref_row = next(line.split() for line in shown.splitlines() if line.startswith("ref "))
+    assert "done" in ref_row and "14/14" in ref_row, ref_row
     rep = subprocess.run([sys.executable, "-m", "mltrain", "report", str(run_dir)], capture_output=True, text=True)
     assert rep.returncode == 0 and (run_dir / "report.png").is_file(), rep.stderr
     assert "restarts" in rep.stdout and "goodput" in rep.stdout
-
-
-def _finish(run_yaml: Path, env: dict | None = None) -> tuple[int, str]:
-    proc = _train(run_yaml, env)
-    out, _ = proc.communicate(timeout=TIMEOUT_S)
-    return proc.returncode, out
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    """step -> loss of the run's train records (a resumed step's last record wins)."""
-    return {r["step"]: r["loss"] for r in _records(run_dir) if r["kind"] == "train"}
-
-
-def test_fresh_runs_start_alike_and_a_finished_run_trains_nothing(tmp_path):
-    """Two fresh runs of the example give the same losses (its model is built after the seed is set, so both
-    start from the same weights). Relaunching a finished run (checkpoint-2 of a 2-step run) says so and trains
-    nothing: no third step, no checkpoint-3."""
-    args = ["--max_steps", "2", "--save_steps", "2"]
-    runs = {name: (_run_yaml(tmp_path, name, args), tmp_path / "runs" / name) for name in ("a", "b")}
-    procs = [_train(run_yaml) for run_yaml, _ in runs.values()]  # side by side: half the wall time
-    for proc in procs:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == 0, out[-3000:]
-    first = _losses(runs["a"][1])
-    assert sorted(first) == [1, 2] and first == _losses(runs["b"][1])
-
-    run_yaml, run_dir = runs["a"]
-    rc, out = _finish(run_yaml)
-    assert rc == 0, out[-3000:]
-    assert "already finished: step 2 of 2 (checkpoint-2); nothing to train" in out, out[-3000:]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2"]
-    assert _losses(run_dir) == first
-    assert [r["kind"] for r in _records(run_dir)].count("start") == 1  # no restart to count
-    row = next(line.split() for line in mltrain_status(run_dir).splitlines() if line.startswith("a "))
-    assert "done" in row and "2/2" in row, row
 
 
 def test_cpu_trainer_that_joined_no_process_group_is_refused(tmp_path):

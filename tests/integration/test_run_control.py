@@ -129,6 +129,8 @@ def test_second_start_is_refused_and_changes_nothing_then_stop_ends_the_first(tm
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_first_ctrl_c_checkpoints_and_exits_75_then_resumes(tmp_path, tiny_data_dir, nproc):
+    """Ctrl-C: checkpoint, exit 75, the next start resumes. With two ranks the resumed start is then stopped by
+    SIGTERM to one rank, and resumed once more to the end."""
     parallel = "ddp" if nproc > 1 else "none"
     cfg = config(tmp_path, tiny_data_dir, f"int{nproc}", parallel=parallel)
     run_dir = tmp_path / "runs" / f"int{nproc}"
@@ -146,10 +148,27 @@ def test_first_ctrl_c_checkpoints_and_exits_75_then_resumes(tmp_path, tiny_data_
     logs = sorted((run_dir / "logs").glob("local-*.log"))
     assert logs and "interrupted: checkpointed step 3" in logs[-1].read_text()
 
-    again = run(cfg, nproc)
+    if nproc == 1:
+        again = run(cfg, nproc)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert starts(run_dir) == [0, 3]
+        assert "done: step 8/8" in again.stdout and "train loss" in again.stdout and "resumed step 3" in again.stdout
+        return
+    # Two ranks: the resumed start is stopped once more by what Slurm's SIGTERM does to a worker (SIGTERM to
+    # rank 1: all ranks checkpoint at the next boundary, exit 75), and the next start resumes from that step.
+    term = Run(cfg, 2, "wait:5:1:always")  # :always: the fault already fired once in this run
+    line = term.wait_for("injected fault: wait at step 5")
+    assert "resumed from" in term.text() and "(step 3)" in term.text(), term.text()[-4000:]
+    os.kill(int(line.rsplit("pid ", 1)[1].rstrip(")\n")), signal.SIGTERM)
+    assert term.finish() == 75, term.text()[-4000:]
+    assert "checkpointed step 5, exit 75" in term.text() and "Traceback" not in term.text()
+    assert (run_dir / "checkpoints" / "step_00000005" / "COMMITTED").is_file()
+    again = run(cfg, 2)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert starts(run_dir) == [0, 3]
-    assert "done: step 8/8" in again.stdout and "train loss" in again.stdout and "resumed step 3" in again.stdout
+    assert "resumed from" in again.stdout and "resumed step 5" in again.stdout
+    assert starts(run_dir) == [0, 3, 5]
+    assert "done: step 8/8" in again.stdout and "train loss" in again.stdout
+    assert max(x["step"] for x in read_metrics(run_dir) if x["kind"] == "train") == 8
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -174,11 +193,14 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, tiny_data_dir, nproc):
     assert wait_gone(worker_pid, 30), f"rank 0 (pid {worker_pid}) still alive after the abort"
 
 
-def test_stale_stop_file_is_removed_at_start(tmp_path, tiny_data_dir):
+def test_stale_stop_file_is_removed_at_start_and_a_refused_start_leaves_the_finished_run_as_it_was(
+    tmp_path, tiny_data_dir
+):
     """A control/stop older than this start is removed, not honoured: otherwise every later start would do one
-    step and exit 75."""
+    step and exit 75. A start of the finished run with an incompatible config is refused and changes nothing."""
     cfg = config(tmp_path, tiny_data_dir, "stale", max_steps=4)
-    stop = tmp_path / "runs" / "stale" / "control" / "stop"
+    run_dir = tmp_path / "runs" / "stale"
+    stop = run_dir / "control" / "stop"
     stop.parent.mkdir(parents=True)
     stop.write_text("")
     past = time.time() - 60
@@ -187,34 +209,11 @@ def test_stale_stop_file_is_removed_at_start(tmp_path, tiny_data_dir):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "removed a stale stop request" in r.stdout
     assert not stop.exists()
-    assert max(x["step"] for x in read_metrics(stop.parent.parent) if x["kind"] == "train") == 4
+    assert max(x["step"] for x in read_metrics(run_dir) if x["kind"] == "train") == 4
 
-
-def test_refused_start_leaves_a_finished_run_as_it_was(tmp_path, tiny_data_dir):
-    cfg = config(tmp_path, tiny_data_dir, "fin", max_steps=4)
-    run_dir = tmp_path / "runs" / "fin"
-    assert run(cfg, 1).returncode == 0
     before = {p: (run_dir / p).read_bytes() for p in ("config.yaml", "control/exit_reason", "metrics.jsonl")}
     r = run(cfg, 1, "--set", "train.max_steps=90", "--set", "model.hidden_size=128")
     assert r.returncode == 2 and "incompatible config" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
     assert {p: (run_dir / p).read_bytes() for p in before} == before
     assert not (run_dir / "control" / "exit_message").exists()
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["reason"] == "done"
-
-
-def test_sigterm_to_a_rank_checkpoints_and_the_restart_resumes(tmp_path, tiny_data_dir):
-    """What Slurm's SIGTERM does to a worker: all ranks checkpoint at the next boundary, exit 75; the
-    next start resumes from that step."""
-    cfg = config(tmp_path, tiny_data_dir, "term", parallel="ddp")
-    run_dir = tmp_path / "runs" / "term"
-    r = Run(cfg, 2, "wait:3:1")
-    line = r.wait_for("injected fault: wait at step 3")
-    os.kill(int(line.rsplit("pid ", 1)[1].rstrip(")\n")), signal.SIGTERM)
-    assert r.finish() == 75, r.text()[-4000:]
-    assert "checkpointed step 3, exit 75" in r.text() and "Traceback" not in r.text()
-    assert (run_dir / "checkpoints" / "step_00000003" / "COMMITTED").is_file()
-    again = run(cfg, 2)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resumed from" in again.stdout
-    assert starts(run_dir) == [0, 3]
-    assert max(x["step"] for x in read_metrics(run_dir) if x["kind"] == "train") == 8

@@ -20,6 +20,7 @@ def run_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(runtime.ENV_RUN_DIR, str(d))
     monkeypatch.delenv(runtime.ENV_CHECKPOINT_DIR, raising=False)
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(runtime, "_signalled", None)
     return d
 
@@ -64,6 +65,21 @@ def test_exit_for_requeue_is_75_and_records_the_reason(run_dir):
     assert e.value.code == exit_codes.REQUEUE == 75
     assert rundir.read_exit_reason(run_dir) == exit_codes.REASON_PREEMPTED
     assert not (run_dir / rundir.STOP_FILE).exists()  # honoured: the next start is not stopped at once
+
+
+def test_exit_for_requeue_of_rank_0_leaves_the_stop_file_to_the_other_ranks(run_dir, monkeypatch):
+    """Two ranks under a launcher: rank 1 may not have polled the stop file yet when rank 0 leaves (a script
+    that does not agree across ranks would run on to its end); the launcher removes the file afterwards."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    (run_dir / "control").mkdir(parents=True)
+    (run_dir / rundir.STOP_FILE).write_text("")
+    with pytest.raises(SystemExit) as e:
+        runtime.exit_for_requeue()
+    assert e.value.code == exit_codes.REQUEUE
+    assert rundir.read_exit_reason(run_dir) == exit_codes.REASON_PREEMPTED
+    assert (run_dir / rundir.STOP_FILE).exists()
+    monkeypatch.setenv("RANK", "1")
+    assert runtime.stop_requested()  # what rank 1 polls next
 
 
 def _hf_ckpt(d: Path, step: int, *, state=True, weights="model.safetensors", marker=False) -> Path:
