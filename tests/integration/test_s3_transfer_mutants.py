@@ -357,11 +357,11 @@ def test_abort_stale_uploads_under_a_prefix(client, s3, bucket):
 
 
 def test_transfer_config_carries_the_knobs():
-    """--concurrency, --part-size-mib and the threshold reach s3transfer; 1000 queued writes of 256 KiB
-    bound what a download buffers in memory."""
+    """--concurrency, --part-size-mib and the threshold reach s3transfer; 100 queued writes of 1 MiB bound
+    what a download buffers in memory."""
     cfg = TransferSettings(concurrency=3, part_size=7 * MiB, threshold=9 * MiB).transfer_config()
     assert (cfg.multipart_threshold, cfg.multipart_chunksize, cfg.max_request_concurrency) == (9 * MiB, 7 * MiB, 3)
-    assert (cfg.max_io_queue_size, cfg.io_chunksize, cfg.use_threads) == (1000, 256 * 1024, True)
+    assert (cfg.max_io_queue_size, cfg.io_chunksize, cfg.use_threads) == (100, 1 << 20, True)
 
 
 def counting_overlap(fn):

@@ -88,7 +88,7 @@ class TransferSettings:
             multipart_threshold=self.threshold,
             multipart_chunksize=self.part_size,
             max_concurrency=self.concurrency,
-            max_io_queue=1000,
+            max_io_queue=100,  # received chunks waiting for the one writer thread: <= 100 MiB (1000: 800 MB RSS per GiB)
             io_chunksize=1 << 20,  # reads off the socket per queue item: 1 MiB cost ~7% less CPU than 256 KiB here
             use_threads=True,
         )
