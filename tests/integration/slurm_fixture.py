@@ -101,10 +101,10 @@ def _queued() -> list[str]:
     return out.split()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_leftover_jobs(local_slurm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Autouse in the modules that import it: after each test, the jobs it submitted (their logs under this
-    session's temp dir) that are still queued are cancelled, so a failed test's job cannot go on requeueing
+    """For every test marked slurm (tests/integration/conftest.py): after each test, the jobs it submitted
+    (their logs under this session's temp dir) that are still queued are cancelled, so a failed test's job cannot go on requeueing
     itself on the nodes the next test needs. Jobs of other sessions sharing the cluster are left alone."""
     base = str(tmp_path_factory.getbasetemp())
     before = set(_queued())

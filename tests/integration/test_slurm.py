@@ -20,7 +20,6 @@ from slurm_fixture import (
     job_state,
     losses_by_step,
     make_env,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,

@@ -14,7 +14,6 @@ from slurm_fixture import (
     Env,
     job_field,
     make_env,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,

@@ -21,7 +21,6 @@ import pytest
 from slurm_fixture import (
     ROOT,
     losses_by_step,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,

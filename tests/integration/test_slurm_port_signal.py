@@ -20,7 +20,6 @@ import pytest
 from slurm_fixture import (
     Env,
     make_env,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,

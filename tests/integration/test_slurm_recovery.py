@@ -20,7 +20,6 @@ from slurm_fixture import (
     first_step_after,
     job_field,
     make_env,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     starts,
     wait_job,

@@ -24,7 +24,6 @@ from slurm_fixture import (
     FINAL_STATES,
     job_field,
     job_state,
-    no_leftover_jobs,  # noqa: F401  (autouse: a failed test's job is cancelled)
     records,
     wait_job,
 )
