@@ -187,7 +187,7 @@ def log_eval(step: int, **metrics: Any) -> None:
 
 def log_start(step: int = 0, **fields: Any) -> None:
     """Mark a (re)start: goodput counts from here; `status` counts starts after the first as restarts."""
-    fields.setdefault("world_size", int(os.environ.get("WORLD_SIZE", "1") or 1))
+    fields.setdefault("world_size", _world_size())
     fields.setdefault("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
     fields.setdefault("job_id", os.environ.get("SLURM_JOB_ID"))
     write_record("start", step, **fields)

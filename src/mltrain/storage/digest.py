@@ -184,7 +184,7 @@ class StreamDigest:
         self._closed = False
         self._sha = hashlib.sha256() if sha else None
         self._crc_fn = None
-        if crc and crt_available():  # only what a check will compare: a manifest entry needs the sha256 alone
+        if crc and crt_available():  # only what a check will compare (the caller says which)
             from awscrt.checksums import crc64nvme
 
             self._crc_fn = crc64nvme

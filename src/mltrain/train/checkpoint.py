@@ -235,17 +235,21 @@ def resume_grad_accum(
     )
 
 
-def load_model_state_dict(ckpt: Path, model: torch.nn.Module) -> None:
+def load_model_state_dict(ckpt: Path, model: torch.nn.Module, make_reader: Callable[[], Any] | None = None) -> None:
     """Load only the model weights of a checkpoint into a plain (unsharded) module, one process.
 
-    Used by export; DCP reshards from however many ranks wrote it.
+    Used by export, eval and sample; DCP reshards from however many ranks wrote it. `make_reader`: a new DCP
+    storage reader per read, for a checkpoint not on the file system (checkpoint.storage on S3).
     """
     import torch.distributed.checkpoint as dcp
 
     sd = model.state_dict()
-    check_model_fits(ckpt, {k: tuple(v.shape) for k, v in sd.items()})
+    check_model_fits(ckpt, {k: tuple(v.shape) for k, v in sd.items()}, reader=make_reader() if make_reader else None)
     state = {"model": sd}
-    dcp.load(state, checkpoint_id=str(ckpt))
+    if make_reader is None:
+        dcp.load(state, checkpoint_id=str(ckpt))
+    else:
+        dcp.load(state, storage_reader=make_reader())
     model.load_state_dict(state["model"])
 
 

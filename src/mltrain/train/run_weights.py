@@ -26,31 +26,29 @@ def load_run_weights(
 
 
 def _load_from_s3(url: str, run_dir: Path, model: torch.nn.Module, step: int | None, warn: Warn) -> tuple[int, str]:
-    import torch.distributed.checkpoint as dcp
-
     from mltrain.checkpoint_rule import step_dir_name
-    from mltrain.train.checkpoint import check_model_fits
     from mltrain.train.s3_checkpoint import S3CheckpointManager
 
     mgr = S3CheckpointManager(url, run_dir, keep_last=1, rank=0, world_size=1, warn=warn, info=lambda m: None)
-    picked: tuple[int, Any] | None
+    picked: tuple[int, Any] | None = None
     if step is None:
         picked = mgr.latest()
-    else:
-        problem = mgr.check(step_dir_name(step))
-        if problem is not None and problem != "no COMMITTED marker (the save did not finish)":
-            warn(f"skipping checkpoint {mgr.step(step_dir_name(step))}: {problem}")
-        picked = (step, mgr.step(step_dir_name(step))) if problem is None else None
+        steps = mgr.store.steps() if picked is None else []
+    else:  # a committed step (its marker is there) that fails a check is named; an absent or unfinished one is not
+        steps = mgr.store.steps()
+        name = step_dir_name(step)
+        if any(s == step and complete for s, _, complete in steps):
+            problem = mgr.check(name)
+            if problem is None:
+                picked = step, mgr.step(name)
+            else:
+                warn(f"skipping checkpoint {mgr.step(name)}: {problem}")
     if picked is None:
-        have = [str(s) for s, _, complete in mgr.store.steps() if complete]
+        have = [str(s) for s, _, complete in steps if complete]
         which = "" if step is None else f" for step {step}"
         raise CheckpointError(
             f"{url}: no committed checkpoint{which} (checkpoint.storage); have {', '.join(have) or 'none'}"
         )
-    sd = model.state_dict()
-    reader = mgr.storage_reader(picked[1])
-    check_model_fits(picked[1], {k: tuple(v.shape) for k, v in sd.items()}, reader=reader)  # type: ignore[arg-type]
-    state = {"model": sd}
-    dcp.load(state, storage_reader=mgr.storage_reader(picked[1]))
-    model.load_state_dict(state["model"])
-    return int(picked[0]), str(picked[1])
+    ckpt = picked[1]
+    load_model_state_dict(ckpt, model, make_reader=lambda: mgr.storage_reader(ckpt))  # type: ignore[arg-type]
+    return int(picked[0]), str(ckpt)
