@@ -38,6 +38,23 @@ from _common import RESULTS_DIR, host_environment, today, write_json
 MiB = 1 << 20
 
 
+def rate_after_fixed(total_bytes: int, seconds: float, fixed_s: float) -> float | None:
+    """MiB/s once a command is running: `seconds` less the fixed cost of one command.
+
+    None where the fixed cost is not clearly smaller than the whole run (a smoke-sized tree, or a
+    busy machine), since the difference is then noise, not a rate.
+    """
+    steady = seconds - fixed_s
+    if fixed_s <= 0 or steady < 0.1 * seconds:
+        return None
+    return round(total_bytes / MiB / steady, 1)
+
+
+def ratio_or_none(a: float | None, b: float | None) -> float | None:
+    """a / b to two places, or None where either side could not be measured."""
+    return round(a / b, 2) if a and b else None
+
+
 def make_tree(root: Path, n_files: int, file_mib: float, big_mib: int) -> int:
     rng = random.Random(1)
     total = 0
@@ -275,7 +292,7 @@ def main() -> int:
                 "median_download_mib_s": round(total / MiB / med_down, 1),
                 "download_mib_s": round(total / MiB / down, 1),
                 # the rate once the command runs: the best round less the fixed cost of a 1 KiB download
-                "download_mib_s_after_fixed": round(total / MiB / max(down - fixed, 1e-3), 1),
+                "download_mib_s_after_fixed": rate_after_fixed(total, down, fixed),
             }
         m = result["tools"]["mltrain"]
         result["ratios"] = {}  # > 1: mltrain faster; best round and median round
@@ -286,7 +303,9 @@ def main() -> int:
                     "download": round(m["download_mib_s"] / v["download_mib_s"], 2),
                     "upload_median": round(m["median_upload_mib_s"] / v["median_upload_mib_s"], 2),
                     "download_median": round(m["median_download_mib_s"] / v["median_download_mib_s"], 2),
-                    "download_after_fixed": round(m["download_mib_s_after_fixed"] / v["download_mib_s_after_fixed"], 2),
+                    "download_after_fixed": ratio_or_none(
+                        m["download_mib_s_after_fixed"], v["download_mib_s_after_fixed"]
+                    ),
                 }
         out = args.out or (
             Path(tempfile.mkdtemp()) / "smoke-s3-transfer.json"

@@ -29,6 +29,30 @@ def test_s3_transfer_bench_smoke(tmp_path):
     m = data["tools"]["mltrain"]
     assert m["upload_mib_s"] > 0 and m["download_mib_s"] > 0 and len(m["upload_s"]) == 1
     assert data["dataset"]["files"] == 5
-    # the fixed cost of one command, measured on a 1 KiB download, is taken out of the steady rate
-    assert len(m["fixed_download_s"]) == 1 and 0 < m["fixed_download_s"][0] < m["download_s"][0]
-    assert m["download_mib_s_after_fixed"] > m["download_mib_s"]
+    # the fixed cost of one command, measured on a 1 KiB download, is recorded; at smoke size (or on a
+    # busy machine) it may be as long as the whole run, and then no steady rate is claimed
+    assert len(m["fixed_download_s"]) == 1 and m["fixed_download_s"][0] > 0
+    after = m["download_mib_s_after_fixed"]
+    assert after is None or after > m["download_mib_s"]
+
+
+def _bench_module():
+    import importlib.util
+
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))  # the bench imports its sibling _common
+
+    spec = importlib.util.spec_from_file_location("s3_transfer_bench", ROOT / "bench" / "s3_transfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rate_after_fixed_is_none_when_the_fixed_cost_swamps_the_run():
+    b = _bench_module()
+    mib = 1 << 20
+    assert b.rate_after_fixed(100 * mib, 2.0, 1.0) == 100.0  # 100 MiB in the 1 s left
+    assert b.rate_after_fixed(100 * mib, 0.5, 1.8) is None  # the CI case: fixed cost longer than the run
+    assert b.rate_after_fixed(100 * mib, 1.0, 0.95) is None  # 5% left is noise, not a rate
+    assert b.rate_after_fixed(100 * mib, 1.0, 0.0) is None  # nothing measured
+    assert b.ratio_or_none(None, 2.0) is None and b.ratio_or_none(3.0, 2.0) == 1.5
