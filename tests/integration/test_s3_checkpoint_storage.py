@@ -1,6 +1,6 @@
-"""checkpoint.storage: s3://... on moto's S3 server, in one process: DCP through s3torchconnector, the
-COMMITTED marker written last with every object's size and xxh3, and resume refusing a step whose
-objects were cut short or changed, one line each, as on a file system."""
+"""checkpoint.storage: s3://... on moto's S3 server: DCP through s3torchconnector, the COMMITTED marker
+written last with every object's size and xxh3, and resume refusing a step whose objects were cut short
+or changed, one line each, as on a file system. The manager in one process; `mltrain train` on two ranks."""
 
 from __future__ import annotations
 
@@ -126,9 +126,10 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(tmp_path, s3_env, b
 def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint(
     tmp_path, tiny_data_dir, s3_env, s3, bucket, capsys
 ):
-    """`mltrain train` with checkpoint.storage on S3, one process: nothing under <run>/checkpoints; the
-    newest step is tampered with, so the second run names it, resumes from the one before and
-    reproduces the first run's losses exactly. Export, eval and sample read the run's weights from S3 by
+    """`mltrain train --nproc 2` with checkpoint.storage on S3: each rank streams its shards to S3 and
+    rank 0 commits the marker from the gathered hashes; nothing under <run>/checkpoints. The newest step
+    is tampered with, so the second run (both ranks verifying a share each) names it, resumes from the
+    one before and reproduces the first run's losses exactly. Export, eval and sample read the run's weights from S3 by
     the same rules (the newest valid step, or --step; a damaged one named and skipped)."""
     import subprocess
 
@@ -139,18 +140,24 @@ def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint
     storage = f"s3://{bucket}/ckpt/run"
     cfg = tiny_run_config(tmp_path, tiny_data_dir, "s3st")
     cfg["checkpoint"] = {"every_steps": 3, "keep_last": 2, "storage": storage}
+    cfg["train"]["parallel"] = "fsdp"  # each rank writes its own shards
     cfg_path = write_config(tmp_path / "s3st.yaml", cfg)
     run_dir = tmp_path / "runs" / "s3st"
 
     def train() -> subprocess.CompletedProcess:
         env = {k: v for k, v in s3_env.items() if k not in ("MLTRAIN_FAULT", "SLURM_RESTART_COUNT")}
-        return subprocess.run(mltrain_cmd("train", str(cfg_path)), env=env, capture_output=True, text=True, timeout=300)
+        cmd = mltrain_cmd("train", str(cfg_path), "--nproc", "2")
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
     r1 = train()
     assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
     ref = {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
     assert not list((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").exists() else True
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/run/step_00000008/")["Contents"]]
+    marker = json.loads(s3.get_object(Bucket=bucket, Key="ckpt/run/step_00000008/COMMITTED")["Body"].read())
+    listed = set(marker["files"])
+    assert {"rank_00000.pt", "rank_00001.pt", "__0_0.distcp", "__1_0.distcp"} <= listed, listed  # both ranks' hashes
+    assert {k.rsplit("/", 1)[1] for k in keys} == listed | {"COMMITTED"} and marker["world_size"] == 2
     distcp = next(k for k in keys if k.endswith(".distcp"))
     body = bytearray(s3.get_object(Bucket=bucket, Key=distcp)["Body"].read())
     body[-10] ^= 1
