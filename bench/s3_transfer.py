@@ -6,7 +6,8 @@ check every downloaded file is byte-identical to the source (sha256). mltrain ru
 verification on (the manifest's sha256 and the S3 checksum from one read of each file, that checksum
 sent with the object; every downloaded byte hashed against the manifest as it streams in, before
 anything is renamed into place); the engine it ran on (crt or classic, see docs/storage.md) is in
-the result, and `--crt-too` adds a column with the CRT engine forced.
+the result, and `--crt-too` adds a column with the CRT engine forced; `--variant NAME=ARGS` adds one
+with other mltrain options (e.g. `parts64=--part-size-mib 64`), in the same rounds.
 The tools take turns (round-robin) over `--repeats` rounds; the best round per tool and direction is
 reported, and the ratio mltrain / other tool (> 1: mltrain faster).
 
@@ -168,6 +169,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--crt-too", action="store_true", help="also run mltrain with MLTRAIN_S3_ENGINE=crt")
     ap.add_argument("--mltrain-args", default="", help="extra options for mltrain, e.g. '--concurrency 10'")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="one more mltrain column with these extra options, e.g. 'parts64=--part-size-mib 64' (repeatable)",
+    )
     args = ap.parse_args()
     if args.smoke:
         args.files, args.file_mib, args.big_mib, args.repeats = 4, 0.5, 6, 1
@@ -201,6 +209,11 @@ def main() -> int:
         total = make_tree(src, args.files, args.file_mib, args.big_mib)
         want = tree_hashes(src)
         tools = {"mltrain": sys.executable}
+        extra = {"mltrain": args.mltrain_args.split(), "mltrain-crt": args.mltrain_args.split()}
+        for v in args.variant:  # the same command with other options, in the same rounds
+            name, _, opts = v.partition("=")
+            tools[f"mltrain-{name}"] = sys.executable
+            extra[f"mltrain-{name}"] = [*args.mltrain_args.split(), *opts.split()]
         if args.crt_too:  # the same command on the CRT engine, which `auto` leaves out for a loopback server
             tools["mltrain-crt"] = sys.executable
         versions: dict[str, Any] = {"boto3": boto3.__version__}
@@ -227,9 +240,7 @@ def main() -> int:
                 bucket = f"bench-{tool}-{rnd}"
                 s3.create_bucket(Bucket=bucket)
                 dst = work / f"dst-{tool}-{rnd}"
-                up, down = commands(
-                    tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, args.mltrain_args.split()
-                )
+                up, down = commands(tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, extra.get(tool, []))
                 tool_env = {**env, "MLTRAIN_S3_ENGINE": "crt"} if tool == "mltrain-crt" else env
                 runs[tool]["upload_s"].append(timed(up, tool_env, tool, "upload"))
                 runs[tool]["download_s"].append(timed(down, tool_env, tool, "download"))
@@ -241,7 +252,7 @@ def main() -> int:
                 shutil.rmtree(dst)
                 # the fixed cost of one command (start-up, client, listing, manifest): one 1 KiB file each way
                 up1, down1 = commands(
-                    tool, tools[tool], endpoint, tiny, f"s3://{bucket}/tiny", dst, args.mltrain_args.split()
+                    tool, tools[tool], endpoint, tiny, f"s3://{bucket}/tiny", dst, extra.get(tool, [])
                 )
                 timed(up1, tool_env)
                 runs[tool]["fixed_download_s"].append(timed(down1, tool_env))
@@ -264,6 +275,7 @@ def main() -> int:
             "repeats": args.repeats,
             "mltrain_settings": {
                 "extra_args": args.mltrain_args,
+                "variants": args.variant,
                 "concurrency": 16,
                 "part_size_mib": 16,
                 "checksum": choose_algorithm(),
