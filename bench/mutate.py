@@ -44,6 +44,10 @@ EQUIVALENT_FILE = ROOT / "bench" / "mutation-equivalent.yaml"
 # is added when it exists.
 MODULES: dict[str, tuple[str, list[str]]] = {
     "checkpoint": ("src/mltrain/train/checkpoint.py", ["tests/unit/test_checkpoint.py"]),
+    "local_checkpoint": (
+        "src/mltrain/train/local_checkpoint.py",
+        ["tests/unit/test_checkpoint.py", "tests/unit/test_checkpoint_mutants.py"],
+    ),
     "loader": ("src/mltrain/data/loader.py", ["tests/unit/test_data_loader.py"]),
     "lease": ("src/mltrain/lease.py", ["tests/unit/test_lease.py"]),
     # the moto S3 tests call the CLI in-process (moto_fixture.run_cli); the SIGKILL test's subprocess cannot

@@ -122,6 +122,80 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(tmp_path, s3_env, b
         m.load(path, blank(), {"w": (64, 34), "b": (7,)})
 
 
+def test_each_failure_keeps_the_previous_step_with_one_line(tmp_path, s3_env, s3, bucket, monkeypatch):
+    """The S3 side of the save/commit protocol, line for line: where a step went, a failed listing before the
+    write, a failed write, a failed background write and a failed marker each warn once, leave nothing of the
+    step behind and keep the previous step."""
+    from concurrent.futures import Future
+
+    import torch.distributed.checkpoint as dcp
+
+    url = f"s3://{bucket}/fail"
+    lines: list[str] = []
+    said: list[str] = []
+    m = S3CheckpointManager(url, tmp_path / "run", 2, 0, 1, warn=lines.append, info=said.append)
+    assert m.save(1, state(1), {"step": 1}, {})
+    assert len(said) == 1 and said[0].startswith(f"checkpoint step 1 saved to {url}/step_00000001 in ")
+    marker = json.loads(s3.get_object(Bucket=bucket, Key="fail/step_00000001/COMMITTED")["Body"].read())
+    assert list(marker) == ["files", "total_bytes", "hash", "step", "world_size", "time"]  # no hashing time
+
+    def objects(step: int) -> list[str]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"fail/step_{step:08d}/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    def cannot_list() -> list:
+        raise CheckpointError("s3://b/fail: listing refused")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(m.store, "steps", cannot_list)
+        assert not m.save(2, state(2), {"step": 2}, {})
+    assert lines == ["checkpoint at step 2 failed (s3://b/fail: listing refused); the previous checkpoint is kept"]
+    assert objects(2) == []
+
+    def writer_dies(*a, **k):
+        raise RuntimeError("writer died")
+
+    lines.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(dcp, "save", writer_dies)
+        assert not m.save(3, state(3), {"step": 3}, {})
+    assert lines == ["checkpoint at step 3 failed (RuntimeError: writer died); the previous checkpoint is kept"]
+    assert objects(3) == []  # its rank object was written before DCP failed: dropped
+
+    lines.clear()
+    real_put = m.store.put
+
+    def no_marker(key: str, data: bytes) -> None:
+        if key.endswith("/COMMITTED"):
+            raise CheckpointError(f"s3://{bucket}/{key}: access denied")
+        real_put(key, data)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(m.store, "put", no_marker)
+        assert not m.save(4, state(4), {"step": 4}, {})
+    assert lines == [
+        f"checkpoint step_00000004 could not be committed (s3://{bucket}/fail/step_00000004/COMMITTED: access "
+        "denied); the previous checkpoint is kept"
+    ]
+    assert objects(4) == []
+
+    lines.clear()
+    said.clear()
+    m.async_save = True
+    failed: Future = Future()
+    failed.set_exception(OSError("lost the bucket"))
+    with monkeypatch.context() as mp:
+        mp.setattr(dcp, "async_save", lambda *a, **k: failed)
+        assert m.save(5, state(5), {"step": 5}, {})
+    assert len(said) == 1 and said[0].endswith("s, writing to S3 in background")
+    assert not m.wait()
+    assert lines == [
+        "background checkpoint step_00000005 failed (OSError: lost the bucket); the previous checkpoint is kept"
+    ]
+    assert objects(5) == []
+    assert [(s, str(p)) for s, p in [m.latest()]] == [(1, f"{url}/step_00000001")]
+
+
 @pytest.mark.slow
 def test_training_on_s3_storage_resumes_step_for_step_past_a_tampered_checkpoint(
     tmp_path, tiny_data_dir, s3_env, s3, bucket, capsys

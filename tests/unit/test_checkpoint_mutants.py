@@ -15,6 +15,7 @@ from tests.unit.test_checkpoint import make, manager, save
 
 from mltrain.errors import CheckpointError
 from mltrain.train import checkpoint as C
+from mltrain.train import local_checkpoint as L
 
 _START_CWD = os.getcwd()  # where the test run started (the spawned rank of the two-rank test starts there)
 
@@ -277,7 +278,7 @@ def test_commit_hook_and_a_failing_commit(tmp_path: Path, monkeypatch: pytest.Mo
     def broken(path: Path, text: str) -> None:
         raise OSError("read-only file system")
 
-    monkeypatch.setattr(C, "atomic_write", broken)
+    monkeypatch.setattr(L, "atomic_write", broken)
     assert not save(mgr, 2, m, opt)
     assert said == [
         "checkpoint step_00000002 could not be committed (OSError: read-only file system); "
@@ -295,7 +296,7 @@ def test_failed_checksumming_is_not_committed(tmp_path: Path, monkeypatch: pytes
     def unreadable(ckpt: Path, rels: list[str]) -> dict:
         raise OSError("EIO")
 
-    monkeypatch.setattr(C, "hash_files", unreadable)
+    monkeypatch.setattr(L, "hash_files", unreadable)
     assert not save(mgr, 1, m, opt)
     assert said == [
         "checkpoint step_00000001 could not be committed (OSError: checksumming failed (rank 0: OSError: EIO)); "

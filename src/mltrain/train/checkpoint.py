@@ -8,6 +8,9 @@ attempt). A directory without a valid marker, or whose files disagree with it in
 never resumed from or exported: the newest valid checkpoint is used and each skipped one is named
 with its reason. A failed save (out of disk, I/O error) removes its temp dir and leaves the
 previous checkpoint untouched.
+
+CheckpointManager holds that save/commit protocol once; where the bytes go is its backend: a directory
+(train/local_checkpoint.py) or an S3 prefix (train/s3_checkpoint.py, which has no rename).
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from mltrain import checkpoint_rule
-from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name
+from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name  # noqa: F401 (callers' step_dir_name)
 from mltrain.errors import CheckpointError
-from mltrain.fsutil import atomic_write, file_sha256
+from mltrain.fsutil import file_sha256
 from mltrain.rundir import CHECKPOINTS_DIR
 from mltrain.train.distributed import any_rank
 
@@ -253,8 +256,35 @@ def load_model_state_dict(ckpt: Path, model: torch.nn.Module, make_reader: Calla
     model.load_state_dict(state["model"])
 
 
+class CheckpointBackend(Protocol):
+    """Where a checkpoint's bytes go: what CheckpointManager's save/commit protocol leaves to the storage.
+
+    `attempt` names one write of a step (`tmp`: what is being written; `final`: the committed step, with a
+    `name`); every other method gets those back. Rank 0 alone prepares, drops, publishes and prunes."""
+
+    hashes_on_commit: bool  # the files are hashed after the write (the marker records how long that took)
+    commit_errors: tuple[type[BaseException], ...]  # what a failed commit raises (anything else propagates)
+    in_background: str  # the background-save line's "writing... in background" words
+
+    def attempt(self, step: int) -> tuple[Any, Any]: ...
+    def prepare(self, tmp: Any, final: Any) -> str | None: ...  # why the step cannot be written, or None
+    def write_rank_state(self, tmp: Any, rank: int, rank_state: dict[str, Any]) -> None: ...
+    def dcp_target(self, tmp: Any) -> dict[str, Any]: ...  # the keyword that tells DCP where to write
+    def describe(self, e: BaseException) -> str: ...  # one line for a failed write
+    def describe_commit(self, e: BaseException) -> str: ...  # one line for a failed commit
+    def drop(self, tmp: Any) -> None: ...
+    def rank_hashes(self, tmp: Any, rank: int, world_size: int) -> dict[str, Any] | str: ...  # or why not
+    def add_trainer_state(self, tmp: Any, trainer_state: dict[str, Any], entries: dict[str, Any]) -> None: ...
+    def publish(self, tmp: Any, final: Any, marker: dict[str, Any]) -> None: ...  # marker last
+    def prune(self, keep_last: int, newest: Any) -> None: ...
+    def saved_to(self, final: Any) -> str: ...  # the saved line's words for where the step went
+
+
 class CheckpointManager:
-    """Owns saving, committing, pruning and resuming the run's checkpoints (all ranks call it)."""
+    """Owns saving, committing, pruning and resuming the run's checkpoints (all ranks call it).
+
+    The save/commit protocol is here once; where the bytes go is its `backend` (`<run>/checkpoints/`
+    here, S3 in S3CheckpointManager)."""
 
     def __init__(
         self,
@@ -273,8 +303,11 @@ class CheckpointManager:
         self.async_save = async_save
         self.warn = warn
         self.info = info
-        self._pending: tuple[Future, Path, Path, dict[str, Any]] | None = None
+        self._pending: tuple[Future, Any, Any, dict[str, Any]] | None = None  # (future, tmp, final, trainer_state)
         self.on_commit: Callable[[Path], None] | None = None  # rank 0, after each commit (checkpoint mirror)
+        from mltrain.train.local_checkpoint import LocalBackend
+
+        self.backend: CheckpointBackend = LocalBackend(self.root, lambda m: self.warn(m))
         self._ckpt_pg = None
         if async_save and dist.is_initialized():
             # The background save gathers on its own group so it never races the training collectives.
@@ -296,33 +329,31 @@ class CheckpointManager:
         import torch.distributed.checkpoint as dcp
 
         self.wait()  # one checkpoint in flight at a time
-        final = self.root / step_dir_name(step)
-        tmp = self.root / (step_dir_name(step) + ".tmp")
-        if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self._barrier()
+        backend = self.backend
+        tmp, final = backend.attempt(step)
+        why = backend.prepare(tmp, final) if self.rank == 0 else None
+        if not self._agree_or_abandon(why is None, tmp, f"checkpoint at step {step}", why or "", drop=False):
+            return False
         ok = True
         err = ""
         t0 = time.perf_counter()
         try:
-            torch.save(rank_state, tmp / f"rank_{self.rank:05d}.pt")
+            backend.write_rank_state(tmp, self.rank, rank_state)
             if self.async_save:
-                fut = dcp.async_save(app_state, checkpoint_id=str(tmp), process_group=self._ckpt_pg)
+                fut = dcp.async_save(app_state, **backend.dcp_target(tmp), process_group=self._ckpt_pg)
             else:
-                dcp.save(app_state, checkpoint_id=str(tmp))
+                dcp.save(app_state, **backend.dcp_target(tmp))
         except (Exception, CheckpointException) as e:  # DCP's gathered error is a BaseException
-            ok, err = False, _describe_failure(e, self.root)
+            ok, err = False, backend.describe(e)
         if not self._agree_or_abandon(ok, tmp, f"checkpoint at step {step}", err):
             return False
         if self.async_save:
             self._pending = (fut, tmp, final, trainer_state)
-            self.info(f"checkpoint step {step}: staged in {time.perf_counter() - t0:.2f}s, writing in background")
+            self.info(f"checkpoint step {step}: staged in {time.perf_counter() - t0:.2f}s, {backend.in_background}")
             return True
         ok = self._commit(tmp, final, trainer_state)
         if ok:
-            self.info(f"checkpoint step {step} saved in {time.perf_counter() - t0:.2f}s")
+            self.info(f"checkpoint step {step} saved{backend.saved_to(final)} in {time.perf_counter() - t0:.2f}s")
         return ok
 
     def poll(self) -> None:
@@ -347,18 +378,18 @@ class CheckpointManager:
         try:
             fut.result()
         except (Exception, CheckpointException) as e:
-            ok, err = False, _describe_failure(e, self.root)
+            ok, err = False, self.backend.describe(e)
         if not self._agree_or_abandon(ok, tmp, f"background checkpoint {final.name}", err):
             return False
         return self._commit(tmp, final, trainer_state)
 
-    def _agree_or_abandon(self, ok: bool, tmp: Path, what: str, err: str) -> bool:
-        """All ranks agree whether the write succeeded; if any failed, drop the temp dir and keep the
-        previous checkpoint."""
+    def _agree_or_abandon(self, ok: bool, tmp: Any, what: str, err: str, drop: bool = True) -> bool:
+        """All ranks agree whether the write succeeded; if any failed, drop what was written (`drop`)
+        and keep the previous checkpoint."""
         if self._all_ok(ok):
             return True
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self.rank == 0 and drop:
+            self.backend.drop(tmp)
         self.warn(f"{what} failed ({err or 'on another rank'}); the previous checkpoint is kept")
         return False
 
@@ -370,77 +401,43 @@ class CheckpointManager:
         dist.gather_object(obj, out, dst=0)
         return out or []
 
-    def _commit(self, tmp: Path, final: Path, trainer_state: dict[str, Any]) -> bool:
-        self._barrier()  # every rank's files are on disk
+    def _commit(self, tmp: Any, final: Any, trainer_state: dict[str, Any]) -> bool:
+        """Every rank's {file: size, hash} to rank 0, which adds trainer_state.json, publishes the marker
+        last, prunes and calls on_commit; a failure drops the attempt and keeps the previous checkpoint."""
+        backend = self.backend
+        self._barrier()  # every rank's files are written
         t0 = time.perf_counter()
-        try:  # each rank checksums the files it wrote, while they are still in its page cache
-            mine: dict[str, Any] | str = hash_files(
-                tmp, [r for r in _ckpt_files(tmp) if _owner(r, self.world_size) == self.rank]
-            )
-        except OSError as e:
-            mine = _describe_failure(e, self.root)
-        parts = self._gather(mine)
+        parts = self._gather(backend.rank_hashes(tmp, self.rank, self.world_size))
         ok = True
         if self.rank == 0:
             try:
                 failed = [f"rank {r}: {p}" for r, p in enumerate(parts) if isinstance(p, str)]
                 if failed:
                     raise OSError(f"checksumming failed ({'; '.join(failed)})")
-                (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
                 entries: dict[str, Any] = {}
                 for p in parts:
                     entries.update(p)
-                entries.update(hash_files(tmp, [r for r in _ckpt_files(tmp) if r not in entries]))
-                manifest = {
+                backend.add_trainer_state(tmp, trainer_state, entries)
+                marker: dict[str, Any] = {
                     "files": dict(sorted(entries.items())),
                     "total_bytes": sum(e["size"] for e in entries.values()),
                     "hash": HASH,
-                    "hash_s": round(time.perf_counter() - t0, 3),
-                    "step": trainer_state.get("step"),
-                    "world_size": self.world_size,
-                    "time": time.time(),
                 }
-                atomic_write(tmp / MARKER, json.dumps(manifest))
-                _fsync_dir(tmp)
-                self._replace(tmp, final)
-                _fsync_dir(self.root)
-                self._prune()
+                if backend.hashes_on_commit:
+                    marker["hash_s"] = round(time.perf_counter() - t0, 3)
+                marker.update(step=trainer_state.get("step"), world_size=self.world_size, time=time.time())
+                backend.publish(tmp, final, marker)
+                backend.prune(self.keep_last, final)
                 if self.on_commit is not None:
                     self.on_commit(final)
-            except OSError as e:
+            except backend.commit_errors as e:
                 ok = False
-                shutil.rmtree(tmp, ignore_errors=True)
+                backend.drop(tmp)
                 self.warn(
-                    f"checkpoint {final.name} could not be committed ({_describe_failure(e, self.root)}); "
+                    f"checkpoint {final.name} could not be committed ({backend.describe_commit(e)}); "
                     "the previous checkpoint is kept"
                 )
         return self._all_ok(ok)
-
-    def _replace(self, tmp: Path, final: Path) -> None:
-        """Rename the finished temp dir to `final`. A `final` already there is a leftover of another
-        attempt at this step (damaged, uncommitted, or from before a resume from an older step): it is
-        moved aside first and deleted only once the new one is in place, never blocking the save."""
-        if not final.exists():
-            os.replace(tmp, final)
-            return
-        why = check_checkpoint(final, deep=False) or "written by an earlier attempt at this step"
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            os.replace(old, final)  # put the previous copy back: the caller says it is kept
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        self.warn(f"replaced {final.name} ({why}) with this save")
-
-    def _prune(self) -> None:
-        committed = find_checkpoints(self.root.parent, deep=False)
-        for _, path in committed[: max(0, len(committed) - self.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
-        for stale in [*self.root.glob("step_*.tmp"), *self.root.glob("step_*.old")]:
-            shutil.rmtree(stale, ignore_errors=True)
 
     # ------------------------------------------------------------------ resume
     def latest(self) -> tuple[int, Path] | None:

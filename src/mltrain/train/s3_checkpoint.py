@@ -19,14 +19,13 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.api import CheckpointException
 
 from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name
 from mltrain.errors import CheckpointError
@@ -208,6 +207,95 @@ def _file_system(region: str, endpoint: str | None, record: dict[str, dict[str, 
     return HashingS3FileSystem(region, s3_client=client, s3client_config=config)
 
 
+@dataclass
+class _Attempt:
+    """One write of a step on S3: its dir name, and each file's {size, hash} recorded while it streamed."""
+
+    name: str
+    record: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class S3Backend:
+    """Checkpoints under an s3:// URL: the storage side of CheckpointManager's save/commit protocol.
+
+    No rename: an earlier attempt at the step is removed (marker first) before the write, and every object
+    is written in place. The hashes are those recorded while streaming, nothing is read back."""
+
+    hashes_on_commit = False
+    commit_errors: tuple[type[BaseException], ...] = (CheckpointError,)
+    in_background = "writing to S3 in background"
+
+    def __init__(self, store: S3Store, region: str, endpoint: str | None, run_dir: Path, warn: Warn) -> None:
+        self.store = store
+        self.region = region
+        self.endpoint = endpoint
+        self.run_dir = run_dir
+        self.warn = warn
+
+    def attempt(self, step: int) -> tuple[_Attempt, S3CheckpointPath]:
+        name = step_dir_name(step)
+        return _Attempt(name), S3CheckpointPath(self.store, name)
+
+    def prepare(self, tmp: _Attempt, final: S3CheckpointPath) -> str | None:
+        """A step dir of an earlier attempt at this step stops being complete before we write."""
+        try:
+            if any(n == tmp.name for _, n, _ in self.store.steps()):
+                self.store.remove_step(tmp.name)
+                self.warn(f"replaced {final} (written by an earlier attempt at this step) with this save")
+        except CheckpointError as e:
+            return str(e)
+        return None
+
+    def write_rank_state(self, tmp: _Attempt, rank: int, rank_state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(rank_state, buf)
+        rank_file = f"rank_{rank:05d}.pt"
+        self.store.put(self.store.url.key(tmp.name) + f"/{rank_file}", buf.getvalue())
+        tmp.record[rank_file] = {"size": buf.getbuffer().nbytes, HASH: _xxh3(buf.getvalue())}
+
+    def dcp_target(self, tmp: _Attempt) -> dict[str, Any]:
+        from s3torchconnector.dcp import S3StorageWriter
+
+        writer = S3StorageWriter(self.region, str(S3CheckpointPath(self.store, tmp.name)))
+        writer.fs = _file_system(self.region, self.endpoint, tmp.record)
+        return {"storage_writer": writer}
+
+    def describe(self, e: BaseException) -> str:
+        return _one_line(e)
+
+    def describe_commit(self, e: BaseException) -> str:
+        return str(e)
+
+    def drop(self, tmp: _Attempt) -> None:
+        try:
+            self.store.remove_step(tmp.name)
+        except CheckpointError:
+            pass  # no marker was written: the step is not complete either way
+
+    def rank_hashes(self, tmp: _Attempt, rank: int, world_size: int) -> dict[str, Any]:
+        return dict(tmp.record)
+
+    def add_trainer_state(self, tmp: _Attempt, trainer_state: dict[str, Any], entries: dict[str, Any]) -> None:
+        state = json.dumps(trainer_state, indent=1).encode()
+        self.store.put(f"{self.store.url.key(tmp.name)}/{TRAINER_STATE}", state)
+        entries[TRAINER_STATE] = {"size": len(state), HASH: _xxh3(state)}
+
+    def publish(self, tmp: _Attempt, final: S3CheckpointPath, marker: dict[str, Any]) -> None:
+        self.store.put(f"{final.key}/{MARKER}", json.dumps(marker).encode())
+        record_remote_commit(self.run_dir, marker["step"], str(final))
+
+    def prune(self, keep_last: int, newest: S3CheckpointPath) -> None:
+        steps = self.store.steps()
+        committed = [n for _, n, complete in steps if complete]
+        drop = committed[: max(0, len(committed) - keep_last)]
+        drop += [n for _, n, complete in steps if not complete and n < newest.name]  # cut short by a killed run
+        for n in drop:
+            self.store.remove_step(n)
+
+    def saved_to(self, final: S3CheckpointPath) -> str:
+        return f" to {final}"
+
+
 class S3CheckpointManager(CheckpointManager):
     """CheckpointManager whose checkpoints live under an s3:// URL instead of `<run>/checkpoints/`."""
 
@@ -235,18 +323,11 @@ class S3CheckpointManager(CheckpointManager):
         self.store = S3Store(parse_s3_url(url), client)
         self.region = self.store.client.meta.region_name or "us-east-1"
         self.endpoint = _endpoint(self.store.client)
-        self._s3_pending: tuple[Future, str, dict[str, Any], dict[str, Any]] | None = None
+        self.backend = S3Backend(self.store, self.region, self.endpoint, self.root.parent, lambda m: self.warn(m))
 
     # ------------------------------------------------------------------ helpers
     def step(self, name: str) -> S3CheckpointPath:
         return S3CheckpointPath(self.store, name)
-
-    def _writer(self, name: str, record: dict[str, dict[str, Any]]) -> Any:
-        from s3torchconnector.dcp import S3StorageWriter
-
-        writer = S3StorageWriter(self.region, str(self.step(name)))
-        writer.fs = _file_system(self.region, self.endpoint, record)
-        return writer
 
     def storage_reader(self, ckpt: S3CheckpointPath) -> Any:
         from s3torchconnector.dcp import S3StorageReader
@@ -254,127 +335,6 @@ class S3CheckpointManager(CheckpointManager):
         reader = S3StorageReader(self.region, str(ckpt))
         reader.fs = _file_system(self.region, self.endpoint, {})
         return reader
-
-    # ------------------------------------------------------------------ save
-    def save(
-        self, step: int, app_state: dict[str, Any], trainer_state: dict[str, Any], rank_state: dict[str, Any]
-    ) -> bool:
-        """Write step `step` under the storage URL; False (with a warning) when it failed, nothing lost."""
-        import torch.distributed.checkpoint as dcp
-
-        self.wait()
-        name = step_dir_name(step)
-        ok, err = True, ""
-        if self.rank == 0:
-            try:  # a step dir of an earlier attempt at this step: it stops being complete before we write
-                if any(n == name for _, n, _ in self.store.steps()):
-                    self.store.remove_step(name)
-                    self.warn(f"replaced {self.step(name)} (written by an earlier attempt at this step) with this save")
-            except CheckpointError as e:
-                ok, err = False, str(e)
-        if not self._agree(ok, name, f"checkpoint at step {step}", err, cleanup=False):
-            return False
-        t0 = time.perf_counter()
-        record: dict[str, dict[str, Any]] = {}
-        try:
-            buf = io.BytesIO()
-            torch.save(rank_state, buf)
-            rank_file = f"rank_{self.rank:05d}.pt"
-            self.store.put(self.step(name).key + f"/{rank_file}", buf.getvalue())
-            record[rank_file] = {"size": buf.getbuffer().nbytes, HASH: _xxh3(buf.getvalue())}
-            writer = self._writer(name, record)
-            if self.async_save:
-                fut = dcp.async_save(app_state, storage_writer=writer, process_group=self._ckpt_pg)
-            else:
-                dcp.save(app_state, storage_writer=writer)
-        except (Exception, CheckpointException) as e:  # DCP's gathered error is a BaseException
-            ok, err = False, _one_line(e)
-        if not self._agree(ok, name, f"checkpoint at step {step}", err):
-            return False
-        if self.async_save:
-            self._s3_pending = (fut, name, record, trainer_state)
-            self.info(f"checkpoint step {step}: staged in {time.perf_counter() - t0:.2f}s, writing to S3 in background")
-            return True
-        ok = self._commit_s3(name, record, trainer_state)
-        if ok:
-            self.info(f"checkpoint step {step} saved to {self.step(name)} in {time.perf_counter() - t0:.2f}s")
-        return ok
-
-    def poll(self) -> None:
-        if self._s3_pending is None:
-            return
-        from mltrain.train.distributed import any_rank
-
-        if not any_rank(not self._s3_pending[0].done()):
-            self.wait()
-
-    def wait(self) -> bool:
-        if self._s3_pending is None:
-            return True
-        fut, name, record, trainer_state = self._s3_pending
-        self._s3_pending = None
-        ok, err = True, ""
-        try:
-            fut.result()
-        except (Exception, CheckpointException) as e:
-            ok, err = False, _one_line(e)
-        if not self._agree(ok, name, f"background checkpoint {name}", err):
-            return False
-        return self._commit_s3(name, record, trainer_state)
-
-    def _agree(self, ok: bool, name: str, what: str, err: str, cleanup: bool = True) -> bool:
-        """All ranks agree whether the write succeeded; if any failed, drop what was written of the step."""
-        if self._all_ok(ok):
-            return True
-        if self.rank == 0 and cleanup:
-            try:
-                self.store.remove_step(name)
-            except CheckpointError:
-                pass  # no marker was written: the step is not complete either way
-        self.warn(f"{what} failed ({err or 'on another rank'}); the previous checkpoint is kept")
-        return False
-
-    def _commit_s3(self, name: str, record: dict[str, dict[str, Any]], trainer_state: dict[str, Any]) -> bool:
-        self._barrier()  # every rank's objects are on S3
-        parts = self._gather(dict(record))
-        ok = True
-        if self.rank == 0:
-            try:
-                state = json.dumps(trainer_state, indent=1).encode()
-                base = self.step(name).key
-                self.store.put(f"{base}/{TRAINER_STATE}", state)
-                entries: dict[str, Any] = {TRAINER_STATE: {"size": len(state), HASH: _xxh3(state)}}
-                for p in parts:
-                    entries.update(p)
-                marker = {
-                    "files": dict(sorted(entries.items())),
-                    "total_bytes": sum(e["size"] for e in entries.values()),
-                    "hash": HASH,
-                    "step": trainer_state.get("step"),
-                    "world_size": self.world_size,
-                    "time": time.time(),
-                }
-                self.store.put(f"{base}/{MARKER}", json.dumps(marker).encode())
-                record_remote_commit(self.root.parent, trainer_state.get("step"), str(self.step(name)))
-                self._prune_s3(name)
-                if self.on_commit is not None:
-                    self.on_commit(self.step(name))  # type: ignore[arg-type]
-            except CheckpointError as e:
-                ok = False
-                try:
-                    self.store.remove_step(name)
-                except CheckpointError:
-                    pass
-                self.warn(f"checkpoint {name} could not be committed ({e}); the previous checkpoint is kept")
-        return self._all_ok(ok)
-
-    def _prune_s3(self, newest: str) -> None:
-        steps = self.store.steps()
-        committed = [n for _, n, complete in steps if complete]
-        drop = committed[: max(0, len(committed) - self.keep_last)]
-        drop += [n for _, n, complete in steps if not complete and n < newest]  # cut short by a killed run
-        for n in drop:
-            self.store.remove_step(n)
 
     # ------------------------------------------------------------------ resume
     def check(self, name: str, deep: bool = True, share: tuple[int, int] = (0, 1)) -> str | None:
