@@ -112,6 +112,32 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
+def test_a_temp_dir_that_cannot_be_made_is_a_failed_save_not_a_crash(tmp_path, monkeypatch):
+    """The disk fills between two saves, so even `step_N.tmp/` cannot be made (a mock: mkdir raises
+    ENOSPC). Rank 0 must not raise out of save() (its peers would wait in the collective until the
+    timeout): the save fails like any other, one warning, the previous checkpoint kept."""
+    import errno
+
+    m, opt = make()
+    warnings: list[str] = []
+    mgr = manager(tmp_path, warnings=warnings)
+    save(mgr, 1, m, opt)
+    real_mkdir = Path.mkdir
+
+    def full(self, *a, **k):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    assert not save(mgr, 2, m, opt)
+    assert len(warnings) == 1 and "checkpoint at step 2 failed" in warnings[0], warnings
+    assert "No space left" in warnings[0] and "previous checkpoint is kept" in warnings[0]
+    monkeypatch.undo()
+    assert [s for s, _ in find_checkpoints(tmp_path)] == [1]
+    assert save(mgr, 3, m, opt) and [s for s, _ in find_checkpoints(tmp_path)] == [1, 3]
+
+
 def test_checkpoint_that_does_not_fit_lists_mismatches(tmp_path):
     m, opt = make(width=8)
     save(manager(tmp_path), 1, m, opt)

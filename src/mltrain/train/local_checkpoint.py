@@ -42,10 +42,15 @@ class LocalBackend:
         return self.root / (step_dir_name(step) + ".tmp"), self.root / step_dir_name(step)
 
     def prepare(self, tmp: Path, final: Path) -> str | None:
-        """An empty `step_N.tmp/` (a crashed save's is cleared); a directory that cannot be made raises."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        """An empty `step_N.tmp/` (a crashed save's is cleared); None, or why it cannot be made (a full
+        disk, a read-only mount), which all ranks then treat as a failed save instead of rank 0 raising
+        while its peers wait in the collective."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            return _describe_failure(e, self.root)
         return None
 
     def write_rank_state(self, tmp: Path, rank: int, rank_state: dict[str, Any]) -> None:
