@@ -736,3 +736,24 @@ def test_replace_says_why_from_sizes_only(tmp_path: Path) -> None:
     said.clear()
     assert save(manager(tmp_path, warnings=said), 3, m, opt)
     assert said == ["replaced step_00000003 (no COMMITTED marker (the save did not finish)) with this save"]
+
+
+def test_local_backend_each_rank_hashes_the_files_it_wrote_and_drop_tolerates_a_missing_dir(tmp_path):
+    """The local store's share of the commit: rank r hashes `__r_*.distcp` and `rank_r.pt` (fresh in its page
+    cache), rank 0 also what no rank owns; dropping an attempt that is already gone is not an error (a
+    failed commit may come after the rename)."""
+    from mltrain.train.local_checkpoint import LocalBackend
+
+    tmp = tmp_path / "checkpoints" / "step_00000001.tmp"
+    tmp.mkdir(parents=True)
+    for name in ["__0_0.distcp", "__1_0.distcp", "rank_00000.pt", "rank_00001.pt", ".metadata"]:
+        (tmp / name).write_bytes(name.encode())
+    b = LocalBackend(tmp_path / "checkpoints", lambda m: None)
+    assert set(b.rank_hashes(tmp, 1, 2)) == {"__1_0.distcp", "rank_00001.pt"}
+    assert set(b.rank_hashes(tmp, 0, 2)) == {"__0_0.distcp", "rank_00000.pt", ".metadata"}
+    one = b.rank_hashes(tmp, 0, 1)  # one rank: everything is its own
+    assert set(one) == {"__0_0.distcp", "__1_0.distcp", "rank_00000.pt", "rank_00001.pt", ".metadata"}
+    assert one["rank_00001.pt"] == {"size": 13, C.HASH: xxhash.xxh3_128(b"rank_00001.pt").hexdigest()}
+    b.drop(tmp)
+    assert not tmp.exists()
+    b.drop(tmp)  # already gone: nothing to do
