@@ -872,3 +872,29 @@ def test_uploaded_objects_that_do_not_match_name_the_first_10(tmp_path, client, 
         f"{n} (expected SHA256:bogus-2, S3 has SHA256:{b64_sha256(n.encode())})" for n in names[:10]
     )
     assert MANIFEST_NAME not in str(keys_under(s3, bucket, "ac/"))
+
+
+def test_with_the_default_crc64nvme_manifest_the_same_size_is_not_the_same_bytes(tmp_path, client, s3, bucket):
+    """The manifest of an upload with CRC64NVME (the default where awscrt is installed) records each file's
+    full-object CRC, and a download checks against it alone. A file already in place, or a temp a killed
+    run left, is kept only when its CRC matches (same size, other bytes: downloaded again); an object whose
+    bytes changed behind the manifest is refused, naming the file, and nothing is replaced."""
+    pytest.importorskip("awscrt")
+    crc = TransferSettings(checksum="crc64nvme", concurrency=4, hash_workers=2)
+    url = parse_s3_url(f"s3://{bucket}/crc")
+    want = {"a.bin": b"a" * 10, "b.bin": b"b" * 10, "c.bin": b"c" * 10}
+    upload(tree(tmp_path / "src", want), url, client, crc, progress=False)
+    assert all(e["s3_checksum"].startswith("CRC64NVME:") for e in manifest_of(s3, bucket, "crc").values())
+    dst = tree(tmp_path / "dst", {"a.bin": b"a" * 10, "b.bin": b"X" * 10, _temp_of("c.bin"): b"Y" * 10})
+    s = download(url, dst, client, crc, progress=False)
+    assert (s.skipped, s.recovered, s.transferred, s.verified) == (1, 0, 2, True)
+    assert files_under(dst) == want
+
+    s3.put_object(Bucket=bucket, Key="crc/b.bin", Body=b"Z" * 10)  # same size, other bytes, old manifest
+    with pytest.raises(StorageError) as e:
+        download(url, tmp_path / "dst2", client, crc, progress=False)
+    assert str(e.value) == (
+        f"s3://{bucket}/crc: downloaded files do not match: b.bin (crc64nvme differs from the manifest) "
+        "(nothing replaced)"
+    )
+    assert not [p for p in (tmp_path / "dst2").rglob("*") if p.is_file()]
