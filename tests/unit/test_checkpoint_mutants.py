@@ -13,6 +13,7 @@ import torch
 import xxhash
 from tests.unit.test_checkpoint import make, manager, save
 
+from mltrain.checkpoint_rule import step_dir_name
 from mltrain.errors import CheckpointError
 from mltrain.train import checkpoint as C
 from mltrain.train import local_checkpoint as L
@@ -102,7 +103,7 @@ def test_fsync_dir_syncs_the_directory(tmp_path: Path, monkeypatch: pytest.Monke
 def _committed(tmp_path: Path, step: int = 1) -> Path:
     m, opt = make()
     assert save(manager(tmp_path), step, m, opt)
-    return tmp_path / "checkpoints" / C.step_dir_name(step)
+    return tmp_path / "checkpoints" / step_dir_name(step)
 
 
 @pytest.mark.parametrize(

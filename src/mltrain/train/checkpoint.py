@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from mltrain import checkpoint_rule
-from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name  # noqa: F401 (callers' step_dir_name)
+from mltrain.checkpoint_rule import MARKER, TRAINER_STATE
 from mltrain.errors import CheckpointError
 from mltrain.fsutil import file_sha256
 from mltrain.rundir import CHECKPOINTS_DIR
@@ -88,11 +88,16 @@ def _verify_entry(ckpt: Path, rel: str, entry: dict[str, Any], deep: bool) -> st
     return None
 
 
+def one_line(e: BaseException) -> str:
+    """An error as one line: its type and the last line of its text (DCP gathers every rank's traceback)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+
+
 def _describe_failure(e: BaseException, where: Path) -> str:
     """One line for a failed save; says 'disk full' when that is why, which torch's own errors hide
     (a full disk surfaces as "unexpected pos 704 vs 598" from its zip writer)."""
-    text = str(e).strip().splitlines()
-    msg = f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+    msg = one_line(e)
     try:
         free = shutil.disk_usage(where).free
     except OSError:

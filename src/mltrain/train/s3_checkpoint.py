@@ -30,7 +30,14 @@ import torch.distributed as dist
 from mltrain.checkpoint_rule import MARKER, TRAINER_STATE, step_dir_name
 from mltrain.errors import CheckpointError
 from mltrain.storage.url import S3Url, StorageError, parse_s3_url
-from mltrain.train.checkpoint import HASH, CheckpointManager, Warn, check_model_fits, read_trainer_state
+from mltrain.train.checkpoint import (
+    HASH,
+    CheckpointManager,
+    Warn,
+    check_model_fits,
+    one_line,
+    read_trainer_state,
+)
 
 _READ = 8 << 20
 
@@ -261,7 +268,7 @@ class S3Backend:
         return {"storage_writer": writer}
 
     def describe(self, e: BaseException) -> str:
-        return _one_line(e)
+        return one_line(e)
 
     def describe_commit(self, e: BaseException) -> str:
         return str(e)
@@ -404,8 +411,3 @@ def record_remote_commit(run_dir: Path, step: Any, url: str) -> None:
         atomic_write(Path(run_dir) / REMOTE_COMMIT, json.dumps({"step": step, "url": url, "time": time.time()}) + "\n")
     except OSError:
         pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
