@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 SHA256 = "SHA256"
 CRC64NVME = "CRC64NVME"
@@ -127,21 +127,26 @@ def stored_checksum(head: dict) -> str | None:
     return None
 
 
+def _file_crc(path: Path, update: Any, name: str, width: int) -> str:
+    """`update(chunk, crc)` (zlib.crc32, awscrt's crc64nvme) over the file, as S3 states it: "<NAME>:<base64>"."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            crc = update(chunk, crc)
+    return f"{name}:{base64.b64encode(crc.to_bytes(width, 'big')).decode()}"
+
+
 def crc64nvme_of(path: Path) -> str:
     """The full-object CRC64NVME of `path` as S3 states it ("CRC64NVME:<base64>"); needs awscrt."""
     from awscrt.checksums import crc64nvme
 
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_BYTES):
-            crc = crc64nvme(chunk, crc)
-    return f"{CRC64NVME}:{base64.b64encode(crc.to_bytes(8, 'big')).decode()}"
+    return _file_crc(path, crc64nvme, CRC64NVME, 8)
 
 
-def manifest_crc(entry_checksum: str) -> bool:
+def manifest_crc(entry: FileDigest | None) -> TypeGuard[FileDigest]:
     """A manifest entry whose S3 checksum is a full-object CRC64NVME that awscrt can recompute here: the
-    download checks that file against it alone."""
-    return entry_checksum.startswith(f"{CRC64NVME}:") and crt_available()
+    download checks that file against it alone. False for no entry (a file the manifest does not list)."""
+    return entry is not None and entry.s3_checksum.startswith(f"{CRC64NVME}:") and crt_available()
 
 
 def local_checksum(path: Path, algorithm: str) -> str | None:
@@ -155,11 +160,7 @@ def local_checksum(path: Path, algorithm: str) -> str | None:
     if algorithm == "CRC32":
         import zlib
 
-        crc = 0
-        with open(path, "rb") as f:
-            while chunk := f.read(_READ_BYTES):
-                crc = zlib.crc32(chunk, crc)
-        return f"CRC32:{base64.b64encode(crc.to_bytes(4, 'big')).decode()}"
+        return _file_crc(path, zlib.crc32, "CRC32", 4)
     return None
 
 

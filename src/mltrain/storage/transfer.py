@@ -519,7 +519,7 @@ def download(
         if p.stat().st_size != remote[rel]:
             return False
         d = listed.get(rel)
-        if d is not None and manifest_crc(d.s3_checksum):
+        if manifest_crc(d):
             return d.size == remote[rel] and crc64nvme_of(p) == d.s3_checksum
         if d is not None:
             return d.size == remote[rel] and digest_file(p, 0).sha256 == d.sha256
@@ -564,7 +564,7 @@ def download(
         d = listed.get(rel)
         if not streamed.complete:  # a gap: some range never arrived
             return f"{rel} (bytes missing from the download)", True
-        if d is not None and manifest_crc(d.s3_checksum):
+        if manifest_crc(d):
             ok = streamed.s3_checksum(CRC64NVME) == d.s3_checksum and streamed.size == d.size
             return (None if ok else f"{rel} (crc64nvme differs from the manifest)"), True
         if d is not None:
@@ -595,7 +595,7 @@ def download(
                     tmp = _tmp_path(t)
                     tmps.append(tmp)
                     entry = listed.get(rel)
-                    by_crc = entry is not None and manifest_crc(entry.s3_checksum)
+                    by_crc = manifest_crc(entry)
                     sink = StreamDigest(tmp, crc=entry is None or by_crc, sha=not by_crc)
                     sinks.append(sink)
                     fut = tm.download(src.bucket, src.key(rel), sink, subscribers=[bar.subscriber()])
