@@ -86,26 +86,13 @@ def test_stop_and_resume(tmp_path, tiny_data_dir, reference, parallel, accum, si
     so one run resumes from checkpoints written synchronously and one from background-written ones. Sync and
     async save are one code path each whatever wraps the model (CheckpointManager hands DCP the state dict),
     and DDP's replicated and FSDP's sharded state are each written and read back here."""
-    ref = losses(reference(parallel, 2, accum))
     part = write_config(tmp_path / "part.yaml", config(tmp_path, tiny_data_dir, "part", parallel, accum, async_save))
-    r1 = run_train(part, 2, {"MLTRAIN_FAULT": "stop:5:1"})
-    assert r1.returncode == 75, r1.stdout[-3000:] + r1.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "part"
-    assert (run_dir / "control" / "exit_reason").read_text().strip() == "preempted"
-    assert max(losses(run_dir)) == 5
-    assert (run_dir / "checkpoints" / "step_00000005" / "COMMITTED").is_file()
+    run_dir, r1 = stopped_at_5(part, 2, "stop:5:1")
     if async_save:
         assert "writing in background" in r1.stdout
     stopped = tmp_path / "stopped"
     shutil.copytree(run_dir, stopped, symlinks=True)
-    r2 = run_train(part, 2, {"MLTRAIN_FAULT": "stop:5:1"})  # fault_done: not again
-    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
-    assert "resumed from" in r2.stdout
-    got = losses(run_dir)
-    starts = [r for r in read_metrics(run_dir) if r["kind"] == "start"]
-    assert [s["step"] for s in starts] == [0, 5]
-    for step in range(1, 9):
-        assert got[step] == ref[step], f"step {step}: resumed {got[step]!r} != uninterrupted {ref[step]!r}"
+    resumes_identically(part, 2, "stop:5:1", reference(parallel, 2, accum))
 
     shutil.rmtree(run_dir)
     shutil.copytree(stopped, run_dir, symlinks=True)
@@ -114,17 +101,31 @@ def test_stop_and_resume(tmp_path, tiny_data_dir, reference, parallel, accum, si
 
 def test_stop_and_resume_on_one_process(tmp_path, tiny_data_dir, reference):
     """As test_stop_and_resume, without a process group: bitwise identical to the uninterrupted run."""
-    ref = losses(reference("none", 1, 1))
     part = write_config(tmp_path / "part.yaml", config(tmp_path, tiny_data_dir, "part", "none", 1))
-    r1 = run_train(part, 1, {"MLTRAIN_FAULT": "stop:5:0"})
+    stopped_at_5(part, 1, "stop:5:0")
+    resumes_identically(part, 1, "stop:5:0", reference("none", 1, 1))
+
+
+def stopped_at_5(part: Path, nproc: int, fault: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """Run `part` on `nproc` processes with the stop fault at step 5: it checkpoints step 5 and exits 75
+    (preempted). Returns the run dir and the run."""
+    r1 = run_train(part, nproc, {"MLTRAIN_FAULT": fault})
     assert r1.returncode == 75, r1.stdout[-3000:] + r1.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "part"
+    run_dir = part.parent / "runs" / "part"
     assert (run_dir / "control" / "exit_reason").read_text().strip() == "preempted"
     assert max(losses(run_dir)) == 5
     assert (run_dir / "checkpoints" / "step_00000005" / "COMMITTED").is_file()
-    r2 = run_train(part, 1, {"MLTRAIN_FAULT": "stop:5:0"})  # fault_done: not again
+    return run_dir, r1
+
+
+def resumes_identically(part: Path, nproc: int, fault: str, ref_dir: Path) -> None:
+    """Start `part` again (the fault is done, not again): it resumes from step 5 and every step's loss is
+    bitwise the uninterrupted run's in `ref_dir`."""
+    ref = losses(ref_dir)
+    r2 = run_train(part, nproc, {"MLTRAIN_FAULT": fault})
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "resumed from" in r2.stdout
+    run_dir = part.parent / "runs" / "part"
     got = losses(run_dir)
     assert [r["step"] for r in read_metrics(run_dir) if r["kind"] == "start"] == [0, 5]
     for step in range(1, 9):
