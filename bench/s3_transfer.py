@@ -101,6 +101,25 @@ def commands(
     )
 
 
+def cpu_list(spec: str) -> set[int]:
+    """'0', '0,2' or '1-3' as a set of CPU numbers (taskset's list form); argparse shows the ValueError."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus:
+        raise ValueError(spec)
+    return cpus
+
+
+def cpu_spec(cpus: set[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus))) if cpus else "any"
+
+
+def pinned(prefix: list[str], cmds: tuple[list, list]) -> tuple[list, list]:
+    return prefix + cmds[0], prefix + cmds[1]
+
+
 def empty_bucket(s3: Any, bucket: str) -> None:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
@@ -176,6 +195,15 @@ def main() -> int:
         metavar="NAME=ARGS",
         help="one more mltrain column with these extra options, e.g. 'parts64=--part-size-mib 64' (repeatable)",
     )
+    ap.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        default=None,
+        help="pin the S3 server to these CPUs (e.g. '1'), so the server does not take the clients' cores",
+    )
+    ap.add_argument(
+        "--client-cpus", type=cpu_list, default=None, help="run every client on these CPUs (e.g. '0'), via taskset"
+    )
     args = ap.parse_args()
     if args.smoke:
         args.files, args.file_mib, args.big_mib, args.repeats = 4, 0.5, 6, 1
@@ -191,6 +219,8 @@ def main() -> int:
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="mltrain-s3bench-"))
+    if args.server_cpus:  # this thread's affinity; the server's threads, started from it, inherit it
+        os.sched_setaffinity(0, args.server_cpus)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -231,6 +261,7 @@ def main() -> int:
         runs: dict[str, dict[str, list[float]]] = {
             t: {"upload_s": [], "download_s": [], "fixed_download_s": []} for t in tools
         }
+        pin = ["taskset", "-c", cpu_spec(args.client_cpus)] if args.client_cpus else []
         tiny = work / "tiny"
         tiny.mkdir()
         (tiny / "one.bin").write_bytes(os.urandom(1024))
@@ -240,7 +271,9 @@ def main() -> int:
                 bucket = f"bench-{tool}-{rnd}"
                 s3.create_bucket(Bucket=bucket)
                 dst = work / f"dst-{tool}-{rnd}"
-                up, down = commands(tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, extra.get(tool, []))
+                up, down = pinned(
+                    pin, commands(tool, tools[tool], endpoint, src, f"s3://{bucket}/data", dst, extra.get(tool, []))
+                )
                 tool_env = {**env, "MLTRAIN_S3_ENGINE": "crt"} if tool == "mltrain-crt" else env
                 runs[tool]["upload_s"].append(timed(up, tool_env, tool, "upload"))
                 runs[tool]["download_s"].append(timed(down, tool_env, tool, "download"))
@@ -251,8 +284,8 @@ def main() -> int:
                     )
                 shutil.rmtree(dst)
                 # the fixed cost of one command (start-up, client, listing, manifest): one 1 KiB file each way
-                up1, down1 = commands(
-                    tool, tools[tool], endpoint, tiny, f"s3://{bucket}/tiny", dst, extra.get(tool, [])
+                up1, down1 = pinned(
+                    pin, commands(tool, tools[tool], endpoint, tiny, f"s3://{bucket}/tiny", dst, extra.get(tool, []))
                 )
                 timed(up1, tool_env)
                 runs[tool]["fixed_download_s"].append(timed(down1, tool_env))
@@ -288,6 +321,8 @@ def main() -> int:
             "environment": {
                 **host_environment(load_before),
                 "versions": versions,
+                "server_cpus": cpu_spec(args.server_cpus),
+                "client_cpus": cpu_spec(args.client_cpus),
             },
         }
         for tool, r in runs.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_s3_transfer_bench_smoke(tmp_path):
     out = tmp_path / "s3.json"
+    cpu = str(min(os.sched_getaffinity(0)))  # one CPU this process may use: server and clients pinned to it
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "s3_transfer.py"), "--smoke", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "s3_transfer.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--server-cpus",
+            cpu,
+            "--client-cpus",
+            cpu,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,6 +41,7 @@ def test_s3_transfer_bench_smoke(tmp_path):
     m = data["tools"]["mltrain"]
     assert m["upload_mib_s"] > 0 and m["download_mib_s"] > 0 and len(m["upload_s"]) == 1
     assert data["dataset"]["files"] == 5
+    assert data["environment"]["server_cpus"] == cpu and data["environment"]["client_cpus"] == cpu
     # the fixed cost of one command, measured on a 1 KiB download, is recorded; at smoke size (or on a
     # busy machine) it may be as long as the whole run, and then no steady rate is claimed
     assert len(m["fixed_download_s"]) == 1 and m["fixed_download_s"][0] > 0
@@ -56,3 +69,11 @@ def test_rate_after_fixed_is_none_when_the_fixed_cost_swamps_the_run():
     assert b.rate_after_fixed(100 * mib, 1.0, 0.95) is None  # 5% left is noise, not a rate
     assert b.rate_after_fixed(100 * mib, 1.0, 0.0) is None  # nothing measured
     assert b.ratio_or_none(None, 2.0) is None and b.ratio_or_none(3.0, 2.0) == 1.5
+
+
+def test_cpu_lists_read_as_taskset_writes_them():
+    b = _bench_module()
+    assert b.cpu_list("1") == {1} and b.cpu_list("0,2") == {0, 2} and b.cpu_list("1-3,5") == {1, 2, 3, 5}
+    assert b.cpu_spec({3, 0, 1}) == "0,1,3" and b.cpu_spec(None) == "any"
+    with pytest.raises(ValueError):
+        b.cpu_list("one")
