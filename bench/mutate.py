@@ -43,7 +43,12 @@ EQUIVALENT_FILE = ROOT / "bench" / "mutation-equivalent.yaml"
 # module name -> (source file, the in-process unit tests that cover it). A tests/unit/test_<name>_mutants.py
 # is added when it exists.
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "checkpoint": ("src/mltrain/train/checkpoint.py", ["tests/unit/test_checkpoint.py"]),
+    # with the S3 store's in-process tests (a moto server in a thread): the protocol's arguments that only the
+    # S3 backend reads (prepare's final, prune's, saved_to's, the DCP reader) are seen there, not on disk
+    "checkpoint": (
+        "src/mltrain/train/checkpoint.py",
+        ["tests/unit/test_checkpoint.py", "tests/integration/test_s3_checkpoint_storage.py", "-m", "not slow"],
+    ),
     "local_checkpoint": (
         "src/mltrain/train/local_checkpoint.py",
         ["tests/unit/test_checkpoint.py", "tests/unit/test_checkpoint_mutants.py"],

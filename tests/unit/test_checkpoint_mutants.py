@@ -803,3 +803,18 @@ def test_a_leftover_that_cannot_be_removed_does_not_fail_the_commit(tmp_path, mo
     assert not [w for w in warnings if "could not be committed" in w], warnings
     assert any("replaced step_00000002" in w for w in warnings)
     assert [s for s, _ in C.find_checkpoints(tmp_path) if s == 2] == [2]
+
+
+def test_files_in_subfolders_are_hashed_and_folders_and_a_stale_marker_are_not(tmp_path: Path) -> None:
+    """A storage writer that makes a subfolder still has every file recorded (and so verified); the folder
+    itself is not a file to hash, and a marker left in the attempt is not part of what the marker lists."""
+    tmp = tmp_path / "step_00000003.tmp"
+    (tmp / "sub").mkdir(parents=True)
+    (tmp / "__0_0.distcp").write_bytes(b"a" * 10)
+    (tmp / "sub" / "extra.bin").write_bytes(b"b" * 7)
+    (tmp / C.MARKER).write_text("{}")
+    entries: dict = {}
+    L.LocalBackend(tmp_path, lambda _: None).add_trainer_state(tmp, {"step": 3}, entries)
+    assert sorted(entries) == ["__0_0.distcp", "sub/extra.bin", C.TRAINER_STATE]
+    assert entries["sub/extra.bin"]["size"] == 7
+    assert entries["sub/extra.bin"][C.HASH] == xxhash.xxh3_128(b"b" * 7).hexdigest()
