@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The Debian packages the test suite starts for real: Slurm (+ munge), Prometheus/promtool, shellcheck.
+# The Debian packages the test suite starts for real: Slurm (+ munge), Prometheus/promtool, shellcheck, and an
+# OpenSSH server and client (the pipeline's head-node commands over SSH).
 # Installed once, before pytest, so that parallel test workers never race for the dpkg lock.
 # Without root or apt-get nothing is installed: the fixtures then say what is missing.
 set -euo pipefail
 
 need=()
 for bin_pkg in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge \
-               prometheus:prometheus promtool:prometheus shellcheck:shellcheck; do
+               prometheus:prometheus promtool:prometheus shellcheck:shellcheck \
+               sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client; do
   bin=${bin_pkg%%:*}; pkg=${bin_pkg#*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -215,32 +215,6 @@ def test_run_does_every_step_in_order_and_waits_only_for_a_new_job(pipe_file):
     assert "wait" not in calls
 
 
-def test_ssh_runner_quotes_commands_and_moves_files(tmp_path, monkeypatch):
-    """Through a stand-in `ssh` that runs the remote command with bash here: what reaches the head node's
-    shell is exactly the mltrain command, the environment and the atomic file write."""
-    import os
-
-    from mltrain.integrations.pipeline_runner import SshRunner
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text('#!/bin/bash\necho "$@" >> "$SSH_LOG"\nexec bash -c "${@: -1}"\n')
-    (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("SSH_LOG", str(tmp_path / "ssh.log"))
-    work = tmp_path / "work dir"
-    work.mkdir()
-    r = SshRunner("head", user="ec2-user", port=2222, mltrain_cmd="printenv AWS_ENDPOINT_URL && printf '%s|'", workdir=str(work),
-                  env={"AWS_ENDPOINT_URL": "http://x y"})  # fmt: skip
-    p = r.mltrain(["status", "run one", "--json"])
-    assert p.returncode == 0 and p.stdout == "http://x y\nstatus|run one|--json|"
-    assert "-p 2222 ec2-user@head" in (tmp_path / "ssh.log").read_text()
-    r.write_text("sub/state.json", '{"a": "it\'s"}')
-    assert (work / "sub" / "state.json").read_text() == '{"a": "it\'s"}' and r.exists("sub/state.json")
-    assert r.read_text("sub/state.json") == '{"a": "it\'s"}' and r.read_text("missing") is None
-    assert not r.exists("missing") and r.abspath("x") == f"{work}/x"
-
-
 def test_curate_reads_the_upload_and_prepare_reads_curate(tmp_path):
     (tmp_path / "run.yaml").write_text("name: lm\ndata: {dir: d, curate: {output: o, work_dir: w}}\n")
     p = tmp_path / "p.yaml"

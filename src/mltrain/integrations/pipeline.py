@@ -193,7 +193,10 @@ class Pipeline:
         return result
 
     def _mltrain(self, what: str, args: list[str], timeout_s: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess:
-        p = self.runner.mltrain(args, timeout_s=timeout_s)
+        try:
+            p = self.runner.mltrain(args, timeout_s=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"{what} (run {self.run_name}): did not finish within {timeout_s:.0f} s") from None
         if p.returncode != 0:
             raise PipelineError(f"{what} (run {self.run_name}): {last_line(p)}")
         return p
@@ -482,7 +485,7 @@ def _runner(cfg: PipelineConfig, env: dict[str, str]) -> Runner:
     if cfg.ssh is None:
         return LocalRunner(cwd=str(cfg._base) if cfg._base else None, env=env)
     s = cfg.ssh
-    return SshRunner(s.host, s.user, s.port, s.key_file, s.mltrain, s.workdir, env=env)
+    return SshRunner(s.host, s.user, s.port, s.key_file, s.mltrain, s.workdir, env=env, known_hosts=s.known_hosts)
 
 
 __all__ = ["Pipeline", "PipelineError", "classify", "run_name_for", "last_val_loss", "git_commit"]

@@ -23,6 +23,10 @@ class SshConfig(StrictModel):
     user: str | None = None
     port: int = Field(default=22, gt=0)
     key_file: str | None = Field(default=None, description="private key; default ssh's own lookup")
+    known_hosts: str | None = Field(
+        default=None,
+        description="a known_hosts file holding the head node's host key (checked strictly); default ~/.ssh's",
+    )
     mltrain: str = Field(default="mltrain", description="the mltrain command on the head node")
     workdir: str | None = Field(default=None, description="cd here first; relative paths are taken from it")
 

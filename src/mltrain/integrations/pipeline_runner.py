@@ -57,9 +57,16 @@ class LocalRunner:
         return Path(self.abspath(path)).exists()
 
 
+SSH_FAILED = 255  # ssh's own exit status: it could not connect, log in or trust the host key
+
+
 @dataclass
 class SshRunner:
-    """The same commands on the head node: `ssh host 'cd workdir && env K=V mltrain ...'`."""
+    """The same commands on the head node: `ssh host 'cd workdir && env K=V mltrain ...'`.
+
+    When ssh itself fails (exit 255) or a command outlives its timeout, every method raises a PipelineError
+    naming the head node: a file that could not be read is never taken for a file that is not there (the
+    pipeline would then redo a step, or submit a run that already has a job)."""
 
     host: str
     user: str | None = None
@@ -68,20 +75,32 @@ class SshRunner:
     mltrain_cmd: str = "mltrain"
     workdir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    known_hosts: str | None = None
     remote = True
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
 
     def _ssh(self, remote: str, timeout_s: float | None = None, stdin: str | None = None):
         cmd = ["ssh", "-o", "BatchMode=yes", "-p", str(self.port)]
         if self.key_file:
             cmd += ["-i", self.key_file]
-        cmd += [f"{self.user}@{self.host}" if self.user else self.host]
+        if self.known_hosts:  # the head node's key pinned in this file (nothing asked, nothing added)
+            cmd += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
         prefix = f"cd {shlex.quote(self.workdir)} && " if self.workdir else ""
+        where = f"the head node {self.target} (port {self.port})"
         try:
-            return subprocess.run(
-                [*cmd, prefix + remote], capture_output=True, text=True, timeout=timeout_s, input=stdin
+            p = subprocess.run(
+                [*cmd, self.target, prefix + remote], capture_output=True, text=True, timeout=timeout_s, input=stdin
             )
         except FileNotFoundError:
             raise PipelineError("ssh not found on this worker (pipeline ssh: needs an OpenSSH client)") from None
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"a command on {where} did not finish within {timeout_s:.0f} s over SSH") from None
+        if p.returncode == SSH_FAILED:
+            raise PipelineError(f"cannot run commands on {where} over SSH: {last_line(p)}")
+        return p
 
     def mltrain(self, args: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
