@@ -321,6 +321,14 @@ def test_mltrain_status_tells_the_same_story_as_kubectl(
     # the next run of the same `mltrain status` does not wait for the API server again
     st = status.run_status(run_dir, k8s_down=down)
     assert "no credentials (not asked again)" in (st.scheduler or "") and calls == [1]
+    assert st.state == "done"  # the run's own exit record: finished, whatever the API says
+    # not finished: with the API silent the job may still be queued or running, so the state is unknown (the
+    # pipeline waits on it), not whatever the run's files last said (it would resubmit a failed run)
+    (run_dir / "control" / "exit_reason").write_text("failed\n")
+    st = status.run_status(run_dir, k8s_down={})
+    assert st.state == "unknown" and st.explanation.startswith("the Kubernetes API did not answer: ")
+    assert "no credentials" in st.explanation and f"job {job_id} may still be queued or running" in st.explanation
+    assert any(n.startswith("from the run's files: ") for n in st.notes)
 
 
 def _health_env(run_dir: Path, node: str) -> dict[str, str]:

@@ -402,3 +402,37 @@ def test_apply_does_not_resubmit_a_run_that_finished_before_the_stop(tmp_path):
     assert "b: finished (step 120) before the stop: nothing to resubmit" in " ".join(c.export_text().split())
     assert not fake.submits and rec.read_text() == before
     assert not (b / CANCELLED_FILE).exists() and not (b / rundir.STOP_FILE).exists()
+
+
+def test_apply_waits_through_a_slurm_that_does_not_answer_and_never_takes_it_for_gone(tmp_path):
+    """While the stopped job's fate is unknown (slurmctld restarting), the move waits, up to its deadline; it
+    does not take "no answer" for "the job left the queue" and submit a second job beside a live one."""
+    from mltrain.launch.slurm import SlurmUnreachable
+
+    fleet, cluster, rec, b = _a_done_b_behind(tmp_path)
+    before = rec.read_text()
+
+    class Silent(_FakeSlurm):
+        def state(self, job_id):
+            if self.left > 0:
+                self.left -= 1
+                return "RUNNING"
+            raise SlurmUnreachable(f"Slurm did not answer about job {job_id}: Unable to contact slurm controller")
+
+    fake = Silent(b, running_polls=1)
+    c = _console()
+    with pytest.raises(LaunchError, match="not moved: b"):
+        rebalance_command(fleet, cluster, apply=True, console=c, scheduler=fake, stop_timeout_s=0.2, poll_s=0.01)
+    text = " ".join(c.export_text().split())
+    assert "b: job 12 still unknown (Slurm not answering) 0 s after the stop request: stop withdrawn" in text
+    assert not fake.submits and rec.read_text() == before
+    assert not (b / rundir.STOP_FILE).exists() and not (b / CANCELLED_FILE).exists()  # it trains on, requeueable
+
+    fake = Silent(b, running_polls=0)  # no answer before the stop: nothing is stopped
+    c = _console()
+    with pytest.raises(LaunchError, match="not moved: b"):
+        rebalance_command(fleet, cluster, apply=True, console=c, scheduler=fake, poll_s=0.01)
+    assert "b: Slurm did not answer about job 12: Unable to contact slurm controller: not moved" in " ".join(
+        c.export_text().split()
+    )
+    assert not (b / rundir.STOP_FILE).exists() and not fake.submits

@@ -29,7 +29,7 @@ from mltrain.integrations.pipeline_runner import LocalRunner, PipelineError, Run
 STEP_DIR = "pipeline"
 DONE, WAITING, FAILED, ABSENT = "done", "waiting", "failed", "absent"
 # RunStatus.state words of a run still on its way (the scheduler will run it, or runs it now)
-WAITING_STATES = {"running", "pending", "requeued"}
+WAITING_STATES = {"running", "pending", "requeued", "unknown"}  # unknown: the scheduler did not answer
 STEP_TIMEOUT_S = 6 * 3600  # prepare/eval/export of a large corpus or model: long, never forever
 
 Log = Callable[[str], None]

@@ -33,7 +33,7 @@ from mltrain.tables import Column, fit_table
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
-HOLDING_STATES = ("running", "pending", "requeued")  # a model in one of these holds its nodes
+HOLDING_STATES = ("running", "pending", "requeued", "unknown")  # a model in one of these holds (or may hold) its nodes
 # restarts.jsonl causes (mltrain.launch.batch_helper) in a word or two
 CAUSE_WORDS = {
     "admin_requeue": "requeue",
@@ -195,7 +195,10 @@ def model_status(
     if job_id is None and record is not None and record.job_ids:
         # the run dir does not name the job yet (or is gone): the fleet record does
         job_id = str(record.job_ids[-1])
-        info = status_mod.query_job(job_id)
+        try:
+            info = status_mod.query_job(job_id)
+        except status_mod.SlurmUnreachable as e:
+            info, state, detail = None, "unknown", f"{e}: the job may still be queued or running"
         if info is not None:
             slurm_state = info.get("state") or None
             reason = info.get("reason") or ""

@@ -138,9 +138,12 @@ def _local_live(run_dir: Path) -> bool:
 
 
 def _slurm_active(job_id: str) -> bool:
-    from mltrain.launch.slurm import ACTIVE_STATES, query_job
+    from mltrain.launch.slurm import ACTIVE_STATES, SlurmUnreachable, query_job
 
-    info = query_job(job_id)
+    try:
+        info = query_job(job_id)
+    except SlurmUnreachable:
+        return True  # not known to be gone: keep following
     return info is not None and info["state"] in ACTIVE_STATES
 
 

@@ -471,7 +471,7 @@ def move_one(
     """Stop one run at a checkpoint and resubmit it on m.new_nodes; (job id, checkpoint step), or None after
     saying in one line why it was not moved (then nothing of the fleet record changes)."""
     from mltrain.fsutil import atomic_write
-    from mltrain.launch.slurm import ACTIVE_STATES, CANCELLED_FILE, latest_job_id
+    from mltrain.launch.slurm import ACTIVE_STATES, CANCELLED_FILE, SlurmUnreachable, latest_job_id
     from mltrain.train.faults import write_stop_request
 
     run_dir = Path(m.run_dir)
@@ -480,7 +480,11 @@ def move_one(
         say("no run_config in the fleet file to resubmit from: not moved")
         return None
     job = latest_job_id(run_dir)
-    state = None if job is None else scheduler.state(job)
+    try:
+        state = None if job is None else scheduler.state(job)
+    except SlurmUnreachable as e:
+        say(f"{e}: not moved")
+        return None
     if job is None or state != "RUNNING":
         say(f"job {job or '(none)'} is {state or 'unknown to Slurm'}, not RUNNING: not moved")
         return None
@@ -492,9 +496,13 @@ def move_one(
     say(f"stop requested for job {job} (checkpoint at the next step boundary); waiting for it to leave the queue")
     deadline = time.monotonic() + stop_timeout_s
     while True:
-        state = scheduler.state(job)
-        if state is None or state not in ACTIVE_STATES:
-            break
+        try:
+            state = scheduler.state(job)
+        except SlurmUnreachable:
+            state = "unknown (Slurm not answering)"  # not known to be gone: wait on, up to the deadline
+        else:
+            if state is None or state not in ACTIVE_STATES:
+                break
         if time.monotonic() >= deadline:
             _withdraw(run_dir)
             say(

@@ -61,6 +61,19 @@ ACTIVE_STATES = {
 }
 
 
+class SlurmUnreachable(LaunchError):
+    """Slurm could not be asked about a job: its controller did not answer (restarting, failing over, the
+    network) or the command hung. Not the same as "Slurm does not know the job", which callers act on
+    (submit again, move the run, stop waiting): acting on this instead would start a second job."""
+
+
+# what Slurm's client commands say when they cannot reach slurmctld (or slurmdbd, for sacct)
+_NO_ANSWER = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Connection (refused|timed out)|"
+    r"Zero Bytes were transmitted|Problem talking to the database"
+)
+
+
 class SubmitRefused(LaunchError):
     """`submit` refuses the request before sbatch runs (bad --nodes, a run dir it cannot use): a usage error,
     exit 2 like every other refusal of submit (config errors, failed trainer prechecks)."""
@@ -412,19 +425,39 @@ def _run(cmd: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str
         return None
 
 
+def _ask(cmd: list[str], unanswered: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str] | None:
+    """A Slurm query that answered (exit 0), else None; a query that could not reach Slurm (or hung) adds
+    Slurm's line to `unanswered`, one that got "no such job" or is not installed adds nothing."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        unanswered.append(f"`{cmd[0]}` did not answer within {timeout:.0f} s")
+        return None
+    except (FileNotFoundError, PermissionError):
+        return None
+    if p.returncode == 0:
+        return p
+    said = next((line.strip() for line in p.stderr.splitlines() if _NO_ANSWER.search(line)), None)
+    if said:
+        unanswered.append(said)
+    return None
+
+
 def query_job(job_id: str) -> dict[str, str] | None:
     """Scheduler view of a job: squeue first, then scontrol, then sacct (only if accounting works).
 
-    Returns {"state", "reason", "nodes", "restarts", "source"} or None when no source knows the job.
-    Never raises: a cluster without accounting (sacct exits 1) is normal.
-    """
-    p = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r|%N"])
+    Returns {"state", "reason", "nodes", "restarts", "source"} or None when no source knows the job. A
+    cluster without accounting (sacct exits 1) is normal. Raises SlurmUnreachable when no source answered
+    and Slurm could not be asked: "unknown" must not be read as "gone"."""
+    unanswered: list[str] = []
+    p = _ask(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r|%N"], unanswered)
     info: dict[str, str] | None = None
-    if p is not None and p.returncode == 0 and p.stdout.strip():
+    if p is not None and p.stdout.strip():
         state, reason, nodelist = (p.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
         info = {"state": state, "reason": reason, "nodes": nodelist, "restarts": "", "source": "squeue"}
-    p = _run(["scontrol", "-o", "show", "job", str(job_id)])
-    if p is not None and p.returncode == 0 and p.stdout.strip():
+    # scontrol asks the same controller: not again when squeue could not reach it (~20 s of retries each)
+    p = None if unanswered else _ask(["scontrol", "-o", "show", "job", str(job_id)], unanswered)
+    if p is not None and p.stdout.strip():
         kv = dict(re.findall(r"(\w+)=(\S*)", p.stdout))
         sc = {
             "state": kv.get("JobState", ""),
@@ -440,8 +473,8 @@ def query_job(job_id: str) -> dict[str, str] | None:
         return info
     if info is not None:
         return info
-    p = _run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,NodeList,ExitCode"])
-    if p is not None and p.returncode == 0 and p.stdout.strip():
+    p = _ask(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,NodeList,ExitCode"], unanswered)
+    if p is not None and p.stdout.strip():
         parts = (p.stdout.strip().splitlines()[-1].split("|") + ["", "", ""])[:4]
         return {
             "state": parts[0].split()[0] if parts[0] else "",
@@ -451,6 +484,8 @@ def query_job(job_id: str) -> dict[str, str] | None:
             "exit_code": parts[3],
             "source": "sacct",
         }
+    if unanswered:
+        raise SlurmUnreachable(f"Slurm did not answer about job {job_id}: {unanswered[0]}")
     return None
 
 
@@ -506,7 +541,13 @@ def submit_run(
         raise LaunchError("sbatch not found: run `mltrain submit` on a Slurm login node (--dry-run prints the script)")
     prev = latest_job_id(sub.run_dir)
     if prev is not None:
-        info = query_job(prev)
+        try:
+            info = query_job(prev)
+        except SlurmUnreachable as e:
+            raise LaunchError(
+                f"run {sub.cfg.name}: cannot tell whether its job {prev} is still queued ({e}); not submitting "
+                "a second one: try again once Slurm answers"
+            ) from None
         if info is not None and info["state"] in ACTIVE_STATES:
             raise SubmitRefused(
                 f"run {sub.cfg.name} already has job {prev} ({info['state']}); `mltrain cancel {sub.run_dir}` first"
@@ -634,7 +675,10 @@ def print_logs(run: str, follow: bool = False, console: Console | None = None) -
         _time.sleep(0.5)
         idle_checks += 1
         if idle_checks % 10 == 0:  # every ~5 s: stop once the job left the scheduler
-            info = query_job(job_id)
+            try:
+                info = query_job(job_id)
+            except SlurmUnreachable:
+                continue  # not known to be gone: keep following
             if info is None or info["state"] not in ACTIVE_STATES:
                 drain()
                 return
@@ -669,6 +713,7 @@ __all__ = [
     "prepare_submission",
     "print_logs",
     "query_job",
+    "SlurmUnreachable",
     "read_jobs",
     "render_sbatch",
     "submit_run",

@@ -26,6 +26,7 @@ from mltrain.launch.slurm import (
     CANCELLED_FILE,
     JOBS_FILE,
     RUN_CONFIG_NAME,
+    SlurmUnreachable,
     find_run,
     latest_job_id,
     log_files,
@@ -216,18 +217,26 @@ def run_status(run_dir: Path, now: float | None = None, k8s_down: dict[str, str]
     st.job_id = latest_job_id(run_dir)
     state = None
     info = None
+    unanswered: str | None = None  # the scheduler could not be asked: the job may still be queued or running
     k8s = None if st.job_id else _k8s_view(run_dir, k8s_down)
     if k8s is not None:  # a Kubernetes run: the job's condition as `kubectl get pytorchjob` shows it
         st.job_id, st.scheduler_state = k8s["job_id"], k8s["state"]
         state = K8S_STATES.get(k8s["state"] or "")
         info = {"state": state, "nodes": ",".join(k8s["nodes"]), "reason": ""} if state else None
         st.scheduler = f"job {st.job_id}: " + (k8s["state"] or f"Kubernetes API: {k8s.get('error')}")
+        if not k8s["state"] and k8s.get("error"):
+            unanswered = f"the Kubernetes API did not answer: {k8s['error']}"
         restarts = runstats.read_run_files(run_dir)[1]  # the poll may have added records
         st.restarts, st.preemptions = runstats.restarts_of(metrics, restarts), runstats.count_preemptions(restarts)
         st.notes.extend(k8s["notes"])
     elif st.job_id:
-        info = query_job(st.job_id)
-        if info is None:
+        try:
+            info = query_job(st.job_id)
+        except SlurmUnreachable as e:
+            unanswered = str(e)
+        if unanswered:
+            st.scheduler = f"job {st.job_id}: not answering"
+        elif info is None:
             st.scheduler = f"job {st.job_id}: unknown to Slurm (aged out?)"
         else:
             state = st.scheduler_state = info["state"]
@@ -348,6 +357,12 @@ def run_status(run_dir: Path, now: float | None = None, k8s_down: dict[str, str]
         )
     else:
         st.state, st.explanation = "-", "no exit recorded" if st.job_id else "not started"
+    if unanswered and st.state not in ("done", "running", "cancelled"):
+        # what the run's files say (stopped, failed, pending...) may be old news: the scheduler may have
+        # requeued or started it since, so nobody should act on it (submit again, give up waiting)
+        st.notes.append(f"from the run's files: {st.explanation}")
+        st.state = "unknown"
+        st.explanation = f"{unanswered}; job {st.job_id} may still be queued or running: ask again"
     if st.state == "done":
         st.eta_s = None
     # why it last restarted (and on which node, when one was named), once it no longer runs
