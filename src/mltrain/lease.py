@@ -65,10 +65,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read(run_dir: Path) -> dict[str, Any] | None:
+def _read(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
+    """The lease record, None when there is none. `strict` (taking the lease): a lease.json that is there
+    but cannot be read (EIO, ESTALE on a network file system) is not taken for "no lease": it raises."""
     try:
         data = json.loads((run_dir / LEASE_FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if strict:
+            raise RunDirError(
+                f"{run_dir / LEASE_FILE}: cannot read the run dir lease ({e.strerror or e}); not starting while "
+                "another trainer may hold it"
+            ) from None
+        return None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -198,7 +209,7 @@ def acquire_lease(
         raise RunDirError(f"{run_dir / LOCK_FILE}: cannot create the run dir lease: {e.strerror or e}") from None
     try:
         locked = _try_flock(fd)
-        old = _read(run_dir)
+        old = _read(run_dir, strict=True)
         same_job = bool(job_id) and old is not None and str(old.get("job_id")) == str(job_id)
         if not same_job:
             if locked is False:  # rule 1

@@ -427,13 +427,18 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     assert not isinstance(e.value, L.LeaseHeldError) and "\n" not in str(e.value)
 
 
-def test_failed_lease_write_is_one_line_and_drops_the_flock(tmp_path):
-    tmp_path.joinpath(*LEASE_PATH).mkdir(parents=True)  # lease.json is a directory: the write fails
+def test_failed_lease_write_is_one_line_and_drops_the_flock(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, text, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(L, "atomic_write", full)
     with pytest.raises(RunDirError) as e:
         L.acquire_lease(tmp_path)
-    assert str(e.value) == f"{tmp_path}/control/lease.json: cannot write the run dir lease: Is a directory"
+    assert str(e.value) == f"{tmp_path}/control/lease.json: cannot write the run dir lease: No space left on device"
     assert not isinstance(e.value, L.LeaseHeldError)
-    tmp_path.joinpath(*LEASE_PATH).rmdir()
+    monkeypatch.undo()
     L.acquire_lease(tmp_path).release()  # the failed attempt did not keep the flock
 
 
@@ -557,3 +562,32 @@ def test_heartbeat_and_release_survive_filesystem_errors(tmp_path, monkeypatch):
     os.close(held._fd)  # the fd is gone already: closing it again fails too
     held.release()  # both failures are swallowed
     assert held._fd is None and path.exists()
+
+
+def test_a_lease_file_that_is_there_but_cannot_be_read_is_not_taken_for_no_lease(tmp_path, monkeypatch):
+    """Without flock (Lustre without the flock mount option, simulated) the lease file alone says whether a
+    trainer on another node holds the run. A read that fails for a reason other than "no such file" (EIO,
+    ESTALE; here a directory in its place, which fails the same way) stops the start in one line; status
+    (lease_holder) still reads it as no holder rather than failing."""
+    import errno
+
+    monkeypatch.setattr(L, "_try_flock", lambda fd: None)
+    path = tmp_path.joinpath(*LEASE_PATH)
+    path.mkdir(parents=True)  # IsADirectoryError on read: an OSError other than FileNotFoundError
+    with pytest.raises(RunDirError) as e:
+        L.acquire_lease(tmp_path, job_id="5")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: cannot read the run dir lease (") and "\n" not in msg
+    assert msg.endswith("not starting while another trainer may hold it")
+    assert L.lease_holder(tmp_path) is None and L._read(tmp_path) is None
+    path.rmdir()
+    real_read_text = type(path).read_text
+
+    def eio(self, *a, **k):
+        if self.name == "lease.json":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(type(path), "read_text", eio)
+    with pytest.raises(RunDirError, match=r"cannot read the run dir lease \(Input/output error\)"):
+        L.acquire_lease(tmp_path)
