@@ -468,3 +468,53 @@ def test_unknown_exit_reason_is_shown_as_it_is(tmp_path: Path) -> None:
     (run / "control" / "exit_reason").write_text("weird\n")
     st = status.run_status(run, now=NOW)
     assert (st.state, st.explanation, st.exit_reason) == ("weird", "weird", "weird")
+
+
+# ------------------------------------------------------------------ Slurm not answering
+
+
+def _silent_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mltrain.launch.slurm import SlurmUnreachable
+
+    def no_answer(job_id: str) -> None:
+        raise SlurmUnreachable(f"Slurm did not answer about job {job_id}: Unable to contact slurm controller")
+
+    monkeypatch.setattr(status, "query_job", no_answer)
+
+
+def test_a_stopped_run_whose_job_slurm_cannot_be_asked_about_is_unknown(tmp_path, monkeypatch) -> None:
+    """What the run's files say (preempted: the batch script requeues it) may be old news; the state is
+    unknown, the explanation says why and to ask again, and what the files said stays as a note."""
+    _silent_slurm(monkeypatch)
+    _holder(monkeypatch, False, None)
+    run = _run(tmp_path, job=True)
+    write_jsonl(run / "metrics.jsonl", _trains(NOW - 500, 1, 30) + [
+        {"kind": "exit", "time": NOW - 400, "step": 30, "reason": "preempted", "job_id": "7"}
+    ])  # fmt: skip
+    (run / "control" / "exit_reason").write_text("preempted\n")
+    st = status.run_status(run, now=NOW)
+    assert st.state == "unknown" and not st.running and st.scheduler == "job 7: not answering"
+    assert st.explanation == (
+        "Slurm did not answer about job 7: Unable to contact slurm controller; job 7 may still be queued or "
+        "running: ask again"
+    )
+    assert st.notes[0].startswith("from the run's files: stopped for preemption")
+
+
+def test_slurm_not_answering_leaves_done_running_and_cancelled_as_they_are(tmp_path, monkeypatch) -> None:
+    _silent_slurm(monkeypatch)
+    run = _run(tmp_path, job=True)
+    write_jsonl(run / "metrics.jsonl", _trains(NOW - 500, 1, 100) + [
+        {"kind": "exit", "time": NOW - 10, "step": 100, "reason": "done", "job_id": "7"}
+    ])  # fmt: skip
+    (run / "control" / "exit_reason").write_text("done\n")
+    _holder(monkeypatch, False, None)
+    st = status.run_status(run, now=NOW)
+    assert st.state == "done" and not any(n.startswith("from the run's files") for n in st.notes)
+    (run / "control" / "exit_reason").unlink()
+    write_jsonl(run / "metrics.jsonl", _trains(NOW - 500, 1, 30))
+    _holder(monkeypatch, True, {"host": "h1", "pid": 1})  # a live trainer's lease vouches for it
+    assert status.run_status(run, now=NOW).state == "running"
+    _holder(monkeypatch, False, None)
+    (run / "control" / "cancelled").write_text("7\n")  # `mltrain cancel` was run
+    assert status.run_status(run, now=NOW).state == "cancelled"
