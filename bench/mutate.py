@@ -66,6 +66,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/integration/test_s3_transfer.py",
             "tests/integration/test_s3_throttling.py",
             "tests/integration/test_s3_transfer_mutants.py",
+            "tests/integration/test_s3_engines.py",  # which engine a direction takes, and why (in-process)
         ],
     ),
     "verify": (

@@ -73,3 +73,9 @@ def test_our_temp_names():
     assert not is_our_temp(".a.1.mltrain-tmp.abcdefABC")
     assert not is_our_temp("a.1.mltrain-tmp") and not is_our_temp("..1.mltrain-tmp")
     assert not is_our_temp(".a.mltrain-tmp") and not is_our_temp(".a.1.mltrain-tmpx")
+
+
+def test_the_line_names_the_engine_that_ran():
+    s = TransferSummary("upload", "a", "s3://b/p", transferred=1, transfer_seconds=1.0, seconds=1.0, engine="crt")
+    assert ", 1.0s in all, crt engine; checksums verified" in s.line()
+    assert " engine" not in TransferSummary("upload", "a", "s3://b/p").line()
