@@ -43,6 +43,17 @@ def write_exit_reason(run_dir: Path, reason: str) -> None:
         pass  # best effort: the launcher treats a missing reason as a failure
 
 
+def peer_hung(run_dir: Path, since: float) -> bool:
+    """A rank's watchdog wrote "hang" at or after `since` (this attempt's start). The collective error the
+    other ranks then get is that hang's consequence: written as "failed" over it, the launcher would take a
+    stuck collective for a crashed rank (and blame its node)."""
+    path = run_dir / rundir.EXIT_REASON_FILE
+    try:
+        return path.stat().st_mtime >= since - 1.0 and path.read_text().strip() == exit_codes.REASON_HANG
+    except OSError:
+        return False
+
+
 INTERRUPTED = "SIGINT"
 
 

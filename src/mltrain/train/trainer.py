@@ -38,7 +38,7 @@ from mltrain.train.deadline import (
     write_deadline,
 )
 from mltrain.train.distributed import DistInfo, all_reduce_mean, any_rank, full_value, init_distributed, shutdown
-from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, write_exit_reason
+from mltrain.train.faults import INTERRUPTED, FaultInjector, StopRequest, Watchdog, peer_hung, write_exit_reason
 from mltrain.train.host_alloc import keep_freed_memory
 from mltrain.train.optim import build_optimizer, lr_at, set_lr
 from mltrain.train.parallel import parallelize, parallelize_mesh
@@ -716,6 +716,7 @@ def run_training(cfg: RunConfig) -> int:
     watchdog = None
     held = None
     started = False
+    t_start = time.time()
     stop = StopRequest(run_dir, announce=info.is_main)  # from here a Ctrl-C is a stop request
     try:
         try:
@@ -802,7 +803,7 @@ def run_training(cfg: RunConfig) -> int:
             write_exit_reason(run_dir, exit_codes.REASON_CONFIG_ERROR)
         raise
     except BaseException:
-        if started and run_dir.exists():
+        if started and run_dir.exists() and not peer_hung(run_dir, t_start):
             write_exit_reason(run_dir, exit_codes.REASON_FAILED)
         raise
     finally:
