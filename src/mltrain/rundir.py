@@ -72,6 +72,17 @@ def read_exit_reason(run_dir: Path) -> str | None:
         return None
 
 
+def exit_reason_since(run_dir: Path, started: float) -> str | None:
+    """The exit reason written at or after `started` (a second's slack for file-system clocks); an older one
+    is another start's outcome."""
+    try:
+        if (run_dir / EXIT_REASON_FILE).stat().st_mtime < started - 1.0:
+            return None
+    except OSError:
+        return None
+    return read_exit_reason(run_dir)
+
+
 def committed_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, dir) of the checkpoints that carry their commit marker, oldest first. A light look at the
     names only (status, metrics, launchers); train/checkpoint.py verifies the contents before a resume."""

@@ -140,7 +140,7 @@ def _run_torchrun(cfg: Any, run_yaml: Path, overrides: list[str], nproc: int, st
         write_exit_reason(cfg.run_dir, exit_codes.REASON_INTERRUPTED)
         print(ABORTED_LINE, file=sys.stderr, flush=True)
         return exit_codes.INTERRUPTED
-    reason = _reason_since(cfg.run_dir, started)
+    reason = rundir.exit_reason_since(cfg.run_dir, started)
     if reason == exit_codes.REASON_PREEMPTED:
         with contextlib.suppress(OSError):  # consumed (rank 0 removes it too; a race may leave ours)
             (cfg.run_dir / rundir.STOP_FILE).unlink()
@@ -202,16 +202,6 @@ def supervise(
         for t in pumps:
             t.join(timeout=10)
     return rc, state["aborted"]
-
-
-def _reason_since(run_dir: Path, started: float) -> str | None:
-    """The exit reason the workers wrote in this start (an older one is another start's outcome)."""
-    try:
-        if (run_dir / rundir.EXIT_REASON_FILE).stat().st_mtime < started - 1.0:
-            return None
-    except OSError:
-        return None
-    return rundir.read_exit_reason(run_dir)
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -47,10 +47,9 @@ def peer_hung(run_dir: Path, since: float) -> bool:
     """A rank's watchdog wrote "hang" at or after `since` (this attempt's start). The collective error the
     other ranks then get is that hang's consequence: written as "failed" over it, the launcher would take a
     stuck collective for a crashed rank (and blame its node)."""
-    path = run_dir / rundir.EXIT_REASON_FILE
     try:
-        return path.stat().st_mtime >= since - 1.0 and path.read_text().strip() == exit_codes.REASON_HANG
-    except OSError:
+        return rundir.exit_reason_since(run_dir, since) == exit_codes.REASON_HANG
+    except OSError:  # there but unreadable: not known to be a hang
         return False
 
 
