@@ -635,55 +635,6 @@ def log_files(run_dir: Path, job_id: str | None = None) -> list[Path]:
     return [run_dir / SLURM_DIR / f"{job_id}.out", run_dir / SLURM_DIR / f"{job_id}.err"]
 
 
-def print_logs(run: str, follow: bool = False, console: Console | None = None) -> None:
-    """`mltrain logs`: the job's stdout then stderr; with -f, keep printing both until the job ends."""
-    console = console or Console()
-    run_dir = find_run(run)
-    job_id = latest_job_id(run_dir)
-    if job_id is None:
-        raise LaunchError(f"{run_dir}: no Slurm job recorded in {SLURM_DIR}/{JOBS_FILE}")
-    files = log_files(run_dir, job_id)
-    offsets = dict.fromkeys(files, 0)
-
-    def drain() -> bool:
-        got = False
-        for f in files:
-            try:
-                with open(f, "rb") as fh:
-                    fh.seek(offsets[f])
-                    data = fh.read()
-            except FileNotFoundError:
-                continue
-            if data:
-                # only whole lines while following, so two files do not interleave mid-line
-                cut = data.rfind(b"\n") + 1 if follow else len(data)
-                if cut:
-                    console.out(data[:cut].decode(errors="replace"), end="", highlight=False)
-                    offsets[f] += cut
-                    got = True
-        return got
-
-    drain()
-    if not follow:
-        if not any(f.exists() for f in files):
-            console.print(f"(job {job_id} has not written a log yet: {files[0]})", highlight=False)
-        return
-    idle_checks = 0
-    while True:
-        if drain():
-            continue
-        _time.sleep(0.5)
-        idle_checks += 1
-        if idle_checks % 10 == 0:  # every ~5 s: stop once the job left the scheduler
-            try:
-                info = query_job(job_id)
-            except SlurmUnreachable:
-                continue  # not known to be gone: keep following
-            if info is None or info["state"] not in ACTIVE_STATES:
-                drain()
-                return
-
-
 def cancel_run(run: str, console: Console | None = None) -> None:
     """`mltrain cancel`: mark the run cancelled (so the batch script does not requeue), then scancel."""
     console = console or Console()
@@ -711,7 +662,6 @@ __all__ = [
     "install_batch_helper",
     "latest_job_id",
     "prepare_submission",
-    "print_logs",
     "query_job",
     "SlurmUnreachable",
     "read_jobs",
