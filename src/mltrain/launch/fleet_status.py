@@ -198,7 +198,7 @@ def model_status(
         try:
             info = status_mod.query_job(job_id)
         except status_mod.SlurmUnreachable as e:
-            info, state, detail = None, "unknown", f"{e}: the job may still be queued or running"
+            info, state, detail = None, "unknown", status_mod.may_still_run(str(e), job_id)
         if info is not None:
             slurm_state = info.get("state") or None
             reason = info.get("reason") or ""

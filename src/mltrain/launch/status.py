@@ -182,6 +182,11 @@ def _exit_reason_is_current(run_dir: Path, metrics: list[dict[str, Any]]) -> boo
         return False
 
 
+def may_still_run(why: str, job_id: str | None) -> str:
+    """Why a run is `unknown`: its scheduler did not answer (`why`), so its job may still be queued or running."""
+    return f"{why}; job {job_id} may still be queued or running: ask again"
+
+
 def run_status(run_dir: Path, now: float | None = None, k8s_down: dict[str, str] | None = None) -> RunStatus:
     """Collect everything about one run (no printing; used by show_status and the tests)."""
     now = time.time() if now is None else now
@@ -362,7 +367,7 @@ def run_status(run_dir: Path, now: float | None = None, k8s_down: dict[str, str]
         # requeued or started it since, so nobody should act on it (submit again, give up waiting)
         st.notes.append(f"from the run's files: {st.explanation}")
         st.state = "unknown"
-        st.explanation = f"{unanswered}; job {st.job_id} may still be queued or running: ask again"
+        st.explanation = may_still_run(unanswered, st.job_id)
     if st.state == "done":
         st.eta_s = None
     # why it last restarted (and on which node, when one was named), once it no longer runs
