@@ -48,7 +48,7 @@ FINAL_STATES = {
 }
 
 
-def _alive(pidfile: Path) -> bool:
+def daemon_alive(pidfile: Path) -> bool:
     """The daemon whose pid is in `pidfile` runs; for users/<pid> files, the name is the pid."""
     try:
         pid = int(pidfile.name) if pidfile.name.isdigit() else int(pidfile.read_text().strip())
@@ -58,6 +58,13 @@ def _alive(pidfile: Path) -> bool:
         return False
 
 
+def up() -> None:
+    """scripts/local-slurm/up.sh: starts whatever daemon of the local cluster is not running, waits until ready."""
+    p = subprocess.run(["bash", str(UP)], env={**os.environ, **SETTINGS}, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        pytest.fail(f"scripts/local-slurm/up.sh failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def local_slurm() -> Iterator[Path]:
     """The slurm.conf of a running local cluster (SLURM_CONF is exported for subprocesses)."""
@@ -65,12 +72,10 @@ def local_slurm() -> Iterator[Path]:
         pytest.skip("local Slurm needs root (munged/slurmd); run the Slurm tests as root, e.g. in CI")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("Slurm is not installed and apt-get is not available to install it")
-    started_here = not _alive(SLURM_DIR / "run" / "slurmctld.pid")
+    started_here = not daemon_alive(SLURM_DIR / "run" / "slurmctld.pid")
     env = {**os.environ, **SETTINGS}
     t0 = time.monotonic()
-    p = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        pytest.fail(f"scripts/local-slurm/up.sh failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    up()
     print(f"\nlocal Slurm up in {time.monotonic() - t0:.1f} s (started here: {started_here})")
     conf = SLURM_DIR / "etc" / "slurm.conf"
     old = os.environ.get("SLURM_CONF")
@@ -85,7 +90,7 @@ def local_slurm() -> Iterator[Path]:
     me.touch()
     yield conf
     me.unlink(missing_ok=True)
-    others = [u for u in users.iterdir() if _alive(u)]
+    others = [u for u in users.iterdir() if daemon_alive(u)]
     if not others and started_by_tests.exists() and os.environ.get("MLTRAIN_SLURM_KEEP") != "1":
         started_by_tests.unlink(missing_ok=True)
         subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, timeout=120)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sshd_fixture import Sshd, keygen
+from sshd_fixture import Sshd, free_port, keygen
 
 from mltrain.integrations.pipeline import STEP_DIR, Pipeline
 from mltrain.integrations.pipeline_config import load_pipeline
@@ -137,7 +137,7 @@ def test_an_ssh_that_cannot_get_through_is_one_line_not_an_absent_file(
         (tmp_path / "known_hosts").write_text("")
         kw["known_hosts"] = str(tmp_path / "known_hosts")
     else:
-        kw["port"] = _closed_port()
+        kw["port"] = free_port()
     r = runner(sshd, **kw)
     for call in (lambda: r.exists("x"), lambda: r.read_text("x"), lambda: r.write_text("x", "y"),
                  lambda: r.mltrain(["status"])):  # fmt: skip
@@ -147,14 +147,6 @@ def test_an_ssh_that_cannot_get_through_is_one_line_not_an_absent_file(
         assert "\n" not in msg and msg.startswith(f"cannot run commands on the head node {sshd.user}@127.0.0.1")
         assert expect in msg, msg
     assert not (tmp_path / "x").exists()
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
 def test_submit_to_a_head_node_that_cannot_be_reached_fails_in_status_with_the_ssh_line(
@@ -170,7 +162,7 @@ def test_submit_to_a_head_node_that_cannot_be_reached_fails_in_status_with_the_s
                 "run": "run.yaml",
                 "cluster": "c.yaml",
                 "run_base_dir": "/nowhere",
-                "ssh": {"host": sshd.host, "port": _closed_port(), "mltrain": "false"},
+                "ssh": {"host": sshd.host, "port": free_port(), "mltrain": "false"},
             }
         )  # fmt: skip
     )

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from slurm_fixture import SETTINGS, SLURM_DIR, UP, make_env, records
+from slurm_fixture import SLURM_DIR, daemon_alive, make_env, records, up
 
 from mltrain.integrations.pipeline import WAITING, classify
 
@@ -21,21 +21,12 @@ pytestmark = pytest.mark.slurm
 
 
 def _stop_slurmctld() -> None:
-    pid = int((SLURM_DIR / "run" / "slurmctld.pid").read_text())
-    os.kill(pid, 15)
+    pidfile = SLURM_DIR / "run" / "slurmctld.pid"
+    os.kill(int(pidfile.read_text()), 15)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    while daemon_alive(pidfile):
+        assert time.monotonic() < deadline, "slurmctld did not stop within 30 s"
         time.sleep(0.1)
-    raise AssertionError("slurmctld did not stop within 30 s")
-
-
-def _start_slurmctld() -> None:
-    p = subprocess.run(["bash", str(UP)], env={**os.environ, **SETTINGS}, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
 
 
 def test_a_job_slurm_cannot_be_asked_about_is_unknown_not_gone(local_slurm, tmp_path_factory):
@@ -64,7 +55,7 @@ def test_a_job_slurm_cannot_be_asked_about_is_unknown_not_gone(local_slurm, tmp_
             submits = [r for r in records(run / "slurm" / "jobs.jsonl") if r.get("event", "submit") == "submit"]
             assert [str(r["job_id"]) for r in submits] == [job]  # no second job
         finally:
-            _start_slurmctld()
+            up()
 
         after = json.loads(env.mltrain("status", str(run), "--json"))[0]
         assert after["state"] == "pending" and after["job_id"] == job  # the held job outlived the restart
